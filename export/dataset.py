@@ -1,0 +1,114 @@
+"""Make training / held-out sets of synthetic cases in the runtime's model space.
+
+Each case is rendered on the model grid at 1 mm in-plane (the segmentation
+networks' resolution) after a residual pose (what the runtime's alignment leaves),
+then preprocessed by the runtime's own skull strip and window, and its DA-Net
+patch pairs are cut at 0.5 mm by the runtime's own batch builder, so training
+sees exactly what inference sees. One compressed .npz per case.
+
+    python -m export.dataset --shared ../shared/data --out build/data/train --seeds 0:300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from runtime.patches import build_batch
+from runtime.regions import REGION_NAMES
+from runtime.resample import window
+from runtime.strip import brain_mask
+
+from . import synth
+from .config import (CLASSIFIER_CROP, FINE_STRIDE, GRID_SHAPE_XY, GRID_SPACING_MM, MIN_SLICE_MM,
+                     REFORMAT_SLICE_MM, WINDOW)
+
+_PHANTOM: synth.Phantom | None = None
+
+
+def model_space_grid(spec: synth.CaseSpec, phantom_centre: np.ndarray, stride: int) -> tuple[np.ndarray, tuple]:
+    """Model grid at `stride` x the runtime's in-plane spacing; slices as the runtime would make them."""
+    sx, sy = GRID_SPACING_MM[0] * stride, GRID_SPACING_MM[1] * stride
+    nx, ny = GRID_SHAPE_XY[0] // stride, GRID_SHAPE_XY[1] // stride
+    t = spec.slice_mm
+    sz = t if t >= MIN_SLICE_MM else round(REFORMAT_SLICE_MM / t) * t     # as runtime.resample.model_grid
+    phase = (spec.seed * 0.37) % 1.0 * sz
+    z_lo, z_hi = -45.0 + phase, 85.0
+    nz = int((z_hi - z_lo) // sz) + 1
+    a = np.diag([sx, sy, sz, 1.0])
+    a[:3, 3] = (-(nx - 1) / 2 * sx + phantom_centre[0], -(ny - 1) / 2 * sy + phantom_centre[1], z_lo)
+    return a, (nz, ny, nx)
+
+
+def phantom_centre(phantom: synth.Phantom) -> np.ndarray:
+    """Head centroid in canonical mm, x forced onto the midline: the model-space origin."""
+    ijk = np.argwhere(phantom.hu > -300)[:, ::-1].mean(axis=0)
+    c = phantom.index_to_world[:3, :3] @ ijk + phantom.index_to_world[:3, 3]
+    return np.array([0.0, c[1], c[2]])
+
+
+def make_one(seed: int, shared: Path, out_dir: Path) -> dict:
+    global _PHANTOM
+    if _PHANTOM is None:
+        _PHANTOM = synth.load_phantom(shared)
+    phantom = _PHANTOM
+    spec = synth.draw_spec(seed, pose="residual")
+    case = synth.make_case(phantom, spec)
+    a1, shape1 = model_space_grid(spec, phantom_centre(phantom), FINE_STRIDE)
+    hu1, labels1 = synth.render(phantom, case, a1, shape1, noise=False, slab_mm=a1[2, 2])
+    # Core mask in model space, for the CAM attention loss.
+    core1, _ = synth.render(phantom, synth.Case(spec, case.affected, case.core_fraction,
+                                                case.core.astype(np.float32), case.core), a1, shape1,
+                            with_labels=False, noise=False, slab_mm=a1[2, 2])
+    rng = np.random.default_rng(seed + 3)
+    # 0.5 mm model grid: what the runtime windows and crops. Noise is added at that resolution.
+    hu05 = hu1.repeat(2, axis=1).repeat(2, axis=2)
+    hu05 += _noise(rng, hu05.shape, spec.noise_hu) * (hu05 > -500)
+    brain05 = brain_mask(hu05, GRID_SPACING_MM[0])
+    image05 = window(hu05, brain05, *WINDOW)
+    labels05 = labels1.repeat(2, axis=1).repeat(2, axis=2)
+    hypo05 = ((core1 > 0.5) & (hu1 >= 0) & (hu1 < 70)).repeat(2, axis=1).repeat(2, axis=2)
+    batch = build_batch(image05, labels05, REGION_NAMES, CLASSIFIER_CROP)
+    hypo = build_batch(hypo05.astype(np.float32), labels05, REGION_NAMES, CLASSIFIER_CROP)
+    image1 = image05.reshape(shape1[0], shape1[1], 2, shape1[2], 2).mean(axis=(2, 4))
+    affected = np.array([case.affected[r] for r in REGION_NAMES], bool)          # (10, 2) left, right
+    np.savez_compressed(
+        out_dir / f"case_{seed:05d}.npz", image1=image1.astype(np.float16), labels1=labels1,
+        pairs=batch.pairs.astype(np.float16), hypo=(hypo.pairs[:, :, 0] > 0.5), affected=affected,
+        fractions=np.array([case.core_fraction[r] for r in REGION_NAMES], np.float32))
+    return {"seed": seed, "aspects": case.aspects, "affected": affected.sum(axis=0).tolist(),
+            "slice_mm": spec.slice_mm}
+
+
+def _noise(rng, shape, sigma):
+    from scipy import ndimage
+    n = ndimage.gaussian_filter(rng.normal(0, 1, shape).astype(np.float32), (0, 0.7, 0.7))
+    return sigma * n / (n.std() + 1e-6)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shared", type=Path, default=Path("../shared/data"), help="template + atlas folder")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seeds", default="0:300", help="start:stop")
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+    start, stop = (int(v) for v in args.seeds.split(":"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in range(start, stop) if not (args.out / f"case_{s:05d}.npz").exists()]
+    work = partial(make_one, shared=args.shared, out_dir=args.out)
+    with mp.get_context("fork").Pool(args.workers) as pool:
+        for i, info in enumerate(pool.imap_unordered(work, todo)):
+            with open(args.out / "index.jsonl", "a") as f:
+                f.write(json.dumps(info) + "\n")
+            if i % 20 == 0:
+                print(f"{i + 1}/{len(todo)} cases", flush=True)
+
+
+if __name__ == "__main__":
+    main()

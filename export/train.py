@@ -1,0 +1,349 @@
+"""Train the four shipped networks reproducibly and export them to engines/.
+
+    python -m export.train segment  --data build/data/train --out engines
+    python -m export.train classify --data build/data/train --out engines
+
+Seeds are fixed, the full config is logged next to the run and copied into the
+model card. Defaults are sized for a 2-core CPU (about an hour for everything
+together with data generation); `--paper-size` builds the published widths.
+
+Own data: the same commands train on any folder of case_*.npz files laid out as
+export.dataset writes them; `python -m export.ingest` converts a folder of NIfTI
+images, region label maps and per-region labels into that layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from runtime.regions import (CORTICAL, REGION_NAMES, SEG_CLASSES, SUBCORTICAL, classes_from_labels,
+                             labels_from_classes)
+
+from .config import (CLASSIFIER_CROP, COARSE_STRIDE, FINE_CROP_XY, FINE_STRIDE, GRID_SHAPE_XY, GRID_SPACING_MM,
+                     MIN_SLICE_MM, REFORMAT_SLICE_MM, SEED, WINDOW)
+from .networks import DANET_CPU, DANET_PAPER, VBNET_CPU, VBNET_PAPER, DANet, VBNet, parameter_count
+from .onnx_export import export_model
+
+VERSION = "0.1.0"
+CLASS_WEIGHTS = torch.tensor([0.1, 0.3] + [1.0] * 10)      # background, brain, the 10 regions
+CHECKPOINTS = Path("build/checkpoints")
+PROVENANCE = ("Trained only on synthetic NCCT studies made by export.synth from Rorden's CT template "
+              "(BSD-2) and the MNI152 ASPECTS region atlas of AnotherMak/aspects-on-cta (MIT); "
+              "ground truth by the paper's rule (core >= 10% of a region). Not for clinical use.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = SEED
+    iterations: int = 900
+    lr: float = 2e-3
+    lr_decay: float = 0.7          # the paper's x0.7 step schedule, stepped 6 times over the run
+    batch: int = 2
+    threads: int = 2
+    val_fraction: float = 0.1
+
+
+def set_seed(seed: int, threads: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def load_cases(folder: Path, keys: tuple[str, ...]) -> list[dict]:
+    files = sorted(folder.glob("case_*.npz"))
+    if not files:
+        raise SystemExit(f"{folder}: no case_*.npz files (make them with python -m export.dataset)")
+    out = []
+    for f in files:
+        with np.load(f) as d:
+            out.append({k: d[k] for k in keys} | {"name": f.stem})
+    return out
+
+
+def split(cases: list, fraction: float, seed: int) -> tuple[list, list]:
+    idx = np.random.default_rng(seed).permutation(len(cases))
+    n_val = max(1, int(len(cases) * fraction))
+    return [cases[i] for i in idx[n_val:]], [cases[i] for i in idx[:n_val]]
+
+
+def _schedule(opt, cfg: TrainConfig):
+    step = max(1, cfg.iterations // 6)
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=cfg.lr_decay)
+
+
+def _log(run_log: Path, record: dict) -> None:
+    with open(run_log, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _checkpoint(model: torch.nn.Module, stem: str) -> None:
+    """PyTorch weights, kept out of git, for GPU reference runs and fine-tuning."""
+    CHECKPOINTS.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict()}, CHECKPOINTS / f"{stem}.pt")
+
+
+def _base_card(role: str, name: str, cfg: TrainConfig, arch: dict, n_params: int, n_train: int) -> dict:
+    return {
+        "name": name, "version": VERSION, "role": role,
+        "grid": {"spacing_mm": list(GRID_SPACING_MM), "shape_xy": list(GRID_SHAPE_XY),
+                 "min_slice_mm": MIN_SLICE_MM, "reformat_slice_mm": REFORMAT_SLICE_MM},
+        "window": {"level": WINDOW[0], "width": WINDOW[1]},
+        "architecture": arch, "parameters": n_params,
+        "training": {**asdict(cfg), "cases": n_train, "torch": torch.__version__},
+        "provenance": PROVENANCE, "metrics": {},
+    }
+
+
+# ---------------------------------------------------------------- segmentation
+
+def _pad_z(x: np.ndarray, m: int, value) -> np.ndarray:
+    return np.pad(x, ((0, (-x.shape[0]) % m), (0, 0), (0, 0)), constant_values=value)
+
+
+def coarse_sample(case: dict, rng: np.random.Generator | None, z_multiple: int, with_position: bool = False):
+    """Whole head at the coarse stride. With `with_position`, also each column's x index and the
+    grid centre, to side the predicted classes as the runtime does."""
+    f = COARSE_STRIDE // FINE_STRIDE
+    img = case["image1"].astype(np.float32)
+    nz, ny, nx = img.shape
+    img = img.reshape(nz, ny // f, f, nx // f, f).mean(axis=(2, 4))
+    lab = case["labels1"][:, f // 2::f, f // 2::f]
+    out = _pad_z(img, z_multiple, -1.0), _pad_z(lab, z_multiple, 0)
+    if with_position:
+        return (*out, np.arange(nx // f)[None, None, :], (nx // f - 1) / 2)
+    return out
+
+
+def fine_box(labels1: np.ndarray, rng: np.random.Generator | None, jitter: int = 8):
+    """The fine crop the runtime would take around the regions, with optional jitter."""
+    zz, yy, xx = np.nonzero((labels1 >= 1) & (labels1 <= 20))
+    fx, fy = FINE_CROP_XY
+    cy, cx = (yy.min() + yy.max() + 1) / 2, (xx.min() + xx.max() + 1) / 2
+    z0, z1 = max(0, zz.min() - 1), min(labels1.shape[0], zz.max() + 2)
+    if rng is not None:
+        cy += rng.integers(-jitter, jitter + 1)
+        cx += rng.integers(-jitter, jitter + 1)
+        z0 = max(0, z0 - int(rng.integers(0, 2)))
+        z1 = min(labels1.shape[0], z1 + int(rng.integers(0, 2)))
+    y0 = int(np.clip(round(cy - fy / 2), 0, labels1.shape[1] - fy))
+    x0 = int(np.clip(round(cx - fx / 2), 0, labels1.shape[2] - fx))
+    return slice(z0, z1), slice(y0, y0 + fy), slice(x0, x0 + fx)
+
+
+def fine_sample(case: dict, rng: np.random.Generator | None, z_multiple: int, with_position: bool = False):
+    box = fine_box(case["labels1"], rng)
+    img = case["image1"][box].astype(np.float32)
+    lab = case["labels1"][box]
+    out = _pad_z(img, z_multiple, -1.0), _pad_z(lab, z_multiple, 0)
+    if with_position:
+        return (*out, np.arange(box[2].start, box[2].stop)[None, None, :], (case["labels1"].shape[2] - 1) / 2)
+    return out
+
+
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes=range(1, 21)) -> np.ndarray:
+    out = []
+    for c in classes:
+        p, t = pred == c, truth == c
+        denom = p.sum() + t.sum()
+        out.append(2.0 * (p & t).sum() / denom if denom else np.nan)
+    return np.array(out)
+
+
+def train_segmenter(stage: str, cases: list[dict], val: list[dict], cfg: TrainConfig, paper: bool,
+                    out_dir: Path, run_log: Path) -> dict:
+    set_seed(cfg.seed, cfg.threads)
+    arch = VBNET_PAPER if paper else VBNET_CPU
+    model = VBNet(arch)
+    sample = coarse_sample if stage == "coarse" else fine_sample
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = _schedule(opt, cfg)
+    rng = np.random.default_rng(cfg.seed)
+    t0 = time.time()
+    for it in range(cfg.iterations):
+        model.train()
+        xs, ys = zip(*(sample(cases[i], rng, arch.z_multiple) for i in rng.integers(0, len(cases), cfg.batch)))
+        nz = max(x.shape[0] for x in xs)
+        x = torch.from_numpy(np.stack([_pad_z(v, nz, -1.0)[:nz] for v in xs]))[:, None]
+        y = torch.from_numpy(np.stack([_pad_z(v, nz, 0)[:nz] for v in ys]).astype(np.int64))
+        y = torch.from_numpy(classes_from_labels(y.numpy()).astype(np.int64))
+        if rng.random() < 0.5:    # mirror augmentation (classes carry no side)
+            x, y = x.flip(-1), y.flip(-1)
+        x = x * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-0.05, 0.05))
+        logits = model(x)
+        prob = logits.softmax(1)
+        onehot = F.one_hot(y, len(SEG_CLASSES)).permute(0, 4, 1, 2, 3).float()
+        inter = (prob * onehot).sum((0, 2, 3, 4))
+        dice = (2 * inter + 1) / (prob.sum((0, 2, 3, 4)) + onehot.sum((0, 2, 3, 4)) + 1)
+        # Class-weighted CE: background and brain dominate the voxels; without weights the small
+        # regions take thousands of steps to appear at all.
+        loss = F.cross_entropy(logits, y, weight=CLASS_WEIGHTS) + (1 - dice[1:]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if it % 50 == 0 or it == cfg.iterations - 1:
+            _log(run_log, {"stage": stage, "it": it, "loss": round(float(loss), 4), "s": round(time.time() - t0, 1)})
+    model.eval()
+    dices = []
+    with torch.no_grad():
+        for case in val:
+            x, y, x_index, centre = sample(case, None, arch.z_multiple, with_position=True)
+            classes = model(torch.from_numpy(x)[None, None]).argmax(1)[0].numpy()
+            dices.append(dice_per_class(labels_from_classes(classes, x_index, centre), y))
+    dice = np.nanmean(np.array(dices), axis=0)
+    stride = COARSE_STRIDE if stage == "coarse" else FINE_STRIDE
+    card = _base_card(f"segment_{stage}", f"aspects-vbnet-{stage}", cfg, arch.to_dict(), parameter_count(model),
+                      len(cases))
+    card.update({"input_stride": stride, "z_multiple": arch.z_multiple, "classes": list(SEG_CLASSES),
+                 "side_rule": "x index above the grid centre (the mid-sagittal plane) is the patient's left",
+                 "metrics": {"validation_cases": len(val), "dice_mean_regions": round(float(np.nanmean(dice)), 4),
+                             "dice_per_label": {f"{i + 1}": round(float(d), 4) for i, d in enumerate(dice)}}})
+    if stage == "fine":
+        card["fine_crop_xy"] = list(FINE_CROP_XY)
+        example = torch.zeros(1, 1, 12, FINE_CROP_XY[1], FINE_CROP_XY[0])
+    else:
+        example = torch.zeros(1, 1, 28, GRID_SHAPE_XY[1] // stride, GRID_SHAPE_XY[0] // stride)
+    _checkpoint(model, f"vbnet_{stage}")
+    return export_model(model, example, out_dir, f"vbnet_{stage}", "image", ["probabilities"],
+                        {"image": {2: "slices"}, "probabilities": {2: "slices"}}, card, seed=cfg.seed)
+
+
+# ---------------------------------------------------------------- classification
+
+def classifier_batch(cases: list[dict], region_idx: tuple[int, ...], rng: np.random.Generator, n: int):
+    pick = [(int(rng.integers(0, len(cases))), int(rng.choice(region_idx))) for _ in range(n)]
+    x = np.stack([cases[c]["pairs"][r] for c, r in pick]).astype(np.float32)      # (n, 2, 2, z, y, x)
+    hypo = np.stack([cases[c]["hypo"][r] for c, r in pick]).astype(np.float32)    # (n, 2, z, y, x)
+    y = np.stack([cases[c]["affected"][r] for c, r in pick]).astype(np.float32)   # (n, 2)
+    return x, hypo, y
+
+
+def danet_losses(prob, cam, y, hypo, pos_weight: float):
+    """Class-balanced BCE + CAM attention (weighted MSE to the hypodense core) + the rank loss."""
+    w = torch.where(y > 0.5, torch.full_like(y, pos_weight), torch.ones_like(y))
+    bce = F.binary_cross_entropy(prob.clamp(1e-6, 1 - 1e-6), y, weight=w)
+    target = F.adaptive_avg_pool3d(hypo, cam.shape[-3:])
+    cam_w = 1.0 + 4.0 * (target > 0.05)
+    attention = (cam_w * (torch.sigmoid(cam) - target) ** 2).mean()
+    one_side = (y[:, 0] != y[:, 1])
+    aff = torch.where(y[:, 0] > 0.5, prob[:, 0], prob[:, 1])
+    other = torch.where(y[:, 0] > 0.5, prob[:, 1], prob[:, 0])
+    rank_pos = F.relu(0.5 - (aff - other))[one_side].mean() if one_side.any() else prob.sum() * 0
+    neg = (y == 0).all(dim=1)
+    rank_neg = F.relu(prob[neg] - 0.2).mean() if neg.any() else prob.sum() * 0
+    return bce + 0.5 * attention + 0.5 * (rank_pos + rank_neg), {"bce": float(bce), "cam": float(attention)}
+
+
+def best_threshold(p: np.ndarray, y: np.ndarray) -> float:
+    """Maximise Youden's J on validation data; ties to the threshold nearest 0.5."""
+    cands = np.unique(np.concatenate([p, [0.5]]))
+    pos, neg = y == 1, y == 0
+    if not pos.any() or not neg.any():
+        return 0.5
+    j = [(p[pos] >= t).mean() + (p[neg] < t).mean() - 1 - 1e-6 * abs(t - 0.5) for t in cands]
+    return float(cands[int(np.argmax(j))])
+
+
+def train_classifier(group: str, cases: list[dict], val: list[dict], cfg: TrainConfig, paper: bool,
+                     out_dir: Path, run_log: Path) -> dict:
+    set_seed(cfg.seed, cfg.threads)
+    region_idx = CORTICAL if group == "cortical" else SUBCORTICAL
+    arch = DANET_PAPER if paper else DANET_CPU
+    model = DANet(arch)
+    labels = np.concatenate([c["affected"][list(region_idx)].ravel() for c in cases])
+    pos_weight = float((labels == 0).sum() / max(1, (labels == 1).sum()))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = _schedule(opt, cfg)
+    rng = np.random.default_rng(cfg.seed)
+    t0 = time.time()
+    for it in range(cfg.iterations):
+        model.train()
+        x, hypo, y = (torch.from_numpy(a) for a in classifier_batch(cases, region_idx, rng, cfg.batch))
+        swap = torch.from_numpy(rng.random(cfg.batch) < 0.5)
+        x[swap], hypo[swap], y[swap] = x[swap].flip(1), hypo[swap].flip(1), y[swap].flip(1)
+        brain = x[:, :, 0] > -1
+        x[:, :, 0] += brain * torch.randn_like(x[:, :, 0]) * float(rng.uniform(0, 0.06))
+        prob, cam = model(x)
+        loss, parts = danet_losses(prob, cam, y, hypo, pos_weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if it % 25 == 0 or it == cfg.iterations - 1:
+            _log(run_log, {"stage": group, "it": it, "loss": round(float(loss), 4), **parts,
+                           "s": round(time.time() - t0, 1)})
+    model.eval()
+    p_val, y_val = predict_pairs(model, val, region_idx)
+    threshold = best_threshold(p_val.ravel(), y_val.ravel())
+    regions = [REGION_NAMES[i] for i in region_idx]
+    card = _base_card(f"classify_{group}", f"aspects-danet-{group}", cfg, arch.to_dict(), parameter_count(model),
+                      len(cases))
+    card.update({"crop": list(CLASSIFIER_CROP), "regions": regions, "threshold": round(threshold, 4),
+                 "loss": {"pos_weight": round(pos_weight, 3), "cam_weight": 0.5, "rank_weight": 0.5},
+                 "metrics": {"validation_cases": len(val), "threshold_rule": "Youden J on validation pairs",
+                             **binary_metrics(p_val.ravel(), y_val.ravel(), threshold)}})
+    example = torch.zeros(len(regions), 2, 2, *CLASSIFIER_CROP)
+    _checkpoint(model, f"danet_{group}")
+    return export_model(model, example, out_dir, f"danet_{group}", "pairs", ["probability", "cam"],
+                        {"pairs": {0: "batch"}, "probability": {0: "batch"}, "cam": {0: "batch"}}, card,
+                        seed=cfg.seed)
+
+
+def predict_pairs(model: DANet, cases: list[dict], region_idx) -> tuple[np.ndarray, np.ndarray]:
+    ps, ys = [], []
+    with torch.no_grad():
+        for c in cases:
+            prob, _ = model(torch.from_numpy(c["pairs"][list(region_idx)].astype(np.float32)))
+            ps.append(prob.numpy())
+            ys.append(c["affected"][list(region_idx)])
+    return np.concatenate(ps), np.concatenate(ys).astype(int)
+
+
+def binary_metrics(p: np.ndarray, y: np.ndarray, threshold: float) -> dict:
+    from .metrics import auc
+    pred = p >= threshold
+    tp, tn = int((pred & (y == 1)).sum()), int((~pred & (y == 0)).sum())
+    fp, fn = int((pred & (y == 0)).sum()), int((~pred & (y == 1)).sum())
+    return {"sensitivity": round(tp / max(1, tp + fn), 4), "specificity": round(tn / max(1, tn + fp), 4),
+            "accuracy": round((tp + tn) / max(1, len(y)), 4), "auc": round(auc(p, y), 4),
+            "positives": int((y == 1).sum()), "negatives": int((y == 0).sum())}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Train and export the aspects-rt networks.")
+    p.add_argument("what", choices=("segment", "classify"))
+    p.add_argument("--data", type=Path, default=Path("build/data/train"))
+    p.add_argument("--out", type=Path, default=Path("engines"))
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--paper-size", action="store_true", help="published network widths (GPU training)")
+    p.add_argument("--stages", default=None, help="comma list: coarse,fine or subcortical,cortical")
+    args = p.parse_args(argv)
+    run_log = args.out / "training_log.jsonl"
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.what == "segment":
+        cfg = TrainConfig(iterations=args.iterations or 1000, lr=4e-3, batch=1)
+        cases = load_cases(args.data, ("image1", "labels1"))
+        train, val = split(cases, cfg.val_fraction, cfg.seed)
+        for stage in (args.stages or "coarse,fine").split(","):
+            card = train_segmenter(stage, train, val, cfg, args.paper_size, args.out, run_log)
+            print(stage, json.dumps(card["metrics"]["dice_mean_regions"]))
+    else:
+        cfg = TrainConfig(iterations=args.iterations or 500, lr=1e-3, batch=8)
+        cases = load_cases(args.data, ("pairs", "hypo", "affected"))
+        train, val = split(cases, cfg.val_fraction, cfg.seed)
+        for group in (args.stages or "subcortical,cortical").split(","):
+            card = train_classifier(group, train, val, cfg, args.paper_size, args.out, run_log)
+            print(group, json.dumps(card["metrics"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""`aspects` command line. Bad input ends in one `error:` line and a distinct exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import AspectsError
+from .modelcard import DEFAULT_MODEL_DIR, load_model_set
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aspects", description="ASPECTS from a non-contrast head CT.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="score one study and write report.json + key-slice PNGs")
+    p.add_argument("path", nargs="?", help="DICOM series folder, NIfTI, MHA or NRRD "
+                                           "(default: the bundled synthetic demo study)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder (created; existing reports are never overwritten)")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR, help="folder of ONNX models and cards")
+
+    m = sub.add_parser("models", help="list the models and their cards")
+    m.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "score":
+            return _score(args)
+        return _models(args)
+    except AspectsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # last line of defence: a one-line message, never a traceback
+        if args.debug:
+            raise
+        print(f"error: internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it",
+              file=sys.stderr)
+        return 1
+
+
+def _score(args) -> int:
+    from .pipeline import DEFAULT_STUDY, Scorer
+    from .report import check_output_dir, write_report
+
+    path = args.path or DEFAULT_STUDY
+    if args.path is None:
+        print(f"no study given: scoring the bundled synthetic demo study {path.name}")
+    check_output_dir(args.out)          # fail before minutes of work, not after
+    result = Scorer(args.models, args.device).score(path)
+    paths = write_report(result, args.out)
+    s = result.score
+    side = f" ({s.symptomatic_side} hemisphere)" if s.symptomatic_side else ""
+    print(f"ASPECTS {s.aspects}{side}: {'>6' if s.above_cut else '<=6'}; "
+          f"affected: {', '.join(s.affected) or 'none'}")
+    for w in result.warnings:
+        print(f"warning: {w}")
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    print(f"timings: {stages}")
+    print(f"report: {paths['report']}")
+    return 0
+
+
+def _models(args) -> int:
+    models = load_model_set(args.models)
+    for card in models.cards:
+        print(json.dumps({"role": card.role, "name": card.name, "version": card.version,
+                          "onnx": card.onnx.name, "sha256": card.sha256,
+                          "metrics": card.raw.get("metrics", {})}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

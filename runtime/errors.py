@@ -1,0 +1,61 @@
+"""User-facing failures: each has a one-line message and its own exit code.
+
+The CLI prints `error: <message>` and exits with `exit_code`; it never prints a
+traceback for these. Codes are stable: scanner integrations branch on them.
+"""
+
+from __future__ import annotations
+
+
+class AspectsError(Exception):
+    exit_code = 1
+
+
+class UnreadableInput(AspectsError):
+    """Path missing, file corrupt, or format not understood."""
+    exit_code = 3
+
+
+class NoSeries(AspectsError):
+    """A folder with no readable image series in it."""
+    exit_code = 4
+
+
+class WrongModality(AspectsError):
+    """Not a CT series (MR, PET, a secondary capture...)."""
+    exit_code = 5
+
+
+class TooFewSlices(AspectsError):
+    """Not enough slices, or not enough head coverage, to score."""
+    exit_code = 6
+
+
+class InconsistentSeries(AspectsError):
+    """Missing slices, mixed orientations or sizes, duplicated positions."""
+    exit_code = 7
+
+
+class NotAHead(AspectsError):
+    """Empty volume, no skull or brain found, or body-sized anatomy."""
+    exit_code = 8
+
+
+class AbsurdSize(AspectsError):
+    """Dimensions or voxel spacing outside anything a head CT can have."""
+    exit_code = 9
+
+
+class OutputExists(AspectsError):
+    """The output would overwrite a file the user already has."""
+    exit_code = 10
+
+
+class ModelError(AspectsError):
+    """A model file or card is missing, tampered with, or does not match its card."""
+    exit_code = 11
+
+
+class DeviceUnavailable(AspectsError):
+    """The requested device (GPU / TensorRT) cannot run here."""
+    exit_code = 12

@@ -1,0 +1,146 @@
+"""The one model-card loader. A card (JSON next to each ONNX file) is the contract:
+tensor names, shapes and dtypes, the grid, window, crop and threshold. The
+runtime reads these numbers from the card, never from code, so a retrained
+model with another grid or threshold ships without a code change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ModelError
+
+ROLES = ("segment_coarse", "segment_fine", "classify_subcortical", "classify_cortical")
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "engines"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | str, ...]    # str entries are dynamic axes
+    dtype: str
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    spacing_mm: tuple[float, float]     # model grid (x, y)
+    shape_xy: tuple[int, int]           # model grid (nx, ny)
+    min_slice_mm: float                 # thinner slices are averaged into slabs of...
+    reformat_slice_mm: float            # ...about this thickness
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    path: Path                          # the card itself
+    name: str
+    version: str
+    role: str
+    onnx: Path
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    grid: GridSpec
+    window: tuple[float, float]         # (level, width) HU
+    input_stride: int = 1               # segmentation: model-grid voxels per network voxel in-plane
+    z_multiple: int = 1                 # network needs the slice count padded to a multiple of this
+    fine_crop_xy: tuple[int, int] | None = None   # segment_fine: in-plane crop (nx, ny) in network voxels
+    crop: tuple[int, int, int] | None = None      # classifiers: patch (z, y, x) in model-grid voxels
+    regions: tuple[str, ...] = ()       # classifiers: regions this model scores, in batch order
+    threshold: float = 0.5              # classifiers: p >= threshold means affected
+    onnx_fp16: Path | None = None
+    sha256_fp16: str | None = None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)   # provenance, metrics...
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_card(path: str | Path) -> ModelCard:
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+        grid = d["grid"]
+        card = ModelCard(
+            path=path, name=d["name"], version=d["version"], role=d["role"],
+            onnx=path.parent / d["onnx"], sha256=d["sha256"],
+            inputs=tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in d["inputs"]),
+            outputs=tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in d["outputs"]),
+            grid=GridSpec(tuple(grid["spacing_mm"]), tuple(grid["shape_xy"]),
+                          float(grid["min_slice_mm"]), float(grid["reformat_slice_mm"])),
+            window=(float(d["window"]["level"]), float(d["window"]["width"])),
+            input_stride=int(d.get("input_stride", 1)), z_multiple=int(d.get("z_multiple", 1)),
+            fine_crop_xy=tuple(d["fine_crop_xy"]) if d.get("fine_crop_xy") else None,
+            crop=tuple(d["crop"]) if d.get("crop") else None,
+            regions=tuple(d.get("regions", ())), threshold=float(d.get("threshold", 0.5)),
+            onnx_fp16=path.parent / d["onnx_fp16"] if d.get("onnx_fp16") else None,
+            sha256_fp16=d.get("sha256_fp16"), raw=d)
+    except FileNotFoundError:
+        raise ModelError(f"model card {path} not found") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"model card {path} is malformed ({type(exc).__name__}: {exc})") from None
+    if card.role not in ROLES:
+        raise ModelError(f"model card {path}: unknown role {card.role!r}")
+    return card
+
+
+def verify_file(card: ModelCard, fp16: bool = False) -> Path:
+    """Models are code: refuse a file whose hash is not the one its card was written for."""
+    onnx, expected = (card.onnx_fp16, card.sha256_fp16) if fp16 else (card.onnx, card.sha256)
+    if onnx is None or not onnx.exists():
+        raise ModelError(f"{card.name}: model file {onnx} is missing")
+    actual = file_sha256(onnx)
+    if actual != expected:
+        raise ModelError(f"{card.name}: {onnx.name} sha256 {actual[:12]}... does not match its card "
+                         f"({str(expected)[:12]}...); the file was changed or corrupted")
+    return onnx
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The four models one study needs, checked to share one grid and window."""
+    segment_coarse: ModelCard
+    segment_fine: ModelCard
+    classify_subcortical: ModelCard
+    classify_cortical: ModelCard
+
+    @property
+    def grid(self) -> GridSpec:
+        return self.segment_coarse.grid
+
+    @property
+    def window(self) -> tuple[float, float]:
+        return self.segment_coarse.window
+
+    @property
+    def cards(self) -> tuple[ModelCard, ...]:
+        return tuple(getattr(self, r) for r in ROLES)
+
+
+def load_model_set(model_dir: str | Path = DEFAULT_MODEL_DIR) -> ModelSet:
+    model_dir = Path(model_dir)
+    cards = {}
+    for p in sorted(model_dir.glob("*.json")):
+        try:
+            role = json.loads(p.read_text()).get("role")
+        except (ValueError, OSError):
+            continue
+        if role in ROLES:
+            if role in cards:
+                raise ModelError(f"{model_dir}: two model cards for role {role} ({cards[role].path.name}, {p.name})")
+            cards[role] = load_card(p)
+    missing = [r for r in ROLES if r not in cards]
+    if missing:
+        raise ModelError(f"{model_dir}: no model card for {', '.join(missing)}")
+    models = ModelSet(**cards)
+    for c in models.cards:
+        if c.grid != models.grid or c.window != models.window:
+            raise ModelError(f"{c.path.name}: grid or window differs from {models.segment_coarse.path.name}")
+    return models

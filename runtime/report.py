@@ -1,0 +1,144 @@
+"""Write what the stroke team reads: report.json and two key-slice PNGs.
+
+Images are in radiological convention (patient right on the image left) on the
+aligned model grid: every region outlined in its colour, affected regions
+filled red, the score and side printed on the image.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from .errors import OutputExists
+from .pipeline import StudyResult
+from .regions import CORTICAL, REGION_NAMES, SUBCORTICAL, label_id
+
+REPORT_FILES = ("report.json", "ganglionic.png", "supraganglionic.png")
+DISCLAIMER = ("Research software. Shipped models are trained on synthetic studies only; "
+              "not for clinical decisions.")
+DISPLAY_WINDOW = (40.0, 80.0)   # level, width: a stroke reading window
+PALETTE = ((230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
+           (204, 121, 167), (170, 255, 195), (255, 215, 180), (128, 128, 255), (190, 190, 190))
+AFFECTED_RGB = np.array((255, 30, 30), float)
+UPSCALE = 2
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse before any work if the report would overwrite a file the user has."""
+    clashes = [name for name in REPORT_FILES if (out / name).exists()]
+    if clashes:
+        raise OutputExists(f"{out}: already holds {', '.join(clashes)}; choose an empty or new output folder")
+    if out.exists() and not out.is_dir():
+        raise OutputExists(f"{out}: exists and is not a folder")
+
+
+def write_report(result: StudyResult, out: str | Path) -> dict[str, Path]:
+    out = Path(out)
+    check_output_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    levels = key_slices(result.labels)
+    paths = {}
+    for level, z in levels.items():
+        path = out / f"{level}.png"
+        render_slice(result, z, level).save(path, "PNG", optimize=True)
+        paths[level] = path
+    doc = report_dict(result, {k: {"file": p.name, "slice": levels[k]} for k, p in paths.items()})
+    paths["report"] = out / "report.json"
+    with open(paths["report"], "x") as f:          # "x": never overwrite
+        json.dump(doc, f, indent=2)
+    return paths
+
+
+def report_dict(result: StudyResult, images: dict) -> dict:
+    s = result.score
+    a = result.alignment
+    return {
+        "aspects": s.aspects,
+        "aspects_left": s.left,
+        "aspects_right": s.right,
+        "symptomatic_side": s.symptomatic_side,
+        "dichotomised": ">6" if s.above_cut else "<=6",
+        "affected_regions": list(s.affected),
+        "regions": [{"region": c.region, "side": c.side,
+                     "probability": None if c.probability is None else round(c.probability, 4),
+                     "affected": c.affected, "assessed": c.assessed} for c in s.calls],
+        "alignment": {"model_to_study_lps": np.round(a.matrix, 5).tolist(),
+                      "plane_normal_lps": np.round(a.normal, 5).tolist(),
+                      "plane_point_lps_mm": np.round(a.point, 3).tolist(),
+                      "yaw_deg": round(a.yaw_deg, 3), "roll_deg": round(a.roll_deg, 3),
+                      "symmetry": round(a.symmetry, 4)},
+        "model_grid": {"shape_zyx": list(result.grid.shape), "spacing_xyz_mm": list(result.grid.spacing),
+                       "slab_average": result.grid.slab},
+        "study": {"source": result.source, **result.metadata},
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+        "models": list(result.models),
+        "warnings": list(result.warnings),
+        "images": images,
+        "disclaimer": DISCLAIMER,
+    }
+
+
+def key_slices(labels: np.ndarray) -> dict[str, int]:
+    """Ganglionic level: most subcortical-region area; supraganglionic: most M4-M6 area above it."""
+    sub = [label_id(r, s) for r in SUBCORTICAL for s in ("left", "right")]
+    supra = [label_id(r, s) for r in CORTICAL[3:] for s in ("left", "right")]
+    area_sub = np.isin(labels, sub).sum(axis=(1, 2))
+    area_sup = np.isin(labels, supra).sum(axis=(1, 2))
+    z_g = int(np.argmax(area_sub)) if area_sub.any() else labels.shape[0] // 2
+    above = area_sup.copy()
+    above[: z_g + 1] = 0
+    z_s = int(np.argmax(above)) if above.any() else min(labels.shape[0] - 1, z_g + 2)
+    return {"ganglionic": z_g, "supraganglionic": z_s}
+
+
+def render_slice(result: StudyResult, z: int, level: str) -> Image.Image:
+    lvl, width = DISPLAY_WINDOW
+    gray = np.clip((result.hu[z] - (lvl - width / 2)) / width, 0, 1) * 255
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    rgb = rgb.repeat(UPSCALE, 0).repeat(UPSCALE, 1)
+    labels = result.labels[z].repeat(UPSCALE, 0).repeat(UPSCALE, 1)
+    affected = {(c.region, c.side) for c in result.score.calls if c.affected}
+    names = []
+    for r, name in enumerate(REGION_NAMES):
+        for side in ("left", "right"):
+            mask = labels == label_id(r, side)
+            if not mask.any():
+                continue
+            if (name, side) in affected:
+                rgb[mask] = 0.45 * AFFECTED_RGB + 0.55 * rgb[mask]
+            edge = mask & ~ndimage.binary_erosion(mask, iterations=2)
+            rgb[edge] = PALETTE[r]
+            cy, cx = np.argwhere(mask).mean(axis=0)
+            names.append((name, cx, cy, (name, side) in affected))
+    img = Image.fromarray(rgb.astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    font = _font(14)
+    for name, cx, cy, hit in names:
+        draw.text((cx - 8, cy - 7), name, fill=(255, 255, 255) if not hit else (255, 255, 0), font=font,
+                  stroke_width=2, stroke_fill=(0, 0, 0))
+    s = result.score
+    side = f", {s.symptomatic_side} hemisphere" if s.symptomatic_side else ""
+    title = f"ASPECTS {s.aspects}{side} ({'>6' if s.above_cut else '<=6'})  |  {level} level, slice {z}"
+    big = _font(18)
+    draw.text((8, 6), title, fill=(255, 255, 255), font=big, stroke_width=2, stroke_fill=(0, 0, 0))
+    h, w = labels.shape
+    draw.text((8, h // 2), "R", fill=(255, 255, 0), font=big, stroke_width=2, stroke_fill=(0, 0, 0))
+    draw.text((w - 20, h // 2), "L", fill=(255, 255, 0), font=big, stroke_width=2, stroke_fill=(0, 0, 0))
+    hits = ", ".join(s.affected) or "none"
+    draw.text((8, h - 44), f"affected: {hits}", fill=(255, 255, 255), font=font, stroke_width=2,
+              stroke_fill=(0, 0, 0))
+    draw.text((8, h - 22), "research use only - not for clinical decisions", fill=(200, 200, 200), font=font,
+              stroke_width=2, stroke_fill=(0, 0, 0))
+    return img
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:      # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()

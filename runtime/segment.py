@@ -1,0 +1,85 @@
+"""VB-Net cascade: a coarse pass finds the ASPECTS regions, a fine pass labels them.
+
+Coarse runs on the whole stripped head at `input_stride` x the model grid's
+spacing; the fine model runs on a fixed in-plane crop around what the coarse
+pass found, on only the slices that hold regions. Labels (runtime.regions) come
+back on the full model grid. The networks predict side-agnostic classes
+(runtime.regions.SEG_CLASSES); the side is the voxel's side of the grid centre,
+which alignment put on the mid-sagittal plane.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .engine import Engine
+from .regions import BRAIN_LABEL, labels_from_classes
+
+Z_MARGIN_SLICES = 1
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    labels: np.ndarray                      # uint8 (z, y, x) on the model grid
+    fine_box: tuple[slice, slice, slice]    # model-grid region the fine model labelled
+
+
+def segment(image: np.ndarray, coarse: Engine, fine: Engine) -> Segmentation:
+    """`image` is the windowed, stripped model-grid volume in [-1, 1]."""
+    nz, ny, nx = image.shape
+    c_stride, f_stride = coarse.card.input_stride, fine.card.input_stride
+    coarse_classes = _run(coarse, _downsample(image, c_stride))
+    regions = coarse_classes >= 2
+    labels = np.where(coarse_classes > 0, BRAIN_LABEL, 0).astype(np.uint8)
+    labels = labels.repeat(c_stride, axis=1).repeat(c_stride, axis=2)
+    labels = _fit(labels, (nz, ny, nx))
+    if not regions.any():
+        return Segmentation(labels=labels, fine_box=(slice(0, 0),) * 3)
+
+    zz, yy, xx = np.nonzero(regions)
+    z0, z1 = max(0, zz.min() - Z_MARGIN_SLICES), min(nz, zz.max() + 1 + Z_MARGIN_SLICES)
+    # Crop centre in fine-network voxels; the crop is fixed-size so the fine engine sees one shape.
+    scale = c_stride / f_stride
+    cy, cx = (yy.min() + yy.max() + 1) / 2 * scale, (xx.min() + xx.max() + 1) / 2 * scale
+    fx, fy = fine.card.fine_crop_xy
+    mid = _downsample(image[z0:z1], f_stride)
+    y0 = int(np.clip(round(cy - fy / 2), 0, max(0, mid.shape[1] - fy)))
+    x0 = int(np.clip(round(cx - fx / 2), 0, max(0, mid.shape[2] - fx)))
+    crop = np.full((z1 - z0, fy, fx), -1.0, np.float32)
+    part = mid[:, y0:y0 + fy, x0:x0 + fx]
+    crop[:, :part.shape[1], :part.shape[2]] = part
+    fine_classes = _run(fine, crop)[:, :part.shape[1], :part.shape[2]]
+    fine_classes = fine_classes.repeat(f_stride, axis=1).repeat(f_stride, axis=2)
+    box = (slice(z0, z1), slice(y0 * f_stride, y0 * f_stride + fine_classes.shape[1]),
+           slice(x0 * f_stride, x0 * f_stride + fine_classes.shape[2]))
+    x_index = np.arange(box[2].start, box[2].stop)[None, None, :]
+    labels[box] = labels_from_classes(fine_classes, x_index, (nx - 1) / 2)
+    return Segmentation(labels=labels, fine_box=box)
+
+
+def _downsample(image: np.ndarray, f: int) -> np.ndarray:
+    if f == 1:
+        return image
+    nz, ny, nx = image.shape
+    return image[:, : ny - ny % f, : nx - nx % f].reshape(nz, ny // f, f, nx // f, f).mean(axis=(2, 4))
+
+
+def _fit(a: np.ndarray, shape) -> np.ndarray:
+    """Crop or zero-pad to shape (strided nets may lose a remainder row)."""
+    out = np.zeros(shape, a.dtype)
+    sl = tuple(slice(0, min(s, t)) for s, t in zip(a.shape, shape))
+    out[sl] = a[sl]
+    return out
+
+
+def _run(engine: Engine, volume: np.ndarray) -> np.ndarray:
+    """Pad z to the network's multiple with background, run, argmax to classes, unpad."""
+    m = engine.card.z_multiple
+    nz = volume.shape[0]
+    pad = (-nz) % m
+    x = np.pad(volume, ((0, pad), (0, 0), (0, 0)), constant_values=-1.0)[None, None].astype(np.float32)
+    name_in, name_out = engine.card.inputs[0].name, engine.card.outputs[0].name
+    logits = engine.run({name_in: x})[name_out]
+    return logits[0].argmax(axis=0)[:nz].astype(np.uint8)

@@ -1,0 +1,69 @@
+"""Write small DICOM CT series with pydicom, with the faults scanners really produce."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+
+def write_series(folder: Path, hu: np.ndarray, spacing=(0.5, 0.5, 5.0), origin=(-64.0, -64.0, 0.0),
+                 modality: str = "CT", slope: float = 1.0, intercept: float = -1024.0, tilt_deg: float = 0.0,
+                 description: str = "HEAD NCCT 5mm", image_type: str = "ORIGINAL\\PRIMARY\\AXIAL",
+                 orientation=(1, 0, 0, 0, 1, 0), series_uid: str | None = None, skip: tuple[int, ...] = (),
+                 z_positions: list[float] | None = None) -> str:
+    """hu: (z, y, x). Stored values = (hu - intercept) / slope as uint16. Returns the series UID."""
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study_uid = generate_uid()
+    sx, sy, sz = spacing
+    row, col = np.array(orientation[:3], float), np.array(orientation[3:], float)
+    normal = np.cross(row, col)
+    shear = np.tan(np.radians(tilt_deg))
+    for k in range(hu.shape[0]):
+        if k in skip:
+            continue
+        z = z_positions[k] if z_positions is not None else k * sz
+        # Gantry tilt: each slice's origin slides along the column direction as z grows.
+        pos = np.array(origin) + normal * z + col * z * shear
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"IM{k:04d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.Modality = modality
+        ds.SeriesDescription = description
+        ds.ImageType = image_type
+        ds.PatientID = "SYNTH"
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in pos]
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]
+        ds.PixelSpacing = [f"{sy:.4f}", f"{sx:.4f}"]
+        ds.SliceThickness = f"{sz:.3f}"
+        ds.GantryDetectorTilt = f"{tilt_deg:.2f}"
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
+        ds.Rows, ds.Columns = hu.shape[1], hu.shape[2]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        stored = np.clip(np.round((hu[k] - intercept) / slope), 0, 65535).astype(np.uint16)
+        ds.PixelData = stored.tobytes()
+        ds.save_as(folder / f"IM{k:04d}.dcm", enforce_file_format=True)
+    return series_uid
+
+
+def head_phantom(shape=(16, 200, 160), spacing=(1.0, 1.0, 5.0)) -> np.ndarray:
+    """A skull ellipse around brain-density tissue, air outside: passes the head checks."""
+    nz, ny, nx = shape
+    zz, yy, xx = np.mgrid[0:nz, 0:ny, 0:nx].astype(float)
+    r = np.sqrt(((xx - nx / 2) * spacing[0] / 70) ** 2 + ((yy - ny / 2) * spacing[1] / 88) ** 2)
+    hu = np.full(shape, -1000.0)
+    hu[r < 1.0] = 800.0
+    hu[r < 0.93] = 32.0
+    hu[(r < 0.2) & (np.abs(xx - nx / 2) > 4)] = 8.0   # ventricles
+    return hu

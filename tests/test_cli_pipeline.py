@@ -1,0 +1,130 @@
+"""End to end through the command line: the report, the exit codes, and never overwriting."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from runtime.pipeline import DEFAULT_STUDY
+from tests.conftest import ROOT
+from tests.dicom_util import head_phantom, write_series
+
+STAGES = ("read", "align", "resample", "skull_strip", "segment", "batch", "classify", "score", "total")
+
+
+def aspects(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "report"
+    run = aspects("score", "--out", out)
+    assert run.returncode == 0, run.stderr
+    return out, run
+
+
+def test_default_study_report(demo_report):
+    out, run = demo_report
+    assert "ASPECTS" in run.stdout and "bundled" in run.stdout
+    doc = json.loads((out / "report.json").read_text())
+    assert 0 <= doc["aspects"] <= 10 and doc["aspects"] == min(doc["aspects_left"], doc["aspects_right"])
+    assert doc["dichotomised"] == (">6" if doc["aspects"] > 6 else "<=6")
+    assert len(doc["regions"]) == 20 and {r["side"] for r in doc["regions"]} == {"left", "right"}
+    assert all(s in doc["timings_s"] for s in STAGES)
+    m = np.array(doc["alignment"]["model_to_study_lps"])
+    np.testing.assert_allclose(m[:3, :3].T @ m[:3, :3], np.eye(3), atol=1e-4)
+    assert len(doc["models"]) == 4 and all(len(x["sha256"]) == 64 for x in doc["models"])
+    assert doc["study"]["source"].endswith(DEFAULT_STUDY.name)
+    for name in ("ganglionic.png", "supraganglionic.png"):
+        img = sitk.ReadImage(str(out / name))
+        assert img.GetSize()[0] >= 384 and img.GetNumberOfComponentsPerPixel() == 3
+    assert doc["images"]["ganglionic"]["slice"] < doc["images"]["supraganglionic"]["slice"]
+
+
+def test_existing_report_is_never_overwritten(demo_report):
+    out, _ = demo_report
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
+    run = aspects("score", "--out", out)
+    assert run.returncode == 10
+    assert run.stderr.startswith("error:") and "Traceback" not in run.stderr
+    assert before == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
+
+
+def _bad_inputs(tmp_path):
+    hu = head_phantom()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    mr = tmp_path / "mr"
+    write_series(mr, hu, modality="MR")
+    gap = tmp_path / "gap"
+    write_series(gap, hu, skip=(5,))
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(DEFAULT_STUDY.read_bytes()[:5000])
+    flat = tmp_path / "flat.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 64, 64), np.int16)), str(flat))
+    few = tmp_path / "few.nii.gz"
+    img = sitk.GetImageFromArray(hu[:3].astype(np.int16))
+    img.SetSpacing((1.0, 1.0, 5.0))
+    sitk.WriteImage(img, str(few))
+    return {"missing": (tmp_path / "none", 3), "empty": (empty, 4), "mr": (mr, 5), "few": (few, 6),
+            "gap": (gap, 7), "flat": (flat, 8), "corrupt": (corrupt, 3)}
+
+
+def test_bad_inputs_exit_cleanly_with_distinct_codes(tmp_path):
+    for name, (path, code) in _bad_inputs(tmp_path).items():
+        out = tmp_path / f"out_{name}"
+        run = aspects("score", path, "--out", out)
+        assert run.returncode == code, (name, run.returncode, run.stderr)
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), (name, run.stderr)
+        assert not (out / "report.json").exists()
+
+
+def test_gpu_request_explains_itself(tmp_path):
+    pytest.importorskip("onnxruntime")
+    run = aspects("score", "--device", "gpu", "--out", tmp_path / "o")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert run.returncode == 12 and "TensorRT" in run.stderr
+
+
+def test_python_api_returns_typed_result(demo_result):
+    from runtime.score import Score
+    assert isinstance(demo_result.score, Score)
+    assert demo_result.labels.shape == demo_result.hu.shape == demo_result.grid.shape
+    present = set(np.unique(demo_result.labels)) - {0, 21}
+    assert len(present) >= 18, f"segmentation found only labels {sorted(present)}"
+
+
+def test_runtime_never_imports_torch():
+    code = ("import sys, runtime.cli, runtime.pipeline, runtime.report; "
+            "from runtime.pipeline import Scorer; Scorer(); "
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
+            "sys.exit(1 if bad else 0)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_dicom_and_nifti_of_one_study_score_the_same(tmp_path, demo_study, demo_result):
+    """The demo written as a DICOM series (files shuffled) must give the same geometry and score."""
+    a = demo_study.affine
+    spacing = tuple(np.linalg.norm(a[:3, :3], axis=0))
+    write_series(tmp_path / "dicom", demo_study.hu, spacing=spacing, origin=tuple(a[:3, 3]),
+                 orientation=tuple((a[:3, 0] / spacing[0]).tolist() + (a[:3, 1] / spacing[1]).tolist()))
+    for f in (tmp_path / "dicom").iterdir():
+        f.rename(f.with_name(hashlib.md5(f.name.encode()).hexdigest() + ".dcm"))
+    out = tmp_path / "report"
+    run = aspects("score", tmp_path / "dicom", "--out", out)
+    assert run.returncode == 0, run.stderr
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["aspects"] == demo_result.score.aspects
+    np.testing.assert_allclose(doc["alignment"]["model_to_study_lps"], demo_result.alignment.matrix, atol=1e-3)

@@ -1,0 +1,137 @@
+"""Networks, ONNX export, metrics, the synthesizer's ground truth and the CTP rule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training extra not installed (pip install -e '.[train]')")
+onnx = pytest.importorskip("onnx", reason="training extra not installed (pip install -e '.[train]')")
+
+from export import metrics as M  # noqa: E402
+from export.networks import (DANET_PAPER, VBNET_PAPER, DANet, DANetConfig, VBNet, VBNetConfig,  # noqa: E402
+                             parameter_count)
+from export.onnx_export import PARITY_TOL, export_model  # noqa: E402
+
+TINY_VB = VBNetConfig(widths=(4, 8, 8, 8, 8), blocks=(1, 1, 1, 1), inplane_downs=2)
+TINY_DA = DANetConfig(growth=4, block_layers=(1, 1), stem_channels=8, head_hidden=(16,))
+
+
+def test_paper_sized_networks_build():
+    assert 3.0e6 < parameter_count(DANet(DANET_PAPER)) < 5.0e6        # paper: ~3.9 M
+    vb = VBNet(VBNET_PAPER)
+    assert VBNET_PAPER.widths == (16, 32, 64, 128, 256) and VBNET_PAPER.blocks == (1, 2, 3, 3)
+    with torch.no_grad():
+        out = vb(torch.zeros(1, 1, 4, 32, 32))
+    assert out.shape == (1, 12, 4, 32, 32)
+
+
+def test_danet_is_side_symmetric():
+    """Swapping the two crops must swap the two probabilities: one shared trunk, mirrored difference."""
+    torch.manual_seed(0)
+    m = DANet(TINY_DA).eval()
+    x = torch.rand(3, 2, 2, 7, 32, 24)
+    with torch.no_grad():
+        p, cam = m(x)
+        q, cam2 = m(x.flip(1))
+    torch.testing.assert_close(p, q.flip(1))
+    torch.testing.assert_close(cam, cam2.flip(1))
+    assert ((p > 0) & (p < 1)).all()
+
+
+@pytest.mark.parametrize("kind", ["vbnet", "danet"])
+def test_onnx_export_parity_and_fp16(tmp_path, kind):
+    import onnxruntime as ort
+    torch.manual_seed(0)
+    if kind == "vbnet":
+        model, example = VBNet(TINY_VB), torch.zeros(1, 1, 4, 32, 32)
+        names, dyn = ["probabilities"], {"image": {2: "slices"}, "probabilities": {2: "slices"}}
+        inp = "image"
+    else:
+        model, example = DANet(TINY_DA), torch.zeros(2, 2, 2, 7, 32, 24)
+        names, dyn = ["probability", "cam"], {"pairs": {0: "batch"}, "probability": {0: "batch"}, "cam": {0: "batch"}}
+        inp = "pairs"
+    card = export_model(model, example, tmp_path, kind, inp, names, dyn, {"name": kind, "role": "test"})
+    assert card["export_parity_max_abs_error"] < PARITY_TOL
+    assert json.loads((tmp_path / f"{kind}.json").read_text())["sha256"] == card["sha256"]
+    proto = onnx.load(str(tmp_path / f"{kind}.onnx"))
+    assert proto.opset_import[0].version >= 17
+    # fp16 graph: fp32 at the boundary, fp16 inside, close to fp32.
+    half = onnx.load(str(tmp_path / f"{kind}.fp16.onnx"))
+    assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in half.graph.initializer)
+    x = np.random.default_rng(0).uniform(-1, 1, example.shape).astype(np.float32)
+    if kind == "danet":
+        x = np.concatenate([x[:2], x[:2]])          # dynamic batch: run a batch of 4
+    full = ort.InferenceSession(str(tmp_path / f"{kind}.onnx")).run(None, {inp: x})
+    fp16 = ort.InferenceSession(str(tmp_path / f"{kind}.fp16.onnx")).run(None, {inp: x})
+    for a, b in zip(full, fp16):
+        assert a.shape == b.shape and np.abs(a - b).max() < 2e-2
+
+
+def test_metrics_against_hand_computed_values():
+    y = np.array([0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.6, 0.4, 0.8, 0.9])
+    assert M.auc(p, y) == pytest.approx(5 / 6)       # 5 of 6 positive/negative pairs ordered right
+    c = M.confusion(p >= 0.5, y == 1)
+    assert (c["tp"], c["fp"], c["fn"], c["tn"]) == (2, 1, 1, 1)
+    a = np.array([10, 9, 7, 5, 3, 8.0])
+    assert M.icc_2_1(a, a) == pytest.approx(1.0)
+    assert M.icc_2_1(a, a + 1) < 1.0
+    ba = M.bland_altman(a + 1, a)
+    assert ba["mean_difference"] == pytest.approx(1.0) and ba["upper_limit"] == pytest.approx(1.0)
+    assert M.spearman(a, 2 * a) == pytest.approx(1.0)
+
+
+def test_ctp_rule_marks_regions_with_core_over_ten_percent():
+    from export.ctp_label import region_labels
+    from runtime.regions import label_id
+    labels = np.zeros((4, 20, 40), np.uint8)
+    labels[:, 5:15, 22:32] = label_id(1, "left")        # L, patient left (x > centre)
+    labels[:, 5:15, 8:18] = label_id(1, "right")         # its mirror twin
+    labels[:, 5:15, 2:6] = label_id(4, "right")
+    labels[:, 5:15, 34:38] = label_id(4, "left")
+    cbf = np.full(labels.shape, 50.0)
+    cbf[:, 5:15, 22:24] = 5.0                            # 20 % of left L at 10 % flow: core
+    cbf[:, 5:15, 34:34 + 0] = 5.0
+    result = region_labels(cbf, labels)
+    assert result["regions"]["left L"]["affected"] and result["regions"]["left L"]["core_fraction"] >= 0.1
+    assert not result["regions"]["right L"]["affected"]
+    assert result["aspects"] == 9
+
+
+@pytest.fixture(scope="module")
+def phantom(shared_data):
+    from export.synth import load_phantom
+    return load_phantom(shared_data)
+
+
+def test_synthetic_lesion_ground_truth_follows_the_ten_percent_rule(phantom):
+    from export import synth
+    spec = synth.draw_spec(3, lesion_rate=1.0)
+    case = synth.make_case(phantom, spec)
+    for name, (left, right) in case.affected.items():
+        fl, fr = case.core_fraction[name]
+        assert left == (fl >= 0.10) and right == (fr >= 0.10)
+    assert any(any(v) for v in case.affected.values())
+    # The change is hypodense: against the same case without the lesion, core tissue got darker
+    # and nothing far from the core changed.
+    from dataclasses import replace
+    healthy = synth.make_case(phantom, replace(spec, lesions=()))
+    diff = case.hu - healthy.hu
+    tissue = case.core & (healthy.hu > 20)
+    assert diff[tissue].mean() < -0.5
+    from scipy import ndimage
+    far = ~ndimage.binary_dilation(case.core, iterations=6)
+    assert np.abs(diff[far]).max() < 1e-3
+
+
+def test_phantom_covers_the_whole_head(phantom):
+    """No part of the skull may touch the canonical grid's border (a cut-off head)."""
+    bone = phantom.hu > 300
+    for axis in range(3):
+        for end in (0, -1):
+            assert not np.take(bone, end, axis=axis).any(), f"skull touches the border on axis {axis}"
+    assert 1500 < (phantom.labels > 0).sum() / 1000 < 2100     # brain mL

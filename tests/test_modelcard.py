@@ -1,0 +1,54 @@
+"""Model cards are the contract; model files are checked like executables."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from runtime.engine import OnnxRuntimeEngine
+from runtime.errors import ModelError
+from runtime.modelcard import DEFAULT_MODEL_DIR, ROLES, load_card, load_model_set
+
+
+def test_shipped_cards_are_complete():
+    models = load_model_set()
+    for card in models.cards:
+        assert card.onnx.exists() and len(card.sha256) == 64
+        assert card.raw["provenance"] and "synthetic" in card.raw["provenance"]
+        assert card.inputs[0].dtype == "float32"
+        if card.role.startswith("classify"):
+            assert card.crop == (7, 130, 110) and 0 < card.threshold < 1 and card.regions
+            assert card.inputs[0].shape[0] == "batch"       # dynamic batch
+    assert {r for c in models.cards for r in c.regions} == {"C", "L", "IC", "I", "M1", "M2", "M3", "M4", "M5",
+                                                            "M6"}
+
+
+@pytest.fixture
+def model_copy(tmp_path):
+    for p in DEFAULT_MODEL_DIR.iterdir():
+        if p.suffix in (".json", ".onnx"):
+            shutil.copy(p, tmp_path / p.name)
+    return tmp_path
+
+
+def test_tampered_model_is_refused(model_copy):
+    card = load_model_set(model_copy).classify_cortical
+    data = bytearray(card.onnx.read_bytes())
+    data[-10] ^= 0xFF
+    card.onnx.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        OnnxRuntimeEngine(card)
+
+
+def test_malformed_or_missing_cards_are_refused(model_copy):
+    card_path = next(p for p in model_copy.glob("*.json") if json.loads(p.read_text()).get("role") == ROLES[0])
+    doc = json.loads(card_path.read_text())
+    del doc["grid"]
+    card_path.write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="malformed"):
+        load_card(card_path)
+    card_path.unlink()
+    with pytest.raises(ModelError, match="no model card"):
+        load_model_set(model_copy)

@@ -1,0 +1,139 @@
+"""Reading: DICOM series handling and the refusal of everything that is not a scoreable head CT."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from runtime import errors
+from runtime.read import read_study
+from tests.dicom_util import head_phantom, write_series
+
+SPACING = (1.0, 1.0, 5.0)
+
+
+def _nifti(path, hu, spacing=SPACING):
+    img = sitk.GetImageFromArray(hu.astype(np.int16))
+    img.SetSpacing(spacing)
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def test_dicom_rescale_sorting_and_geometry(tmp_path):
+    hu = head_phantom()
+    hu[3, 10, 20] = 1234.0                   # a marker to check slice order and orientation
+    write_series(tmp_path / "s", hu, spacing=SPACING, slope=0.5, intercept=-1024.0)
+    # Shuffle file names so directory order is not slice order.
+    files = sorted((tmp_path / "s").iterdir())
+    for i, f in enumerate(files):
+        f.rename(f.with_name(f"x{(i * 7) % len(files):03d}_{f.name}"))
+    study = read_study(tmp_path / "s")
+    assert study.hu.shape == hu.shape
+    assert study.hu[3, 10, 20] == pytest.approx(1234.0, abs=0.5)
+    assert np.abs(study.hu - hu).max() <= 0.5           # slope 0.5 quantises to half-HU steps
+    np.testing.assert_allclose(study.spacing, SPACING, atol=1e-6)
+    assert study.affine[2, 3] == pytest.approx(0.0)      # first slice is the lowest
+    assert study.metadata["gantry_tilt_deg"] == 0
+
+
+def test_dicom_picks_axial_ct_among_several_series(tmp_path):
+    hu = head_phantom()
+    write_series(tmp_path / "f" / "loc", hu[:2], image_type="ORIGINAL\\PRIMARY\\LOCALIZER")
+    write_series(tmp_path / "f" / "bone", hu[::2], description="HEAD BONE 10mm", spacing=(1, 1, 10.0))
+    write_series(tmp_path / "f" / "mr", hu, modality="MR")
+    uid = write_series(tmp_path / "f" / "nc", hu, description="HEAD NCCT 5mm")
+    study = read_study(tmp_path / "f")
+    assert study.metadata["series_uid"] == uid
+    assert any("series" in w for w in study.warnings)
+
+
+def test_dicom_missing_slice_is_refused(tmp_path):
+    write_series(tmp_path / "s", head_phantom(), skip=(7,))
+    with pytest.raises(errors.InconsistentSeries, match="missing"):
+        read_study(tmp_path / "s")
+
+
+def test_dicom_uneven_spacing_is_regridded(tmp_path):
+    hu = head_phantom()
+    z = [k * 5.0 + (0.6 if k % 3 == 1 else 0.0) for k in range(hu.shape[0])]
+    write_series(tmp_path / "s", hu, z_positions=z)
+    study = read_study(tmp_path / "s")
+    assert study.spacing[2] == pytest.approx(5.0, abs=0.05)
+    assert any("uneven" in w for w in study.warnings)
+
+
+def test_dicom_gantry_tilt_is_kept_as_shear(tmp_path):
+    write_series(tmp_path / "s", head_phantom(), tilt_deg=12.0)
+    study = read_study(tmp_path / "s")
+    assert study.metadata["gantry_tilt_deg"] == pytest.approx(12.0, abs=0.1)
+    # The stacking vector leans along the column (y) direction by tan(12 deg) per mm of z.
+    assert study.affine[1, 2] / study.affine[2, 2] == pytest.approx(np.tan(np.radians(12.0)), rel=1e-3)
+    assert any("tilt" in w for w in study.warnings)
+
+
+def test_nifti_roundtrip(tmp_path):
+    hu = head_phantom()
+    study = read_study(_nifti(tmp_path / "h.nii.gz", hu))
+    np.testing.assert_array_equal(study.hu, hu.astype(np.float32))
+    np.testing.assert_allclose(study.spacing, SPACING)
+
+
+@pytest.mark.parametrize("case, error", [
+    ("missing", errors.UnreadableInput),
+    ("empty_folder", errors.NoSeries),
+    ("junk_folder", errors.NoSeries),
+    ("corrupt_file", errors.UnreadableInput),
+    ("mr", errors.WrongModality),
+    ("few_slices", errors.TooFewSlices),
+    ("flat", errors.NotAHead),
+    ("no_skull", errors.NotAHead),
+    ("body", errors.NotAHead),
+    ("huge", errors.AbsurdSize),
+    ("spacing", errors.AbsurdSize),
+])
+def test_bad_input_is_refused_with_its_own_error(tmp_path, case, error):
+    hu = head_phantom()
+    if case == "missing":
+        path = tmp_path / "nope.nii.gz"
+    elif case == "empty_folder":
+        path = tmp_path / "empty"
+        path.mkdir()
+    elif case == "junk_folder":
+        path = tmp_path / "junk"
+        path.mkdir()
+        (path / "notes.txt").write_text("not an image")
+    elif case == "corrupt_file":
+        path = _nifti(tmp_path / "c.nii.gz", hu)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif case == "mr":
+        path = tmp_path / "mr"
+        write_series(path, hu, modality="MR")
+    elif case == "few_slices":
+        path = _nifti(tmp_path / "f.nii.gz", hu[:4])
+    elif case == "flat":
+        path = _nifti(tmp_path / "flat.nii.gz", np.zeros_like(hu))
+    elif case == "no_skull":
+        path = _nifti(tmp_path / "s.nii.gz", np.where(hu > 100, 30.0, hu))
+    elif case == "body":
+        big = np.full((16, 400, 400), -1000.0)
+        yy, xx = np.mgrid[0:400, 0:400]
+        body = ((xx - 200) / 170.0) ** 2 + ((yy - 200) / 120.0) ** 2 < 1
+        big[:, body] = 40.0
+        big[:, (np.abs(xx - 200) > 150) & body] = 700.0          # ribs / arms far apart
+        path = _nifti(tmp_path / "b.nii.gz", big)
+    elif case == "huge":
+        path = _nifti(tmp_path / "h.nii.gz", np.zeros((2100, 40, 40)))
+    else:
+        path = _nifti(tmp_path / "sp.nii.gz", hu, spacing=(8.0, 8.0, 5.0))
+    with pytest.raises(error) as info:
+        read_study(path)
+    assert "\n" not in str(info.value)
+
+
+def test_exit_codes_are_distinct():
+    codes = [cls.exit_code for cls in errors.AspectsError.__subclasses__()]
+    assert len(codes) == len(set(codes))
+    assert 0 not in codes and 2 not in codes      # 0 = success, 2 = usage error (argparse)
