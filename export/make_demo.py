@@ -23,7 +23,7 @@ def demo_spec() -> synth.CaseSpec:
     lesion = synth.Lesion(side="left", regions=("I", "M2", "M5", "L"), drop_hu=6.0, contrast_loss=0.7,
                           coverage=(0.9, 0.8, 0.6, 0.5))
     return synth.CaseSpec(**{**base.__dict__, "lesions": (lesion,), "old_infarct": None, "leukoaraiosis": 0.0,
-                             "slice_mm": 5.0, "noise_hu": 3.0,
+                             "slice_mm": 5.0, "inplane_mm": 0.45, "noise_hu": 3.0,
                              "rotation_deg": (4.0, 6.0, -9.0), "shift_mm": (7.0, -5.0, 3.0)})
 
 

@@ -15,7 +15,7 @@ ischemic core covers >= 10 % of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,7 @@ class CaseSpec:
     noise_hu: float
     bias_hu: float
     slice_mm: float
+    inplane_mm: float = 0.45                   # scanner pixel size (0.4-0.5 mm)
 
 
 @dataclass(frozen=True)
@@ -146,11 +147,12 @@ def draw_spec(seed: int, pose: str = "residual", lesion_rate: float = 0.7) -> Ca
     if rng.random() < 0.15:
         old = (str(rng.choice(["left", "right"])), str(rng.choice([r.name for r in REGIONS])))
     thickness = float(rng.choice([3.0, 4.0, 5.0, 5.0, 5.0, 6.0, 7.5, 9.0]))
-    return CaseSpec(seed=seed, scale=tuple(rng.uniform(0.9, 1.1, 3)), warp_mm=float(rng.uniform(0.5, 3.0)),
+    spec = CaseSpec(seed=seed, scale=tuple(rng.uniform(0.9, 1.1, 3)), warp_mm=float(rng.uniform(0.5, 3.0)),
                     rotation_deg=rot, shift_mm=shift, lesions=tuple(lesions), old_infarct=old,
                     leukoaraiosis=float(rng.uniform(2, 6)) if rng.random() < 0.2 else 0.0,
                     noise_hu=float(rng.uniform(2.0, 5.0)), bias_hu=float(rng.uniform(0, 8)),
                     slice_mm=thickness)
+    return replace(spec, inplane_mm=float(rng.uniform(0.4, 0.5)))
 
 
 def _draw_lesion(rng: np.random.Generator, side: str, max_regions: int = 10) -> Lesion:
@@ -328,12 +330,16 @@ def _to_phantom_index(world: np.ndarray, world_to_canon, canon_to_index, warp) -
     return (idx + disp)[:, ::-1].T                                            # (3, N) as (z, y, x)
 
 
-def scanner_grid(spec: CaseSpec, inplane_mm: float = 0.45, matrix: int = 512,
+def scanner_grid(spec: CaseSpec, matrix: int = 512,
                  z_range_mm: tuple[float, float] = (-55.0, 100.0)) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """An axial scanner grid centred on the head: `matrix`^2 in-plane, slices of `spec.slice_mm`."""
+    """An axial scanner grid centred on the head: `matrix`^2 pixels of `spec.inplane_mm`,
+    slices of `spec.slice_mm`."""
+    inplane_mm = spec.inplane_mm
     nz = int(round((z_range_mm[1] - z_range_mm[0]) / spec.slice_mm)) + 1
     a = np.diag([inplane_mm, inplane_mm, spec.slice_mm, 1.0])
-    a[:3, 3] = (-(matrix - 1) / 2 * inplane_mm, -(matrix - 1) / 2 * inplane_mm + 15.0, z_range_mm[0])
+    # The technologist centres the field of view on the head (whose centre sits ~15 mm behind MNI 0).
+    cx, cy = spec.shift_mm[0], spec.shift_mm[1] + 15.0
+    a[:3, 3] = (cx - (matrix - 1) / 2 * inplane_mm, cy - (matrix - 1) / 2 * inplane_mm, z_range_mm[0])
     return a, (nz, matrix, matrix)
 
 

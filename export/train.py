@@ -4,8 +4,9 @@
     python -m export.train classify --data build/data/train --out engines
 
 Seeds are fixed, the full config is logged next to the run and copied into the
-model card. Defaults are sized for a 2-core CPU (about an hour for everything
-together with data generation); `--paper-size` builds the published widths.
+model card. The defaults are what produced the shipped models, sized for a 2-core
+CPU (about 80 minutes with data generation); `--paper-size` builds the published
+widths for GPU training.
 
 Own data: the same commands train on any folder of case_*.npz files laid out as
 export.dataset writes them; `python -m export.ingest` converts a folder of NIfTI
@@ -337,7 +338,7 @@ def main(argv=None) -> None:
             card = train_segmenter(stage, train, val, cfg, args.paper_size, args.out, run_log)
             print(stage, json.dumps(card["metrics"]["dice_mean_regions"]))
     else:
-        cfg = TrainConfig(iterations=args.iterations or 500, lr=1e-3, batch=8)
+        cfg = TrainConfig(iterations=args.iterations or 400, lr=1e-3, batch=8)
         cases = load_cases(args.data, ("pairs", "hypo", "affected"))
         train, val = split(cases, cfg.val_fraction, cfg.seed)
         for group in (args.stages or "subcortical,cortical").split(","):
