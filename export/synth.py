@@ -15,7 +15,7 @@ ischemic core covers >= 10 % of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -147,12 +147,13 @@ def draw_spec(seed: int, pose: str = "residual", lesion_rate: float = 0.7) -> Ca
     if rng.random() < 0.15:
         old = (str(rng.choice(["left", "right"])), str(rng.choice([r.name for r in REGIONS])))
     thickness = float(rng.choice([3.0, 4.0, 5.0, 5.0, 5.0, 6.0, 7.5, 9.0]))
-    spec = CaseSpec(seed=seed, scale=tuple(rng.uniform(0.9, 1.1, 3)), warp_mm=float(rng.uniform(0.5, 3.0)),
+    # Keyword arguments are evaluated left to right: inplane_mm stays the last draw, so adding it
+    # left every earlier field (and the training data) unchanged.
+    return CaseSpec(seed=seed, scale=tuple(rng.uniform(0.9, 1.1, 3)), warp_mm=float(rng.uniform(0.5, 3.0)),
                     rotation_deg=rot, shift_mm=shift, lesions=tuple(lesions), old_infarct=old,
                     leukoaraiosis=float(rng.uniform(2, 6)) if rng.random() < 0.2 else 0.0,
                     noise_hu=float(rng.uniform(2.0, 5.0)), bias_hu=float(rng.uniform(0, 8)),
-                    slice_mm=thickness)
-    return replace(spec, inplane_mm=float(rng.uniform(0.4, 0.5)))
+                    slice_mm=thickness, inplane_mm=float(rng.uniform(0.4, 0.5)))
 
 
 def _draw_lesion(rng: np.random.Generator, side: str, max_regions: int = 10) -> Lesion:
