@@ -9,19 +9,53 @@ FP16 builder flag, so the precision must live in the graph).
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
+from torch import nn
 
 from runtime.modelcard import file_sha256
 
 OPSET = 17
 PARITY_TOL = 1e-4
+# Normalisation statistics (GroupNorm3d: Sub, Mul, ReduceMean, Sqrt, Div) stay fp32: squared
+# activations overflow fp16 and their means lose it.
 FP32_ONLY_OPS = ["BatchNormalization", "InstanceNormalization", "GroupNormalization", "ReduceMean",
-                 "GlobalAveragePool", "Sigmoid", "Softmax", "Div", "Pow", "Sqrt", "Max", "Abs"]
+                 "GlobalAveragePool", "Sigmoid", "Softmax", "Div", "Pow", "Sqrt", "Max", "Abs", "Sub", "Mul"]
+
+
+class GroupNorm3d(nn.GroupNorm):
+    """nn.GroupNorm (same parameters) with the statistics as nested means, one axis at a time,
+    swapped in for export only (training keeps PyTorch's faster fused kernel).
+
+    Exported as-is, ONNX Runtime sums each group's 10^5-10^6 voxels sequentially in fp32; its
+    output then drifted 1.2e-4 from PyTorch after long training, past the export check's 1e-4.
+    Short nested means keep it near 1e-5 at no measurable inference cost."""
+
+    def forward(self, x):
+        b, c, d, h, w = x.shape
+        g = x.reshape(b, self.num_groups, c // self.num_groups, d, h, w)
+        centred = g - _nested_mean(g)
+        var = _nested_mean(centred * centred)
+        y = (centred / torch.sqrt(var + self.eps)).reshape(b, c, d, h, w)
+        return y * self.weight.reshape(1, c, 1, 1, 1) + self.bias.reshape(1, c, 1, 1, 1)
+
+
+def _nested_mean(t: torch.Tensor) -> torch.Tensor:
+    return t.mean(5, keepdim=True).mean(4, keepdim=True).mean(3, keepdim=True).mean(2, keepdim=True)
+
+
+def export_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """An eval-mode copy of `model` with every 5-D nn.GroupNorm exported as GroupNorm3d."""
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        if type(module) is torch.nn.GroupNorm:
+            module.__class__ = GroupNorm3d
+    return model
 
 
 class _Wrap(torch.nn.Module):
@@ -41,7 +75,7 @@ def export_model(model: torch.nn.Module, example: torch.Tensor, out_dir: Path, s
                  seed: int = 0) -> dict:
     """Write `stem.onnx`, `stem.fp16.onnx`, `stem.json`; returns the card."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
+    model = export_copy(model)
     onnx_path = out_dir / f"{stem}.onnx"
     with torch.no_grad():
         torch.onnx.export(_Wrap(model).eval(), (example,), str(onnx_path), input_names=[input_name],

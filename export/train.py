@@ -4,9 +4,9 @@
     python -m export.train classify --data build/data/train --out engines
 
 Seeds are fixed, the full config is logged next to the run and copied into the
-model card. The defaults are what produced the shipped models, sized for a 2-core
-CPU (about 80 minutes with data generation); `--paper-size` builds the published
-widths for GPU training.
+model card. The defaults are phase 1 of the shipped models; `--continue` phases follow it
+(export/train_all.sh runs all three, about 2.5 hours on a 2-core CPU). `--paper-size` builds
+the published widths for GPU training.
 
 Own data: the same commands train on any folder of case_*.npz files laid out as
 export.dataset writes them; `python -m export.ingest` converts a folder of NIfTI
@@ -16,9 +16,10 @@ images, region label maps and per-region labels into that layout.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from .onnx_export import export_model
 
 VERSION = "0.1.0"
 CLASS_WEIGHTS = torch.tensor([0.1, 0.3] + [1.0] * 10)      # background, brain, the 10 regions
-CHECKPOINTS = Path("build/checkpoints")
+CHECKPOINT_DIR = "pytorch"            # under the output folder (engines/pytorch)
 PROVENANCE = ("Trained only on synthetic NCCT studies made by export.synth from Rorden's CT template "
               "(BSD-2) and the MNI152 ASPECTS region atlas of AnotherMak/aspects-on-cta (MIT); "
               "ground truth by the paper's rule (core >= 10% of a region). Not for clinical use.")
@@ -86,20 +87,49 @@ def _log(run_log: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _checkpoint(model: torch.nn.Module, stem: str) -> None:
-    """PyTorch weights, kept out of git, for GPU reference runs and fine-tuning."""
-    CHECKPOINTS.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict()}, CHECKPOINTS / f"{stem}.pt")
+def _checkpoint(model: torch.nn.Module, out_dir: Path, stem: str, history: list[dict]) -> dict:
+    """PyTorch weights beside the ONNX files: the GPU benchmark's reference models and the start
+    of a continued training phase. `history` is every phase that led to them, oldest first."""
+    path = out_dir / CHECKPOINT_DIR / f"{stem}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "training": history}, path)
+    return {"file": f"{CHECKPOINT_DIR}/{path.name}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
-def _base_card(role: str, name: str, cfg: TrainConfig, arch: dict, n_params: int, n_train: int) -> dict:
+def _initial_weights(model: torch.nn.Module, init: Path | None) -> list[dict]:
+    """Continue from a checkpoint of the same architecture; returns its training history."""
+    if init is None:
+        return []
+    ck = torch.load(init, map_location="cpu", weights_only=True)
+    if ck["config"] != model.cfg.to_dict():
+        raise SystemExit(f"{init}: architecture {ck['config']} differs from {model.cfg.to_dict()}")
+    model.load_state_dict(ck["state_dict"])
+    digest = hashlib.sha256(init.read_bytes()).hexdigest()
+    return [*ck.get("training", []), {"continued_from": str(init), "sha256": digest}]
+
+
+def _phase_seed(cfg: TrainConfig, history: list[dict]) -> TrainConfig:
+    """Each continued phase draws its own sample sequence: seed + number of earlier phases."""
+    phases = sum("iterations" in h for h in history)
+    if phases:
+        cfg = replace(cfg, seed=SEED + phases)
+        set_seed(cfg.seed, cfg.threads)
+    return cfg
+
+
+def _phase(cfg: TrainConfig, n_train: int) -> dict:
+    return {**asdict(cfg), "cases": n_train, "torch": str(torch.__version__)}
+
+
+def _base_card(role: str, name: str, cfg: TrainConfig, arch: dict, n_params: int, n_train: int,
+               history: list[dict]) -> dict:
     return {
         "name": name, "version": VERSION, "role": role,
         "grid": {"spacing_mm": list(GRID_SPACING_MM), "shape_xy": list(GRID_SHAPE_XY),
                  "min_slice_mm": MIN_SLICE_MM, "reformat_slice_mm": REFORMAT_SLICE_MM},
         "window": {"level": WINDOW[0], "width": WINDOW[1]},
         "architecture": arch, "parameters": n_params,
-        "training": {**asdict(cfg), "cases": n_train, "torch": torch.__version__},
+        "training": {**_phase(cfg, n_train), "earlier_phases": history},
         "provenance": PROVENANCE, "metrics": {},
     }
 
@@ -160,10 +190,12 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes=range(1, 21)) ->
 
 
 def train_segmenter(stage: str, cases: list[dict], val: list[dict], cfg: TrainConfig, paper: bool,
-                    out_dir: Path, run_log: Path) -> dict:
+                    out_dir: Path, run_log: Path, init: Path | None = None) -> dict:
     set_seed(cfg.seed, cfg.threads)
     arch = VBNET_PAPER if paper else VBNET_CPU
     model = VBNet(arch)
+    history = _initial_weights(model, init)
+    cfg = _phase_seed(cfg, history)
     sample = coarse_sample if stage == "coarse" else fine_sample
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = _schedule(opt, cfg)
@@ -203,7 +235,7 @@ def train_segmenter(stage: str, cases: list[dict], val: list[dict], cfg: TrainCo
     dice = np.nanmean(np.array(dices), axis=0)
     stride = COARSE_STRIDE if stage == "coarse" else FINE_STRIDE
     card = _base_card(f"segment_{stage}", f"aspects-vbnet-{stage}", cfg, arch.to_dict(), parameter_count(model),
-                      len(cases))
+                      len(cases), history)
     card.update({"input_stride": stride, "z_multiple": arch.z_multiple, "classes": list(SEG_CLASSES),
                  "side_rule": "x index above the grid centre (the mid-sagittal plane) is the patient's left",
                  "metrics": {"validation_cases": len(val), "dice_mean_regions": round(float(np.nanmean(dice)), 4),
@@ -213,7 +245,7 @@ def train_segmenter(stage: str, cases: list[dict], val: list[dict], cfg: TrainCo
         example = torch.zeros(1, 1, 12, FINE_CROP_XY[1], FINE_CROP_XY[0])
     else:
         example = torch.zeros(1, 1, 28, GRID_SHAPE_XY[1] // stride, GRID_SHAPE_XY[0] // stride)
-    _checkpoint(model, f"vbnet_{stage}")
+    card["pytorch"] = _checkpoint(model, out_dir, f"vbnet_{stage}", [*history, _phase(cfg, len(cases))])
     return export_model(model, example, out_dir, f"vbnet_{stage}", "image", ["probabilities"],
                         {"image": {2: "slices"}, "probabilities": {2: "slices"}}, card, seed=cfg.seed)
 
@@ -255,11 +287,13 @@ def best_threshold(p: np.ndarray, y: np.ndarray) -> float:
 
 
 def train_classifier(group: str, cases: list[dict], val: list[dict], cfg: TrainConfig, paper: bool,
-                     out_dir: Path, run_log: Path) -> dict:
+                     out_dir: Path, run_log: Path, init: Path | None = None) -> dict:
     set_seed(cfg.seed, cfg.threads)
     region_idx = CORTICAL if group == "cortical" else SUBCORTICAL
     arch = DANET_PAPER if paper else DANET_CPU
     model = DANet(arch)
+    history = _initial_weights(model, init)
+    cfg = _phase_seed(cfg, history)
     labels = np.concatenate([c["affected"][list(region_idx)].ravel() for c in cases])
     pos_weight = float((labels == 0).sum() / max(1, (labels == 1).sum()))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -287,13 +321,13 @@ def train_classifier(group: str, cases: list[dict], val: list[dict], cfg: TrainC
     threshold = best_threshold(p_val.ravel(), y_val.ravel())
     regions = [REGION_NAMES[i] for i in region_idx]
     card = _base_card(f"classify_{group}", f"aspects-danet-{group}", cfg, arch.to_dict(), parameter_count(model),
-                      len(cases))
+                      len(cases), history)
     card.update({"crop": list(CLASSIFIER_CROP), "regions": regions, "threshold": round(threshold, 4),
                  "loss": {"pos_weight": round(pos_weight, 3), "cam_weight": 0.5, "rank_weight": 0.5},
                  "metrics": {"validation_cases": len(val), "threshold_rule": "Youden J on validation pairs",
                              **binary_metrics(p_val.ravel(), y_val.ravel(), threshold)}})
     example = torch.zeros(len(regions), 2, 2, *CLASSIFIER_CROP)
-    _checkpoint(model, f"danet_{group}")
+    card["pytorch"] = _checkpoint(model, out_dir, f"danet_{group}", [*history, _phase(cfg, len(cases))])
     return export_model(model, example, out_dir, f"danet_{group}", "pairs", ["probability", "cam"],
                         {"pairs": {0: "batch"}, "probability": {0: "batch"}, "cam": {0: "batch"}}, card,
                         seed=cfg.seed)
@@ -325,25 +359,28 @@ def main(argv=None) -> None:
     p.add_argument("--data", type=Path, default=Path("build/data/train"))
     p.add_argument("--out", type=Path, default=Path("engines"))
     p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="initial learning rate")
     p.add_argument("--paper-size", action="store_true", help="published network widths (GPU training)")
     p.add_argument("--stages", default=None, help="comma list: coarse,fine or subcortical,cortical")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="continue each stage from its checkpoint in OUT/pytorch (a new phase, new seed)")
     args = p.parse_args(argv)
     run_log = args.out / "training_log.jsonl"
     args.out.mkdir(parents=True, exist_ok=True)
     if args.what == "segment":
-        cfg = TrainConfig(iterations=args.iterations or 1000, lr=4e-3, batch=1)
+        cfg = TrainConfig(iterations=args.iterations or 1000, lr=args.lr or 4e-3, batch=1)
         cases = load_cases(args.data, ("image1", "labels1"))
-        train, val = split(cases, cfg.val_fraction, cfg.seed)
-        for stage in (args.stages or "coarse,fine").split(","):
-            card = train_segmenter(stage, train, val, cfg, args.paper_size, args.out, run_log)
-            print(stage, json.dumps(card["metrics"]["dice_mean_regions"]))
+        stages, stem, train_fn = args.stages or "coarse,fine", "vbnet_{}", train_segmenter
     else:
-        cfg = TrainConfig(iterations=args.iterations or 400, lr=1e-3, batch=8)
+        cfg = TrainConfig(iterations=args.iterations or 400, lr=args.lr or 1e-3, batch=8)
         cases = load_cases(args.data, ("pairs", "hypo", "affected"))
-        train, val = split(cases, cfg.val_fraction, cfg.seed)
-        for group in (args.stages or "subcortical,cortical").split(","):
-            card = train_classifier(group, train, val, cfg, args.paper_size, args.out, run_log)
-            print(group, json.dumps(card["metrics"]))
+        stages, stem, train_fn = args.stages or "subcortical,cortical", "danet_{}", train_classifier
+    # The split always uses the base seed, so a continued phase validates on the same held-back cases.
+    train, val = split(cases, cfg.val_fraction, SEED)
+    for stage in stages.split(","):
+        init = args.out / CHECKPOINT_DIR / f"{stem.format(stage)}.pt" if args.resume else None
+        card = train_fn(stage, train, val, cfg, args.paper_size, args.out, run_log, init)
+        print(stage, json.dumps(card["metrics"]))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Rebuild the shipped models from scratch on a 2-core CPU (about 80 minutes, evaluation extra):
+# Rebuild the shipped models from scratch on a 2-core CPU (about 2.5 hours, evaluation extra):
 # synthetic data -> VB-Net coarse + fine -> DA-Net subcortical + cortical -> ONNX + cards -> evaluation.
+# Later phases continue from the previous phase's weights in engines/pytorch (each card lists its phases).
 # Usage: bash export/train_all.sh [path/to/shared/data]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${1:-../shared/data}
 python -m export.dataset --shared "$SHARED" --out build/data/train --seeds 0:260
 python -m export.dataset --shared "$SHARED" --out build/data/test --seeds 100000:100060
+# phase 1 (about 55 minutes)
 python -m export.train segment --data build/data/train --out engines
 python -m export.train classify --data build/data/train --out engines
+# phase 2: the fine VB-Net was still improving (about 45 minutes), DA-Net a little further (10 minutes)
+python -m export.train segment --continue --stages fine --iterations 1500 --lr 2e-3 --data build/data/train --out engines
+python -m export.train classify --continue --iterations 300 --lr 5e-4 --data build/data/train --out engines
+# phase 3: the fine VB-Net at a lower rate (about 30 minutes)
+python -m export.train segment --continue --stages fine --iterations 1000 --lr 1e-3 --data build/data/train --out engines
 python -m export.evaluate cases --data build/data/test --models engines
 python -m export.evaluate studies --shared "$SHARED" --models engines --n 24
 python -m export.evaluate real --real "$SHARED/real" --models engines

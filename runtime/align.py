@@ -10,6 +10,7 @@ symmetry); pitch cannot be seen by a mirror and is kept as scanned.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage, optimize
@@ -32,35 +33,40 @@ class Alignment:
 
 
 @dataclass(frozen=True)
-class _Level:
+class Level:
     """The study at one working resolution, ready for fast mirror-similarity probes."""
     volume: np.ndarray        # smoothed, clipped intensities (z, y, x)
     world_to_index: np.ndarray
     points: np.ndarray        # (N, 3) LPS mm of sampled head voxels
-    values: np.ndarray        # intensities at those points
+    values: np.ndarray        # intensities at those points (float64, as every similarity sum)
 
 
-def align(study: Study) -> Alignment:
+def align(study: Study, similarity: Similarity | None = None) -> Alignment:
     """Recover the mid-sagittal plane coarse-to-fine (about 2 mm, then 1 mm in-plane).
 
-    Coarser than 2 mm blurs away the roll signal of 5 mm slices and biases roll to zero."""
+    Coarser than 2 mm blurs away the roll signal of 5 mm slices and biases roll to zero.
+    `similarity` evaluates the mirror similarity of a level (the GPU path passes its own)."""
+    similarity = similarity or mirror_similarity
     rng = np.random.default_rng(SEED)
     coarse = _make_level(study, target_mm=2.0, rng=rng)
     centre = coarse.points.mean(axis=0)
     # Yaw is the large unknown on a real scanner table: scan it before the local search.
     yaws = np.radians(np.arange(-40, 41, 4.0))
-    start_yaw = max(yaws, key=lambda t: _similarity(coarse, centre, (t, 0.0, 0.0)))
-    params = _refine(coarse, centre, (start_yaw, 0.0, 0.0), step=(np.radians(3), np.radians(3), 3.0))
+    start_yaw = max(yaws, key=lambda t: similarity(coarse, centre, (t, 0.0, 0.0)))
+    params = _refine(similarity, coarse, centre, (start_yaw, 0.0, 0.0), step=(np.radians(3), np.radians(3), 3.0))
     # Thick slices are smeared along the scanner's z, which is not mirror-symmetric once the head is
     # rolled; the mismatch grows with distance from the plane, so the fine pass looks near it only.
     fine = _make_level(study, target_mm=1.0, rng=rng, band=(_normal(params[0], params[1]),
                                                               centre + params[2] * _normal(params[0], params[1])))
-    params = _refine(fine, centre, params, step=(np.radians(1), np.radians(1), 1.0))
+    params = _refine(similarity, fine, centre, params, step=(np.radians(1), np.radians(1), 1.0))
     normal = _normal(params[0], params[1])
     point = centre + params[2] * normal
     return Alignment(matrix=_model_to_study(normal, point), normal=normal, point=point,
                      yaw_deg=float(np.degrees(params[0])), roll_deg=float(np.degrees(params[1])),
-                     symmetry=float(_similarity(fine, centre, params)))
+                     symmetry=float(similarity(fine, centre, params)))
+
+
+Similarity = Callable[[Level, np.ndarray, tuple], float]
 
 
 def _normal(yaw: float, roll: float) -> np.ndarray:
@@ -80,7 +86,7 @@ def _model_to_study(normal: np.ndarray, point: np.ndarray) -> np.ndarray:
     return m
 
 
-def _make_level(study: Study, target_mm: float, rng: np.random.Generator, band=None) -> _Level:
+def _make_level(study: Study, target_mm: float, rng: np.random.Generator, band=None) -> Level:
     """`band = (normal, point)`: sample only voxels within BAND_MM of that plane."""
     sx, sy, _ = study.spacing
     f = max(1, int(round(target_mm / min(sx, sy))))
@@ -94,14 +100,17 @@ def _make_level(study: Study, target_mm: float, rng: np.random.Generator, band=N
     volume = ndimage.gaussian_filter(np.clip(small, 0, 100), sigma=(0, 1, 1)).astype(np.float32)
     head = _head_mask(small)
     ijk = np.argwhere(head)[:, ::-1].astype(float)          # (i, j, k) order
-    points = ijk @ index_to_world[:3, :3].T + index_to_world[:3, 3]
+    rot, shift = index_to_world[:3, :3], index_to_world[:3, 3]
     if band is not None:
-        points = points[np.abs((points - band[1]) @ band[0]) < BAND_MM]
-    if len(points) > N_SAMPLE_POINTS:
-        points = points[rng.choice(len(points), N_SAMPLE_POINTS, replace=False)]
+        # Distance to the plane is affine in the voxel index: select before mapping a million points.
+        normal, point = band
+        ijk = ijk[np.abs(ijk @ (rot.T @ normal) + (shift - point) @ normal) < BAND_MM]
+    if len(ijk) > N_SAMPLE_POINTS:
+        ijk = ijk[rng.choice(len(ijk), N_SAMPLE_POINTS, replace=False)]
+    points = ijk @ rot.T + shift
     world_to_index = np.linalg.inv(index_to_world)
-    level = _Level(volume, world_to_index, points, np.empty(0, np.float32))
-    return _Level(volume, world_to_index, points, _sample(level, points))
+    level = Level(volume, world_to_index, points, np.empty(0))
+    return Level(volume, world_to_index, points, _sample(level, points))
 
 
 def _head_mask(hu: np.ndarray) -> np.ndarray:
@@ -114,15 +123,24 @@ def _head_mask(hu: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(sizes))
 
 
-def _sample(level: _Level, points: np.ndarray) -> np.ndarray:
+def _sample(level: Level, points: np.ndarray) -> np.ndarray:
+    """Trilinear samples in float64: the similarity differences the search follows are tiny."""
     ijk = points @ level.world_to_index[:3, :3].T + level.world_to_index[:3, 3]
-    return ndimage.map_coordinates(level.volume, ijk[:, ::-1].T, order=1, mode="constant", cval=0.0)
+    return ndimage.map_coordinates(level.volume, ijk[:, ::-1].T, order=1, mode="constant", cval=0.0,
+                                   output=np.float64)
 
 
-def _similarity(level: _Level, centre: np.ndarray, params) -> float:
+def mirror_plane(centre: np.ndarray, params) -> tuple[np.ndarray, float]:
+    """Plane (unit normal n, d) with signed distance p . n - d, from (yaw, roll, offset) about `centre`."""
     yaw, roll, offset = params
     n = _normal(yaw, roll)
-    signed = (level.points - centre) @ n - offset
+    return n, float(centre @ n + offset)
+
+
+def mirror_similarity(level: Level, centre: np.ndarray, params) -> float:
+    """NCC of the sampled head voxels with their mirror images through the plane."""
+    n, d = mirror_plane(centre, params)
+    signed = level.points @ n - d
     mirrored = level.points - 2.0 * signed[:, None] * n
     a = level.values - level.values.mean()
     b = _sample(level, mirrored)
@@ -130,10 +148,10 @@ def _similarity(level: _Level, centre: np.ndarray, params) -> float:
     return float(a @ b / (np.sqrt((a @ a) * (b @ b)) + 1e-9))
 
 
-def _refine(level: _Level, centre: np.ndarray, start, step) -> np.ndarray:
+def _refine(similarity: Similarity, level: Level, centre: np.ndarray, start, step) -> np.ndarray:
     """Powell line searches: Nelder-Mead collapses its simplex onto roll = 0 here because the
     similarity falls off much faster along the plane offset than along roll."""
     scale = np.asarray(step, float)
-    res = optimize.minimize(lambda u: -_similarity(level, centre, u * scale), np.asarray(start, float) / scale,
+    res = optimize.minimize(lambda u: -similarity(level, centre, u * scale), np.asarray(start, float) / scale,
                             method="Powell", options={"xtol": 1e-2, "ftol": 1e-6, "maxfev": 600})
     return res.x * scale

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import AspectsError
+from .errors import AspectsError, DeviceUnavailable
 from .modelcard import DEFAULT_MODEL_DIR, load_model_set
 
 
@@ -27,13 +27,25 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("models", help="list the models and their cards")
     m.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
 
+    e = sub.add_parser("engines", help="TensorRT engines for this GPU: build them, or check them against ONNX")
+    e.add_argument("action", choices=("build", "parity"),
+                   help="build: (re)build every engine into the cache; parity: compare each engine with "
+                        "ONNX Runtime fp32 and the GPU score with the CPU score on the bundled study")
+    e.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
+    e.add_argument("--rebuild", action="store_true", help="build even when a valid cached engine exists")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "score":
             return _score(args)
+        if args.command == "engines":
+            return _engines(args)
         return _models(args)
     except AspectsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if isinstance(exc, DeviceUnavailable) and "--device cpu" not in message:
+            message += " (the CPU path needs none of this: --device cpu)"
+        print(f"error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -47,14 +59,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _score(args) -> int:
-    from .pipeline import DEFAULT_STUDY, Scorer
+    from .pipeline import DEFAULT_STUDY, make_scorer
     from .report import check_output_dir, write_report
 
     path = args.path or DEFAULT_STUDY
     if args.path is None:
         print(f"no study given: scoring the bundled synthetic demo study {path.name}")
     check_output_dir(args.out)          # fail before minutes of work, not after
-    result = Scorer(args.models, args.device).score(path)
+    result = make_scorer(args.models, args.device).score(path)
     paths = write_report(result, args.out)
     s = result.score
     side = f" ({s.symptomatic_side} hemisphere)" if s.symptomatic_side else ""
@@ -65,6 +77,21 @@ def _score(args) -> int:
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     print(f"timings: {stages}")
     print(f"report: {paths['report']}")
+    return 0
+
+
+def _engines(args) -> int:
+    from .gpu.device import CudaDevice
+    from .gpu.engine_cache import get_plan, plan_path, engine_key
+
+    if args.action == "parity":
+        from .gpu.parity import main as parity_main
+        return parity_main(args.models)
+    device = CudaDevice()
+    for card in load_model_set(args.models).cards:
+        get_plan(card, device.name, device.compute_capability, args.models, rebuild=args.rebuild)
+        key = engine_key(card, device.name, device.compute_capability)
+        print(f"{card.role}: {plan_path(card, key, args.models)}")
     return 0
 
 

@@ -21,7 +21,7 @@ MIN_REGION_VOXELS = 50
 @dataclass(frozen=True)
 class PatchBatch:
     regions: tuple[str, ...]
-    pairs: np.ndarray                         # float32 (B, 2, 2, z, y, x)
+    pairs: np.ndarray | None                  # float32 (B, 2, 2, z, y, x); None if they stayed on the GPU
     origins: tuple[tuple[int, int, int], ...]  # crop corner (z, y, x) on the model grid, left side
     assessable: tuple[bool, ...]              # region found on at least one side
 
@@ -40,9 +40,7 @@ def build_batch(image: np.ndarray, labels: np.ndarray, regions: tuple[str, ...],
         right = mirrored_labels == label_id(r, "right")
         union = left | right
         found = int(union.sum()) >= MIN_REGION_VOXELS
-        centre = np.argwhere(union).mean(axis=0) if union.any() else np.array(image.shape) / 2
-        # Crop centred on the centroid (floor(x + 0.5): no banker's rounding of half voxels).
-        origin = tuple(int(np.floor(c - (s - 1) / 2 + 0.5)) for c, s in zip(centre, crop))
+        origin = crop_origin(np.argwhere(union).mean(axis=0) if union.any() else np.array(image.shape) / 2, crop)
         pairs[b, 0, 0] = _crop(image, origin, crop, fill=-1.0)
         pairs[b, 0, 1] = _crop(left, origin, crop, fill=0.0)
         pairs[b, 1, 0] = _crop(mirrored_image, origin, crop, fill=-1.0)
@@ -50,6 +48,11 @@ def build_batch(image: np.ndarray, labels: np.ndarray, regions: tuple[str, ...],
         origins.append(origin)
         assessable.append(found)
     return PatchBatch(regions=tuple(regions), pairs=pairs, origins=tuple(origins), assessable=tuple(assessable))
+
+
+def crop_origin(centre, crop) -> tuple[int, int, int]:
+    """Crop corner centred on the centroid (floor(x + 0.5): no banker's rounding of half voxels)."""
+    return tuple(int(np.floor(c - (s - 1) / 2 + 0.5)) for c, s in zip(centre, crop))
 
 
 def _crop(volume: np.ndarray, origin, size, fill: float) -> np.ndarray:

@@ -47,30 +47,14 @@ class StudyResult:
     batches: tuple[PatchBatch, ...] = field(repr=False, default=())
 
 
-def make_engine(card, device: str) -> Engine:
-    if device == "cpu":
-        return OnnxRuntimeEngine(card)
-    if device == "gpu":
-        raise DeviceUnavailable(gpu_unavailable_reason())
-    raise DeviceUnavailable(f"unknown device {device!r}; use cpu or gpu")
-
-
-def gpu_unavailable_reason() -> str:
-    """Why the TensorRT path cannot run on this machine, in one line."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return ("--device gpu needs TensorRT, which is not installed "
-                "(pip install 'aspects-rt[gpu]' on a machine with an NVIDIA GPU); use --device cpu")
-    return ("--device gpu: the TensorRT runtime path is not part of this release yet "
-            "(see the GPU issue in the tracker); use --device cpu")
-
-
 class Scorer:
-    def __init__(self, model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, device: str = "cpu"):
+    """The CPU path (ONNX Runtime). `make_scorer` picks this or the GPU path."""
+
+    device = "cpu"
+
+    def __init__(self, model_dir: str | os.PathLike = DEFAULT_MODEL_DIR):
         self.models: ModelSet = load_model_set(model_dir)
-        self.device = device
-        self.engines = {card.role: make_engine(card, device) for card in self.models.cards}
+        self.engines: dict[str, Engine] = {card.role: OnnxRuntimeEngine(card) for card in self.models.cards}
 
     def score(self, source: str | os.PathLike | Study) -> StudyResult:
         timings: dict[str, float] = {}
@@ -83,15 +67,13 @@ class Scorer:
             hu = resample(study, alignment, grid)
         with _timed(timings, "skull_strip"):
             brain = brain_mask(hu, grid.spacing[0])
-            brain_ml = float(brain.sum()) * np.prod(grid.spacing) / 1000.0
-            if brain_ml < MIN_BRAIN_ML:
-                raise NotAHead(f"{study.source}: only {brain_ml:.0f} mL of brain found after skull stripping; "
-                               "is this a head CT covering the basal ganglia?")
+            brain_ml = float(brain.sum()) * float(np.prod(grid.spacing)) / 1000.0
+            check_brain_volume(study, brain_ml)
             image = window(hu, brain, *self.models.window)
         with _timed(timings, "segment"):
             seg: Segmentation = segment(image, self.engines["segment_coarse"], self.engines["segment_fine"])
         batches, results = [], []
-        for role in ("classify_subcortical", "classify_cortical"):
+        for role in CLASSIFIER_ROLES:
             engine = self.engines[role]
             with _timed(timings, "batch"):
                 batch = build_batch(image, seg.labels, engine.card.regions, engine.card.crop)
@@ -99,33 +81,66 @@ class Scorer:
                 results.append(classify(engine, batch))
             batches.append(batch)
         with _timed(timings, "score"):
-            probs, assessable, thresholds = {}, {}, {}
-            for batch, result in zip(batches, results):
-                for b, name in enumerate(batch.regions):
-                    probs[name] = tuple(result.probability[b])
-                    assessable[name] = batch.assessable[b]
-                    thresholds[name] = result.threshold
-            final = score(make_calls(probs, assessable, thresholds))
-        warnings = list(study.warnings)
-        if alignment.symmetry < LOW_SYMMETRY:
-            warnings.append(f"head symmetry after alignment is low ({alignment.symmetry:.2f}): check the alignment "
-                            "in the key-slice images before trusting the score")
-        if final.not_assessed:
-            warnings.append(f"regions not found, not scored: {', '.join(final.not_assessed)}")
-        timings["total"] = sum(timings.values())
-        return StudyResult(
-            source=study.source, metadata={**study.metadata, "brain_ml": round(brain_ml, 1),
-                                           "runtime_version": __version__, "device": self.device},
-            warnings=tuple(warnings), alignment=alignment, grid=grid, score=final, timings=timings,
-            models=tuple({"role": c.role, "name": c.name, "version": c.version, "sha256": c.sha256}
-                         for c in self.models.cards),
-            hu=hu, labels=seg.labels, classifications=tuple(results), batches=tuple(batches))
+            final = score_batches(batches, results)
+        return study_result(study, alignment, grid, hu, seg.labels, brain_ml, final, timings, self.models, self.device,
+                            tuple(results), tuple(batches))
+
+
+CLASSIFIER_ROLES = ("classify_subcortical", "classify_cortical")
+
+
+def check_brain_volume(study: Study, brain_ml: float) -> None:
+    if brain_ml < MIN_BRAIN_ML:
+        raise NotAHead(f"{study.source}: only {brain_ml:.0f} mL of brain found after skull stripping; "
+                       "is this a head CT covering the basal ganglia?")
+
+
+def score_batches(batches, results) -> Score:
+    """Per-region calls from each classifier's batch, then the ASPECTS."""
+    probs, assessable, thresholds = {}, {}, {}
+    for batch, result in zip(batches, results):
+        for b, name in enumerate(batch.regions):
+            probs[name] = tuple(result.probability[b])
+            assessable[name] = batch.assessable[b]
+            thresholds[name] = result.threshold
+    return score(make_calls(probs, assessable, thresholds))
+
+
+def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.ndarray, labels: np.ndarray,
+                 brain_ml: float, final: Score, timings: dict, models: ModelSet, device: str,
+                 results: tuple, batches: tuple) -> StudyResult:
+    """The one place a StudyResult is made, for the CPU and the GPU path alike."""
+    warnings = list(study.warnings)
+    if alignment.symmetry < LOW_SYMMETRY:
+        warnings.append(f"head symmetry after alignment is low ({alignment.symmetry:.2f}): check the alignment "
+                        "in the key-slice images before trusting the score")
+    if final.not_assessed:
+        warnings.append(f"regions not found, not scored: {', '.join(final.not_assessed)}")
+    timings.setdefault("total", sum(timings.values()))
+    return StudyResult(
+        source=study.source, metadata={**study.metadata, "brain_ml": round(brain_ml, 1),
+                                       "runtime_version": __version__, "device": device},
+        warnings=tuple(warnings), alignment=alignment, grid=grid, score=final, timings=timings,
+        models=tuple({"role": c.role, "name": c.name, "version": c.version, "sha256": c.sha256}
+                     for c in models.cards),
+        hu=hu, labels=labels, classifications=results, batches=batches)
+
+
+def make_scorer(model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, device: str = "cpu"):
+    """The scorer for `device`: 'cpu' (ONNX Runtime) or 'gpu' (TensorRT + CUDA kernels).
+    The GPU path raises DeviceUnavailable with the reason when this machine cannot run it."""
+    if device == "cpu":
+        return Scorer(model_dir)
+    if device == "gpu":
+        from .gpu.pipeline import GpuScorer
+        return GpuScorer(model_dir)
+    raise DeviceUnavailable(f"unknown device {device!r}; use cpu or gpu")
 
 
 def score_study(path: str | os.PathLike, model_dir: str | os.PathLike = DEFAULT_MODEL_DIR,
                 device: str = "cpu") -> StudyResult:
     """Python API: score one study with the shipped models."""
-    return Scorer(model_dir, device).score(path)
+    return make_scorer(model_dir, device).score(path)
 
 
 @contextmanager

@@ -18,9 +18,8 @@ ERODE_MM = 3.0
 def brain_mask(hu: np.ndarray, spacing_xy: float) -> np.ndarray:
     """Boolean (z, y, x) brain mask on the same grid as `hu`."""
     nz, ny, nx = hu.shape
-    f = 2 if ny % 2 == 0 and nx % 2 == 0 else 1
+    f = working_factor(hu.shape)
     small = hu.reshape(nz, ny // f, f, nx // f, f).mean(axis=(2, 4)) if f > 1 else hu
-    mm = spacing_xy * f
     inplane = np.zeros((1, 3, 3), bool)
     inplane[0] = ndimage.generate_binary_structure(2, 1)
 
@@ -31,7 +30,7 @@ def brain_mask(hu: np.ndarray, spacing_xy: float) -> np.ndarray:
     head = np.stack([ndimage.binary_fill_holes(s) for s in head])
     soft &= head
     # Erode in-plane so scalp, orbit fat and neck let go of the brain, keep the biggest piece, grow it back.
-    n_erode = max(1, int(round(ERODE_MM / mm)))
+    n_erode = erosion_steps(spacing_xy * f)
     core = ndimage.binary_erosion(soft, structure=inplane, iterations=n_erode)
     labels, n = ndimage.label(core)
     if n == 0:
@@ -43,3 +42,12 @@ def brain_mask(hu: np.ndarray, spacing_xy: float) -> np.ndarray:
     if f > 1:
         brain = brain.repeat(f, axis=1).repeat(f, axis=2)
     return brain
+
+
+def working_factor(shape) -> int:
+    """In-plane reduction of the working grid: 2 when the grid halves evenly."""
+    return 2 if shape[1] % 2 == 0 and shape[2] % 2 == 0 else 1
+
+
+def erosion_steps(mm: float) -> int:
+    return max(1, int(round(ERODE_MM / mm)))

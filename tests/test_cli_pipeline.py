@@ -91,12 +91,21 @@ def test_bad_inputs_exit_cleanly_with_distinct_codes(tmp_path):
 
 
 def test_gpu_request_explains_itself(tmp_path):
+    """Where the GPU path cannot run, `--device gpu` says why in one line and exits 12."""
     pytest.importorskip("onnxruntime")
-    run = aspects("score", "--device", "gpu", "--out", tmp_path / "o")
+    from runtime.errors import DeviceUnavailable
+    from runtime.gpu.device import CudaDevice
     try:
+        CudaDevice()
         import tensorrt  # noqa: F401
-    except ImportError:
-        assert run.returncode == 12 and "TensorRT" in run.stderr
+    except (DeviceUnavailable, ImportError):
+        run = aspects("score", "--device", "gpu", "--out", tmp_path / "o")
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 12 and len(lines) == 1 and lines[0].startswith("error:")
+        assert "--device cpu" in lines[0]
+        assert not (tmp_path / "o" / "report.json").exists()
+    else:
+        pytest.skip("this machine has a GPU and TensorRT: the GPU path runs instead of refusing")
 
 
 def test_python_api_returns_typed_result(demo_result):

@@ -28,6 +28,21 @@ def test_paper_sized_networks_build():
     assert out.shape == (1, 12, 4, 32, 32)
 
 
+def test_groupnorm3d_equals_torch_groupnorm():
+    """The export-friendly GroupNorm keeps nn.GroupNorm's parameters and results, so weights
+    trained with either load into the other."""
+    from export.onnx_export import GroupNorm3d
+    torch.manual_seed(0)
+    ref = torch.nn.GroupNorm(4, 16)
+    torch.nn.init.normal_(ref.weight)
+    torch.nn.init.normal_(ref.bias)
+    ours = GroupNorm3d(4, 16)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 16, 3, 20, 18) * 5 + 3
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
 def test_danet_is_side_symmetric():
     """Swapping the two crops must swap the two probabilities: one shared trunk, mirrored difference."""
     torch.manual_seed(0)

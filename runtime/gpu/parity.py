@@ -1,0 +1,104 @@
+"""`aspects engines parity`: every TensorRT engine against ONNX Runtime fp32, then the
+whole GPU path against the CPU path on the bundled study.
+
+Inputs are the bundled study's own network inputs (what the engines really see),
+plus seeded random inputs for the classifiers at the largest batch. Tolerances
+are set from the fp16 graphs' own error on ONNX Runtime (coarse VB-Net logits
+0.0095, DA-Net probability 0.0013, CAM 0.076 on the bundled study) with room for
+TensorRT's different kernels; past them the command fails.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..engine import OnnxRuntimeEngine
+from ..errors import ModelError
+from ..modelcard import DEFAULT_MODEL_DIR
+from ..pipeline import DEFAULT_STUDY, CLASSIFIER_ROLES, Scorer
+from ..resample import window
+from ..segment import _downsample
+from ..strip import brain_mask
+
+MAX_ABS_ERROR = {"probabilities": 0.1, "probability": 0.01, "cam": 0.25}
+MIN_ARGMAX_AGREEMENT = 0.995          # segmentation classes, per voxel
+SEED = 20221101
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    role: str
+    input_shape: tuple[int, ...]
+    max_abs_error: dict[str, float]
+    argmax_agreement: float | None
+    passed: bool
+
+
+def compare(role: str, reference: dict[str, np.ndarray], got: dict[str, np.ndarray], shape) -> ParityResult:
+    errors = {k: float(np.abs(reference[k] - got[k]).max()) for k in reference}
+    agreement = None
+    ok = all(errors[k] <= MAX_ABS_ERROR[k] for k in errors)
+    if role.startswith("segment"):
+        (ref,), (out,) = reference.values(), got.values()
+        agreement = float((ref.argmax(1) == out.argmax(1)).mean())
+        ok = ok and agreement >= MIN_ARGMAX_AGREEMENT
+    return ParityResult(role, tuple(shape), errors, agreement, ok)
+
+
+def engine_inputs(scorer: Scorer) -> dict[str, list[np.ndarray]]:
+    """Real inputs from the bundled study, plus a random full-size classifier batch."""
+    result = scorer.score(DEFAULT_STUDY)
+    hu, grid = result.hu, result.grid
+    image = window(hu, brain_mask(hu, grid.spacing[0]), *scorer.models.window)
+    coarse = scorer.models.segment_coarse
+    x = _downsample(image, coarse.input_stride)
+    x = np.pad(x, ((0, (-x.shape[0]) % coarse.z_multiple), (0, 0), (0, 0)), constant_values=-1.0)
+    fine = scorer.models.segment_fine
+    fx, fy = fine.fine_crop_xy
+    f = _downsample(image, fine.input_stride)
+    z = f.shape[0] - f.shape[0] % fine.z_multiple
+    y0, x0 = (f.shape[1] - fy) // 2, (f.shape[2] - fx) // 2
+    rng = np.random.default_rng(SEED)
+    inputs = {"segment_coarse": [x[None, None]], "segment_fine": [f[:z, y0:y0 + fy, x0:x0 + fx][None, None]]}
+    for batch, role in zip(result.batches, CLASSIFIER_ROLES):
+        rand = rng.uniform(-1, 1, (32, *batch.pairs.shape[1:])).astype(np.float32)
+        rand[:, :, 1] = rand[:, :, 1] > 0.5
+        inputs[role] = [batch.pairs, rand]
+    return inputs
+
+
+def run_parity(model_dir: Path = DEFAULT_MODEL_DIR) -> tuple[list[ParityResult], dict]:
+    from .pipeline import GpuScorer
+
+    cpu = Scorer(model_dir)
+    gpu = GpuScorer(model_dir)
+    results = []
+    for role, arrays in engine_inputs(cpu).items():
+        reference = OnnxRuntimeEngine(getattr(cpu.models, role))
+        for x in arrays:
+            name = reference.card.inputs[0].name
+            results.append(compare(role, reference.run({name: x.astype(np.float32)}),
+                                   gpu.engines[role].run({name: x.astype(np.float32)}), x.shape))
+    a, b = cpu.score(DEFAULT_STUDY), gpu.score(DEFAULT_STUDY)
+    study = {"cpu_aspects": a.score.aspects, "gpu_aspects": b.score.aspects,
+             "cpu_affected": list(a.score.affected), "gpu_affected": list(b.score.affected),
+             "label_disagreement": float((a.labels != b.labels).mean()),
+             "passed": a.score.aspects == b.score.aspects and a.score.affected == b.score.affected}
+    return results, study
+
+
+def main(model_dir: Path) -> int:
+    results, study = run_parity(model_dir)
+    for r in results:
+        print(json.dumps(r.__dict__, default=list))
+    print(json.dumps({"bundled_study": study}))
+    failed = [r.role for r in results if not r.passed] + ([] if study["passed"] else ["bundled study ASPECTS"])
+    if failed:
+        raise ModelError(f"engine parity FAILED for {', '.join(failed)} (tolerances: {MAX_ABS_ERROR}, "
+                         f"argmax agreement >= {MIN_ARGMAX_AGREEMENT})")
+    print("engine parity: all engines within tolerance; bundled study ASPECTS identical on GPU and CPU")
+    return 0

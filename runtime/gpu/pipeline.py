@@ -1,0 +1,105 @@
+"""One study on the GPU: read (host) -> upload once -> align -> resample, strip, window ->
+VB-Net cascade -> mirrored patches -> DA-Net, all on one stream -> read back -> score.
+
+Same stages and the same StudyResult as runtime.pipeline.Scorer; only the place
+the voxels live changes. Host round trips: the alignment search (three numbers
+per candidate plane), the coarse box (six integers), and the results at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..align import align
+from ..classify import Classification
+from ..modelcard import DEFAULT_MODEL_DIR, ModelSet, load_model_set
+from ..pipeline import CLASSIFIER_ROLES, StudyResult, check_brain_volume, score_batches, study_result
+from ..read import Study, read_study
+from ..resample import model_grid
+from .align import DeviceMirror
+from .patches import batch_on_device, host_batch
+from .preprocess import preprocess_on_device
+from .segment import segment_on_device
+
+
+class GpuScorer:
+    """Loads (building if needed) the TensorRT engines once; `device` and `engines` can be given
+    (the tests pass a CPU emulation of both)."""
+
+    device_name = "gpu"
+
+    def __init__(self, model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, device=None, engines=None,
+                 keep_pairs: bool = False):
+        self.models: ModelSet = load_model_set(model_dir)
+        if device is None:
+            from .device import CudaDevice
+            device = CudaDevice()
+        self.gpu = device
+        if engines is None:
+            from .tensorrt_engine import TensorRTEngine
+            engines = {c.role: TensorRTEngine(c, device, Path(model_dir)) for c in self.models.cards}
+        self.engines = engines
+        self.keep_pairs = keep_pairs
+        self.device = f"gpu ({getattr(device, 'name', 'emulated')})"
+
+    def score(self, source: str | os.PathLike | Study) -> StudyResult:
+        try:
+            return self._score(source)
+        finally:
+            self.gpu.release()
+
+    def _score(self, source) -> StudyResult:
+        dev, timings = self.gpu, {}
+        t0 = time.perf_counter()
+        study = source if isinstance(source, Study) else read_study(source)
+        t1 = time.perf_counter()
+        study_hu = dev.put(study.hu.astype(np.float32, copy=False))
+        alignment = align(study, DeviceMirror(dev))
+        grid = model_grid(study, alignment, self.models.grid)
+        t2 = time.perf_counter()
+        timings.update(read=t1 - t0, align=t2 - t1)
+
+        marks = [("start", dev.event())]
+        img = preprocess_on_device(dev, study_hu, study, alignment, grid, self.models.window)
+        marks.append(("preprocess", dev.event()))
+        labels, _ = segment_on_device(dev, img.image, self.engines["segment_coarse"], self.engines["segment_fine"])
+        marks.append(("segment", dev.event()))
+        staged = []
+        for role in CLASSIFIER_ROLES:
+            engine = self.engines[role]
+            card = engine.card
+            pairs = engine.input_buffer((len(card.regions), 2, 2, *card.crop))
+            sums = batch_on_device(dev, img.image, labels, card.regions, pairs)
+            marks.append(("batch", dev.event()))
+            out = engine.run_device({card.inputs[0].name: pairs})
+            marks.append(("classify", dev.event()))
+            staged.append((engine, pairs, sums, out))
+
+        # Results back to the host: what the score and the report need, nothing else.
+        brain_voxels = int(dev.get(img.brain_voxels)[0])
+        hu, label_map = dev.get(img.hu), dev.get(labels)
+        batches, results = [], []
+        for engine, pairs, sums, out in staged:
+            card = engine.card
+            cam = dev.get(out[card.outputs[1].name]) if len(card.outputs) > 1 else np.zeros((len(card.regions), 2, 1, 1, 1))
+            results.append(Classification(regions=card.regions,
+                                          probability=dev.get(out[card.outputs[0].name]).astype(np.float64),
+                                          cam=cam, threshold=card.threshold))
+            batches.append(host_batch(card.regions, dev.get(sums), dev.get(pairs) if self.keep_pairs else None,
+                                      grid.shape, card.crop))
+        marks.append(("download", dev.event()))
+        for (_, a), (stage, b) in zip(marks, marks[1:]):     # device time per stage, from stream events
+            timings[stage] = timings.get(stage, 0.0) + dev.elapsed_ms(a, b) / 1000.0
+
+        brain_ml = brain_voxels * img.factor ** 2 * float(np.prod(grid.spacing)) / 1000.0
+        check_brain_volume(study, brain_ml)
+        t5 = time.perf_counter()
+        final = score_batches(batches, results)
+        timings["score"] = time.perf_counter() - t5
+        timings["total"] = time.perf_counter() - t0          # wall clock, file in to score out
+        return study_result(study, alignment, grid, hu, label_map, brain_ml, final, timings, self.models,
+                            self.device, tuple(results), tuple(batches))

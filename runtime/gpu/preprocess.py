@@ -1,0 +1,106 @@
+"""Study on the device -> model-grid HU -> brain mask -> windowed network image.
+
+The same steps as runtime.resample and runtime.strip, as kernels on one stream:
+the study goes up once, and the windowed image is written where the coarse
+VB-Net's input is pooled from. Nothing comes back to the host here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..align import Alignment
+from ..read import Study
+from ..resample import AIR_HU, ModelGrid
+from ..strip import BONE_HU, SOFT_HU, erosion_steps, working_factor
+from .device import Buffer
+
+HEAD_HU = 10.0      # runtime.strip: what the head encloses
+
+
+@dataclass(frozen=True)
+class DeviceImage:
+    hu: Buffer              # float32 (z, y, x) model-grid HU
+    image: Buffer           # float32 (z, y, x) stroke window in [-1, 1], -1 outside the brain
+    brain: Buffer           # uint8 brain mask on the strip's working grid (factor x coarser in-plane)
+    brain_voxels: Buffer    # uint64 (1,) brain voxels on the working grid
+    factor: int
+
+
+def resample_matrix(study: Study, alignment: Alignment, grid: ModelGrid) -> np.ndarray:
+    """3x4: output (x, y, sub-slice) index -> study (i, j, k) index, as runtime.resample composes it."""
+    sx, sy, sz = grid.spacing
+    sub = sz / grid.slab
+    ox, oy, oz = grid.origin
+    index_to_model = np.array([[sx, 0, 0, ox], [0, sy, 0, oy], [0, 0, sub, oz - (grid.slab - 1) / 2 * sub],
+                               [0, 0, 0, 1.0]])
+    return (np.linalg.inv(study.affine) @ alignment.matrix @ index_to_model)[:3]
+
+
+def resample_on_device(device, study_hu: Buffer, study: Study, alignment: Alignment, grid: ModelGrid) -> Buffer:
+    snz, sny, snx = study_hu.shape
+    nz, ny, nx = grid.shape
+    m = device.put(resample_matrix(study, alignment, grid).astype(np.float64))
+    hu = device.empty(grid.shape, np.float32)
+    device.launch("resample_slab", hu.size, study_hu, snx, sny, snz, m, AIR_HU, grid.slab, hu, nx, ny, nz)
+    return hu
+
+
+def strip_on_device(device, hu: Buffer, spacing_xy: float) -> tuple[Buffer, Buffer, int]:
+    """runtime.strip.brain_mask, step for step, on the half-resolution working grid."""
+    nz, ny, nx = hu.shape
+    f = working_factor(hu.shape)
+    wz, wy, wx = nz, ny // f, nx // f
+    n = wz * wy * wx
+    small = device.empty((wz, wy, wx), np.float32)
+    device.launch("pool_mean", n, hu, nz, ny, nx, f, 0, 0, 0, wz, wy, wx, 0.0, small, wz, wy, wx)
+    mask = lambda: device.empty((wz, wy, wx), np.uint8)          # noqa: E731
+    above_bone, bone_near, head, soft, core, brain, grown = (mask() for _ in range(7))
+    device.launch("threshold_above", n, small, n, BONE_HU, above_bone)
+    device.launch("morph_diamond", n, above_bone, wz, wy, wx, 1, 0, bone_near)
+    device.launch("threshold_above", n, small, n, HEAD_HU, head)
+    device.launch_blocks("fill_holes_slices", wz, head, wz, wy, wx)
+    device.launch("soft_tissue", n, small, bone_near, head, n, SOFT_HU[0], SOFT_HU[1], soft)
+    steps = erosion_steps(spacing_xy * f)
+    device.launch("morph_diamond", n, soft, wz, wy, wx, steps, 1, core)
+    largest_component(device, core, brain)
+    device.launch("morph_diamond", n, brain, wz, wy, wx, steps, 0, grown)
+    device.launch("mask_and", n, grown, soft, n, brain)
+    device.launch_blocks("fill_holes_slices", wz, brain, wz, wy, wx)
+    count = device.empty((1,), np.uint64)
+    device.fill(count)
+    device.launch("count_nonzero", n, brain, n, count)
+    return brain, count, f
+
+
+def largest_component(device, mask: Buffer, out: Buffer) -> None:
+    """Largest 6-connected component of `mask` into `out` (all zero when there is none)."""
+    nz, ny, nx = mask.shape
+    n = mask.size
+    labels = device.empty(mask.shape, np.int32)
+    sizes = device.empty(mask.shape, np.uint32)
+    best = device.empty((1,), np.uint64)
+    device.fill(sizes)
+    device.fill(best)
+    device.launch("ccl_init", n, mask, n, labels)
+    device.launch("ccl_merge", n, labels, nz, ny, nx)
+    device.launch("ccl_count", n, labels, n, sizes)
+    device.launch("ccl_largest", n, labels, sizes, n, best)
+    device.launch("ccl_select", n, labels, best, n, out)
+
+
+def window_on_device(device, hu: Buffer, brain: Buffer, factor: int, level: float, width: float) -> Buffer:
+    nz, ny, nx = hu.shape
+    image = device.empty(hu.shape, np.float32)
+    device.launch("window_image", hu.size, hu, brain, nz, ny, nx, factor, level - width / 2.0, width, image)
+    return image
+
+
+def preprocess_on_device(device, study_hu: Buffer, study: Study, alignment: Alignment, grid: ModelGrid,
+                         window: tuple[float, float]) -> DeviceImage:
+    hu = resample_on_device(device, study_hu, study, alignment, grid)
+    brain, count, f = strip_on_device(device, hu, grid.spacing[0])
+    image = window_on_device(device, hu, brain, f, *window)
+    return DeviceImage(hu=hu, image=image, brain=brain, brain_voxels=count, factor=f)
