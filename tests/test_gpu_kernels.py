@@ -19,7 +19,7 @@ from runtime.align import Alignment, _make_level, align, mirror_similarity
 from runtime.gpu import kernels
 from runtime.gpu.align import DeviceMirror
 from runtime.gpu.patches import batch_on_device, host_batch
-from runtime.gpu.preprocess import preprocess_on_device, resample_on_device, strip_on_device, largest_component
+from runtime.gpu.preprocess import largest_component, resample_on_device, strip_on_device, window_on_device
 from runtime.modelcard import GridSpec
 from runtime.patches import build_batch
 from runtime.read import Study
@@ -138,7 +138,6 @@ def test_skull_strip_and_window_match_cpu(device, demo_model_hu, scorer):
     got = device.get(brain).astype(bool).repeat(f, axis=1).repeat(f, axis=2)
     assert (got != brain_cpu).sum() == 0
     assert int(device.get(count)[0]) * f * f == int(brain_cpu.sum())
-    from runtime.gpu.preprocess import window_on_device
     image = device.get(window_on_device(device, hu_dev, brain, f, *scorer.models.window))
     np.testing.assert_array_equal(image, window(hu, brain_cpu, *scorer.models.window))
 

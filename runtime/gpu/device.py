@@ -69,26 +69,26 @@ class CudaDevice:
             raise DeviceUnavailable("the GPU path needs cuda-python (pip install 'aspects-rt[gpu]')") from None
         self.cu = driver
         try:
-            self._check(driver.cuInit(0), "cuInit")
+            self.check(driver.cuInit(0), "cuInit")
         except Exception as exc:  # a missing libcuda raises the bindings' own loader error
             raise DeviceUnavailable(f"no usable NVIDIA GPU or driver ({exc}); use --device cpu") from None
         err, count = driver.cuDeviceGetCount()
         if err != driver.CUresult.CUDA_SUCCESS or count <= ordinal:
             raise DeviceUnavailable(f"no NVIDIA GPU number {ordinal} (found {count if not err else 0})")
-        self.device = self._check(driver.cuDeviceGet(ordinal), "cuDeviceGet")
+        self.device = self.check(driver.cuDeviceGet(ordinal), "cuDeviceGet")
         # The primary context is the one TensorRT and any runtime-API user in this process share.
-        self.context = self._check(driver.cuDevicePrimaryCtxRetain(self.device), "cuDevicePrimaryCtxRetain")
-        self._check(driver.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
-        self.name = self._check(driver.cuDeviceGetName(256, self.device), "cuDeviceGetName").split(b"\0")[0].decode()
+        self.context = self.check(driver.cuDevicePrimaryCtxRetain(self.device), "cuDevicePrimaryCtxRetain")
+        self.check(driver.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
+        self.name = self.check(driver.cuDeviceGetName(256, self.device), "cuDeviceGetName").split(b"\0")[0].decode()
         attr = driver.CUdevice_attribute
         self.compute_capability = (
-            self._check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, self.device), "cc"),
-            self._check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, self.device), "cc"))
-        self.stream = self._check(driver.cuStreamCreate(driver.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate")
+            self.check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, self.device), "cc"),
+            self.check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, self.device), "cc"))
+        self.stream = self.check(driver.cuStreamCreate(driver.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate")
         self.stream_handle = int(self.stream)
         cubin = kernels.compile_cubin("sm_{}{}".format(*self.compute_capability))
-        self.module = self._check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
-        self.functions = {name: self._check(driver.cuModuleGetFunction(self.module, name.encode()), name)
+        self.module = self.check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
+        self.functions = {name: self.check(driver.cuModuleGetFunction(self.module, name.encode()), name)
                           for name in kernels.KERNELS}
         self._pinned_ptr, self._pinned_size = 0, 0
         self._owned: list[int] = []
@@ -103,9 +103,9 @@ class CudaDevice:
         shape = tuple(int(s) for s in shape)
         nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
         if persistent:
-            ptr = int(self._check(self.cu.cuMemAlloc(nbytes), "cuMemAlloc"))
+            ptr = int(self.check(self.cu.cuMemAlloc(nbytes), "cuMemAlloc"))
         else:
-            ptr = int(self._check(self.cu.cuMemAllocAsync(nbytes, self.stream), "cuMemAllocAsync"))
+            ptr = int(self.check(self.cu.cuMemAllocAsync(nbytes, self.stream), "cuMemAllocAsync"))
             self._owned.append(ptr)
         return Buffer(ptr, shape, np.dtype(dtype))
 
@@ -121,41 +121,41 @@ class CudaDevice:
         if array.nbytes <= SMALL_WRITE_BYTES:
             # Parameters (matrices, planes, region lists): a pinned block of their own, so the copy
             # stays asynchronous; the blocks are freed with the study's buffers.
-            src = int(self._check(self.cu.cuMemHostAlloc(max(1, array.nbytes), 0), "cuMemHostAlloc"))
+            src = int(self.check(self.cu.cuMemHostAlloc(max(1, array.nbytes), 0), "cuMemHostAlloc"))
             self._small_pinned.append(src)
         else:
             self._stage(array.nbytes)
             self.synchronize()              # the staging buffer may still feed an earlier copy
             src = self._pinned_ptr
         ctypes.memmove(src, array.ctypes.data, array.nbytes)
-        self._check(self.cu.cuMemcpyHtoDAsync(buf.ptr, src, array.nbytes, self.stream), "cuMemcpyHtoDAsync")
+        self.check(self.cu.cuMemcpyHtoDAsync(buf.ptr, src, array.nbytes, self.stream), "cuMemcpyHtoDAsync")
 
     def get(self, buf: Buffer) -> np.ndarray:
         """Device -> host; waits for the stream."""
         self._stage(buf.nbytes)
-        self._check(self.cu.cuMemcpyDtoHAsync(self._pinned_ptr, buf.ptr, buf.nbytes, self.stream), "cuMemcpyDtoHAsync")
+        self.check(self.cu.cuMemcpyDtoHAsync(self._pinned_ptr, buf.ptr, buf.nbytes, self.stream), "cuMemcpyDtoHAsync")
         self.synchronize()
         out = np.empty(buf.shape, buf.dtype)
         ctypes.memmove(out.ctypes.data, self._pinned_ptr, buf.nbytes)
         return out
 
     def fill(self, buf: Buffer, byte: int = 0) -> None:
-        self._check(self.cu.cuMemsetD8Async(buf.ptr, byte, buf.nbytes, self.stream), "cuMemsetD8Async")
+        self.check(self.cu.cuMemsetD8Async(buf.ptr, byte, buf.nbytes, self.stream), "cuMemsetD8Async")
 
     def copy(self, dst: Buffer, src: Buffer) -> None:
-        self._check(self.cu.cuMemcpyDtoDAsync(dst.ptr, src.ptr, src.nbytes, self.stream), "cuMemcpyDtoDAsync")
+        self.check(self.cu.cuMemcpyDtoDAsync(dst.ptr, src.ptr, src.nbytes, self.stream), "cuMemcpyDtoDAsync")
 
     def release(self) -> None:
         """Free the study's buffers (stream-ordered) and its parameter blocks (after the stream drains)."""
         for ptr in self._owned:
-            self._check(self.cu.cuMemFreeAsync(ptr, self.stream), "cuMemFreeAsync")
+            self.check(self.cu.cuMemFreeAsync(ptr, self.stream), "cuMemFreeAsync")
         self._owned.clear()
         self.synchronize()
         for ptr in self._small_pinned:
-            self._check(self.cu.cuMemFreeHost(ptr), "cuMemFreeHost")
+            self.check(self.cu.cuMemFreeHost(ptr), "cuMemFreeHost")
         self._small_pinned.clear()
         for ev in self._events:
-            self._check(self.cu.cuEventDestroy(ev), "cuEventDestroy")
+            self.check(self.cu.cuEventDestroy(ev), "cuEventDestroy")
         self._events.clear()
 
     def _stage(self, nbytes: int) -> None:
@@ -163,8 +163,8 @@ class CudaDevice:
             return
         if self._pinned_ptr:
             self.synchronize()
-            self._check(self.cu.cuMemFreeHost(self._pinned_ptr), "cuMemFreeHost")
-        self._pinned_ptr = int(self._check(self.cu.cuMemHostAlloc(nbytes, 0), "cuMemHostAlloc"))
+            self.check(self.cu.cuMemFreeHost(self._pinned_ptr), "cuMemFreeHost")
+        self._pinned_ptr = int(self.check(self.cu.cuMemHostAlloc(nbytes, 0), "cuMemHostAlloc"))
         self._pinned_size = nbytes
 
     # ---------------------------------------------------------------- execution
@@ -180,28 +180,29 @@ class CudaDevice:
     def _launch(self, name: str, grid: int, block: int, args) -> None:
         values = kernel_args(name, args)
         params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-        self._check(self.cu.cuLaunchKernel(self.functions[name], grid, 1, 1, block, 1, 1, 0, self.stream,
+        self.check(self.cu.cuLaunchKernel(self.functions[name], grid, 1, 1, block, 1, 1, 0, self.stream,
                                            ctypes.addressof(params), 0), f"launch {name}")
 
     def synchronize(self) -> None:
-        self._check(self.cu.cuStreamSynchronize(self.stream), "cuStreamSynchronize")
+        self.check(self.cu.cuStreamSynchronize(self.stream), "cuStreamSynchronize")
 
     def event(self):
         """A timing event recorded on the stream now (see `elapsed_ms`); destroyed by `release()`."""
-        ev = self._check(self.cu.cuEventCreate(self.cu.CUevent_flags.CU_EVENT_DEFAULT), "cuEventCreate")
-        self._check(self.cu.cuEventRecord(ev, self.stream), "cuEventRecord")
+        ev = self.check(self.cu.cuEventCreate(self.cu.CUevent_flags.CU_EVENT_DEFAULT), "cuEventCreate")
+        self.check(self.cu.cuEventRecord(ev, self.stream), "cuEventRecord")
         self._events.append(ev)
         return ev
 
     def elapsed_ms(self, start, end) -> float:
-        self._check(self.cu.cuEventSynchronize(end), "cuEventSynchronize")
-        return float(self._check(self.cu.cuEventElapsedTime(start, end), "cuEventElapsedTime"))
+        self.check(self.cu.cuEventSynchronize(end), "cuEventSynchronize")
+        return float(self.check(self.cu.cuEventElapsedTime(start, end), "cuEventElapsedTime"))
 
     def memory_used(self) -> tuple[int, int]:
-        free, total = self._check(self.cu.cuMemGetInfo(), "cuMemGetInfo")
+        free, total = self.check(self.cu.cuMemGetInfo(), "cuMemGetInfo")
         return int(total - free), int(total)
 
-    def _check(self, result, what: str):
+    def check(self, result, what: str):
+        """The value(s) of a cuda.bindings call, or DeviceUnavailable naming the call and the error."""
         err, *value = result if isinstance(result, tuple) else (result,)
         if err != self.cu.CUresult.CUDA_SUCCESS:
             _, msg = self.cu.cuGetErrorString(err)

@@ -52,7 +52,7 @@ class TensorRTEngine:
             self.device.copy(io[name], inputs[name])
         cu = self.device.cu
         if shape in self._graphs:
-            self.device._check(cu.cuGraphLaunch(self._graphs[shape], self.device.stream), "cuGraphLaunch")
+            self.device.check(cu.cuGraphLaunch(self._graphs[shape], self.device.stream), "cuGraphLaunch")
         else:
             self._bind(shape, io)
             self._enqueue()
@@ -94,11 +94,11 @@ class TensorRTEngine:
         """Record the enqueue for this shape into a CUDA graph (after one plain run, as TensorRT
         asks, so its lazy set-up is not captured)."""
         cu, dev = self.device.cu, self.device
-        dev._check(cu.cuStreamBeginCapture(dev.stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+        dev.check(cu.cuStreamBeginCapture(dev.stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
                    "cuStreamBeginCapture")
         ok = self.context.execute_async_v3(dev.stream_handle)
-        graph = dev._check(cu.cuStreamEndCapture(dev.stream), "cuStreamEndCapture")
+        graph = dev.check(cu.cuStreamEndCapture(dev.stream), "cuStreamEndCapture")
         if not ok:
             self.use_graphs = False          # TensorRT refused capture: keep plain enqueues
             return
-        self._graphs[shape] = dev._check(cu.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
+        self._graphs[shape] = dev.check(cu.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
