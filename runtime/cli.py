@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return _models(args)
     except AspectsError as exc:
         message = str(exc)
-        if isinstance(exc, DeviceUnavailable) and "--device cpu" not in message:
+        if isinstance(exc, DeviceUnavailable):
             message += " (the CPU path needs none of this: --device cpu)"
         print(f"error: {message}", file=sys.stderr)
         return exc.exit_code

@@ -67,8 +67,7 @@ class Scorer:
             hu = resample(study, alignment, grid)
         with _timed(timings, "skull_strip"):
             brain = brain_mask(hu, grid.spacing[0])
-            brain_ml = float(brain.sum()) * float(np.prod(grid.spacing)) / 1000.0
-            check_brain_volume(study, brain_ml)
+            brain_ml = brain_volume_ml(study, int(brain.sum()), grid)
             image = window(hu, brain, *self.models.window)
         with _timed(timings, "segment"):
             seg: Segmentation = segment(image, self.engines["segment_coarse"], self.engines["segment_fine"])
@@ -89,10 +88,13 @@ class Scorer:
 CLASSIFIER_ROLES = ("classify_subcortical", "classify_cortical")
 
 
-def check_brain_volume(study: Study, brain_ml: float) -> None:
+def brain_volume_ml(study: Study, voxels: int, grid: ModelGrid) -> float:
+    """Brain volume from its model-grid voxel count; refuses a study with too little brain."""
+    brain_ml = voxels * float(np.prod(grid.spacing)) / 1000.0
     if brain_ml < MIN_BRAIN_ML:
         raise NotAHead(f"{study.source}: only {brain_ml:.0f} mL of brain found after skull stripping; "
                        "is this a head CT covering the basal ganglia?")
+    return brain_ml
 
 
 def score_batches(batches, results) -> Score:

@@ -12,6 +12,7 @@ from scipy import ndimage
 
 BONE_HU = 100.0
 SOFT_HU = (-15.0, 100.0)
+HEAD_HU = 10.0                 # what the head encloses (also clipped exports, whose air is 0 HU)
 ERODE_MM = 3.0
 
 
@@ -26,7 +27,7 @@ def brain_mask(hu: np.ndarray, spacing_xy: float) -> np.ndarray:
     bone = ndimage.binary_dilation(small > BONE_HU, structure=inplane)
     soft = (small > SOFT_HU[0]) & (small < SOFT_HU[1]) & ~bone
     # Clipped exports store air as 0 HU, which looks like CSF: keep only what the head encloses.
-    head = ndimage.binary_fill_holes(small > 10, structure=np.ones((1, 3, 3), bool))
+    head = ndimage.binary_fill_holes(small > HEAD_HU, structure=np.ones((1, 3, 3), bool))
     head = np.stack([ndimage.binary_fill_holes(s) for s in head])
     soft &= head
     # Erode in-plane so scalp, orbit fat and neck let go of the brain, keep the biggest piece, grow it back.

@@ -71,7 +71,7 @@ class CudaDevice:
         try:
             self.check(driver.cuInit(0), "cuInit")
         except Exception as exc:  # a missing libcuda raises the bindings' own loader error
-            raise DeviceUnavailable(f"no usable NVIDIA GPU or driver ({exc}); use --device cpu") from None
+            raise DeviceUnavailable(f"no usable NVIDIA GPU or driver ({exc})") from None
         err, count = driver.cuDeviceGetCount()
         if err != driver.CUresult.CUDA_SUCCESS or count <= ordinal:
             raise DeviceUnavailable(f"no NVIDIA GPU number {ordinal} (found {count if not err else 0})")

@@ -144,7 +144,7 @@ def get_plan(card: ModelCard, gpu: str, cc: tuple[int, int], model_dir: Path, re
         import tensorrt  # noqa: F401
     except ImportError:
         raise DeviceUnavailable("the GPU path needs TensorRT (pip install 'aspects-rt[gpu]' where NVIDIA's "
-                                "TensorRT wheels are reachable); use --device cpu") from None
+                                "TensorRT wheels are reachable)") from None
     key = engine_key(card, gpu, cc)
     data = None if rebuild else load_plan(card, key, model_dir)
     if data is None:

@@ -17,7 +17,7 @@ import numpy as np
 from ..align import align
 from ..classify import Classification
 from ..modelcard import DEFAULT_MODEL_DIR, ModelSet, load_model_set
-from ..pipeline import CLASSIFIER_ROLES, StudyResult, check_brain_volume, score_batches, study_result
+from ..pipeline import CLASSIFIER_ROLES, StudyResult, brain_volume_ml, score_batches, study_result
 from ..read import Study, read_study
 from ..resample import model_grid
 from .align import DeviceMirror
@@ -95,8 +95,7 @@ class GpuScorer:
         for (_, a), (stage, b) in zip(marks, marks[1:]):     # device time per stage, from stream events
             timings[stage] = timings.get(stage, 0.0) + dev.elapsed_ms(a, b) / 1000.0
 
-        brain_ml = brain_voxels * img.factor ** 2 * float(np.prod(grid.spacing)) / 1000.0
-        check_brain_volume(study, brain_ml)
+        brain_ml = brain_volume_ml(study, brain_voxels * img.factor ** 2, grid)   # working grid -> model grid
         t5 = time.perf_counter()
         final = score_batches(batches, results)
         timings["score"] = time.perf_counter() - t5

@@ -14,10 +14,8 @@ import numpy as np
 from ..align import Alignment
 from ..read import Study
 from ..resample import AIR_HU, ModelGrid
-from ..strip import BONE_HU, SOFT_HU, erosion_steps, working_factor
+from ..strip import BONE_HU, HEAD_HU, SOFT_HU, erosion_steps, working_factor
 from .device import Buffer
-
-HEAD_HU = 10.0      # runtime.strip: what the head encloses
 
 
 @dataclass(frozen=True)
@@ -75,18 +73,26 @@ def strip_on_device(device, hu: Buffer, spacing_xy: float) -> tuple[Buffer, Buff
     return brain, count, f
 
 
-def largest_component(device, mask: Buffer, out: Buffer) -> None:
-    """Largest 6-connected component of `mask` into `out` (all zero when there is none)."""
+def label_components(device, mask: Buffer) -> tuple[Buffer, Buffer]:
+    """6-connected components of `mask`: per voxel its component's root index (-1 outside), and
+    per root the component's size (uint32, indexed by root)."""
     nz, ny, nx = mask.shape
     n = mask.size
     labels = device.empty(mask.shape, np.int32)
     sizes = device.empty(mask.shape, np.uint32)
-    best = device.empty((1,), np.uint64)
     device.fill(sizes)
-    device.fill(best)
     device.launch("ccl_init", n, mask, n, labels)
     device.launch("ccl_merge", n, labels, nz, ny, nx)
     device.launch("ccl_count", n, labels, n, sizes)
+    return labels, sizes
+
+
+def largest_component(device, mask: Buffer, out: Buffer) -> None:
+    """Largest 6-connected component of `mask` into `out` (all zero when there is none)."""
+    n = mask.size
+    labels, sizes = label_components(device, mask)
+    best = device.empty((1,), np.uint64)
+    device.fill(best)
     device.launch("ccl_largest", n, labels, sizes, n, best)
     device.launch("ccl_select", n, labels, best, n, out)
 

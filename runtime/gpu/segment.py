@@ -11,6 +11,7 @@ import numpy as np
 
 from ..segment import MIN_COMPONENT_FRACTION, fine_window
 from .device import Buffer
+from .preprocess import label_components
 
 REGION_CLASS_MIN = 2        # SEG_CLASSES: 0 background, 1 brain, 2.. regions
 
@@ -50,16 +51,11 @@ def _region_box(device, classes: Buffer, nz: int, ny: int, nx: int) -> tuple[int
     read back to the host: the one sync inside the device pipeline."""
     n = nz * ny * nx                                   # the valid slices lead the padded buffer
     mask = device.empty((nz, ny, nx), np.uint8)
-    labels = device.empty((nz, ny, nx), np.int32)
-    sizes = device.empty((nz, ny, nx), np.uint32)
+    device.launch("classes_at_least", n, classes, n, REGION_CLASS_MIN, mask)
+    labels, sizes = label_components(device, mask)
     largest = device.empty((1,), np.uint32)
     box = device.empty((6,), np.int32)
-    device.fill(sizes)
     device.fill(largest)
-    device.launch("classes_at_least", n, classes, n, REGION_CLASS_MIN, mask)
-    device.launch("ccl_init", n, mask, n, labels)
-    device.launch("ccl_merge", n, labels, nz, ny, nx)
-    device.launch("ccl_count", n, labels, n, sizes)
     device.launch("largest_size", n, labels, sizes, n, largest)
     device.launch("box_reset", 1, box)
     device.launch("component_box", nz * ny, labels, sizes, largest, MIN_COMPONENT_FRACTION, nz, ny, nx, box)
