@@ -24,12 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from runtime.errors import AspectsError  # noqa: E402
-from runtime.modelcard import DEFAULT_MODEL_DIR  # noqa: E402
-from runtime.pipeline import DEFAULT_STUDY, Scorer  # noqa: E402
+from runtime.cpu import CpuScorer
+from runtime.errors import AspectsError
+from runtime.modelcard import DEFAULT_MODEL_DIR
+from runtime.pipeline import DEFAULT_STUDY
 
 THIN_SLICES, THIN_MM = 240, 0.625
 
@@ -111,7 +109,7 @@ def time_study(scorer, path: Path, runs: int, warmup: int) -> dict:
             if i < warmup:
                 continue
             wall.append(t1 - t0)
-            for k, v in result.timings.items():
+            for k, v in result.timings:
                 stages.setdefault(k, []).append(v)
     return {"runs": runs, "aspects": result.score.aspects,
             "wall_read_to_report_s": {"median": statistics.median(wall), "p90": float(np.percentile(wall, 90))},
@@ -124,8 +122,8 @@ def preprocessing_check(scorer, path: Path) -> dict:
     from runtime.gpu.align import DeviceMirror
     from runtime.gpu.preprocess import preprocess_on_device
     from runtime.read import read_study
-    from runtime.resample import model_grid, resample, window
-    from runtime.strip import brain_mask
+    from runtime.preprocess import preprocess_grid
+    from runtime.resample import model_grid, resample
     dev = scorer.gpu
     study = read_study(path)
     alignment = align(study, DeviceMirror(dev))
@@ -134,11 +132,10 @@ def preprocessing_check(scorer, path: Path) -> dict:
     hu, brain = dev.get(img.hu), dev.get(img.brain).astype(bool).repeat(img.factor, 1).repeat(img.factor, 2)
     image = dev.get(img.image)
     dev.release()
-    hu_cpu = resample(study, alignment, grid)
-    brain_cpu = brain_mask(hu_cpu, grid.spacing[0])
-    return {"hu_max_abs_diff": float(np.abs(hu - hu_cpu).max()),
-            "brain_mask_mismatched_voxels": int((brain != brain_cpu).sum()), "brain_voxels": int(brain_cpu.sum()),
-            "image_max_abs_diff": float(np.abs(image - window(hu_cpu, brain_cpu, *scorer.models.window)).max())}
+    cpu = preprocess_grid(resample(study, alignment, grid), grid, scorer.models.window)
+    return {"hu_max_abs_diff": float(np.abs(hu - cpu.hu).max()),
+            "brain_mask_mismatched_voxels": int((brain != cpu.brain).sum()), "brain_voxels": int(cpu.brain.sum()),
+            "image_max_abs_diff": float(np.abs(image - cpu.image).max())}
 
 
 def throughput(kind: str, path: Path, in_flight: int, per_worker: int) -> dict:
@@ -191,7 +188,7 @@ def main(argv=None) -> int:
               "engines": kind, "studies": {}}
     with tempfile.TemporaryDirectory() as tmp:
         studies = {"bundled_512x512x32": DEFAULT_STUDY, "thin_512x512x240": make_thin_study(Path(tmp) / "thin.nii.gz")}
-        cpu = Scorer()
+        cpu = CpuScorer()
         for name, path in studies.items():
             entry = {"gpu": time_study(scorer, path, args.runs, args.warmup),
                      "preprocessing_vs_cpu": preprocessing_check(scorer, path),

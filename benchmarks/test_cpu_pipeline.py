@@ -11,29 +11,29 @@ from __future__ import annotations
 import pytest
 
 from runtime.align import align
+from runtime.cpu import CpuScorer
+from runtime.density import measure
 from runtime.patches import build_batch
-from runtime.pipeline import DEFAULT_STUDY, Scorer
+from runtime.pipeline import DEFAULT_STUDY
+from runtime.preprocess import preprocess
 from runtime.read import read_study
-from runtime.resample import model_grid, resample, window
-from runtime.segment import segment
+from runtime.resample import model_grid, resample
 from runtime.strip import brain_mask
 
 
 @pytest.fixture(scope="module")
 def scorer():
-    return Scorer()
+    return CpuScorer()
 
 
 @pytest.fixture(scope="module")
 def stages(scorer):
     study = read_study(DEFAULT_STUDY)
     al = align(study)
-    grid = model_grid(study, al, scorer.models.grid)
-    hu = resample(study, al, grid)
-    brain = brain_mask(hu, grid.spacing[0])
-    image = window(hu, brain, *scorer.models.window)
-    seg = segment(image, scorer.engines["segment_coarse"], scorer.engines["segment_fine"])
-    return {"study": study, "align": al, "grid": grid, "hu": hu, "image": image, "labels": seg.labels}
+    prep = preprocess(study, al, scorer.models.grid, scorer.models.window)
+    labels = scorer.segmenter.segment(prep).labels
+    return {"study": study, "align": al, "grid": prep.grid, "hu": prep.hu, "prep": prep, "image": prep.image,
+            "labels": labels}
 
 
 def test_bench_read(benchmark):
@@ -42,6 +42,11 @@ def test_bench_read(benchmark):
 
 def test_bench_align(benchmark, stages):
     benchmark.pedantic(align, args=(stages["study"],), rounds=3, iterations=1)
+
+
+def test_bench_preprocess(benchmark, scorer, stages):
+    benchmark.pedantic(preprocess, args=(stages["study"], stages["align"], scorer.models.grid, scorer.models.window),
+                       rounds=3, iterations=1)
 
 
 def test_bench_resample(benchmark, stages):
@@ -53,8 +58,12 @@ def test_bench_skull_strip(benchmark, stages):
 
 
 def test_bench_segment(benchmark, scorer, stages):
-    benchmark.pedantic(segment, args=(stages["image"], scorer.engines["segment_coarse"],
-                                      scorer.engines["segment_fine"]), rounds=3, iterations=1)
+    benchmark.pedantic(scorer.segmenter.segment, args=(stages["prep"],), rounds=3, iterations=1)
+
+
+def test_bench_density(benchmark, scorer, stages):
+    benchmark.pedantic(measure, args=(stages["hu"], stages["labels"], stages["grid"], scorer.models.classify_density),
+                       rounds=3, iterations=1)
 
 
 def test_bench_batch(benchmark, scorer, stages):

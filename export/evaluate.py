@@ -1,13 +1,19 @@
 """Evaluate the shipped models with the paper's metrics (Table 1 and agreement).
 
-    python -m export.evaluate cases   --data build/data/test          # networks alone, held-out cases
-    python -m export.evaluate studies --shared ../shared/data --n 24   # whole runtime, synthetic studies
-    python -m export.evaluate real    --real ../shared/data/real       # whole runtime, the two real studies
+    python -m export.evaluate cases   --data build/data/test           # networks alone, synthetic cases
+    python -m export.evaluate studies --shared ../shared/data --n 24    # whole runtime, synthetic studies
+    python -m export.evaluate real    --data ../shared/data/real --reads export/datasets/dev/reads.csv --loo
+    python -m export.evaluate calibrate --shared ../shared/data --n 40  # the density rule's threshold
 
+`real` takes any folder of studies with a reads file (CSV: study, subject,
+image, map, aspects, side, affected) and, for expert region maps, a label-order
+file; `--loo` scores each subject with an atlas built without its own map.
 Per region, cortical, subcortical and all: sensitivity, specificity, accuracy,
-AUC; dichotomised ASPECTS (> 6 vs <= 6); ICC(2,1), Spearman and Bland-Altman
-of the score, with the Bland-Altman plot and score scatter as PNGs. Results go
-to build/eval/<mode>/metrics.json and into each model card's held_out metrics.
+AUC, for the runtime's calls and for each rule alone (the DA-Net with its card
+thresholds, the contralateral density rule); dichotomised ASPECTS (<= 6);
+score MAE, exact and +-1 agreement, ICC(2,1), Spearman, Bland-Altman; region
+Dice on the slices the expert labelled. Results go to build/eval/<mode>/ and
+the headline numbers into each model card's held_out metrics.
 """
 
 from __future__ import annotations
@@ -15,37 +21,142 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from runtime.modelcard import DEFAULT_MODEL_DIR, load_model_set
-from runtime.pipeline import Scorer
-from runtime.regions import CORTICAL, REGION_NAMES, SUBCORTICAL, label_id
+from runtime.atlas import AtlasSegmenter
+from runtime.cpu import CpuScorer
+from runtime.modelcard import DEFAULT_MODEL_DIR
+from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL, label_id
+from runtime.read import read_study
+from runtime.resample import to_study_grid
 from runtime.segment import segment
 
 from . import metrics as M
+from .realdata import DEV_SET, load_label_order, load_reads, labelled_slices, read_expert_map
 
 STUDY_SEED0 = 200_000
+CALIBRATION_SEED0 = 300_000      # calibration studies: never the evaluation studies' seeds
+METHODS = ("runtime", "network", "density")
 
 
-def region_table(prob: np.ndarray, truth: np.ndarray, threshold: np.ndarray) -> dict:
-    """prob, truth: (cases, 10 regions, 2 sides); threshold per region."""
-    pred = prob >= threshold[None, :, None]
+@dataclass(frozen=True)
+class Scored:
+    """One study as the evaluation sees it; arrays are (10 regions, 2 sides [left, right])."""
+    study: str
+    truth: np.ndarray
+    probability: np.ndarray       # DA-Net
+    difference_hu: np.ndarray     # region minus mirror twin; NaN where not measurable
+    called: np.ndarray            # the runtime's calls
+    dice: float | None = None
+    dice_regions: dict | None = None
+
+
+def scored(study: str, res, truth: np.ndarray, dice=None, dice_regions=None) -> Scored:
+    shape = (len(REGION_NAMES), len(SIDES))
+    p, d, c = np.zeros(shape), np.full(shape, np.nan), np.zeros(shape, bool)
+    for call in res.score.calls:
+        i, s = REGION_NAMES.index(call.region), SIDES.index(call.side)
+        p[i, s] = call.probability or 0.0
+        d[i, s] = np.nan if call.difference_hu is None else call.difference_hu
+        c[i, s] = call.affected
+    return Scored(study, truth, p, d, c, dice, dice_regions)
+
+
+def method_scores(rows: list[Scored], method: str, scorer: CpuScorer) -> tuple[np.ndarray, np.ndarray]:
+    """(continuous evidence, calls), each (studies, 10, 2), for one method."""
+    if method == "runtime":
+        ev = np.array([r.probability if _by_network(scorer) else -np.nan_to_num(r.difference_hu) for r in rows])
+        return ev, np.array([r.called for r in rows])
+    if method == "network":
+        thr = np.array([_threshold(scorer, n) for n in REGION_NAMES])[None, :, None]
+        ev = np.array([r.probability for r in rows])
+        return ev, ev >= thr
+    rule = scorer.models.classify_density
+    t = rule.threshold_hu if rule else 2.0
+    ev = np.array([-np.nan_to_num(r.difference_hu) for r in rows])
+    return ev, ev >= t
+
+
+def _by_network(scorer: CpuScorer) -> bool:
+    return scorer.models.classify_density is None
+
+
+def region_table(evidence: np.ndarray, calls: np.ndarray, truth: np.ndarray) -> dict:
+    """Table 1: evidence, calls, truth are (cases, 10 regions, 2 sides)."""
     table = {}
     groups = {**{n: [i] for i, n in enumerate(REGION_NAMES)}, "subcortical": list(SUBCORTICAL),
               "cortical": list(CORTICAL), "all": list(range(10))}
     for name, idx in groups.items():
-        p, t, y = pred[:, idx].ravel(), truth[:, idx].ravel(), prob[:, idx].ravel()
+        p, t, y = calls[:, idx].ravel(), truth[:, idx].ravel(), evidence[:, idx].ravel()
         table[name] = {**M.confusion(p, t), "auc": M.auc(y, t.astype(int))}
     return table
 
 
 def score_agreement(pred: np.ndarray, truth: np.ndarray) -> dict:
+    pred, truth = np.asarray(pred, float), np.asarray(truth, float)
     dich = M.confusion(pred <= 6, truth <= 6)    # "positive" = ASPECTS <= 6 (large infarct)
-    return {"dichotomised_le6": dich, "icc_2_1": M.icc_2_1(pred, truth), "spearman": M.spearman(pred, truth),
-            "bland_altman": M.bland_altman(pred, truth), "exact_agreement": float((pred == truth).mean()),
-            "n": int(len(pred))}
+    return {"dichotomised_le6": dich, "mae": float(np.abs(pred - truth).mean()),
+            "exact_agreement": float((pred == truth).mean()),
+            "within_1": float((np.abs(pred - truth) <= 1).mean()),
+            "icc_2_1": M.icc_2_1(pred, truth) if len(pred) > 1 else float("nan"),
+            "spearman": M.spearman(pred, truth) if len(pred) > 1 else float("nan"),
+            "bland_altman": M.bland_altman(pred, truth), "n": int(len(pred))}
+
+
+def summarise(rows: list[Scored], scorer: CpuScorer) -> dict:
+    truth = np.array([r.truth for r in rows])
+    true_scores = np.min(10 - truth.sum(axis=1), axis=1)
+    out = {"cases": len(rows), "methods": {}}
+    for method in METHODS:
+        ev, calls = method_scores(rows, method, scorer)
+        auto = np.min(10 - calls.sum(axis=1), axis=1)
+        out["methods"][method] = {"regions": region_table(ev, calls, truth),
+                                  "score": score_agreement(auto, true_scores),
+                                  "scores": auto.tolist()}
+    dices = [r.dice for r in rows if r.dice is not None]
+    if dices:
+        per_region = {}
+        for r in rows:
+            for k, v in (r.dice_regions or {}).items():
+                per_region.setdefault(k.split()[-1], []).append(v)
+        out["dice"] = {"mean": float(np.mean(dices)), "min_case": float(np.min(dices)),
+                       "per_region": {k: float(np.mean(v)) for k, v in per_region.items()}}
+    out["studies"] = {r.study: {"true": int(t), "auto": int(a)} for r, t, a in
+                      zip(rows, true_scores, out["methods"]["runtime"]["scores"])}
+    out["_pred"], out["_true"] = out["methods"]["runtime"]["scores"], true_scores.tolist()
+    return out
+
+
+def table_text(result: dict) -> str:
+    """The paper's Table 1 layout, one block per method, plus agreement and Dice."""
+    lines = []
+    for method, m in result["methods"].items():
+        lines.append(f"{method}: sensitivity / specificity / accuracy / AUC")
+        for name, row in m["regions"].items():
+            lines.append(f"  {name:12s} {_f(row['sensitivity'])} {_f(row['specificity'])} "
+                         f"{_f(row['accuracy'])} {_f(row['auc'])}   (tp {row['tp']} fp {row['fp']} "
+                         f"fn {row['fn']} tn {row['tn']})")
+        sc = m["score"]
+        d = sc["dichotomised_le6"]
+        lines.append(f"  dichotomised (<=6): accuracy {_f(d['accuracy'])} sensitivity {_f(d['sensitivity'])} "
+                     f"specificity {_f(d['specificity'])}")
+        lines.append(f"  score: MAE {sc['mae']:.2f}, exact {sc['exact_agreement']:.2f}, within 1 "
+                     f"{sc['within_1']:.2f}, ICC {_f(sc['icc_2_1'])}, n {sc['n']}")
+    if "dice" in result:
+        d = result["dice"]
+        per = ", ".join(f"{k} {v:.2f}" for k, v in d["per_region"].items())
+        lines.append(f"region Dice on the expert's slices: mean {d['mean']:.3f} (worst study "
+                     f"{d['min_case']:.3f}); {per}")
+    for study, v in result["studies"].items():
+        lines.append(f"  {study}: true {v['true']} auto {v['auto']}")
+    return "\n".join(lines)
+
+
+def _f(v: float) -> str:
+    return "  n/a" if v is None or np.isnan(v) else f"{v:5.3f}"
 
 
 def plots(pred: np.ndarray, truth: np.ndarray, out: Path, title: str) -> None:
@@ -74,9 +185,10 @@ def plots(pred: np.ndarray, truth: np.ndarray, out: Path, title: str) -> None:
 
 
 def mean_dice(pred: np.ndarray, truth: np.ndarray) -> tuple[float, dict]:
+    """Mean over the region-sides present in either map."""
     per = {}
     for r, name in enumerate(REGION_NAMES):
-        for side in ("left", "right"):
+        for side in SIDES:
             lab = label_id(r, side)
             p, t = pred == lab, truth == lab
             if t.sum() + p.sum():
@@ -86,7 +198,7 @@ def mean_dice(pred: np.ndarray, truth: np.ndarray) -> tuple[float, dict]:
 
 # ---------------------------------------------------------------- modes
 
-def eval_cases(data: Path, scorer: Scorer) -> dict:
+def eval_cases(data: Path, scorer: CpuScorer) -> dict:
     """Networks alone on held-out model-space cases: the cascade's Dice, DA-Net on true-region crops."""
     files = sorted(data.glob("case_*.npz"))
     dices, probs, truths = [], [], []
@@ -103,119 +215,177 @@ def eval_cases(data: Path, scorer: Scorer) -> dict:
                     eng.card.outputs[0].name]
             probs.append(p)
             truths.append(d["affected"])
-    return _summarise(np.array(probs), np.array(truths), scorer, {"dice_mean": float(np.mean(dices)),
-                                                                 "dice_min_case": float(np.min(dices))})
+    probs, truths = np.array(probs), np.array(truths)
+    thr = np.array([_threshold(scorer, n) for n in REGION_NAMES])[None, :, None]
+    calls = probs >= thr
+    auto = np.min(10 - calls.sum(axis=1), axis=1)
+    true = np.min(10 - truths.sum(axis=1), axis=1)
+    return {"cases": len(files), "dice": {"mean": float(np.mean(dices)), "min_case": float(np.min(dices))},
+            "methods": {"network": {"regions": region_table(probs, calls, truths),
+                                    "score": score_agreement(auto, true), "scores": auto.tolist()}},
+            "studies": {}, "_pred": auto.tolist(), "_true": true.tolist()}
 
 
-def _summarise(prob, truth, scorer: Scorer, extra: dict, scores=None) -> dict:
-    thr = np.array([_threshold(scorer, n) for n in REGION_NAMES])
-    pred_aff = prob >= thr[None, :, None]
-    auto = scores if scores is not None else np.min(10 - pred_aff.sum(axis=1), axis=1)
-    true = np.min(10 - truth.sum(axis=1), axis=1)
-    return {"cases": int(len(prob)), **extra, "regions": region_table(prob, truth, thr),
-            "score": score_agreement(np.asarray(auto, float), true.astype(float)),
-            "_pred": np.asarray(auto).tolist(), "_true": true.tolist()}
-
-
-def _threshold(scorer: Scorer, region: str) -> float:
+def _threshold(scorer: CpuScorer, region: str) -> float:
     for c in scorer.models.cards:
         if region in c.regions:
             return c.threshold
     raise KeyError(region)
 
 
-def eval_studies(shared: Path, scorer: Scorer, n: int) -> dict:
-    """The whole runtime, file in to score out, on synthetic studies with real-world poses."""
+def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int) -> list[Scored]:
+    """The whole runtime, file in to score out, on synthetic studies in real-world scanner poses."""
     from . import synth
     phantom = synth.load_phantom(shared)
-    probs, truths, scores, dices = [], [], [], []
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
-            spec = synth.draw_spec(STUDY_SEED0 + i, pose="scanner")
+            spec = synth.draw_spec(seed0 + i, pose="scanner")
             case = synth.make_case(phantom, spec)
             grid, shape = synth.scanner_grid(spec)
             hu, _ = synth.render(phantom, case, grid, shape, with_labels=False)
             path = Path(tmp) / f"study_{i:03d}.nii.gz"
             synth.write_study(path, hu, grid)
             res = scorer.score(path)
-            p = np.zeros((10, 2))
-            for c in res.score.calls:
-                p[REGION_NAMES.index(c.region), 0 if c.side == "left" else 1] = c.probability or 0.0
-            probs.append(p)
-            truths.append(np.array([case.affected[r] for r in REGION_NAMES]))
-            scores.append(res.score.aspects)
+            truth = np.array([case.affected[r] for r in REGION_NAMES])
             # Ground-truth labels on the runtime's own model grid, through its recovered pose.
             to_world = res.alignment.matrix @ res.grid.index_to_model
-            dices.append(mean_dice(res.labels, synth.render_labels(phantom, case, to_world, res.grid.shape))[0])
-            print(f"study {i}: true {case.aspects} auto {res.score.aspects} dice {dices[-1]:.3f} "
-                  f"{res.timings['total']:.1f}s", flush=True)
-    return _summarise(np.array(probs), np.array(truths), scorer,
-                      {"dice_mean": float(np.mean(dices)), "dice_min_case": float(np.min(dices))}, scores)
+            dice = mean_dice(res.labels, synth.render_labels(phantom, case, to_world, res.grid.shape))[0]
+            rows.append(scored(f"synthetic_{seed0 + i}", res, truth, dice))
+            print(f"study {i}: true {case.aspects} auto {res.score.aspects} dice {dice:.3f} "
+                  f"{res.timings_s['total']:.1f}s", flush=True)
+    return rows
 
 
-EXPERT_READS = {"sub003": {"aspects": 9, "affected": ("right L",)}, "sub005": {"aspects": 10, "affected": ()}}
+def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: CpuScorer, loo: bool,
+                 shared: Path) -> list[Scored]:
+    """Every study of a reads file against its expert read (and region map, where there is one)."""
+    reads = load_reads(reads_csv, data)
+    order = load_label_order(label_order) if label_order else None
+    folds = _atlas_folds(reads, order, scorer, shared) if loo else {}
+    default_segmenter = scorer.segmenter
+    rows = []
+    for read in reads:
+        if loo:
+            scorer.segmenter = AtlasSegmenter(folds[read.subject])
+        res = scorer.score(read.image)
+        scorer.segmenter = default_segmenter
+        dice, per = None, None
+        if read.map is not None and order is not None:
+            study = read_study(read.image)
+            expert = read_expert_map(read.map, order)
+            ours = to_study_grid(study, res.alignment, res.grid, res.labels)
+            zs = labelled_slices(expert)
+            dice, per = mean_dice(ours[zs], expert[zs])
+        rows.append(scored(read.study, res, read.truth(), dice, per))
+        print(f"{read.study}: expert {read.aspects} auto {res.score.aspects} "
+              f"({', '.join(res.score.affected) or 'none'})" + (f" dice {dice:.3f}" if dice is not None else ""),
+              flush=True)
+    return rows
 
 
-def eval_real(real: Path, scorer: Scorer) -> dict:
-    """Both real studies against their expert reads. (The authors' region maps sit on a
-    skull-stripped image, which the reader refuses as no head, so no region Dice here.)"""
-    out = {}
-    for sub, read in EXPERT_READS.items():
-        res = scorer.score(real / f"{sub}_im.nii.gz")
-        out[sub] = {"expert": {"aspects": read["aspects"], "affected": list(read["affected"])},
-                    "auto": {"aspects": res.score.aspects, "affected": list(res.score.affected),
-                             "symmetry": res.alignment.symmetry, "seconds": res.timings["total"]}}
-        print(sub, json.dumps(out[sub]["auto"]), flush=True)
-    return out
+def _atlas_folds(reads, order, scorer: CpuScorer, shared: Path) -> dict:
+    """Per subject: an atlas from every other subject's expert maps (leave-one-out)."""
+    from .atlas import fuse, in_memory_atlas, map_in_template_space, template_image
+    template = template_image(shared)
+    maps = {r.study: (r.subject, map_in_template_space(r, order, template, scorer.models.grid,
+                                                        scorer.models.window))
+            for r in reads if r.map is not None}
+    return {s: in_memory_atlas(template, fuse([m for subj, m in maps.values() if subj != s]))
+            for s in {r.subject for r in reads}}
+
+
+def calibrate(rows: list[Scored]) -> dict:
+    """The density rule's threshold: the HU step that maximises Youden's J over region-sides of
+    synthetic studies the runtime scored (studies no other step saw), and the table at it."""
+    from .train import best_threshold
+    ev = np.concatenate([-np.nan_to_num(r.difference_hu).ravel() for r in rows])
+    y = np.concatenate([r.truth.ravel() for r in rows]).astype(int)
+    t = best_threshold(ev, y)
+    return {"threshold_hu": round(float(t), 2), "studies": len(rows), "region_sides": int(len(y)),
+            "positives": int(y.sum()), "auc": M.auc(ev, y),
+            "sensitivity": float((ev[y == 1] >= t).mean()), "specificity": float((ev[y == 0] < t).mean())}
 
 
 def write_results(mode: str, result: dict, out: Path, model_dir: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    if "_pred" in result:
+    if result.get("_pred") and len(result["_pred"]) > 1:
         plots(np.array(result["_pred"]), np.array(result["_true"]), out, mode)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    (out / "table.txt").write_text(table_text(result) + "\n")
     # Copy the headline numbers into every card so a deployed model carries its own evidence.
     for card_path in sorted(model_dir.glob("*.json")):
         card = json.loads(card_path.read_text())
         if "role" not in card:
             continue
         held = card.setdefault("metrics", {}).setdefault("held_out", {})
-        held[mode] = _headline(mode, result, card)
+        held[mode] = headline(result)
         card_path.write_text(json.dumps(card, indent=2) + "\n")
 
 
-def _headline(mode: str, result: dict, card: dict) -> dict:
-    if mode == "real":
-        return {k: {"expert": v["expert"]["aspects"], "auto": v["auto"]["aspects"]} for k, v in result.items()}
-    group = {"classify_subcortical": "subcortical", "classify_cortical": "cortical"}.get(card["role"], "all")
-    r = result["regions"][group]
-    return {"cases": result["cases"], "dice_mean": round(result["dice_mean"], 4),
-            "region_group": group, **{k: round(r[k], 4) for k in ("sensitivity", "specificity", "accuracy", "auc")},
-            "dichotomised_accuracy": round(result["score"]["dichotomised_le6"]["accuracy"], 4),
-            "icc": round(result["score"]["icc_2_1"], 4)}
+def headline(result: dict) -> dict:
+    out = {"cases": result["cases"]}
+    if "dice" in result:
+        out["dice_mean"] = round(result["dice"]["mean"], 4)
+        if "per_region" in result["dice"]:
+            out["dice_per_region"] = {k: round(v, 3) for k, v in result["dice"]["per_region"].items()}
+    for method, m in result["methods"].items():
+        regions, sc = m["regions"], m["score"]
+        out[method] = {**{g: {k: _r(regions[g][k]) for k in ("sensitivity", "specificity", "auc")}
+                          for g in ("subcortical", "cortical", "all")},
+                       "dichotomised_accuracy": _r(sc["dichotomised_le6"]["accuracy"]),
+                       "dichotomised_specificity": _r(sc["dichotomised_le6"]["specificity"]),
+                       "mae": _r(sc["mae"]), "within_1": _r(sc["within_1"]), "icc": _r(sc["icc_2_1"])}
+    if result.get("studies"):
+        out["studies"] = result["studies"]
+    return out
+
+
+def _r(v):
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else round(float(v), 4)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=("cases", "studies", "real"))
+    p.add_argument("mode", choices=("cases", "studies", "real", "calibrate"))
     p.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
-    p.add_argument("--data", type=Path, default=Path("build/data/test"))
+    p.add_argument("--data", type=Path, default=None, help="cases: the .npz folder; real: the studies' folder")
+    p.add_argument("--reads", type=Path, default=DEV_SET / "reads.csv")
+    p.add_argument("--label-order", type=Path, default=DEV_SET / "label_order.json")
+    p.add_argument("--loo", action="store_true", help="real: leave-one-subject-out atlases")
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
-    p.add_argument("--real", type=Path, default=Path("../shared/data/real"))
     p.add_argument("--n", type=int, default=24)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--no-cards", action="store_true", help="do not copy the headline numbers into the cards")
     args = p.parse_args(argv)
-    load_model_set(args.models)
-    scorer = Scorer(args.models)
+    scorer = CpuScorer(args.models)
+    if args.mode == "calibrate":
+        result = calibrate(synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0))
+        card_path = args.models / "density_rule.json"
+        card = json.loads(card_path.read_text())
+        card["threshold_hu"] = result["threshold_hu"]
+        card.setdefault("metrics", {})["calibration"] = {k: _r(v) if isinstance(v, float) else v
+                                                         for k, v in result.items()}
+        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        print(json.dumps(result, indent=2, default=float))
+        return
     if args.mode == "cases":
-        result = eval_cases(args.data, scorer)
+        result = eval_cases(args.data or Path("build/data/test"), scorer)
     elif args.mode == "studies":
-        result = eval_studies(args.shared, scorer, args.n)
+        result = summarise(synthetic_studies(args.shared, scorer, args.n, STUDY_SEED0), scorer)
     else:
-        result = eval_real(args.real, scorer)
-    write_results(args.mode, result, args.out or Path("build/eval") / args.mode, args.models)
-    summary = {k: v for k, v in result.items() if not k.startswith("_") and k != "regions"}
-    print(json.dumps(summary, indent=2, default=float))
+        rows = real_studies(args.data or args.shared / "real", args.reads, args.label_order, scorer, args.loo,
+                            args.shared)
+        result = summarise(rows, scorer)
+    mode = f"{args.mode}_loo" if args.loo else args.mode
+    out = args.out or Path("build/eval") / mode
+    if args.no_cards:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+        (out / "table.txt").write_text(table_text(result) + "\n")
+    else:
+        write_results(mode, result, out, args.models)
+    print(table_text(result))
 
 
 if __name__ == "__main__":

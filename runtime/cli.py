@@ -74,7 +74,7 @@ def _score(args) -> int:
           f"affected: {', '.join(s.affected) or 'none'}")
     for w in result.warnings:
         print(f"warning: {w}")
-    stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings)
     print(f"timings: {stages}")
     print(f"report: {paths['report']}")
     return 0
@@ -97,10 +97,10 @@ def _engines(args) -> int:
 
 def _models(args) -> int:
     models = load_model_set(args.models)
-    for card in models.cards:
+    for card in models.all_cards:
         print(json.dumps({"role": card.role, "name": card.name, "version": card.version,
-                          "onnx": card.onnx.name, "sha256": card.sha256,
-                          "metrics": card.raw.get("metrics", {})}))
+                          "file": card.onnx.name if hasattr(card, "onnx") else None,
+                          "sha256": getattr(card, "sha256", None), "metrics": card.raw.get("metrics", {})}))
     return 0
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from .errors import ModelError
 
 ROLES = ("segment_coarse", "segment_fine", "classify_subcortical", "classify_cortical")
+ATLAS_ROLE = "segment_atlas"
+RULE_ROLE = "classify_density"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "engines"
 
 
@@ -91,7 +93,66 @@ def load_card(path: str | Path) -> ModelCard:
     return card
 
 
-def verify_file(card: ModelCard, fp16: bool = False) -> Path:
+@dataclass(frozen=True)
+class AtlasCard:
+    """The region atlas (runtime.atlas): a template and a label map in one hashed .npz."""
+    path: Path
+    name: str
+    version: str
+    role: str
+    onnx: Path                          # the hashed artifact (named like the networks' file for verify_file)
+    sha256: str
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class DensityRuleCard:
+    """The contralateral density rule (runtime.density, runtime.score): a region is affected when it
+    is at least `threshold_hu` darker than its mirror twin. No file: the card is the model."""
+    path: Path
+    name: str
+    version: str
+    role: str
+    threshold_hu: float
+    parenchyma_hu: tuple[float, float]
+    hypodense_hu: float
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+def load_atlas_card(path: Path) -> AtlasCard:
+    d = _read_json(path)
+    try:
+        return AtlasCard(path=path, name=d["name"], version=d["version"], role=d["role"],
+                         onnx=path.parent / d["file"], sha256=d["sha256"], raw=d)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"model card {path} is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def load_rule_card(path: Path) -> DensityRuleCard:
+    d = _read_json(path)
+    try:
+        card = DensityRuleCard(path=path, name=d["name"], version=d["version"], role=d["role"],
+                               threshold_hu=float(d["threshold_hu"]),
+                               parenchyma_hu=(float(d["parenchyma_hu"][0]), float(d["parenchyma_hu"][1])),
+                               hypodense_hu=float(d["hypodense_hu"]), raw=d)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ModelError(f"model card {path} is malformed ({type(exc).__name__}: {exc})") from None
+    if not (0.0 < card.threshold_hu < 20.0 and card.parenchyma_hu[0] < card.parenchyma_hu[1]
+            and card.hypodense_hu > 0):
+        raise ModelError(f"model card {path}: density rule values out of range")
+    return card
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"model card {path} not found") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model card {path} is malformed ({exc})") from None
+
+
+def verify_file(card: ModelCard | AtlasCard, fp16: bool = False) -> Path:
     """Models are code: refuse a file whose hash is not the one its card was written for."""
     onnx, expected = (card.onnx_fp16, card.sha256_fp16) if fp16 else (card.onnx, card.sha256)
     if onnx is None or not onnx.exists():
@@ -105,11 +166,15 @@ def verify_file(card: ModelCard, fp16: bool = False) -> Path:
 
 @dataclass(frozen=True)
 class ModelSet:
-    """The four models one study needs, checked to share one grid and window."""
+    """The models one study needs, the networks checked to share one grid and window. The atlas and
+    the density rule are what the runtime scores with on real CT (engines/README.md says why); a
+    model folder without them (own-data retraining) scores with the networks alone."""
     segment_coarse: ModelCard
     segment_fine: ModelCard
     classify_subcortical: ModelCard
     classify_cortical: ModelCard
+    segment_atlas: AtlasCard | None = None
+    classify_density: DensityRuleCard | None = None
 
     @property
     def grid(self) -> GridSpec:
@@ -121,7 +186,13 @@ class ModelSet:
 
     @property
     def cards(self) -> tuple[ModelCard, ...]:
+        """The networks."""
         return tuple(getattr(self, r) for r in ROLES)
+
+    @property
+    def all_cards(self) -> tuple[ModelCard | AtlasCard | DensityRuleCard, ...]:
+        extra = tuple(c for c in (self.segment_atlas, self.classify_density) if c is not None)
+        return self.cards + extra
 
 
 def load_model_set(model_dir: str | Path = DEFAULT_MODEL_DIR) -> ModelSet:
@@ -132,10 +203,11 @@ def load_model_set(model_dir: str | Path = DEFAULT_MODEL_DIR) -> ModelSet:
             role = json.loads(p.read_text()).get("role")
         except (ValueError, OSError):
             continue
-        if role in ROLES:
+        loader = {ATLAS_ROLE: load_atlas_card, RULE_ROLE: load_rule_card}.get(role, load_card)
+        if role in ROLES or role in (ATLAS_ROLE, RULE_ROLE):
             if role in cards:
                 raise ModelError(f"{model_dir}: two model cards for role {role} ({cards[role].path.name}, {p.name})")
-            cards[role] = load_card(p)
+            cards[role] = loader(p)
     missing = [r for r in ROLES if r not in cards]
     if missing:
         raise ModelError(f"{model_dir}: no model card for {', '.join(missing)}")

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from .errors import OutputExists
-from .pipeline import StudyResult
+from .result import StudyResult
 from .regions import CORTICAL, REGION_NAMES, SUBCORTICAL, label_id
 
 REPORT_FILES = ("report.json", "ganglionic.png", "supraganglionic.png")
@@ -64,9 +64,11 @@ def report_dict(result: StudyResult, images: dict) -> dict:
         "symptomatic_side": s.symptomatic_side,
         "dichotomised": ">6" if s.above_cut else "<=6",
         "affected_regions": list(s.affected),
-        "regions": [{"region": c.region, "side": c.side,
-                     "probability": None if c.probability is None else round(c.probability, 4),
-                     "affected": c.affected, "assessed": c.assessed} for c in s.calls],
+        "regions": [{"region": c.region, "side": c.side, "affected": c.affected, "assessed": c.assessed,
+                     "decided_by": c.decided_by,
+                     "density_difference_hu": c.difference_hu, "hypodense_ml": c.hypodense_ml,
+                     "probability": None if c.probability is None else round(c.probability, 4)}
+                    for c in s.calls],
         "alignment": {"model_to_study_lps": np.round(a.matrix, 5).tolist(),
                       "plane_normal_lps": np.round(a.normal, 5).tolist(),
                       "plane_point_lps_mm": np.round(a.point, 3).tolist(),
@@ -75,7 +77,7 @@ def report_dict(result: StudyResult, images: dict) -> dict:
         "model_grid": {"shape_zyx": list(result.grid.shape), "spacing_xyz_mm": list(result.grid.spacing),
                        "slab_average": result.grid.slab},
         "study": {"source": result.source, **result.metadata},
-        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+        "timings_s": {k: round(v, 4) for k, v in result.timings},
         "models": list(result.models),
         "warnings": list(result.warnings),
         "images": images,

@@ -87,3 +87,19 @@ def window(hu: np.ndarray, brain: np.ndarray, level: float, width: float) -> np.
     lo = level - width / 2.0
     x = np.clip((hu - lo) / width, 0.0, 1.0) * 2.0 - 1.0
     return np.where(brain, x, -1.0).astype(np.float32)
+
+
+def to_study_grid(study: Study, alignment: Alignment, grid: ModelGrid, labels: np.ndarray) -> np.ndarray:
+    """A model-grid label map back on the study's own voxels (nearest): what the expert maps and a
+    DICOM SEG are compared with. A thin study slice takes the label of the slab it falls in."""
+    image = sitk.GetImageFromArray(labels)
+    image.SetSpacing(grid.spacing)
+    image.SetOrigin(grid.origin)
+    study_index_to_model = np.linalg.inv(alignment.matrix) @ study.affine
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(study_index_to_model[:3, :3].ravel().tolist())
+    transform.SetTranslation(study_index_to_model[:3, 3].tolist())
+    nz, ny, nx = study.hu.shape
+    out = sitk.Resample(image, (nx, ny, nz), transform, sitk.sitkNearestNeighbor, (0, 0, 0), (1, 1, 1),
+                        (1, 0, 0, 0, 1, 0, 0, 0, 1), 0, image.GetPixelID())
+    return sitk.GetArrayFromImage(out)

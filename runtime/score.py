@@ -1,13 +1,19 @@
 """ASPECTS from per-region calls: 10 minus affected regions, per hemisphere.
 
-The reported score is the symptomatic hemisphere's (the lower of the two, as in
-the paper); the dichotomy ASPECTS > 6 vs <= 6 is the thrombectomy threshold.
+A call comes from the contralateral density rule when the model set has one
+(a region at least `threshold_hu` darker than its mirror twin), otherwise from
+the DA-Net probability and its card's threshold. Both numbers are kept on every
+call, so the report shows the evidence whichever decided. The reported score is
+the symptomatic hemisphere's (the lower of the two, as in the paper); the
+dichotomy ASPECTS > 6 vs <= 6 is the thrombectomy threshold.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .density import RegionDensity
+from .modelcard import DensityRuleCard
 from .regions import REGION_NAMES, SIDES
 
 DICHOTOMY_CUT = 6
@@ -16,10 +22,13 @@ DICHOTOMY_CUT = 6
 @dataclass(frozen=True)
 class RegionCall:
     region: str
-    side: str                    # patient side
-    probability: float | None    # None when the region was not found on this study
+    side: str                        # patient side
+    probability: float | None        # DA-Net; None when the region was not found on this study
     affected: bool
     assessed: bool
+    difference_hu: float | None = None   # mean HU minus the mirror twin's (runtime.density)
+    hypodense_ml: float | None = None
+    decided_by: str = "network"      # "density" or "network"
 
 
 @dataclass(frozen=True)
@@ -41,14 +50,25 @@ class Score:
 
 
 def make_calls(probabilities: dict[str, tuple[float, float]], assessable: dict[str, bool],
-               thresholds: dict[str, float]) -> tuple[RegionCall, ...]:
-    """`probabilities[region] = (p_left, p_right)`; regions in table order."""
+               thresholds: dict[str, float], densities: tuple[RegionDensity, ...] = (),
+               rule: DensityRuleCard | None = None) -> tuple[RegionCall, ...]:
+    """`probabilities[region] = (p_left, p_right)`; calls in table order, left before right."""
+    density = {(d.region, d.side): d for d in densities}
     calls = []
     for name in REGION_NAMES:
         for s, side in enumerate(SIDES):
-            ok = assessable[name]
-            p = float(probabilities[name][s]) if ok else None
-            calls.append(RegionCall(name, side, p, ok and p >= thresholds[name], ok))
+            found = assessable[name]
+            p = float(probabilities[name][s]) if found else None
+            d = density.get((name, side))
+            diff = d.difference_hu if d else None
+            if rule is not None:
+                ok = found and diff is not None
+                affected = ok and diff <= -rule.threshold_hu
+            else:
+                ok = found
+                affected = ok and p >= thresholds[name]
+            calls.append(RegionCall(name, side, p, affected, ok, diff, d.hypodense_ml if d else None,
+                                    "density" if rule is not None else "network"))
     return tuple(calls)
 
 
@@ -60,8 +80,14 @@ def score(calls: tuple[RegionCall, ...]) -> Score:
     elif left != right:
         side = "left" if left < right else "right"
     else:   # equal deductions on both sides: the side with the stronger evidence
-        weight = {s: sum(c.probability for c in calls if c.side == s and c.affected) for s in SIDES}
-        side = max(SIDES, key=lambda s: weight[s])
+        side = max(SIDES, key=lambda s: _evidence(calls, s))
     aspects = min(left, right)
     return Score(left=left, right=right, aspects=aspects, symptomatic_side=side,
                  above_cut=aspects > DICHOTOMY_CUT, calls=calls)
+
+
+def _evidence(calls: tuple[RegionCall, ...], side: str) -> float:
+    hits = [c for c in calls if c.side == side and c.affected]
+    if hits and hits[0].decided_by == "density":
+        return -sum(c.difference_hu or 0.0 for c in hits)
+    return sum(c.probability or 0.0 for c in hits)

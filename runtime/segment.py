@@ -11,6 +11,7 @@ which alignment put on the mid-sagittal plane.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -18,14 +19,35 @@ from scipy import ndimage
 from .engine import Engine
 from .regions import BRAIN_LABEL, labels_from_classes
 
+if TYPE_CHECKING:
+    from .preprocess import Preprocessed
+
 Z_MARGIN_SLICES = 1
 MIN_COMPONENT_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
 class Segmentation:
-    labels: np.ndarray                      # uint8 (z, y, x) on the model grid
-    fine_box: tuple[slice, slice, slice]    # model-grid region the fine model labelled
+    labels: np.ndarray                      # uint8 (z, y, x) runtime.regions label ids on the model grid
+
+
+class Segmenter(Protocol):
+    """Two implementations: NetworkSegmenter (VB-Net cascade) and runtime.atlas.AtlasSegmenter."""
+
+    def segment(self, prep: Preprocessed) -> Segmentation:
+        ...
+
+
+class NetworkSegmenter:
+    """The VB-Net cascade. Trained on synthetic heads only: on real CT its regions are poor (Dice 0.40
+    on the development studies), so the shipped model set uses the atlas; this stays for own-data
+    retraining and for the GPU path's parity tests."""
+
+    def __init__(self, coarse: Engine, fine: Engine):
+        self.coarse, self.fine = coarse, fine
+
+    def segment(self, prep: Preprocessed) -> Segmentation:
+        return segment(prep.image, self.coarse, self.fine)
 
 
 def segment(image: np.ndarray, coarse: Engine, fine: Engine) -> Segmentation:
@@ -38,7 +60,7 @@ def segment(image: np.ndarray, coarse: Engine, fine: Engine) -> Segmentation:
     labels = labels.repeat(c_stride, axis=1).repeat(c_stride, axis=2)
     labels = _fit(labels, (nz, ny, nx))
     if not regions.any():
-        return Segmentation(labels=labels, fine_box=(slice(0, 0),) * 3)
+        return Segmentation(labels=labels)
 
     zz, yy, xx = np.nonzero(regions)
     fx, fy = fine.card.fine_crop_xy
@@ -54,7 +76,7 @@ def segment(image: np.ndarray, coarse: Engine, fine: Engine) -> Segmentation:
            slice(x0 * f_stride, x0 * f_stride + fine_classes.shape[2]))
     x_index = np.arange(box[2].start, box[2].stop)[None, None, :]
     labels[box] = labels_from_classes(fine_classes, x_index, (nx - 1) / 2)
-    return Segmentation(labels=labels, fine_box=box)
+    return Segmentation(labels=labels)
 
 
 def significant_regions(regions: np.ndarray) -> np.ndarray:

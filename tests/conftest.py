@@ -33,8 +33,8 @@ def demo_study():
 
 @pytest.fixture(scope="session")
 def scorer():
-    from runtime.pipeline import Scorer
-    return Scorer()
+    from runtime.cpu import CpuScorer
+    return CpuScorer()
 
 
 @pytest.fixture(scope="session")

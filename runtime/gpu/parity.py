@@ -19,10 +19,11 @@ import numpy as np
 from ..engine import OnnxRuntimeEngine
 from ..errors import ModelError
 from ..modelcard import DEFAULT_MODEL_DIR
-from ..pipeline import DEFAULT_STUDY, CLASSIFIER_ROLES, Scorer
-from ..resample import window
+from ..cpu import CpuScorer
+from ..pipeline import DEFAULT_STUDY
+from ..preprocess import preprocess_grid
+from ..result import CLASSIFIER_ROLES
 from ..segment import _downsample
-from ..strip import brain_mask
 
 MAX_ABS_ERROR = {"probabilities": 0.1, "probability": 0.01, "cam": 0.25}
 MIN_ARGMAX_AGREEMENT = 0.995          # segmentation classes, per voxel
@@ -49,11 +50,10 @@ def compare(role: str, reference: dict[str, np.ndarray], got: dict[str, np.ndarr
     return ParityResult(role, tuple(shape), errors, agreement, ok)
 
 
-def engine_inputs(scorer: Scorer) -> dict[str, list[np.ndarray]]:
+def engine_inputs(scorer: CpuScorer) -> dict[str, list[np.ndarray]]:
     """Real inputs from the bundled study, plus a random full-size classifier batch."""
     result = scorer.score(DEFAULT_STUDY)
-    hu, grid = result.hu, result.grid
-    image = window(hu, brain_mask(hu, grid.spacing[0]), *scorer.models.window)
+    image = preprocess_grid(result.hu, result.grid, scorer.models.window).image
     coarse = scorer.models.segment_coarse
     x = _downsample(image, coarse.input_stride)
     x = np.pad(x, ((0, (-x.shape[0]) % coarse.z_multiple), (0, 0), (0, 0)), constant_values=-1.0)
@@ -74,7 +74,7 @@ def engine_inputs(scorer: Scorer) -> dict[str, list[np.ndarray]]:
 def run_parity(model_dir: Path = DEFAULT_MODEL_DIR) -> tuple[list[ParityResult], dict]:
     from .pipeline import GpuScorer
 
-    cpu = Scorer(model_dir)
+    cpu = CpuScorer(model_dir)
     gpu = GpuScorer(model_dir)
     results = []
     for role, arrays in engine_inputs(cpu).items():

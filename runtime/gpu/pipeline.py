@@ -1,9 +1,12 @@
 """One study on the GPU: read (host) -> upload once -> align -> resample, strip, window ->
-VB-Net cascade -> mirrored patches -> DA-Net, all on one stream -> read back -> score.
+segment -> mirrored patches -> DA-Net, all on one stream -> read back -> density -> score.
 
-Same stages and the same StudyResult as runtime.pipeline.Scorer; only the place
+Same stages and the same StudyResult as runtime.cpu.CpuScorer; only the place
 the voxels live changes. Host round trips: the alignment search (three numbers
-per candidate plane), the coarse box (six integers), and the results at the end.
+per candidate plane), and the results at the end; with the region atlas (the
+shipped default) the model-grid HU and brain mask come down once for the
+registration, which runs on the host, and the labels go back up; with the
+VB-Net cascade, only the coarse box (six integers).
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from ..align import align
+from ..atlas import AtlasSegmenter, load_atlas
 from ..classify import Classification
+from ..density import measure
 from ..modelcard import DEFAULT_MODEL_DIR, ModelSet, load_model_set
-from ..pipeline import CLASSIFIER_ROLES, StudyResult, brain_volume_ml, score_batches, study_result
-from ..read import Study, read_study
-from ..resample import model_grid
+from ..preprocess import Preprocessed
+from ..read import Study, read_study, validate_study
+from ..resample import model_grid, window
+from ..result import CLASSIFIER_ROLES, StudyResult, check_brain_volume, score_study, study_result
 from .align import DeviceMirror
 from .patches import batch_on_device, host_batch
 from .preprocess import preprocess_on_device
@@ -30,10 +36,8 @@ class GpuScorer:
     """Loads (building if needed) the TensorRT engines once; `device` and `engines` can be given
     (the tests pass a CPU emulation of both)."""
 
-    device_name = "gpu"
-
     def __init__(self, model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, device=None, engines=None,
-                 keep_pairs: bool = False):
+                 keep_pairs: bool = False, segmenter: str = "auto"):
         self.models: ModelSet = load_model_set(model_dir)
         if device is None:
             from .device import CudaDevice
@@ -44,6 +48,8 @@ class GpuScorer:
             engines = {c.role: TensorRTEngine(c, device, Path(model_dir)) for c in self.models.cards}
         self.engines = engines
         self.keep_pairs = keep_pairs
+        use_atlas = segmenter == "atlas" or (segmenter == "auto" and self.models.segment_atlas is not None)
+        self.atlas = AtlasSegmenter(load_atlas(self.models.segment_atlas)) if use_atlas else None
         self.device = f"gpu ({getattr(device, 'name', 'emulated')})"
 
     def score(self, source: str | os.PathLike | Study) -> StudyResult:
@@ -56,6 +62,8 @@ class GpuScorer:
         dev, timings = self.gpu, {}
         t0 = time.perf_counter()
         study = source if isinstance(source, Study) else read_study(source)
+        if isinstance(source, Study):
+            validate_study(study)
         t1 = time.perf_counter()
         study_hu = dev.put(study.hu.astype(np.float32, copy=False))
         alignment = align(study, DeviceMirror(dev))
@@ -66,7 +74,12 @@ class GpuScorer:
         marks = [("start", dev.event())]
         img = preprocess_on_device(dev, study_hu, study, alignment, grid, self.models.window)
         marks.append(("preprocess", dev.event()))
-        labels, _ = segment_on_device(dev, img.image, self.engines["segment_coarse"], self.engines["segment_fine"])
+        if self.atlas is not None:
+            prep = self._host_image(img, grid)
+            labels = dev.put(self.atlas.segment(prep).labels)
+        else:
+            labels, _ = segment_on_device(dev, img.image, self.engines["segment_coarse"],
+                                          self.engines["segment_fine"])
         marks.append(("segment", dev.event()))
         staged = []
         for role in CLASSIFIER_ROLES:
@@ -94,11 +107,19 @@ class GpuScorer:
         marks.append(("download", dev.event()))
         for (_, a), (stage, b) in zip(marks, marks[1:]):     # device time per stage, from stream events
             timings[stage] = timings.get(stage, 0.0) + dev.elapsed_ms(a, b) / 1000.0
+        timings["score"] = timings.pop("download")           # the read-back belongs to scoring
 
-        brain_ml = brain_volume_ml(study, brain_voxels * img.factor ** 2, grid)   # working grid -> model grid
+        brain_ml = check_brain_volume(study, brain_voxels * img.factor ** 2 * float(np.prod(grid.spacing)) / 1000.0)
         t5 = time.perf_counter()
-        final = score_batches(batches, results)
-        timings["score"] = time.perf_counter() - t5
+        densities = measure(hu, label_map, grid, self.models.classify_density)
+        final = score_study(batches, results, densities, self.models)
+        timings["score"] += time.perf_counter() - t5
         timings["total"] = time.perf_counter() - t0          # wall clock, file in to score out
         return study_result(study, alignment, grid, hu, label_map, brain_ml, final, timings, self.models,
                             self.device, tuple(results), tuple(batches))
+
+    def _host_image(self, img, grid) -> Preprocessed:
+        """The model-grid HU and brain mask on the host, for the atlas registration."""
+        hu = self.gpu.get(img.hu)
+        brain = self.gpu.get(img.brain).astype(bool).repeat(img.factor, axis=1).repeat(img.factor, axis=2)
+        return Preprocessed(grid=grid, hu=hu, brain=brain, image=window(hu, brain, *self.models.window))

@@ -1,0 +1,80 @@
+"""The CPU path (ONNX Runtime): read -> align -> preprocess -> segment -> batch ->
+classify -> density -> score. Loads the models once, so a console or a benchmark
+can score many studies without paying start-up again."""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+
+from .align import align
+from .atlas import AtlasSegmenter, load_atlas
+from .classify import classify
+from .density import measure
+from .engine import Engine, OnnxRuntimeEngine
+from .modelcard import DEFAULT_MODEL_DIR, ModelSet, load_model_set
+from .patches import build_batch
+from .preprocess import preprocess
+from .read import Study, read_study, validate_study
+from .result import CLASSIFIER_ROLES, StudyResult, check_brain_volume, score_study, study_result
+from .segment import NetworkSegmenter, Segmenter
+
+
+class CpuScorer:
+    device = "cpu"
+
+    def __init__(self, model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, segmenter: str = "auto"):
+        """`segmenter`: "atlas", "network" (the VB-Net cascade) or "auto" (the atlas when the model
+        set has one)."""
+        self.models: ModelSet = load_model_set(model_dir)
+        self.engines: dict[str, Engine] = {card.role: OnnxRuntimeEngine(card) for card in self.models.cards}
+        self.segmenter: Segmenter = make_segmenter(self.models, self.engines, segmenter)
+
+    def score(self, source: str | os.PathLike | Study) -> StudyResult:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        with _timed(timings, "read"):
+            study = source if isinstance(source, Study) else read_study(source)
+            if isinstance(source, Study):
+                validate_study(study)     # a Study built in code gets the same checks as a file
+        with _timed(timings, "align"):
+            alignment = align(study)
+        with _timed(timings, "preprocess"):
+            prep = preprocess(study, alignment, self.models.grid, self.models.window)
+            brain_ml = check_brain_volume(study, prep.brain_ml)
+        with _timed(timings, "segment"):
+            labels = self.segmenter.segment(prep).labels
+        batches, results = [], []
+        for role in CLASSIFIER_ROLES:
+            engine = self.engines[role]
+            with _timed(timings, "batch"):
+                batch = build_batch(prep.image, labels, engine.card.regions, engine.card.crop)
+            with _timed(timings, "classify"):
+                results.append(classify(engine, batch))
+            batches.append(batch)
+        with _timed(timings, "score"):
+            densities = measure(prep.hu, labels, prep.grid, self.models.classify_density)
+            final = score_study(batches, results, densities, self.models)
+        timings["total"] = time.perf_counter() - t0
+        return study_result(study, alignment, prep.grid, prep.hu, labels, brain_ml, final, timings, self.models,
+                            self.device, tuple(results), tuple(batches))
+
+
+def make_segmenter(models: ModelSet, engines: dict[str, Engine], choice: str = "auto") -> Segmenter:
+    if choice not in ("auto", "atlas", "network"):
+        raise ValueError(f"segmenter must be auto, atlas or network, not {choice!r}")
+    if choice == "network" or (choice == "auto" and models.segment_atlas is None):
+        return NetworkSegmenter(engines["segment_coarse"], engines["segment_fine"])
+    if models.segment_atlas is None:
+        raise ValueError("this model set has no region atlas")
+    return AtlasSegmenter(load_atlas(models.segment_atlas))
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0

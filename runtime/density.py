@@ -1,0 +1,75 @@
+"""Contralateral density: what a radiologist checks, region by region.
+
+Early ischemic change is water uptake: the affected region turns a few HU darker
+than its mirror twin. Per region and side:
+- difference_hu: mean parenchymal HU of the region minus that of its twin on the
+  other side (both regions come from the same segmentation, so the comparison
+  holds whatever the head's pose);
+- hypodense_ml: the volume of region voxels at least the card's hypodense_hu below the
+  voxel at the mirrored position (model space: x flipped through the mid-sagittal
+  plane), both in parenchyma, after a light in-plane smoothing.
+Only parenchyma (the card's parenchyma_hu) counts: CSF, calcification and bone would swamp
+a few-HU signal. The measure needs no training, so it transfers to real CT by
+construction; the rule that turns it into calls lives in runtime.score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .modelcard import DensityRuleCard
+from .regions import REGION_NAMES, SIDES, label_id
+from .resample import ModelGrid
+
+DEFAULT_PARENCHYMA_HU = (15.0, 50.0)
+DEFAULT_HYPODENSE_HU = 4.0
+SMOOTH_MM = 1.0
+MIN_VOXELS = 50
+
+
+@dataclass(frozen=True)
+class RegionDensity:
+    region: str
+    side: str                    # patient side
+    mean_hu: float | None        # None when the region (or its twin) has too little parenchyma
+    twin_mean_hu: float | None
+    difference_hu: float | None  # mean_hu - twin_mean_hu: negative = darker than the other side
+    hypodense_ml: float
+
+
+def measure(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid,
+            rule: DensityRuleCard | None) -> tuple[RegionDensity, ...]:
+    """Per region and side, in runtime.regions order, left before right. The parenchyma window and
+    the hypodensity step come from the rule's card (defaults when a model set has none)."""
+    parenchyma_hu = rule.parenchyma_hu if rule else DEFAULT_PARENCHYMA_HU
+    hypodense_hu = rule.hypodense_hu if rule else DEFAULT_HYPODENSE_HU
+    sigma = SMOOTH_MM / np.asarray(grid.spacing[:2])
+    smooth = ndimage.gaussian_filter(hu, (0, sigma[1], sigma[0]))
+    lo, hi = parenchyma_hu
+    parenchyma = (hu >= lo) & (hu <= hi)
+    mirrored_ok = parenchyma[:, :, ::-1]
+    darker = (smooth - smooth[:, :, ::-1]) <= -hypodense_hu
+    voxel_ml = float(np.prod(grid.spacing)) / 1000.0
+    means = {}
+    for r, name in enumerate(REGION_NAMES):
+        for side in SIDES:
+            values = hu[(labels == label_id(r, side)) & parenchyma]
+            means[name, side] = float(values.mean()) if values.size >= MIN_VOXELS else None
+    out = []
+    for r, name in enumerate(REGION_NAMES):
+        for side in SIDES:
+            twin = "right" if side == "left" else "left"
+            mean, twin_mean = means[name, side], means[name, twin]
+            diff = None if mean is None or twin_mean is None else mean - twin_mean
+            region = (labels == label_id(r, side)) & parenchyma & mirrored_ok
+            out.append(RegionDensity(region=name, side=side, mean_hu=_round(mean), twin_mean_hu=_round(twin_mean),
+                                     difference_hu=_round(diff), hypodense_ml=round(float((region & darker).sum())
+                                                                                  * voxel_ml, 3)))
+    return tuple(out)
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)

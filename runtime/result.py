@@ -1,0 +1,88 @@
+"""What one scored study is, for the CPU and the GPU path alike: the frozen
+StudyResult, and the steps after the networks that both paths share (the brain
+volume check, the calls and the score)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import __version__
+from .align import Alignment
+from .classify import Classification
+from .density import RegionDensity
+from .errors import NotAHead
+from .modelcard import ModelSet
+from .patches import PatchBatch
+from .read import Study
+from .resample import ModelGrid
+from .score import Score, make_calls, score
+
+MIN_BRAIN_ML = 200.0
+LOW_SYMMETRY = 0.5
+CLASSIFIER_ROLES = ("classify_subcortical", "classify_cortical")
+# Every path fills these stages, in this order; "total" is the wall clock from file to score.
+STAGES = ("read", "align", "preprocess", "segment", "batch", "classify", "score", "total")
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    source: str
+    metadata: dict
+    warnings: tuple[str, ...]
+    alignment: Alignment
+    grid: ModelGrid
+    score: Score
+    timings: tuple[tuple[str, float], ...]   # (stage, seconds) in STAGES order
+    models: tuple[dict, ...]                 # role, name, version, sha256 of every model used
+    hu: np.ndarray = field(repr=False)       # model-grid HU, for the report's images
+    labels: np.ndarray = field(repr=False)   # model-grid region labels
+    classifications: tuple[Classification, ...] = field(repr=False, default=())
+    batches: tuple[PatchBatch, ...] = field(repr=False, default=())
+
+    @property
+    def timings_s(self) -> dict[str, float]:
+        return dict(self.timings)
+
+
+def check_brain_volume(study: Study, brain_ml: float) -> float:
+    """Refuses a study with too little brain to hold the ASPECTS regions."""
+    if brain_ml < MIN_BRAIN_ML:
+        raise NotAHead(f"{study.source}: only {brain_ml:.0f} mL of brain found after skull stripping; "
+                       "is this a head CT covering the basal ganglia?")
+    return brain_ml
+
+
+def score_study(batches, results, densities: tuple[RegionDensity, ...], models: ModelSet) -> Score:
+    """Per-region calls from the classifiers and the density measure, then the ASPECTS."""
+    probs, assessable, thresholds = {}, {}, {}
+    for batch, result in zip(batches, results):
+        for b, name in enumerate(batch.regions):
+            probs[name] = tuple(result.probability[b])
+            assessable[name] = batch.assessable[b]
+            thresholds[name] = result.threshold
+    return score(make_calls(probs, assessable, thresholds, densities, models.classify_density))
+
+
+def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.ndarray, labels: np.ndarray,
+                 brain_ml: float, final: Score, timings: dict[str, float], models: ModelSet, device: str,
+                 results: tuple, batches: tuple) -> StudyResult:
+    """The one place a StudyResult is made."""
+    warnings = list(study.warnings)
+    if alignment.symmetry < LOW_SYMMETRY:
+        warnings.append(f"head symmetry after alignment is low ({alignment.symmetry:.2f}): check the alignment "
+                        "in the key-slice images before trusting the score")
+    if final.not_assessed:
+        warnings.append(f"regions not found, not scored: {', '.join(final.not_assessed)}")
+    missing = [s for s in STAGES if s not in timings]
+    if missing:
+        raise ValueError(f"stages not timed: {missing}")
+    return StudyResult(
+        source=study.source, metadata={**study.metadata, "brain_ml": round(brain_ml, 1),
+                                       "runtime_version": __version__, "device": device},
+        warnings=tuple(warnings), alignment=alignment, grid=grid, score=final,
+        timings=tuple((s, float(timings[s])) for s in STAGES),
+        models=tuple({"role": c.role, "name": c.name, "version": c.version,
+                      "sha256": getattr(c, "sha256", None)} for c in models.all_cards),
+        hu=hu, labels=labels, classifications=results, batches=batches)
