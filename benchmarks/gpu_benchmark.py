@@ -29,6 +29,8 @@ from runtime.errors import AspectsError
 from runtime.modelcard import DEFAULT_MODEL_DIR
 from runtime.pipeline import DEFAULT_STUDY
 
+ROOT = Path(__file__).resolve().parent.parent
+
 THIN_SLICES, THIN_MM = 240, 0.625
 
 

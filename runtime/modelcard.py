@@ -54,6 +54,7 @@ class ModelCard:
     threshold: float = 0.5              # classifiers: p >= threshold means affected
     onnx_fp16: Path | None = None
     sha256_fp16: str | None = None
+    card_sha256: str = ""               # of the card file itself: the report lists what was used
     raw: dict = field(default_factory=dict, repr=False, compare=False)   # provenance, metrics...
 
 
@@ -67,8 +68,8 @@ def file_sha256(path: Path) -> str:
 
 def load_card(path: str | Path) -> ModelCard:
     path = Path(path)
+    d, digest = _read_json(path)
     try:
-        d = json.loads(path.read_text())
         grid = d["grid"]
         card = ModelCard(
             path=path, name=d["name"], version=d["version"], role=d["role"],
@@ -83,9 +84,7 @@ def load_card(path: str | Path) -> ModelCard:
             crop=tuple(d["crop"]) if d.get("crop") else None,
             regions=tuple(d.get("regions", ())), threshold=float(d.get("threshold", 0.5)),
             onnx_fp16=path.parent / d["onnx_fp16"] if d.get("onnx_fp16") else None,
-            sha256_fp16=d.get("sha256_fp16"), raw=d)
-    except FileNotFoundError:
-        raise ModelError(f"model card {path} not found") from None
+            sha256_fp16=d.get("sha256_fp16"), card_sha256=digest, raw=d)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"model card {path} is malformed ({type(exc).__name__}: {exc})") from None
     if card.role not in ROLES:
@@ -102,6 +101,7 @@ class AtlasCard:
     role: str
     onnx: Path                          # the hashed artifact (named like the networks' file for verify_file)
     sha256: str
+    card_sha256: str = ""
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -116,25 +116,26 @@ class DensityRuleCard:
     threshold_hu: float
     parenchyma_hu: tuple[float, float]
     hypodense_hu: float
+    card_sha256: str = ""
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def load_atlas_card(path: Path) -> AtlasCard:
-    d = _read_json(path)
+    d, digest = _read_json(path)
     try:
         return AtlasCard(path=path, name=d["name"], version=d["version"], role=d["role"],
-                         onnx=path.parent / d["file"], sha256=d["sha256"], raw=d)
+                         onnx=path.parent / d["file"], sha256=d["sha256"], card_sha256=digest, raw=d)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"model card {path} is malformed ({type(exc).__name__}: {exc})") from None
 
 
 def load_rule_card(path: Path) -> DensityRuleCard:
-    d = _read_json(path)
+    d, digest = _read_json(path)
     try:
         card = DensityRuleCard(path=path, name=d["name"], version=d["version"], role=d["role"],
                                threshold_hu=float(d["threshold_hu"]),
                                parenchyma_hu=(float(d["parenchyma_hu"][0]), float(d["parenchyma_hu"][1])),
-                               hypodense_hu=float(d["hypodense_hu"]), raw=d)
+                               hypodense_hu=float(d["hypodense_hu"]), card_sha256=digest, raw=d)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ModelError(f"model card {path} is malformed ({type(exc).__name__}: {exc})") from None
     if not (0.0 < card.threshold_hu < 20.0 and card.parenchyma_hu[0] < card.parenchyma_hu[1]
@@ -143,9 +144,14 @@ def load_rule_card(path: Path) -> DensityRuleCard:
     return card
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> tuple[dict, str]:
+    """The card and the sha256 of its bytes."""
     try:
-        return json.loads(path.read_text())
+        data = path.read_bytes()
+        d = json.loads(data)
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        return d, hashlib.sha256(data).hexdigest()
     except FileNotFoundError:
         raise ModelError(f"model card {path} not found") from None
     except (OSError, ValueError) as exc:

@@ -84,5 +84,6 @@ def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.nda
         warnings=tuple(warnings), alignment=alignment, grid=grid, score=final,
         timings=tuple((s, float(timings[s])) for s in STAGES),
         models=tuple({"role": c.role, "name": c.name, "version": c.version,
-                      "sha256": getattr(c, "sha256", None)} for c in models.all_cards),
+                      "sha256": getattr(c, "sha256", None), "card_sha256": c.card_sha256}
+                     for c in models.all_cards),
         hu=hu, labels=labels, classifications=results, batches=batches)

@@ -41,7 +41,8 @@ def test_default_study_report(demo_report):
     assert list(doc["timings_s"]) == list(STAGES)
     m = np.array(doc["alignment"]["model_to_study_lps"])
     np.testing.assert_allclose(m[:3, :3].T @ m[:3, :3], np.eye(3), atol=1e-4)
-    assert len(doc["models"]) == 4 and all(len(x["sha256"]) == 64 for x in doc["models"])
+    assert len(doc["models"]) == 6 and all(len(x["card_sha256"]) == 64 for x in doc["models"])
+    assert all(len(x["sha256"]) == 64 for x in doc["models"] if x["role"] != "classify_density")
     assert doc["study"]["source"].endswith(DEFAULT_STUDY.name)
     for name in ("ganglionic.png", "supraganglionic.png"):
         img = sitk.ReadImage(str(out / name))
