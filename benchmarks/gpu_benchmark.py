@@ -41,7 +41,8 @@ def make_thin_study(path: Path) -> Path:
     size = list(img.GetSize())
     spacing = list(img.GetSpacing())
     out_spacing = [spacing[0], spacing[1], THIN_MM]
-    origin = img.TransformContinuousIndexToPhysicalPoint((0, 0, (size[2] - 1) / 2 - (THIN_SLICES - 1) / 2 * THIN_MM / spacing[2]))
+    centre_k = (size[2] - 1) / 2 - (THIN_SLICES - 1) / 2 * THIN_MM / spacing[2]
+    origin = img.TransformContinuousIndexToPhysicalPoint((0, 0, centre_k))
     thin = sitk.Resample(img, [size[0], size[1], THIN_SLICES], sitk.Transform(), sitk.sitkLinear, origin, out_spacing,
                          img.GetDirection(), -1024.0, sitk.sitkInt16)
     sitk.WriteImage(thin, str(path))
@@ -54,6 +55,7 @@ class TorchEngine:
 
     def __init__(self, card, device, checkpoint: Path):
         import torch
+
         from export.networks import DANet, DANetConfig, VBNet, VBNetConfig
         self.torch, self.card, self.device = torch, card, device
         ck = torch.load(checkpoint, map_location="cuda", weights_only=True)
@@ -123,8 +125,8 @@ def preprocessing_check(scorer, path: Path) -> dict:
     from runtime.align import align
     from runtime.gpu.align import DeviceMirror
     from runtime.gpu.preprocess import preprocess_on_device
-    from runtime.read import read_study
     from runtime.preprocess import preprocess_grid
+    from runtime.read import read_study
     from runtime.resample import model_grid, resample
     dev = scorer.gpu
     study = read_study(path)

@@ -17,7 +17,7 @@ from runtime.patches import build_batch
 from runtime.pipeline import DEFAULT_STUDY
 from runtime.preprocess import preprocess
 from runtime.read import read_study
-from runtime.resample import model_grid, resample
+from runtime.resample import resample
 from runtime.strip import brain_mask
 
 

@@ -31,7 +31,7 @@ from runtime.atlas import RegionAtlas, grid_image, register
 from runtime.modelcard import AtlasCard, file_sha256, load_model_set
 from runtime.preprocess import preprocess
 from runtime.read import read_study
-from runtime.regions import REGION_NAMES
+from runtime.regions import BRAIN_LABEL, REGION_NAMES, swap_sides
 from runtime.resample import resample
 
 from .realdata import DEV_SET, Read, load_label_order, load_reads, read_expert_map
@@ -78,18 +78,13 @@ def map_in_template_space(read: Read, order: dict[int, int], template: sitk.Imag
 
 def mirrored(labels: np.ndarray) -> np.ndarray:
     """Left <-> right: flip x through x = 0 (the box is symmetric about it) and swap the sides' ids."""
-    flipped = labels[:, :, ::-1]
-    out = flipped.copy()
-    right, left = (flipped >= 1) & (flipped <= 10), (flipped >= 11) & (flipped <= 20)
-    out[right] = flipped[right] + 10
-    out[left] = flipped[left] - 10
-    return out
+    return swap_sides(labels[:, :, ::-1])
 
 
 def fuse(maps: list[np.ndarray]) -> np.ndarray:
     """Majority vote over the maps and their mirrors."""
     stack = np.stack([m for lab in maps for m in (lab, mirrored(lab))])
-    counts = np.stack([(stack == v).sum(axis=0) for v in range(21)])
+    counts = np.stack([(stack == v).sum(axis=0) for v in range(BRAIN_LABEL)])
     labels = counts[1:].argmax(axis=0).astype(np.uint8) + 1
     labels[counts[1:].sum(axis=0) * 2 <= len(stack)] = 0
     return labels

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from runtime.regions import REGION_NAMES, SIDES, label_id
+from runtime.score import aspects_per_side
 
 RCBF_CORE = 0.30
 AFFECTED_FRACTION = 0.10
@@ -41,9 +42,9 @@ def region_labels(cbf: np.ndarray, labels: np.ndarray) -> dict:
             frac = float((core & region).sum() / region.sum()) if region.any() else None
             out[f"{side} {name}"] = {"core_fraction": frac,
                                      "affected": bool(frac is not None and frac >= AFFECTED_FRACTION)}
-    per_side = {s: 10 - sum(v["affected"] for k, v in out.items() if k.startswith(s)) for s in SIDES}
-    return {"regions": out, "aspects_left": per_side["left"], "aspects_right": per_side["right"],
-            "aspects": min(per_side.values())}
+    table = [[out[f"{side} {name}"]["affected"] for side in SIDES] for name in REGION_NAMES]
+    left, right = (int(v) for v in aspects_per_side(table))
+    return {"regions": out, "aspects_left": left, "aspects_right": right, "aspects": min(left, right)}
 
 
 def main(argv=None) -> None:

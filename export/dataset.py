@@ -19,24 +19,33 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.modelcard import GridSpec
 from runtime.patches import build_batch
+from runtime.preprocess import preprocess_grid
 from runtime.regions import REGION_NAMES
-from runtime.resample import window
-from runtime.strip import brain_mask
+from runtime.resample import ModelGrid, slab_plan
+from runtime.volume import block_mean
 
 from . import synth
-from .config import (CLASSIFIER_CROP, FINE_STRIDE, GRID_SHAPE_XY, GRID_SPACING_MM, MIN_SLICE_MM,
-                     REFORMAT_SLICE_MM, WINDOW)
+from .config import (
+    CLASSIFIER_CROP,
+    FINE_STRIDE,
+    GRID_SHAPE_XY,
+    GRID_SPACING_MM,
+    MIN_SLICE_MM,
+    REFORMAT_SLICE_MM,
+    WINDOW,
+)
 
 _PHANTOM: synth.Phantom | None = None
+GRID_SPEC = GridSpec(GRID_SPACING_MM, GRID_SHAPE_XY, MIN_SLICE_MM, REFORMAT_SLICE_MM)
 
 
 def model_space_grid(spec: synth.CaseSpec, phantom_centre: np.ndarray, stride: int) -> tuple[np.ndarray, tuple]:
     """Model grid at `stride` x the runtime's in-plane spacing; slices as the runtime would make them."""
     sx, sy = GRID_SPACING_MM[0] * stride, GRID_SPACING_MM[1] * stride
     nx, ny = GRID_SHAPE_XY[0] // stride, GRID_SHAPE_XY[1] // stride
-    t = spec.slice_mm
-    sz = t if t >= MIN_SLICE_MM else round(REFORMAT_SLICE_MM / t) * t     # as runtime.resample.model_grid
+    _, sz = slab_plan(spec.slice_mm, GRID_SPEC)
     phase = (spec.seed * 0.37) % 1.0 * sz
     z_lo, z_hi = -45.0 + phase, 85.0
     nz = int((z_hi - z_lo) // sz) + 1
@@ -69,13 +78,13 @@ def make_one(seed: int, shared: Path, out_dir: Path) -> dict:
     # 0.5 mm model grid: what the runtime windows and crops. Noise is added at that resolution.
     hu05 = hu1.repeat(2, axis=1).repeat(2, axis=2)
     hu05 += _noise(rng, hu05.shape, spec.noise_hu) * (hu05 > -500)
-    brain05 = brain_mask(hu05, GRID_SPACING_MM[0])
-    image05 = window(hu05, brain05, *WINDOW)
+    grid05 = ModelGrid(shape=hu05.shape, spacing=(*GRID_SPACING_MM, float(a1[2, 2])), origin=(0.0, 0.0, 0.0), slab=1)
+    image05 = preprocess_grid(hu05, grid05, WINDOW).image
     labels05 = labels1.repeat(2, axis=1).repeat(2, axis=2)
     hypo05 = ((core1 > 0.5) & (hu1 >= 0) & (hu1 < 70)).repeat(2, axis=1).repeat(2, axis=2)
     batch = build_batch(image05, labels05, REGION_NAMES, CLASSIFIER_CROP)
     hypo = build_batch(hypo05.astype(np.float32), labels05, REGION_NAMES, CLASSIFIER_CROP)
-    image1 = image05.reshape(shape1[0], shape1[1], 2, shape1[2], 2).mean(axis=(2, 4))
+    image1 = block_mean(image05, 2)
     affected = np.array([case.affected[r] for r in REGION_NAMES], bool)          # (10, 2) left, right
     np.savez_compressed(
         out_dir / f"case_{seed:05d}.npz", image1=image1.astype(np.float16), labels1=labels1,

@@ -29,13 +29,14 @@ import numpy as np
 from runtime.atlas import AtlasSegmenter
 from runtime.cpu import CpuScorer
 from runtime.modelcard import DEFAULT_MODEL_DIR
-from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL, label_id
 from runtime.read import read_study
+from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL, label_id
 from runtime.resample import to_study_grid
+from runtime.score import aspects_of
 from runtime.segment import segment
 
 from . import metrics as M
-from .realdata import DEV_SET, load_label_order, load_reads, labelled_slices, read_expert_map
+from .realdata import DEV_SET, labelled_slices, load_label_order, load_reads, read_expert_map
 
 STUDY_SEED0 = 200_000
 CALIBRATION_SEED0 = 300_000      # calibration studies: never the evaluation studies' seeds
@@ -108,11 +109,11 @@ def score_agreement(pred: np.ndarray, truth: np.ndarray) -> dict:
 
 def summarise(rows: list[Scored], scorer: CpuScorer) -> dict:
     truth = np.array([r.truth for r in rows])
-    true_scores = np.min(10 - truth.sum(axis=1), axis=1)
+    true_scores = aspects_of(truth)
     out = {"cases": len(rows), "methods": {}}
     for method in METHODS:
         ev, calls = method_scores(rows, method, scorer)
-        auto = np.min(10 - calls.sum(axis=1), axis=1)
+        auto = aspects_of(calls)
         out["methods"][method] = {"regions": region_table(ev, calls, truth),
                                   "score": score_agreement(auto, true_scores),
                                   "scores": auto.tolist()}
@@ -186,13 +187,9 @@ def plots(pred: np.ndarray, truth: np.ndarray, out: Path, title: str) -> None:
 
 def mean_dice(pred: np.ndarray, truth: np.ndarray) -> tuple[float, dict]:
     """Mean over the region-sides present in either map."""
-    per = {}
-    for r, name in enumerate(REGION_NAMES):
-        for side in SIDES:
-            lab = label_id(r, side)
-            p, t = pred == lab, truth == lab
-            if t.sum() + p.sum():
-                per[f"{side} {name}"] = float(2 * (p & t).sum() / (p.sum() + t.sum()))
+    per = {f"{side} {name}": M.dice(pred, truth, label_id(r, side))
+           for r, name in enumerate(REGION_NAMES) for side in SIDES}
+    per = {k: v for k, v in per.items() if not np.isnan(v)}
     return float(np.mean(list(per.values()))), per
 
 
@@ -218,8 +215,7 @@ def eval_cases(data: Path, scorer: CpuScorer) -> dict:
     probs, truths = np.array(probs), np.array(truths)
     thr = np.array([_threshold(scorer, n) for n in REGION_NAMES])[None, :, None]
     calls = probs >= thr
-    auto = np.min(10 - calls.sum(axis=1), axis=1)
-    true = np.min(10 - truths.sum(axis=1), axis=1)
+    auto, true = aspects_of(calls), aspects_of(truths)
     return {"cases": len(files), "dice": {"mean": float(np.mean(dices)), "min_case": float(np.min(dices))},
             "methods": {"network": {"regions": region_table(probs, calls, truths),
                                     "score": score_agreement(auto, true), "scores": auto.tolist()}},

@@ -28,13 +28,21 @@ import SimpleITK as sitk
 from runtime.align import align
 from runtime.modelcard import GridSpec
 from runtime.patches import build_batch
+from runtime.preprocess import preprocess
 from runtime.read import read_study
 from runtime.regions import REGION_NAMES
-from runtime.resample import model_grid, resample, window
-from runtime.strip import brain_mask
+from runtime.resample import resample
+from runtime.volume import block_mean
 
-from .config import (CLASSIFIER_CROP, FINE_STRIDE, GRID_SHAPE_XY, GRID_SPACING_MM, MIN_SLICE_MM,
-                     REFORMAT_SLICE_MM, WINDOW)
+from .config import (
+    CLASSIFIER_CROP,
+    FINE_STRIDE,
+    GRID_SHAPE_XY,
+    GRID_SPACING_MM,
+    MIN_SLICE_MM,
+    REFORMAT_SLICE_MM,
+    WINDOW,
+)
 
 HYPODENSE_HU = (0.0, 70.0)     # the authors' attention target: the region's tissue in this range
 
@@ -49,10 +57,10 @@ def ingest_case(folder: Path) -> dict:
     if unknown:
         raise ValueError(f"{folder}: unknown region names {sorted(unknown)}")
     alignment = align(study)
-    grid = model_grid(study, alignment, GridSpec(GRID_SPACING_MM, GRID_SHAPE_XY, MIN_SLICE_MM, REFORMAT_SLICE_MM))
-    hu = resample(study, alignment, grid)
-    labels = resample(study, alignment, grid, volume=regions, nearest=True).astype(np.uint8)
-    image = window(hu, brain_mask(hu, grid.spacing[0]), *WINDOW)
+    prep = preprocess(study, alignment, GridSpec(GRID_SPACING_MM, GRID_SHAPE_XY, MIN_SLICE_MM, REFORMAT_SLICE_MM),
+                      WINDOW)
+    hu, image = prep.hu, prep.image
+    labels = resample(study, alignment, prep.grid, volume=regions, nearest=True).astype(np.uint8)
     batch = build_batch(image, labels, REGION_NAMES, CLASSIFIER_CROP)
     hypodense = ((hu >= HYPODENSE_HU[0]) & (hu < HYPODENSE_HU[1])).astype(np.float32)
     hypo = build_batch(hypodense, labels, REGION_NAMES, CLASSIFIER_CROP).pairs[:, :, 0] > 0.5
@@ -60,8 +68,7 @@ def ingest_case(folder: Path) -> dict:
     hypo &= batch.pairs[:, :, 1] > 0.5
     hypo &= affected[:, :, None, None, None]
     f = FINE_STRIDE
-    nz, ny, nx = image.shape
-    return {"image1": image.reshape(nz, ny // f, f, nx // f, f).mean(axis=(2, 4)).astype(np.float16),
+    return {"image1": block_mean(image, f).astype(np.float16),
             "labels1": labels[:, f // 2::f, f // 2::f], "pairs": batch.pairs.astype(np.float16), "hypo": hypo,
             "affected": affected, "fractions": np.full((10, 2), np.nan, np.float32)}
 

@@ -26,6 +26,13 @@ def confusion(pred: np.ndarray, truth: np.ndarray) -> dict:
             "accuracy": (tp + tn) / n, "tp": tp, "tn": tn, "fp": fp, "fn": fn}
 
 
+def dice(pred: np.ndarray, truth: np.ndarray, label: int) -> float:
+    """Dice of one label; NaN when neither map has it."""
+    p, t = pred == label, truth == label
+    denom = int(p.sum()) + int(t.sum())
+    return 2.0 * float((p & t).sum()) / denom if denom else float("nan")
+
+
 def icc_2_1(a: np.ndarray, b: np.ndarray) -> float:
     """ICC(2,1): two-way random effects, absolute agreement, single rater (Shrout & Fleiss)."""
     x = np.stack([np.asarray(a, float), np.asarray(b, float)], axis=1)

@@ -23,6 +23,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from runtime.regions import BRAIN_LABEL, REGIONS, label_id
+from runtime.score import aspects_of
 
 AFFECTED_FRACTION = 0.10     # paper: core volume / region volume >= 10 %
 SLAB_SUBSAMPLES = 5
@@ -72,7 +73,7 @@ class Case:
 
     @property
     def aspects(self) -> int:
-        return min(10 - sum(v[0] for v in self.affected.values()), 10 - sum(v[1] for v in self.affected.values()))
+        return int(aspects_of(list(self.affected.values())))
 
 
 # ---------------------------------------------------------------- phantom

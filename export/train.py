@@ -26,11 +26,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime.regions import (CORTICAL, REGION_NAMES, SEG_CLASSES, SUBCORTICAL, classes_from_labels,
-                             labels_from_classes)
+from runtime.regions import (
+    CORTICAL,
+    REGION_LABELS,
+    REGION_NAMES,
+    SEG_CLASSES,
+    SUBCORTICAL,
+    classes_from_labels,
+    is_region,
+    labels_from_classes,
+)
+from runtime.segment import fine_window
+from runtime.volume import block_mean, pad_z
 
-from .config import (CLASSIFIER_CROP, COARSE_STRIDE, FINE_CROP_XY, FINE_STRIDE, GRID_SHAPE_XY, GRID_SPACING_MM,
-                     MIN_SLICE_MM, REFORMAT_SLICE_MM, SEED, WINDOW)
+from .config import (
+    CLASSIFIER_CROP,
+    COARSE_STRIDE,
+    FINE_CROP_XY,
+    FINE_STRIDE,
+    GRID_SHAPE_XY,
+    GRID_SPACING_MM,
+    MIN_SLICE_MM,
+    REFORMAT_SLICE_MM,
+    SEED,
+    WINDOW,
+)
+from .metrics import dice
 from .networks import DANET_CPU, DANET_PAPER, VBNET_CPU, VBNET_PAPER, DANet, VBNet, parameter_count
 from .onnx_export import export_model
 
@@ -136,37 +157,31 @@ def _base_card(role: str, name: str, cfg: TrainConfig, arch: dict, n_params: int
 
 # ---------------------------------------------------------------- segmentation
 
-def _pad_z(x: np.ndarray, m: int, value) -> np.ndarray:
-    return np.pad(x, ((0, (-x.shape[0]) % m), (0, 0), (0, 0)), constant_values=value)
-
-
 def coarse_sample(case: dict, rng: np.random.Generator | None, z_multiple: int, with_position: bool = False):
     """Whole head at the coarse stride. With `with_position`, also each column's x index and the
     grid centre, to side the predicted classes as the runtime does."""
     f = COARSE_STRIDE // FINE_STRIDE
-    img = case["image1"].astype(np.float32)
-    nz, ny, nx = img.shape
-    img = img.reshape(nz, ny // f, f, nx // f, f).mean(axis=(2, 4))
+    img = block_mean(case["image1"].astype(np.float32), f)
+    nx = case["image1"].shape[2]
     lab = case["labels1"][:, f // 2::f, f // 2::f]
-    out = _pad_z(img, z_multiple, -1.0), _pad_z(lab, z_multiple, 0)
+    out = pad_z(img, z_multiple, -1.0), pad_z(lab, z_multiple, 0)
     if with_position:
         return (*out, np.arange(nx // f)[None, None, :], (nx // f - 1) / 2)
     return out
 
 
 def fine_box(labels1: np.ndarray, rng: np.random.Generator | None, jitter: int = 8):
-    """The fine crop the runtime would take around the regions, with optional jitter."""
-    zz, yy, xx = np.nonzero((labels1 >= 1) & (labels1 <= 20))
-    fx, fy = FINE_CROP_XY
-    cy, cx = (yy.min() + yy.max() + 1) / 2, (xx.min() + xx.max() + 1) / 2
-    z0, z1 = max(0, zz.min() - 1), min(labels1.shape[0], zz.max() + 2)
+    """The fine crop the runtime takes around the regions (runtime.segment.fine_window, at the fine
+    network's own resolution), with optional jitter of the region box."""
+    zz, yy, xx = np.nonzero(is_region(labels1))
+    box = [zz.min(), zz.max(), yy.min(), yy.max(), xx.min(), xx.max()]
     if rng is not None:
-        cy += rng.integers(-jitter, jitter + 1)
-        cx += rng.integers(-jitter, jitter + 1)
-        z0 = max(0, z0 - int(rng.integers(0, 2)))
-        z1 = min(labels1.shape[0], z1 + int(rng.integers(0, 2)))
-    y0 = int(np.clip(round(cy - fy / 2), 0, labels1.shape[1] - fy))
-    x0 = int(np.clip(round(cx - fx / 2), 0, labels1.shape[2] - fx))
+        dy, dx = (int(v) for v in rng.integers(-jitter, jitter + 1, 2))
+        box = [box[0] - int(rng.integers(0, 2)), box[1] + int(rng.integers(0, 2)),
+               box[2] + dy, box[3] + dy, box[4] + dx, box[5] + dx]
+    box[0], box[1] = max(0, box[0]), min(labels1.shape[0] - 1, box[1])
+    z0, z1, y0, x0 = fine_window(box, labels1.shape, 1, 1, FINE_CROP_XY)
+    fx, fy = FINE_CROP_XY
     return slice(z0, z1), slice(y0, y0 + fy), slice(x0, x0 + fx)
 
 
@@ -174,19 +189,14 @@ def fine_sample(case: dict, rng: np.random.Generator | None, z_multiple: int, wi
     box = fine_box(case["labels1"], rng)
     img = case["image1"][box].astype(np.float32)
     lab = case["labels1"][box]
-    out = _pad_z(img, z_multiple, -1.0), _pad_z(lab, z_multiple, 0)
+    out = pad_z(img, z_multiple, -1.0), pad_z(lab, z_multiple, 0)
     if with_position:
         return (*out, np.arange(box[2].start, box[2].stop)[None, None, :], (case["labels1"].shape[2] - 1) / 2)
     return out
 
 
-def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes=range(1, 21)) -> np.ndarray:
-    out = []
-    for c in classes:
-        p, t = pred == c, truth == c
-        denom = p.sum() + t.sum()
-        out.append(2.0 * (p & t).sum() / denom if denom else np.nan)
-    return np.array(out)
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes=REGION_LABELS) -> np.ndarray:
+    return np.array([dice(pred, truth, c) for c in classes])
 
 
 def train_segmenter(stage: str, cases: list[dict], val: list[dict], cfg: TrainConfig, paper: bool,
@@ -205,8 +215,8 @@ def train_segmenter(stage: str, cases: list[dict], val: list[dict], cfg: TrainCo
         model.train()
         xs, ys = zip(*(sample(cases[i], rng, arch.z_multiple) for i in rng.integers(0, len(cases), cfg.batch)))
         nz = max(x.shape[0] for x in xs)
-        x = torch.from_numpy(np.stack([_pad_z(v, nz, -1.0)[:nz] for v in xs]))[:, None]
-        y = torch.from_numpy(np.stack([_pad_z(v, nz, 0)[:nz] for v in ys]).astype(np.int64))
+        x = torch.from_numpy(np.stack([pad_z(v, nz, -1.0)[:nz] for v in xs]))[:, None]
+        y = torch.from_numpy(np.stack([pad_z(v, nz, 0)[:nz] for v in ys]).astype(np.int64))
         y = torch.from_numpy(classes_from_labels(y.numpy()).astype(np.int64))
         if rng.random() < 0.5:    # mirror augmentation (classes carry no side)
             x, y = x.flip(-1), y.flip(-1)

@@ -10,12 +10,13 @@ symmetry); pitch cannot be seen by a mirror and is kept as scanned.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from scipy import ndimage, optimize
 
 from .read import Study
+from .volume import block_mean
 
 N_SAMPLE_POINTS = 40_000
 BAND_MM = 25.0
@@ -66,7 +67,7 @@ def align(study: Study, similarity: Similarity | None = None) -> Alignment:
                      symmetry=float(similarity(fine, centre, params)))
 
 
-Similarity = Callable[[Level, np.ndarray, tuple], float]
+Similarity = Callable[[Level, np.ndarray, Any], float]
 
 
 def _normal(yaw: float, roll: float) -> np.ndarray:
@@ -90,9 +91,7 @@ def _make_level(study: Study, target_mm: float, rng: np.random.Generator, band=N
     """`band = (normal, point)`: sample only voxels within BAND_MM of that plane."""
     sx, sy, _ = study.spacing
     f = max(1, int(round(target_mm / min(sx, sy))))
-    nz, ny, nx = study.hu.shape
-    hu = study.hu[:, : ny - ny % f, : nx - nx % f]
-    small = hu.reshape(nz, ny // f, f, nx // f, f).mean(axis=(2, 4))
+    small = block_mean(study.hu, f)
     # Half-voxel shift: a block mean sits at the centre of its f x f input voxels.
     block = np.array([[f, 0, 0, (f - 1) / 2], [0, f, 0, (f - 1) / 2], [0, 0, 1, 0], [0, 0, 0, 1]], float)
     index_to_world = study.affine @ block

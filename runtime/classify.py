@@ -1,4 +1,8 @@
-"""DA-Net: per-side ischemia probability and class activation maps for a patch batch."""
+"""DA-Net: per-side ischemia probability for a patch batch.
+
+The networks also output class activation maps; the report's heat map is the
+density asymmetry instead (runtime.density), which is what decides on real CT,
+so the CAMs are not kept."""
 
 from __future__ import annotations
 
@@ -14,7 +18,6 @@ from .patches import PatchBatch
 class Classification:
     regions: tuple[str, ...]
     probability: np.ndarray     # (B, 2): [left, right] per region
-    cam: np.ndarray             # (B, 2, z, y, x) class activation maps, network resolution
     threshold: float
 
 
@@ -22,8 +25,8 @@ def classify(engine: Engine, batch: PatchBatch) -> Classification:
     card = engine.card
     if batch.regions != card.regions:
         raise ValueError(f"batch regions {batch.regions} != model regions {card.regions}")
+    if batch.pairs is None:
+        raise ValueError("the batch's pairs stayed on the GPU; classify them there")
     out = engine.run({card.inputs[0].name: batch.pairs})
     prob = out[card.outputs[0].name]
-    cam = out[card.outputs[1].name] if len(card.outputs) > 1 else np.zeros((len(batch.regions), 2, 1, 1, 1))
-    return Classification(regions=batch.regions, probability=prob.astype(np.float64), cam=cam,
-                          threshold=card.threshold)
+    return Classification(regions=batch.regions, probability=prob.astype(np.float64), threshold=card.threshold)

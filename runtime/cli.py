@@ -82,7 +82,7 @@ def _score(args) -> int:
 
 def _engines(args) -> int:
     from .gpu.device import CudaDevice
-    from .gpu.engine_cache import get_plan, plan_path, engine_key
+    from .gpu.engine_cache import engine_key, get_plan, plan_path
 
     if args.action == "parity":
         from .gpu.parity import main as parity_main

@@ -57,8 +57,8 @@ class CpuScorer:
             densities = measure(prep.hu, labels, prep.grid, self.models.classify_density)
             final = score_study(batches, results, densities, self.models)
         timings["total"] = time.perf_counter() - t0
-        return study_result(study, alignment, prep.grid, prep.hu, labels, brain_ml, final, timings, self.models,
-                            self.device, tuple(results), tuple(batches))
+        return study_result(study, alignment, prep.grid, prep.hu, labels, densities, brain_ml, final, timings,
+                            self.models, self.device, tuple(results), tuple(batches))
 
 
 def make_segmenter(models: ModelSet, engines: dict[str, Engine], choice: str = "auto") -> Segmenter:

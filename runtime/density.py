@@ -40,10 +40,15 @@ class RegionDensity:
     hypodense_ml: float
 
 
-def measure(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid,
-            rule: DensityRuleCard | None) -> tuple[RegionDensity, ...]:
-    """Per region and side, in runtime.regions order, left before right. The parenchyma window and
-    the hypodensity step come from the rule's card (defaults when a model set has none)."""
+@dataclass(frozen=True)
+class DensityMap:
+    regions: tuple[RegionDensity, ...]   # runtime.regions order, left before right
+    asymmetry_hu: np.ndarray             # float32 (z, y, x): smoothed HU minus its mirror, 0 outside parenchyma
+
+
+def measure(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid, rule: DensityRuleCard | None) -> DensityMap:
+    """The parenchyma window and the hypodensity step come from the rule's card (defaults when a
+    model set has none)."""
     parenchyma_hu = rule.parenchyma_hu if rule else DEFAULT_PARENCHYMA_HU
     hypodense_hu = rule.hypodense_hu if rule else DEFAULT_HYPODENSE_HU
     sigma = SMOOTH_MM / np.asarray(grid.spacing[:2])
@@ -51,7 +56,8 @@ def measure(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid,
     lo, hi = parenchyma_hu
     parenchyma = (hu >= lo) & (hu <= hi)
     mirrored_ok = parenchyma[:, :, ::-1]
-    darker = (smooth - smooth[:, :, ::-1]) <= -hypodense_hu
+    asymmetry = np.where(parenchyma & mirrored_ok, smooth - smooth[:, :, ::-1], 0.0).astype(np.float32)
+    darker = asymmetry <= -hypodense_hu
     voxel_ml = float(np.prod(grid.spacing)) / 1000.0
     means = {}
     for r, name in enumerate(REGION_NAMES):
@@ -68,7 +74,7 @@ def measure(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid,
             out.append(RegionDensity(region=name, side=side, mean_hu=_round(mean), twin_mean_hu=_round(twin_mean),
                                      difference_hu=_round(diff), hypodense_ml=round(float((region & darker).sum())
                                                                                   * voxel_ml, 3)))
-    return tuple(out)
+    return DensityMap(regions=tuple(out), asymmetry_hu=asymmetry)
 
 
 def _round(v: float | None) -> float | None:

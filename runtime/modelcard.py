@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelError
 
@@ -48,8 +50,8 @@ class ModelCard:
     window: tuple[float, float]         # (level, width) HU
     input_stride: int = 1               # segmentation: model-grid voxels per network voxel in-plane
     z_multiple: int = 1                 # network needs the slice count padded to a multiple of this
-    fine_crop_xy: tuple[int, int] | None = None   # segment_fine: in-plane crop (nx, ny) in network voxels
-    crop: tuple[int, int, int] | None = None      # classifiers: patch (z, y, x) in model-grid voxels
+    fine_crop_xy: tuple[int, int] = (0, 0)       # segment_fine: in-plane crop (nx, ny) in network voxels
+    crop: tuple[int, int, int] = (0, 0, 0)       # classifiers: patch (z, y, x) in model-grid voxels
     regions: tuple[str, ...] = ()       # classifiers: regions this model scores, in batch order
     threshold: float = 0.5              # classifiers: p >= threshold means affected
     onnx_fp16: Path | None = None
@@ -80,8 +82,7 @@ def load_card(path: str | Path) -> ModelCard:
                           float(grid["min_slice_mm"]), float(grid["reformat_slice_mm"])),
             window=(float(d["window"]["level"]), float(d["window"]["width"])),
             input_stride=int(d.get("input_stride", 1)), z_multiple=int(d.get("z_multiple", 1)),
-            fine_crop_xy=tuple(d["fine_crop_xy"]) if d.get("fine_crop_xy") else None,
-            crop=tuple(d["crop"]) if d.get("crop") else None,
+            fine_crop_xy=_ints(d.get("fine_crop_xy", (0, 0)), 2), crop=_ints(d.get("crop", (0, 0, 0)), 3),
             regions=tuple(d.get("regions", ())), threshold=float(d.get("threshold", 0.5)),
             onnx_fp16=path.parent / d["onnx_fp16"] if d.get("onnx_fp16") else None,
             sha256_fp16=d.get("sha256_fp16"), card_sha256=digest, raw=d)
@@ -89,7 +90,18 @@ def load_card(path: str | Path) -> ModelCard:
         raise ModelError(f"model card {path} is malformed ({type(exc).__name__}: {exc})") from None
     if card.role not in ROLES:
         raise ModelError(f"model card {path}: unknown role {card.role!r}")
+    if card.role == "segment_fine" and min(card.fine_crop_xy) <= 0:
+        raise ModelError(f"model card {path}: a fine segmenter needs fine_crop_xy")
+    if card.role.startswith("classify") and (min(card.crop) <= 0 or not card.regions):
+        raise ModelError(f"model card {path}: a classifier needs crop and regions")
     return card
+
+
+def _ints(values, n: int):
+    out = tuple(int(v) for v in values)
+    if len(out) != n:
+        raise ValueError(f"expected {n} integers, got {list(values)}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -160,7 +172,12 @@ def _read_json(path: Path) -> tuple[dict, str]:
 
 def verify_file(card: ModelCard | AtlasCard, fp16: bool = False) -> Path:
     """Models are code: refuse a file whose hash is not the one its card was written for."""
-    onnx, expected = (card.onnx_fp16, card.sha256_fp16) if fp16 else (card.onnx, card.sha256)
+    onnx: Path | None = card.onnx
+    expected: str | None = card.sha256
+    if fp16:
+        if not isinstance(card, ModelCard):
+            raise ModelError(f"{card.name}: has no fp16 graph")
+        onnx, expected = card.onnx_fp16, card.sha256_fp16
     if onnx is None or not onnx.exists():
         raise ModelError(f"{card.name}: model file {onnx} is missing")
     actual = file_sha256(onnx)
@@ -201,9 +218,9 @@ class ModelSet:
         return self.cards + extra
 
 
-def load_model_set(model_dir: str | Path = DEFAULT_MODEL_DIR) -> ModelSet:
+def load_model_set(model_dir: str | os.PathLike = DEFAULT_MODEL_DIR) -> ModelSet:
     model_dir = Path(model_dir)
-    cards = {}
+    cards: dict[str, Any] = {}
     for p in sorted(model_dir.glob("*.json")):
         try:
             role = json.loads(p.read_text()).get("role")

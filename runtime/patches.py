@@ -24,6 +24,7 @@ class PatchBatch:
     pairs: np.ndarray | None                  # float32 (B, 2, 2, z, y, x); None if they stayed on the GPU
     origins: tuple[tuple[int, int, int], ...]  # crop corner (z, y, x) on the model grid, left side
     assessable: tuple[bool, ...]              # region found on at least one side
+    crop: tuple[int, int, int]                # (z, y, x) size of every crop
 
 
 def build_batch(image: np.ndarray, labels: np.ndarray, regions: tuple[str, ...],
@@ -47,12 +48,14 @@ def build_batch(image: np.ndarray, labels: np.ndarray, regions: tuple[str, ...],
         pairs[b, 1, 1] = _crop(right, origin, crop, fill=0.0)
         origins.append(origin)
         assessable.append(found)
-    return PatchBatch(regions=tuple(regions), pairs=pairs, origins=tuple(origins), assessable=tuple(assessable))
+    return PatchBatch(regions=tuple(regions), pairs=pairs, origins=tuple(origins), assessable=tuple(assessable),
+                      crop=(int(crop[0]), int(crop[1]), int(crop[2])))
 
 
 def crop_origin(centre, crop) -> tuple[int, int, int]:
     """Crop corner centred on the centroid (floor(x + 0.5): no banker's rounding of half voxels)."""
-    return tuple(int(np.floor(c - (s - 1) / 2 + 0.5)) for c, s in zip(centre, crop))
+    z, y, x = (int(np.floor(c - (s - 1) / 2 + 0.5)) for c, s in zip(centre, crop))
+    return z, y, x
 
 
 def _crop(volume: np.ndarray, origin, size, fill: float) -> np.ndarray:

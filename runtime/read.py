@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import (AbsurdSize, InconsistentSeries, NoSeries, NotAHead, TooFewSlices,
-                     UnreadableInput, WrongModality)
+from .errors import AbsurdSize, InconsistentSeries, NoSeries, NotAHead, TooFewSlices, UnreadableInput, WrongModality
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
 MIN_SLICES = 8
@@ -41,7 +40,8 @@ class Study:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size (x, y, z) in mm; z is the slice spacing along the stack."""
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+        sx, sy, sz = (float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return sx, sy, sz
 
 
 def read_study(path: str | os.PathLike) -> Study:
@@ -322,6 +322,7 @@ def _bone_width_mm(hu: np.ndarray, sx: float) -> float:
 
     Bone, not soft tissue, so the head holder and table do not count.
     """
-    cols = (hu > 300).any(axis=1)                   # (z, x)
-    widths = [(idx[-1] - idx[0] + 1) * sx for idx in map(np.flatnonzero, cols) if idx.size > 1]
+    cols = np.asarray((hu > 300).any(axis=1))       # (z, x)
+    widths = [(idx[-1] - idx[0] + 1) * sx for idx in (np.flatnonzero(cols[z]) for z in range(cols.shape[0]))
+              if idx.size > 1]
     return float(np.median(widths)) if widths else 0.0

@@ -2,7 +2,8 @@
 
 Images are in radiological convention (patient right on the image left) on the
 aligned model grid: every region outlined in its colour, affected regions
-filled red, the score and side printed on the image.
+filled red, a yellow heat map where region tissue is darker than its mirror
+image (runtime.density), the score and side printed on the image.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from .errors import OutputExists
+from .regions import REGION_NAMES, SUBCORTICAL, SUPRAGANGLIONIC, is_region, label_id
 from .result import StudyResult
-from .regions import CORTICAL, REGION_NAMES, SUBCORTICAL, label_id
 
 REPORT_FILES = ("report.json", "ganglionic.png", "supraganglionic.png")
 DISCLAIMER = ("Research software. Shipped models are trained on synthetic studies only; "
@@ -25,6 +26,8 @@ DISPLAY_WINDOW = (40.0, 80.0)   # level, width: a stroke reading window
 PALETTE = ((230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
            (204, 121, 167), (170, 255, 195), (255, 215, 180), (128, 128, 255), (190, 190, 190))
 AFFECTED_RGB = np.array((255, 30, 30), float)
+HEAT_RGB = np.array((255, 230, 0), float)
+HEAT_HU = (2.0, 8.0)            # asymmetry shown from faint (2 HU darker than the mirror) to full (8 HU)
 UPSCALE = 2
 
 
@@ -67,7 +70,8 @@ def report_dict(result: StudyResult, images: dict) -> dict:
         "regions": [{"region": c.region, "side": c.side, "affected": c.affected, "assessed": c.assessed,
                      "decided_by": c.decided_by,
                      "density_difference_hu": c.difference_hu, "hypodense_ml": c.hypodense_ml,
-                     "probability": None if c.probability is None else round(c.probability, 4)}
+                     "probability": None if c.probability is None else round(c.probability, 4),
+                     "crop_origin_zyx": _crop_origin(result, c.region, c.side)}
                     for c in s.calls],
         "alignment": {"model_to_study_lps": np.round(a.matrix, 5).tolist(),
                       "plane_normal_lps": np.round(a.normal, 5).tolist(),
@@ -85,10 +89,21 @@ def report_dict(result: StudyResult, images: dict) -> dict:
     }
 
 
+def _crop_origin(result: StudyResult, region: str, side: str) -> list[int] | None:
+    """Model-grid corner of the DA-Net crop of this region (the left crop; the right one is its mirror)."""
+    for batch in result.batches:
+        if region in batch.regions:
+            z, y, x = batch.origins[batch.regions.index(region)]
+            if side == "right":
+                x = result.grid.shape[2] - x - batch.crop[2]
+            return [int(z), int(y), int(x)]
+    return None
+
+
 def key_slices(labels: np.ndarray) -> dict[str, int]:
     """Ganglionic level: most subcortical-region area; supraganglionic: most M4-M6 area above it."""
     sub = [label_id(r, s) for r in SUBCORTICAL for s in ("left", "right")]
-    supra = [label_id(r, s) for r in CORTICAL[3:] for s in ("left", "right")]
+    supra = [label_id(r, s) for r in SUPRAGANGLIONIC for s in ("left", "right")]
     area_sub = np.isin(labels, sub).sum(axis=(1, 2))
     area_sup = np.isin(labels, supra).sum(axis=(1, 2))
     z_g = int(np.argmax(area_sub)) if area_sub.any() else labels.shape[0] // 2
@@ -104,6 +119,10 @@ def render_slice(result: StudyResult, z: int, level: str) -> Image.Image:
     rgb = np.repeat(gray[..., None], 3, axis=2)
     rgb = rgb.repeat(UPSCALE, 0).repeat(UPSCALE, 1)
     labels = result.labels[z].repeat(UPSCALE, 0).repeat(UPSCALE, 1)
+    lo, hi = HEAT_HU
+    heat = np.clip((-result.asymmetry_hu[z] - lo) / (hi - lo), 0, 1).repeat(UPSCALE, 0).repeat(UPSCALE, 1)
+    heat *= is_region(labels)
+    rgb = rgb * (1 - 0.6 * heat[..., None]) + HEAT_RGB * (0.6 * heat[..., None])
     affected = {(c.region, c.side) for c in result.score.calls if c.affected}
     names = []
     for r, name in enumerate(REGION_NAMES):
@@ -134,6 +153,8 @@ def render_slice(result: StudyResult, z: int, level: str) -> Image.Image:
     hits = ", ".join(s.affected) or "none"
     draw.text((8, h - 44), f"affected: {hits}", fill=(255, 255, 255), font=font, stroke_width=2,
               stroke_fill=(0, 0, 0))
+    draw.text((8, h - 66), f"yellow: tissue {HEAT_HU[0]:.0f}-{HEAT_HU[1]:.0f}+ HU darker than its mirror",
+              fill=(255, 230, 0), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
     draw.text((8, h - 22), "research use only - not for clinical decisions", fill=(200, 200, 200), font=font,
               stroke_width=2, stroke_fill=(0, 0, 0))
     return img

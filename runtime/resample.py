@@ -35,14 +35,18 @@ class ModelGrid:
         return m
 
 
-def model_grid(study: Study, alignment: Alignment, spec: GridSpec) -> ModelGrid:
-    """Fixed in-plane field of view around the head; z spans the slices the study covers."""
-    native_z = study.spacing[2]
+def slab_plan(native_z: float, spec: GridSpec) -> tuple[int, float]:
+    """(input slices per grid slice, grid slice thickness in mm): slices thinner than the card's
+    minimum are averaged into slabs of about its reformat thickness."""
     if native_z < spec.min_slice_mm:
         slab = max(1, int(round(spec.reformat_slice_mm / native_z)))
-        sz = slab * native_z
-    else:
-        slab, sz = 1, native_z
+        return slab, slab * native_z
+    return 1, native_z
+
+
+def model_grid(study: Study, alignment: Alignment, spec: GridSpec) -> ModelGrid:
+    """Fixed in-plane field of view around the head; z spans the slices the study covers."""
+    slab, sz = slab_plan(study.spacing[2], spec)
     sx, sy = spec.spacing_mm
     nx, ny = spec.shape_xy
     # z spans the first to the last slice, measured at the centre of the stack.

@@ -11,7 +11,7 @@ import numpy as np
 from . import __version__
 from .align import Alignment
 from .classify import Classification
-from .density import RegionDensity
+from .density import DensityMap
 from .errors import NotAHead
 from .modelcard import ModelSet
 from .patches import PatchBatch
@@ -38,6 +38,7 @@ class StudyResult:
     models: tuple[dict, ...]                 # role, name, version, sha256 of every model used
     hu: np.ndarray = field(repr=False)       # model-grid HU, for the report's images
     labels: np.ndarray = field(repr=False)   # model-grid region labels
+    asymmetry_hu: np.ndarray = field(repr=False)  # model-grid HU minus mirror (runtime.density): the heat map
     classifications: tuple[Classification, ...] = field(repr=False, default=())
     batches: tuple[PatchBatch, ...] = field(repr=False, default=())
 
@@ -54,7 +55,7 @@ def check_brain_volume(study: Study, brain_ml: float) -> float:
     return brain_ml
 
 
-def score_study(batches, results, densities: tuple[RegionDensity, ...], models: ModelSet) -> Score:
+def score_study(batches, results, densities: DensityMap, models: ModelSet) -> Score:
     """Per-region calls from the classifiers and the density measure, then the ASPECTS."""
     probs, assessable, thresholds = {}, {}, {}
     for batch, result in zip(batches, results):
@@ -62,12 +63,12 @@ def score_study(batches, results, densities: tuple[RegionDensity, ...], models: 
             probs[name] = tuple(result.probability[b])
             assessable[name] = batch.assessable[b]
             thresholds[name] = result.threshold
-    return score(make_calls(probs, assessable, thresholds, densities, models.classify_density))
+    return score(make_calls(probs, assessable, thresholds, densities.regions, models.classify_density))
 
 
 def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.ndarray, labels: np.ndarray,
-                 brain_ml: float, final: Score, timings: dict[str, float], models: ModelSet, device: str,
-                 results: tuple, batches: tuple) -> StudyResult:
+                 densities: DensityMap, brain_ml: float, final: Score, timings: dict[str, float],
+                 models: ModelSet, device: str, results: tuple, batches: tuple) -> StudyResult:
     """The one place a StudyResult is made."""
     warnings = list(study.warnings)
     if alignment.symmetry < LOW_SYMMETRY:
@@ -86,4 +87,4 @@ def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.nda
         models=tuple({"role": c.role, "name": c.name, "version": c.version,
                       "sha256": getattr(c, "sha256", None), "card_sha256": c.card_sha256}
                      for c in models.all_cards),
-        hu=hu, labels=labels, classifications=results, batches=batches)
+        hu=hu, labels=labels, asymmetry_hu=densities.asymmetry_hu, classifications=results, batches=batches)

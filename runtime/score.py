@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .density import RegionDensity
 from .modelcard import DensityRuleCard
-from .regions import REGION_NAMES, SIDES
+from .regions import N_REGIONS, REGION_NAMES, SIDES
 
 DICHOTOMY_CUT = 6
 
@@ -63,18 +65,28 @@ def make_calls(probabilities: dict[str, tuple[float, float]], assessable: dict[s
             diff = d.difference_hu if d else None
             if rule is not None:
                 ok = found and diff is not None
-                affected = ok and diff <= -rule.threshold_hu
+                affected = diff is not None and ok and diff <= -rule.threshold_hu
             else:
                 ok = found
-                affected = ok and p >= thresholds[name]
+                affected = p is not None and p >= thresholds[name]
             calls.append(RegionCall(name, side, p, affected, ok, diff, d.hypodense_ml if d else None,
                                     "density" if rule is not None else "network"))
     return tuple(calls)
 
 
+def aspects_per_side(affected) -> np.ndarray:
+    """The ASPECTS arithmetic, once: `affected` (..., regions, sides) -> (..., sides) scores."""
+    return N_REGIONS - np.asarray(affected, bool).sum(axis=-2)
+
+
+def aspects_of(affected) -> np.ndarray:
+    """The reported score: the symptomatic (lower) hemisphere's."""
+    return aspects_per_side(affected).min(axis=-1)
+
+
 def score(calls: tuple[RegionCall, ...]) -> Score:
-    per_side = {side: 10 - sum(c.affected for c in calls if c.side == side) for side in SIDES}
-    left, right = per_side["left"], per_side["right"]
+    table = np.array([[c.affected for c in calls if c.region == name] for name in REGION_NAMES])
+    left, right = (int(v) for v in aspects_per_side(table))
     if left == right == 10:
         side = None
     elif left != right:

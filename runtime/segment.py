@@ -17,7 +17,8 @@ import numpy as np
 from scipy import ndimage
 
 from .engine import Engine
-from .regions import BRAIN_LABEL, labels_from_classes
+from .regions import BRAIN_LABEL, FIRST_REGION_CLASS, labels_from_classes
+from .volume import block_mean, pad_z
 
 if TYPE_CHECKING:
     from .preprocess import Preprocessed
@@ -54,8 +55,8 @@ def segment(image: np.ndarray, coarse: Engine, fine: Engine) -> Segmentation:
     """`image` is the windowed, stripped model-grid volume in [-1, 1]."""
     nz, ny, nx = image.shape
     c_stride, f_stride = coarse.card.input_stride, fine.card.input_stride
-    coarse_classes = _run(coarse, _downsample(image, c_stride))
-    regions = significant_regions(coarse_classes >= 2)
+    coarse_classes = _run(coarse, block_mean(image, c_stride))
+    regions = significant_regions(coarse_classes >= FIRST_REGION_CLASS)
     labels = np.where(coarse_classes > 0, BRAIN_LABEL, 0).astype(np.uint8)
     labels = labels.repeat(c_stride, axis=1).repeat(c_stride, axis=2)
     labels = _fit(labels, (nz, ny, nx))
@@ -66,7 +67,7 @@ def segment(image: np.ndarray, coarse: Engine, fine: Engine) -> Segmentation:
     fx, fy = fine.card.fine_crop_xy
     z0, z1, y0, x0 = fine_window((zz.min(), zz.max(), yy.min(), yy.max(), xx.min(), xx.max()), image.shape,
                                  c_stride, f_stride, (fx, fy))
-    mid = _downsample(image[z0:z1], f_stride)
+    mid = block_mean(image[z0:z1], f_stride)
     crop = np.full((z1 - z0, fy, fx), -1.0, np.float32)
     part = mid[:, y0:y0 + fy, x0:x0 + fx]
     crop[:, :part.shape[1], :part.shape[2]] = part
@@ -106,13 +107,6 @@ def fine_window(box, shape, c_stride: int, f_stride: int, crop_xy) -> tuple[int,
     return z0, z1, y0, x0
 
 
-def _downsample(image: np.ndarray, f: int) -> np.ndarray:
-    if f == 1:
-        return image
-    nz, ny, nx = image.shape
-    return image[:, : ny - ny % f, : nx - nx % f].reshape(nz, ny // f, f, nx // f, f).mean(axis=(2, 4))
-
-
 def _fit(a: np.ndarray, shape) -> np.ndarray:
     """Crop or zero-pad to shape (strided nets may lose a remainder row)."""
     out = np.zeros(shape, a.dtype)
@@ -127,10 +121,8 @@ def _run(engine: Engine, volume: np.ndarray, mirror_average: bool = False) -> np
     `mirror_average`: also run the x-mirrored volume and average the two probability maps
     (mirrored back). The classes carry no side and the networks were trained with mirror
     augmentation, so both passes predict the same thing; their mean is steadier at region edges."""
-    m = engine.card.z_multiple
     nz = volume.shape[0]
-    pad = (-nz) % m
-    x = np.pad(volume, ((0, pad), (0, 0), (0, 0)), constant_values=-1.0)[None, None].astype(np.float32)
+    x = pad_z(volume, engine.card.z_multiple, -1.0)[None, None].astype(np.float32)
     name_in, name_out = engine.card.inputs[0].name, engine.card.outputs[0].name
     prob = engine.run({name_in: x})[name_out]
     if mirror_average:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .volume import block_mean
+
 BONE_HU = 100.0
 SOFT_HU = (-15.0, 100.0)
 HEAD_HU = 10.0                 # what the head encloses (also clipped exports, whose air is 0 HU)
@@ -20,7 +22,7 @@ def brain_mask(hu: np.ndarray, spacing_xy: float) -> np.ndarray:
     """Boolean (z, y, x) brain mask on the same grid as `hu`."""
     nz, ny, nx = hu.shape
     f = working_factor(hu.shape)
-    small = hu.reshape(nz, ny // f, f, nx // f, f).mean(axis=(2, 4)) if f > 1 else hu
+    small = block_mean(hu, f)
     inplane = np.zeros((1, 3, 3), bool)
     inplane[0] = ndimage.generate_binary_structure(2, 1)
 

@@ -30,8 +30,10 @@ def build_library(out_dir: Path) -> Path | None:
     if gxx is None:
         return None
     lib = out_dir / "kernels_emulated.so"
+    src = out_dir / "kernels_emulated.cu"
+    src.write_bytes(kernels.source())
     subprocess.run([gxx, "-O2", "-shared", "-fPIC", "-std=c++17", "-include", str(HEADER), "-x", "c++",
-                    str(kernels.SOURCE), "-o", str(lib)], check=True, capture_output=True)
+                    str(src), "-o", str(lib)], check=True, capture_output=True)
     return lib
 
 

@@ -17,7 +17,6 @@ from tests.conftest import ROOT
 from tests.dicom_util import head_phantom, write_series
 
 
-
 def aspects(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "runtime.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or ROOT, timeout=600)

@@ -11,8 +11,7 @@ torch = pytest.importorskip("torch", reason="training extra not installed (pip i
 onnx = pytest.importorskip("onnx", reason="training extra not installed (pip install -e '.[train]')")
 
 from export import metrics as M  # noqa: E402
-from export.networks import (DANET_PAPER, VBNET_PAPER, DANet, DANetConfig, VBNet, VBNetConfig,  # noqa: E402
-                             parameter_count)
+from export.networks import DANET_PAPER, VBNET_PAPER, DANet, DANetConfig, VBNet, VBNetConfig, parameter_count  # noqa: E402
 from export.onnx_export import PARITY_TOL, export_model  # noqa: E402
 
 TINY_VB = VBNetConfig(widths=(4, 8, 8, 8, 8), blocks=(1, 1, 1, 1), inplane_downs=2)

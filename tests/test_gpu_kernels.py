@@ -23,8 +23,8 @@ from runtime.gpu.preprocess import largest_component, resample_on_device, strip_
 from runtime.modelcard import GridSpec
 from runtime.patches import build_batch
 from runtime.read import Study
-from runtime.result import STAGES
 from runtime.resample import model_grid, resample, window
+from runtime.result import STAGES
 from runtime.strip import brain_mask
 
 from .conftest import DEMO_STUDY

@@ -5,20 +5,19 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.patches import build_batch
-from runtime.regions import REGION_NAMES, label_id, region_of_label
+from runtime.regions import REGION_LABELS, REGION_NAMES, classes_from_labels, label_id, labels_from_classes, swap_sides
 from runtime.score import RegionCall, make_calls, score
 
 CROP = (3, 20, 16)
 
 
-def test_label_table_round_trips():
-    seen = set()
-    for r in range(10):
-        for side in ("left", "right"):
-            lab = label_id(r, side)
-            assert region_of_label(lab) == (r, side)
-            seen.add(lab)
-    assert seen == set(range(1, 21))
+def test_label_table_covers_every_region_side_once():
+    seen = [label_id(r, side) for r in range(len(REGION_NAMES)) for side in ("left", "right")]
+    assert sorted(seen) == list(REGION_LABELS) == list(range(1, 21))
+    classes = classes_from_labels(np.array(seen))
+    x_index = np.array([1 if side == "left" else -1 for r in range(10) for side in ("left", "right")])
+    np.testing.assert_array_equal(labels_from_classes(classes, x_index, 0.0), seen)
+    np.testing.assert_array_equal(swap_sides(swap_sides(np.array(seen))), seen)
 
 
 def test_pairs_are_mirrored_crops_with_mask_channel(rng):

@@ -11,8 +11,7 @@ import numpy as np
 
 from ..align import Level, mirror_plane
 from .device import Buffer
-
-POINTS_PER_THREAD = 64          # kernels.cu mirror_sums
+from .kernels import POINTS_PER_THREAD
 
 
 class DeviceMirror:
@@ -20,12 +19,11 @@ class DeviceMirror:
 
     def __init__(self, device):
         self.device = device
-        self._levels: dict[int, tuple[Level, tuple[Buffer, ...], float, float]] = {}
+        self._levels: dict[int, tuple[Level, tuple[Buffer, Buffer, Buffer, Buffer], float, float]] = {}
         self._sums = device.empty((3,), np.float64)
 
     def __call__(self, level: Level, centre: np.ndarray, params) -> float:
-        buffers, a_sum, aa = self._upload(level)
-        volume, w2i, points, a = buffers
+        (volume, w2i, points, a), a_sum, aa = self._upload(level)
         n, d = mirror_plane(centre, params)
         self.device.fill(self._sums)
         nz, ny, nx = volume.shape
@@ -38,7 +36,7 @@ class DeviceMirror:
         var_b = max(sbb - count * mean_b * mean_b, 0.0)
         return float(cross / (np.sqrt(aa * var_b) + 1e-9))
 
-    def _upload(self, level: Level):
+    def _upload(self, level: Level) -> tuple[tuple[Buffer, Buffer, Buffer, Buffer], float, float]:
         key = id(level)
         if key not in self._levels:
             a = level.values - level.values.mean()

@@ -81,9 +81,10 @@ class CudaDevice:
         self.check(driver.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
         self.name = self.check(driver.cuDeviceGetName(256, self.device), "cuDeviceGetName").split(b"\0")[0].decode()
         attr = driver.CUdevice_attribute
-        self.compute_capability = (
-            self.check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, self.device), "cc"),
-            self.check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, self.device), "cc"))
+        major, minor = (attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                        attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+        self.compute_capability = (self.check(driver.cuDeviceGetAttribute(major, self.device), "cc"),
+                                   self.check(driver.cuDeviceGetAttribute(minor, self.device), "cc"))
         self.stream = self.check(driver.cuStreamCreate(driver.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate")
         self.stream_handle = int(self.stream)
         cubin = kernels.compile_cubin("sm_{}{}".format(*self.compute_capability))

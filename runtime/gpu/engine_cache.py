@@ -50,18 +50,19 @@ def profile_for(card: ModelCard) -> tuple[tuple[str, tuple, tuple, tuple], ...]:
     """(name, min, opt, max) shapes for every input: slices vary for the VB-Nets, batch for DA-Net."""
     out = []
     for spec in card.inputs:
-        lo, opt, hi = [], [], []
+        dims = []
         for d in spec.shape:
             if isinstance(d, int):
-                lo.append(d), opt.append(d), hi.append(d)
+                dims.append((d, d, d))
             elif d == "slices":
                 m = card.z_multiple
-                lo.append(m), opt.append(SLICES_PROFILE[0] + (-SLICES_PROFILE[0]) % m), hi.append(SLICES_PROFILE[1])
+                dims.append((m, SLICES_PROFILE[0] + (-SLICES_PROFILE[0]) % m, SLICES_PROFILE[1]))
             elif d == "batch":
-                lo.append(1), opt.append(max(1, len(card.regions))), hi.append(BATCH_MAX)
+                dims.append((1, max(1, len(card.regions)), BATCH_MAX))
             else:
                 raise ModelError(f"{card.name}: no profile rule for dynamic axis {d!r}")
-        out.append((spec.name, tuple(lo), tuple(opt), tuple(hi)))
+        lo, opt, hi = (tuple(v[i] for v in dims) for i in range(3))
+        out.append((spec.name, lo, opt, hi))
     return tuple(out)
 
 
@@ -69,7 +70,7 @@ def engine_key(card: ModelCard, gpu: str, cc: tuple[int, int]) -> EngineKey:
     import tensorrt as trt
     if card.sha256_fp16 is None:
         raise ModelError(f"{card.name}: the card lists no fp16 ONNX graph to build a TensorRT engine from")
-    return EngineKey(card.sha256_fp16, trt.__version__, gpu, tuple(cc), profile_for(card))
+    return EngineKey(card.sha256_fp16, trt.__version__, gpu, (int(cc[0]), int(cc[1])), profile_for(card))
 
 
 def _slug(text: str) -> str:

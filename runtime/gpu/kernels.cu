@@ -4,7 +4,8 @@
 // CPU path give the same image, mask, labels and patches; tests/test_gpu_kernels.py checks
 // that. Volumes are C-order (z, y, x). Every loop is a grid-stride loop and nothing depends
 // on the block size, so the same source also runs as plain C++ (one thread) in the tests.
-// No #include: NVRTC compiles this without an include path.
+// No #include: NVRTC compiles this without an include path. The label ids, classes and
+// POINTS_PER_THREAD come from the #define block runtime.gpu.kernels.source() puts in front.
 
 typedef long long i64;
 typedef unsigned long long u64;
@@ -305,9 +306,11 @@ extern "C" __global__ void compose_labels(const u8* __restrict__ coarse, int cy,
         u8 lab = 0;
         if (z >= bz0 && z < bz1 && y >= by0 && y < by1 && x >= bx0 && x < bx1) {
             int c = fine[((i64)(z - bz0) * fy + (y - by0) / fs) * fx + (x - bx0) / fs];
-            lab = c >= 2 ? (u8)(x > centre ? c + 9 : c - 1) : (c == 1 ? 21 : 0);
+            int r = c - FIRST_REGION_CLASS;
+            lab = r >= 0 ? (u8)(x > centre ? LEFT_FIRST_LABEL + r : RIGHT_FIRST_LABEL + r)
+                         : (c == BRAIN_CLASS ? BRAIN_LABEL : 0);
         } else if (y < cy * cs && x < cx * cs) {
-            lab = coarse[((i64)z * cy + y / cs) * cx + x / cs] > 0 ? 21 : 0;
+            lab = coarse[((i64)z * cy + y / cs) * cx + x / cs] > 0 ? BRAIN_LABEL : 0;
         }
         labels[idx] = lab;
     }
@@ -315,16 +318,14 @@ extern "C" __global__ void compose_labels(const u8* __restrict__ coarse, int cy,
 
 // ------------------------------------------------------------------ mirrored patches (runtime.patches)
 
-#define MAX_PAIRS 16
-
 // Per region: voxel count and index sums of (left region | x-mirrored right region). One thread per row.
 extern "C" __global__ void region_sums(const u8* __restrict__ labels, int nz, int ny, int nx,
                                        const int* __restrict__ region, int B, u64* sums) {
     GRID_STRIDE(row, (i64)nz * ny) {
         const u8* r = labels + row * nx;
         int y = (int)(row % ny), z = (int)(row / ny);
-        for (int b = 0; b < B && b < MAX_PAIRS; ++b) {
-            u8 left = (u8)(11 + region[b]), right = (u8)(1 + region[b]);
+        for (int b = 0; b < B; ++b) {
+            u8 left = (u8)(LEFT_FIRST_LABEL + region[b]), right = (u8)(RIGHT_FIRST_LABEL + region[b]);
             u64 count = 0, sx = 0;
             for (int x = 0; x < nx; ++x)
                 if (r[x] == left || r[nx - 1 - x] == right) { count++; sx += x; }
@@ -358,7 +359,7 @@ extern "C" __global__ void crop_pairs(const float* __restrict__ image, const u8*
         float val = ch == 0 ? -1.0f : 0.0f;
         if (inside) {
             i64 at = ((i64)gz * ny + gy) * nx + (side == 0 ? gx : nx - 1 - gx);
-            u8 want = (u8)(side == 0 ? 11 + region[b] : 1 + region[b]);
+            u8 want = (u8)(side == 0 ? LEFT_FIRST_LABEL + region[b] : RIGHT_FIRST_LABEL + region[b]);
             val = ch == 0 ? image[at] : (labels[at] == want ? 1.0f : 0.0f);
         }
         out[idx] = val;
@@ -382,7 +383,6 @@ __device__ inline double sample_inside(const float* __restrict__ v, int nx, int 
     return (c00 * (1 - dj) + c01 * dj) * (1 - dk) + (c10 * (1 - dj) + c11 * dj) * dk;
 }
 
-#define POINTS_PER_THREAD 64
 
 // Mirror every sample point through the plane (unit normal n, offset d: signed distance
 // p.n - d) and accumulate sum(a b), sum(b), sum(b^2), with b the volume at the mirror point

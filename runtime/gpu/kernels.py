@@ -12,8 +12,10 @@ import os
 from pathlib import Path
 
 from ..errors import DeviceUnavailable
+from ..regions import cuda_defines
 
 SOURCE = Path(__file__).with_name("kernels.cu")
+POINTS_PER_THREAD = 64          # mirror_sums: sample points summed by one thread
 # Kernel name -> parameter types, in order: p pointer, i int32, l int64, f float32, d float64.
 KERNELS = {
     "resample_slab": "piiipfipiii",
@@ -57,16 +59,23 @@ def nvrtc_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
+def source() -> bytes:
+    """kernels.cu behind the numbers it shares with Python: the region table's label ids and classes,
+    and the launch geometry. The CPU emulation in the tests compiles exactly this text too."""
+    defines = cuda_defines() + f"#define POINTS_PER_THREAD {POINTS_PER_THREAD}\n"
+    return defines.encode() + SOURCE.read_bytes()
+
+
 def compile_cubin(arch: str, use_cache: bool = True) -> bytes:
     """`arch` as 'sm_90'. Returns the cubin; raises DeviceUnavailable with NVRTC's log on failure."""
     nvrtc = _nvrtc()
-    source = SOURCE.read_bytes()
+    source_text = source()
     options = (f"--gpu-architecture={arch}", *OPTIONS)
-    key = hashlib.sha256(source + repr((options, nvrtc_version())).encode()).hexdigest()[:24]
+    key = hashlib.sha256(source_text + repr((options, nvrtc_version())).encode()).hexdigest()[:24]
     cached = cache_dir() / f"{arch}-{key}.cubin"
     if use_cache and cached.exists():
         return cached.read_bytes()
-    err, prog = nvrtc.nvrtcCreateProgram(source, SOURCE.name.encode(), 0, [], [])
+    err, prog = nvrtc.nvrtcCreateProgram(source_text, SOURCE.name.encode(), 0, [], [])
     _check(nvrtc, err, "nvrtcCreateProgram")
     try:
         opts = [o.encode() for o in options]

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cpu import CpuScorer
 from ..engine import OnnxRuntimeEngine
 from ..errors import ModelError
 from ..modelcard import DEFAULT_MODEL_DIR
-from ..cpu import CpuScorer
 from ..pipeline import DEFAULT_STUDY
 from ..preprocess import preprocess_grid
 from ..result import CLASSIFIER_ROLES
-from ..segment import _downsample
+from ..volume import block_mean, pad_z
 
 MAX_ABS_ERROR = {"probabilities": 0.1, "probability": 0.01, "cam": 0.25}
 MIN_ARGMAX_AGREEMENT = 0.995          # segmentation classes, per voxel
@@ -55,16 +55,18 @@ def engine_inputs(scorer: CpuScorer) -> dict[str, list[np.ndarray]]:
     result = scorer.score(DEFAULT_STUDY)
     image = preprocess_grid(result.hu, result.grid, scorer.models.window).image
     coarse = scorer.models.segment_coarse
-    x = _downsample(image, coarse.input_stride)
-    x = np.pad(x, ((0, (-x.shape[0]) % coarse.z_multiple), (0, 0), (0, 0)), constant_values=-1.0)
+    x = block_mean(image, coarse.input_stride)
+    x = pad_z(x, coarse.z_multiple, -1.0)
     fine = scorer.models.segment_fine
     fx, fy = fine.fine_crop_xy
-    f = _downsample(image, fine.input_stride)
+    f = block_mean(image, fine.input_stride)
     z = f.shape[0] - f.shape[0] % fine.z_multiple
     y0, x0 = (f.shape[1] - fy) // 2, (f.shape[2] - fx) // 2
     rng = np.random.default_rng(SEED)
     inputs = {"segment_coarse": [x[None, None]], "segment_fine": [f[:z, y0:y0 + fy, x0:x0 + fx][None, None]]}
     for batch, role in zip(result.batches, CLASSIFIER_ROLES):
+        if batch.pairs is None:
+            raise ValueError("the CPU path always keeps its pairs")
         rand = rng.uniform(-1, 1, (32, *batch.pairs.shape[1:])).astype(np.float32)
         rand[:, :, 1] = rand[:, :, 1] > 0.5
         inputs[role] = [batch.pairs, rand]

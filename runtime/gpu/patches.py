@@ -36,4 +36,5 @@ def host_batch(regions: tuple[str, ...], sums: np.ndarray, pairs: np.ndarray | N
         centre = s[:3] / s[3] if s[3] else np.array(shape) / 2
         origins.append(crop_origin(centre, crop))
         assessable.append(bool(s[3] >= MIN_REGION_VOXELS))
-    return PatchBatch(regions=tuple(regions), pairs=pairs, origins=tuple(origins), assessable=tuple(assessable))
+    return PatchBatch(regions=tuple(regions), pairs=pairs, origins=tuple(origins), assessable=tuple(assessable),
+                      crop=(int(crop[0]), int(crop[1]), int(crop[2])))

@@ -48,8 +48,9 @@ class GpuScorer:
             engines = {c.role: TensorRTEngine(c, device, Path(model_dir)) for c in self.models.cards}
         self.engines = engines
         self.keep_pairs = keep_pairs
-        use_atlas = segmenter == "atlas" or (segmenter == "auto" and self.models.segment_atlas is not None)
-        self.atlas = AtlasSegmenter(load_atlas(self.models.segment_atlas)) if use_atlas else None
+        atlas = self.models.segment_atlas
+        use_atlas = atlas is not None and segmenter in ("atlas", "auto")
+        self.atlas = AtlasSegmenter(load_atlas(atlas)) if atlas is not None and use_atlas else None
         self.device = f"gpu ({getattr(device, 'name', 'emulated')})"
 
     def score(self, source: str | os.PathLike | Study) -> StudyResult:
@@ -59,7 +60,7 @@ class GpuScorer:
             self.gpu.release()
 
     def _score(self, source) -> StudyResult:
-        dev, timings = self.gpu, {}
+        dev, timings = self.gpu, dict[str, float]()
         t0 = time.perf_counter()
         study = source if isinstance(source, Study) else read_study(source)
         if isinstance(source, Study):
@@ -98,10 +99,9 @@ class GpuScorer:
         batches, results = [], []
         for engine, pairs, sums, out in staged:
             card = engine.card
-            cam = dev.get(out[card.outputs[1].name]) if len(card.outputs) > 1 else np.zeros((len(card.regions), 2, 1, 1, 1))
             results.append(Classification(regions=card.regions,
                                           probability=dev.get(out[card.outputs[0].name]).astype(np.float64),
-                                          cam=cam, threshold=card.threshold))
+                                          threshold=card.threshold))
             batches.append(host_batch(card.regions, dev.get(sums), dev.get(pairs) if self.keep_pairs else None,
                                       grid.shape, card.crop))
         marks.append(("download", dev.event()))
@@ -115,8 +115,8 @@ class GpuScorer:
         final = score_study(batches, results, densities, self.models)
         timings["score"] += time.perf_counter() - t5
         timings["total"] = time.perf_counter() - t0          # wall clock, file in to score out
-        return study_result(study, alignment, grid, hu, label_map, brain_ml, final, timings, self.models,
-                            self.device, tuple(results), tuple(batches))
+        return study_result(study, alignment, grid, hu, label_map, densities, brain_ml, final, timings,
+                            self.models, self.device, tuple(results), tuple(batches))
 
     def _host_image(self, img, grid) -> Preprocessed:
         """The model-grid HU and brain mask on the host, for the atlas registration."""
