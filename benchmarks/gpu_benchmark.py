@@ -27,7 +27,7 @@ import numpy as np
 from runtime.cpu import CpuScorer
 from runtime.errors import AspectsError
 from runtime.modelcard import DEFAULT_MODEL_DIR
-from runtime.pipeline import DEFAULT_STUDY
+from runtime.shipped import DEFAULT_STUDY
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,7 +97,7 @@ def make_gpu_scorer(kind: str):
     models = load_model_set(DEFAULT_MODEL_DIR)
     engines = {c.role: TorchEngine(c, device, DEFAULT_MODEL_DIR / "pytorch" / f"{c.onnx.stem}.pt")
                for c in models.cards}
-    return GpuScorer(device=device, engines=engines)
+    return GpuScorer(gpu=device, engines=engines)
 
 
 def time_study(scorer, path: Path, runs: int, warmup: int) -> dict:

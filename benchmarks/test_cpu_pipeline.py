@@ -14,10 +14,10 @@ from runtime.align import align
 from runtime.cpu import CpuScorer
 from runtime.density import measure
 from runtime.patches import build_batch
-from runtime.pipeline import DEFAULT_STUDY
 from runtime.preprocess import preprocess
 from runtime.read import read_study
 from runtime.resample import resample
+from runtime.shipped import DEFAULT_STUDY
 from runtime.strip import brain_mask
 
 

@@ -39,10 +39,6 @@ class VBNetConfig:
     def z_multiple(self) -> int:
         return 2 ** (len(self.blocks) - self.inplane_downs)
 
-    @property
-    def xy_multiple(self) -> int:
-        return 2 ** len(self.blocks)
-
 
 VBNET_PAPER = VBNetConfig()
 VBNET_CPU = VBNetConfig(widths=(16, 24, 32, 48, 64), blocks=(1, 1, 1, 1), inplane_downs=2)

@@ -59,14 +59,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _score(args) -> int:
-    from .pipeline import DEFAULT_STUDY, make_scorer
+    from .pipeline import make_scorer
     from .report import check_output_dir, write_report
+    from .shipped import DEFAULT_STUDY
 
     path = args.path or DEFAULT_STUDY
     if args.path is None:
         print(f"no study given: scoring the bundled synthetic demo study {path.name}")
     check_output_dir(args.out)          # fail before minutes of work, not after
-    result = make_scorer(args.models, args.device).score(path)
+    result = make_scorer(args.models, backend=args.device).score(path)
     paths = write_report(result, args.out)
     s = result.score
     side = f" ({s.symptomatic_side} hemisphere)" if s.symptomatic_side else ""
@@ -85,7 +86,7 @@ def _engines(args) -> int:
     from .gpu.engine_cache import engine_key, get_plan, plan_path
 
     if args.action == "parity":
-        from .gpu.parity import main as parity_main
+        from .parity import main as parity_main
         return parity_main(args.models)
     device = CudaDevice()
     for card in load_model_set(args.models).cards:

@@ -22,7 +22,7 @@ from .segment import NetworkSegmenter, Segmenter
 
 
 class CpuScorer:
-    device = "cpu"
+    device_label = "cpu"
 
     def __init__(self, model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, segmenter: str = "auto"):
         """`segmenter`: "atlas", "network" (the VB-Net cascade) or "auto" (the atlas when the model
@@ -58,7 +58,7 @@ class CpuScorer:
             final = score_study(batches, results, densities, self.models)
         timings["total"] = time.perf_counter() - t0
         return study_result(study, alignment, prep.grid, prep.hu, labels, densities, brain_ml, final, timings,
-                            self.models, self.device, tuple(results), tuple(batches))
+                            self.models, self.device_label, tuple(results), tuple(batches))
 
 
 def make_segmenter(models: ModelSet, engines: dict[str, Engine], choice: str = "auto") -> Segmenter:

@@ -59,3 +59,18 @@ class ModelError(AspectsError):
 class DeviceUnavailable(AspectsError):
     """The requested device (GPU / TensorRT) cannot run here."""
     exit_code = 12
+
+
+class DeviceError(AspectsError):
+    """The GPU started, then failed mid-study (a CUDA call or a TensorRT enqueue)."""
+    exit_code = 13
+
+
+class ParityFailure(AspectsError):
+    """An engine or the GPU path disagrees with ONNX Runtime fp32 beyond the tolerances."""
+    exit_code = 14
+
+
+class OutputUnwritable(AspectsError):
+    """The output folder cannot be created or written."""
+    exit_code = 15

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
+from .shipped import DEFAULT_MODEL_DIR
 
 ROLES = ("segment_coarse", "segment_fine", "classify_subcortical", "classify_cortical")
 ATLAS_ROLE = "segment_atlas"
 RULE_ROLE = "classify_density"
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "engines"
 
 
 @dataclass(frozen=True)

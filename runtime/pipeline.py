@@ -4,32 +4,30 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Protocol
 
 from .errors import DeviceUnavailable
-from .modelcard import DEFAULT_MODEL_DIR, ModelSet
+from .modelcard import ModelSet
 from .read import Study
 from .result import StudyResult
-
-DEFAULT_STUDY = Path(__file__).resolve().parent / "data" / "default_study.nii.gz"
+from .shipped import DEFAULT_MODEL_DIR
 
 
 class Scorer(Protocol):
     models: ModelSet
-    device: str
+    device_label: str          # what the report names: "cpu", "gpu (NVIDIA H100 ...)"
 
     def score(self, source: str | os.PathLike | Study) -> StudyResult:
         ...
 
 
-def make_scorer(model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, device: str = "cpu") -> Scorer:
-    """'cpu' (ONNX Runtime) or 'gpu' (TensorRT + CUDA kernels). The GPU path raises
+def make_scorer(model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, backend: str = "cpu") -> Scorer:
+    """`backend`: 'cpu' (ONNX Runtime) or 'gpu' (TensorRT + CUDA kernels). The GPU path raises
     DeviceUnavailable with the reason when this machine cannot run it."""
-    if device == "cpu":
+    if backend == "cpu":
         from .cpu import CpuScorer
         return CpuScorer(model_dir)
-    if device == "gpu":
+    if backend == "gpu":
         from .gpu.pipeline import GpuScorer
         return GpuScorer(model_dir)
-    raise DeviceUnavailable(f"unknown device {device!r}; use cpu or gpu")
+    raise DeviceUnavailable(f"unknown device {backend!r}; use cpu or gpu")

@@ -68,7 +68,7 @@ def score_study(batches, results, densities: DensityMap, models: ModelSet) -> Sc
 
 def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.ndarray, labels: np.ndarray,
                  densities: DensityMap, brain_ml: float, final: Score, timings: dict[str, float],
-                 models: ModelSet, device: str, results: tuple, batches: tuple) -> StudyResult:
+                 models: ModelSet, device_label: str, results: tuple, batches: tuple) -> StudyResult:
     """The one place a StudyResult is made."""
     warnings = list(study.warnings)
     if alignment.symmetry < LOW_SYMMETRY:
@@ -81,7 +81,7 @@ def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.nda
         raise ValueError(f"stages not timed: {missing}")
     return StudyResult(
         source=study.source, metadata={**study.metadata, "brain_ml": round(brain_ml, 1),
-                                       "runtime_version": __version__, "device": device},
+                                       "runtime_version": __version__, "device": device_label},
         warnings=tuple(warnings), alignment=alignment, grid=grid, score=final,
         timings=tuple((s, float(timings[s])) for s in STAGES),
         models=tuple({"role": c.role, "name": c.name, "version": c.version,

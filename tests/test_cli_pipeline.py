@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from runtime.pipeline import DEFAULT_STUDY
 from runtime.result import STAGES
+from runtime.shipped import DEFAULT_STUDY
 from tests.conftest import ROOT
 from tests.dicom_util import head_phantom, write_series
 

@@ -53,7 +53,7 @@ def test_tampered_engine_is_rebuilt_not_loaded(gpu_scorer, tmp_path, monkeypatch
 
 
 def test_engine_parity_with_onnx_runtime(gpu_scorer):
-    from runtime.gpu.parity import run_parity
+    from runtime.parity import run_parity
     results, study = run_parity()
     for r in results:
         assert r.passed, r

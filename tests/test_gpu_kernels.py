@@ -215,7 +215,7 @@ def test_gpu_pipeline_emulated_matches_cpu(emulated_device, demo_result, scorer,
     from runtime.cpu import CpuScorer
     from runtime.gpu.pipeline import GpuScorer
     engines = {c.role: EmulatedEngine(c, emulated_device) for c in scorer.models.cards}
-    gpu = GpuScorer(device=emulated_device, engines=engines, keep_pairs=True, segmenter=segmenter)
+    gpu = GpuScorer(gpu=emulated_device, engines=engines, keep_pairs=True, segmenter=segmenter)
     got = gpu.score(DEMO_STUDY)
     exp = demo_result if segmenter == "atlas" else CpuScorer(segmenter="network").score(DEMO_STUDY)
     assert np.abs(got.alignment.matrix - exp.alignment.matrix).max() < 0.05

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import DeviceUnavailable
+from ..errors import DeviceError, DeviceUnavailable
 from . import kernels
 
 THREADS_PER_BLOCK = 256
@@ -95,6 +95,7 @@ class CudaDevice:
         self._owned: list[int] = []
         self._small_pinned: list[int] = []
         self._events: list = []
+        self._started = True         # from here on a failed call is a device error, not "unavailable"
 
     # ---------------------------------------------------------------- memory
 
@@ -203,9 +204,11 @@ class CudaDevice:
         return int(total - free), int(total)
 
     def check(self, result, what: str):
-        """The value(s) of a cuda.bindings call, or DeviceUnavailable naming the call and the error."""
+        """The value(s) of a cuda.bindings call. A failure while starting is DeviceUnavailable; once
+        the device is up, DeviceError."""
         err, *value = result if isinstance(result, tuple) else (result,)
         if err != self.cu.CUresult.CUDA_SUCCESS:
             _, msg = self.cu.cuGetErrorString(err)
-            raise DeviceUnavailable(f"CUDA {what} failed: {msg.decode() if msg else err}")
+            error = DeviceError if getattr(self, "_started", False) else DeviceUnavailable
+            raise error(f"CUDA {what} failed: {msg.decode() if msg else err}")
         return value[0] if len(value) == 1 else (tuple(value) if value else None)

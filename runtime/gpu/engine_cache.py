@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DeviceUnavailable, ModelError
 from ..modelcard import ModelCard, file_sha256
+
+log = logging.getLogger(__name__)
 
 WORKSPACE_BYTES = 2 << 30
 SLICES_PROFILE = (28, 128)          # (opt, max) slices for the VB-Nets; min is the card's z multiple
@@ -90,7 +92,7 @@ def load_plan(card: ModelCard, key: EngineKey, model_dir: Path) -> bytes | None:
     meta = json.loads(meta_path.read_text())
     data = path.read_bytes()
     if meta.get("key") != key.digest or meta.get("plan_sha256") != hashlib.sha256(data).hexdigest():
-        print(f"engine cache: {path.name} does not match its record; rebuilding", file=sys.stderr)
+        log.warning("engine cache: %s does not match its record; rebuilding", path.name)
         return None
     return data
 
@@ -149,8 +151,7 @@ def get_plan(card: ModelCard, gpu: str, cc: tuple[int, int], model_dir: Path, re
     key = engine_key(card, gpu, cc)
     data = None if rebuild else load_plan(card, key, model_dir)
     if data is None:
-        print(f"building TensorRT engine for {card.name} on {gpu} (once per GPU and TensorRT version)...",
-              file=sys.stderr, flush=True)
+        log.info("building TensorRT engine for %s on %s (once per GPU and TensorRT version)", card.name, gpu)
         data = build_plan(card, key, model_dir)
     return data
 

@@ -13,9 +13,10 @@ import numpy as np
 from ..patches import MIN_REGION_VOXELS, PatchBatch, crop_origin
 from ..regions import REGION_NAMES
 from .device import Buffer
+from .interfaces import Device
 
 
-def batch_on_device(device, image: Buffer, labels: Buffer, regions: tuple[str, ...], pairs: Buffer) -> Buffer:
+def batch_on_device(device: Device, image: Buffer, labels: Buffer, regions: tuple[str, ...], pairs: Buffer) -> Buffer:
     """Fills `pairs` (float32 (B, 2, 2, z, y, x), the classifier's input buffer); returns the
     centroid sums (uint64 (B, 4): z, y, x index sums and voxel count)."""
     nz, ny, nx = image.shape

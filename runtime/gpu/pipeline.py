@@ -27,31 +27,35 @@ from ..read import Study, read_study, validate_study
 from ..resample import model_grid, window
 from ..result import CLASSIFIER_ROLES, StudyResult, check_brain_volume, score_study, study_result
 from .align import DeviceMirror
+from .interfaces import Device, DeviceEngine
 from .patches import batch_on_device, host_batch
 from .preprocess import preprocess_on_device
 from .segment import segment_on_device
 
 
 class GpuScorer:
-    """Loads (building if needed) the TensorRT engines once; `device` and `engines` can be given
+    """Loads (building if needed) the TensorRT engines once; `gpu` and `engines` can be given
     (the tests pass a CPU emulation of both)."""
 
-    def __init__(self, model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, device=None, engines=None,
-                 keep_pairs: bool = False, segmenter: str = "auto"):
+    def __init__(self, model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, gpu: Device | None = None,
+                 engines: dict[str, DeviceEngine] | None = None, keep_pairs: bool = False, segmenter: str = "auto"):
         self.models: ModelSet = load_model_set(model_dir)
-        if device is None:
+        if gpu is None:
             from .device import CudaDevice
-            device = CudaDevice()
-        self.gpu = device
+            cuda = CudaDevice()
+            gpu = cuda
+            if engines is None:
+                from .tensorrt_engine import TensorRTEngine
+                engines = {c.role: TensorRTEngine(c, cuda, Path(model_dir)) for c in self.models.cards}
         if engines is None:
-            from .tensorrt_engine import TensorRTEngine
-            engines = {c.role: TensorRTEngine(c, device, Path(model_dir)) for c in self.models.cards}
+            raise ValueError("engines must be given with a device")
+        self.gpu: Device = gpu
         self.engines = engines
         self.keep_pairs = keep_pairs
         atlas = self.models.segment_atlas
         use_atlas = atlas is not None and segmenter in ("atlas", "auto")
         self.atlas = AtlasSegmenter(load_atlas(atlas)) if atlas is not None and use_atlas else None
-        self.device = f"gpu ({getattr(device, 'name', 'emulated')})"
+        self.device_label = f"gpu ({gpu.name})"
 
     def score(self, source: str | os.PathLike | Study) -> StudyResult:
         try:
@@ -116,7 +120,7 @@ class GpuScorer:
         timings["score"] += time.perf_counter() - t5
         timings["total"] = time.perf_counter() - t0          # wall clock, file in to score out
         return study_result(study, alignment, grid, hu, label_map, densities, brain_ml, final, timings,
-                            self.models, self.device, tuple(results), tuple(batches))
+                            self.models, self.device_label, tuple(results), tuple(batches))
 
     def _host_image(self, img, grid) -> Preprocessed:
         """The model-grid HU and brain mask on the host, for the atlas registration."""

@@ -16,6 +16,7 @@ from ..read import Study
 from ..resample import AIR_HU, ModelGrid
 from ..strip import BONE_HU, HEAD_HU, SOFT_HU, erosion_steps, working_factor
 from .device import Buffer
+from .interfaces import Device
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def resample_matrix(study: Study, alignment: Alignment, grid: ModelGrid) -> np.n
     return (np.linalg.inv(study.affine) @ alignment.matrix @ index_to_model)[:3]
 
 
-def resample_on_device(device, study_hu: Buffer, study: Study, alignment: Alignment, grid: ModelGrid) -> Buffer:
+def resample_on_device(device: Device, study_hu: Buffer, study: Study, alignment: Alignment, grid: ModelGrid) -> Buffer:
     snz, sny, snx = study_hu.shape
     nz, ny, nx = grid.shape
     m = device.put(resample_matrix(study, alignment, grid).astype(np.float64))
@@ -46,7 +47,7 @@ def resample_on_device(device, study_hu: Buffer, study: Study, alignment: Alignm
     return hu
 
 
-def strip_on_device(device, hu: Buffer, spacing_xy: float) -> tuple[Buffer, Buffer, int]:
+def strip_on_device(device: Device, hu: Buffer, spacing_xy: float) -> tuple[Buffer, Buffer, int]:
     """runtime.strip.brain_mask, step for step, on the half-resolution working grid."""
     nz, ny, nx = hu.shape
     f = working_factor(hu.shape)
@@ -73,7 +74,7 @@ def strip_on_device(device, hu: Buffer, spacing_xy: float) -> tuple[Buffer, Buff
     return brain, count, f
 
 
-def label_components(device, mask: Buffer) -> tuple[Buffer, Buffer]:
+def label_components(device: Device, mask: Buffer) -> tuple[Buffer, Buffer]:
     """6-connected components of `mask`: per voxel its component's root index (-1 outside), and
     per root the component's size (uint32, indexed by root)."""
     nz, ny, nx = mask.shape
@@ -87,7 +88,7 @@ def label_components(device, mask: Buffer) -> tuple[Buffer, Buffer]:
     return labels, sizes
 
 
-def largest_component(device, mask: Buffer, out: Buffer) -> None:
+def largest_component(device: Device, mask: Buffer, out: Buffer) -> None:
     """Largest 6-connected component of `mask` into `out` (all zero when there is none)."""
     n = mask.size
     labels, sizes = label_components(device, mask)
@@ -97,14 +98,14 @@ def largest_component(device, mask: Buffer, out: Buffer) -> None:
     device.launch("ccl_select", n, labels, best, n, out)
 
 
-def window_on_device(device, hu: Buffer, brain: Buffer, factor: int, level: float, width: float) -> Buffer:
+def window_on_device(device: Device, hu: Buffer, brain: Buffer, factor: int, level: float, width: float) -> Buffer:
     nz, ny, nx = hu.shape
     image = device.empty(hu.shape, np.float32)
     device.launch("window_image", hu.size, hu, brain, nz, ny, nx, factor, level - width / 2.0, width, image)
     return image
 
 
-def preprocess_on_device(device, study_hu: Buffer, study: Study, alignment: Alignment, grid: ModelGrid,
+def preprocess_on_device(device: Device, study_hu: Buffer, study: Study, alignment: Alignment, grid: ModelGrid,
                          window: tuple[float, float]) -> DeviceImage:
     hu = resample_on_device(device, study_hu, study, alignment, grid)
     brain, count, f = strip_on_device(device, hu, grid.spacing[0])

@@ -11,12 +11,14 @@ import numpy as np
 
 from ..segment import MIN_COMPONENT_FRACTION, fine_window
 from .device import Buffer
+from .interfaces import Device, DeviceEngine
 from .preprocess import label_components
 
 REGION_CLASS_MIN = 2        # SEG_CLASSES: 0 background, 1 brain, 2.. regions
 
 
-def segment_on_device(device, image: Buffer, coarse, fine) -> tuple[Buffer, tuple[slice, slice, slice]]:
+def segment_on_device(device: Device, image: Buffer, coarse: DeviceEngine,
+                      fine: DeviceEngine) -> tuple[Buffer, tuple[slice, slice, slice]]:
     """Labels (uint8, model grid) and the model-grid box the fine model labelled."""
     nz, ny, nx = image.shape
     cs, fs = coarse.card.input_stride, fine.card.input_stride
@@ -46,7 +48,7 @@ def segment_on_device(device, image: Buffer, coarse, fine) -> tuple[Buffer, tupl
     return labels, box_zyx
 
 
-def _region_box(device, classes: Buffer, nz: int, ny: int, nx: int) -> tuple[int, ...]:
+def _region_box(device: Device, classes: Buffer, nz: int, ny: int, nx: int) -> tuple[int, ...]:
     """Inclusive box of the significant region components (runtime.segment.significant_regions),
     read back to the host: the one sync inside the device pipeline."""
     n = nz * ny * nx                                   # the valid slices lead the padded buffer
@@ -62,7 +64,7 @@ def _region_box(device, classes: Buffer, nz: int, ny: int, nx: int) -> tuple[int
     return tuple(int(v) for v in device.get(box))
 
 
-def _classes(device, engine, x: Buffer, mirror_average: bool = False) -> Buffer:
+def _classes(device: Device, engine: DeviceEngine, x: Buffer, mirror_average: bool = False) -> Buffer:
     """Run a segmentation engine and argmax its probabilities into uint8 classes (padded z kept);
     `mirror_average` as runtime.segment._run (the input buffer is left mirrored)."""
     name_in, name_out = engine.card.inputs[0].name, engine.card.outputs[0].name

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import DeviceError, ModelError
 from ..modelcard import ModelCard
 from . import engine_cache
 from .device import Buffer, CudaDevice
@@ -88,7 +88,7 @@ class TensorRTEngine:
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.device.stream_handle):
-            raise ModelError(f"{self.card.name}: TensorRT enqueue failed")
+            raise DeviceError(f"{self.card.name}: TensorRT enqueue failed")
 
     def _capture(self, shape: tuple) -> None:
         """Record the enqueue for this shape into a CUDA graph (after one plain run, as TensorRT

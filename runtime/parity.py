@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cpu import CpuScorer
-from ..engine import OnnxRuntimeEngine
-from ..errors import ModelError
-from ..modelcard import DEFAULT_MODEL_DIR
-from ..pipeline import DEFAULT_STUDY
-from ..preprocess import preprocess_grid
-from ..result import CLASSIFIER_ROLES
-from ..volume import block_mean, pad_z
+from .cpu import CpuScorer
+from .engine import OnnxRuntimeEngine
+from .errors import ParityFailure
+from .modelcard import DEFAULT_MODEL_DIR
+from .preprocess import preprocess_grid
+from .result import CLASSIFIER_ROLES
+from .shipped import DEFAULT_STUDY
+from .volume import block_mean, pad_z
 
 MAX_ABS_ERROR = {"probabilities": 0.1, "probability": 0.01, "cam": 0.25}
 MIN_ARGMAX_AGREEMENT = 0.995          # segmentation classes, per voxel
@@ -74,7 +74,7 @@ def engine_inputs(scorer: CpuScorer) -> dict[str, list[np.ndarray]]:
 
 
 def run_parity(model_dir: Path = DEFAULT_MODEL_DIR) -> tuple[list[ParityResult], dict]:
-    from .pipeline import GpuScorer
+    from .gpu.pipeline import GpuScorer
 
     cpu = CpuScorer(model_dir)
     gpu = GpuScorer(model_dir)
@@ -100,7 +100,7 @@ def main(model_dir: Path) -> int:
     print(json.dumps({"bundled_study": study}))
     failed = [r.role for r in results if not r.passed] + ([] if study["passed"] else ["bundled study ASPECTS"])
     if failed:
-        raise ModelError(f"engine parity FAILED for {', '.join(failed)} (tolerances: {MAX_ABS_ERROR}, "
+        raise ParityFailure(f"engine parity FAILED for {', '.join(failed)} (tolerances: {MAX_ABS_ERROR}, "
                          f"argmax agreement >= {MIN_ARGMAX_AGREEMENT})")
     print("engine parity: all engines within tolerance; bundled study ASPECTS identical on GPU and CPU")
     return 0
