@@ -229,13 +229,19 @@ def _threshold(scorer: CpuScorer, region: str) -> float:
     raise KeyError(region)
 
 
-def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int) -> list[Scored]:
-    """The whole runtime, file in to score out, on synthetic studies in real-world scanner poses."""
+def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache: Path) -> list[Scored]:
+    """The whole runtime, file in to score out, on synthetic studies in real-world scanner poses.
+    Each scored study is kept in `cache` (one .npz per seed), so an interrupted run resumes."""
     from . import synth
     phantom = synth.load_phantom(shared)
     rows = []
+    cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
+            kept = cache / f"study_{seed0 + i}.npz"
+            if kept.exists():
+                rows.append(_load_row(kept))
+                continue
             spec = synth.draw_spec(seed0 + i, pose="scanner")
             case = synth.make_case(phantom, spec)
             grid, shape = synth.scanner_grid(spec)
@@ -248,9 +254,24 @@ def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int) -> li
             to_world = res.alignment.matrix @ res.grid.index_to_model
             dice = mean_dice(res.labels, synth.render_labels(phantom, case, to_world, res.grid.shape))[0]
             rows.append(scored(f"synthetic_{seed0 + i}", res, truth, dice))
+            _save_row(kept, rows[-1])
             print(f"study {i}: true {case.aspects} auto {res.score.aspects} dice {dice:.3f} "
                   f"{res.timings_s['total']:.1f}s", flush=True)
     return rows
+
+
+def _save_row(path: Path, row: Scored) -> None:
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, study=row.study, truth=row.truth, probability=row.probability, difference_hu=row.difference_hu,
+             called=row.called, dice=np.nan if row.dice is None else row.dice)
+    tmp.replace(path)
+
+
+def _load_row(path: Path) -> Scored:
+    with np.load(path) as d:
+        dice = float(d["dice"])
+        return Scored(str(d["study"]), d["truth"], d["probability"], d["difference_hu"], d["called"],
+                      None if np.isnan(dice) else dice)
 
 
 def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: CpuScorer, loo: bool,
@@ -294,10 +315,9 @@ def _atlas_folds(reads, order, scorer: CpuScorer, shared: Path) -> dict:
 def calibrate(rows: list[Scored]) -> dict:
     """The density rule's threshold: the HU step that maximises Youden's J over region-sides of
     synthetic studies the runtime scored (studies no other step saw), and the table at it."""
-    from .train import best_threshold
     ev = np.concatenate([-np.nan_to_num(r.difference_hu).ravel() for r in rows])
     y = np.concatenate([r.truth.ravel() for r in rows]).astype(int)
-    t = best_threshold(ev, y)
+    t = M.best_threshold(ev, y)
     return {"threshold_hu": round(float(t), 2), "studies": len(rows), "region_sides": int(len(y)),
             "positives": int(y.sum()), "auc": M.auc(ev, y),
             "sensitivity": float((ev[y == 1] >= t).mean()), "specificity": float((ev[y == 0] < t).mean())}
@@ -356,7 +376,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     scorer = CpuScorer(args.models)
     if args.mode == "calibrate":
-        result = calibrate(synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0))
+        result = calibrate(synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0,
+                                             Path("build/eval/calibrate/studies")))
         card_path = args.models / "density_rule.json"
         card = json.loads(card_path.read_text())
         card["threshold_hu"] = result["threshold_hu"]
@@ -368,7 +389,8 @@ def main(argv=None) -> None:
     if args.mode == "cases":
         result = eval_cases(args.data or Path("build/data/test"), scorer)
     elif args.mode == "studies":
-        result = summarise(synthetic_studies(args.shared, scorer, args.n, STUDY_SEED0), scorer)
+        result = summarise(synthetic_studies(args.shared, scorer, args.n, STUDY_SEED0,
+                                             Path("build/eval/studies/studies")), scorer)
     else:
         rows = real_studies(args.data or args.shared / "real", args.reads, args.label_order, scorer, args.loo,
                             args.shared)

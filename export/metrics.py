@@ -56,3 +56,13 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     if np.std(a) == 0 or np.std(b) == 0:
         return float("nan")
     return float(stats.spearmanr(a, b).statistic)
+
+
+def best_threshold(p: np.ndarray, y: np.ndarray) -> float:
+    """Maximise Youden's J on validation data; ties to the threshold nearest 0.5."""
+    cands = np.unique(np.concatenate([p, [0.5]]))
+    pos, neg = y == 1, y == 0
+    if not pos.any() or not neg.any():
+        return 0.5
+    j = [(p[pos] >= t).mean() + (p[neg] < t).mean() - 1 - 1e-6 * abs(t - 0.5) for t in cands]
+    return float(cands[int(np.argmax(j))])

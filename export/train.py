@@ -51,7 +51,7 @@ from .config import (
     SEED,
     WINDOW,
 )
-from .metrics import dice
+from .metrics import best_threshold, dice
 from .networks import DANET_CPU, DANET_PAPER, VBNET_CPU, VBNET_PAPER, DANet, VBNet, parameter_count
 from .onnx_export import export_model
 
@@ -284,16 +284,6 @@ def danet_losses(prob, cam, y, hypo, pos_weight: float):
     neg = (y == 0).all(dim=1)
     rank_neg = F.relu(prob[neg] - 0.2).mean() if neg.any() else prob.sum() * 0
     return bce + 0.5 * attention + 0.5 * (rank_pos + rank_neg), {"bce": float(bce), "cam": float(attention)}
-
-
-def best_threshold(p: np.ndarray, y: np.ndarray) -> float:
-    """Maximise Youden's J on validation data; ties to the threshold nearest 0.5."""
-    cands = np.unique(np.concatenate([p, [0.5]]))
-    pos, neg = y == 1, y == 0
-    if not pos.any() or not neg.any():
-        return 0.5
-    j = [(p[pos] >= t).mean() + (p[neg] < t).mean() - 1 - 1e-6 * abs(t - 0.5) for t in cands]
-    return float(cands[int(np.argmax(j))])
 
 
 def train_classifier(group: str, cases: list[dict], val: list[dict], cfg: TrainConfig, paper: bool,

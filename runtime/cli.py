@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
-from .errors import AspectsError, DeviceUnavailable
+from .errors import AspectsError, DeviceUnavailable, UsageError
+from .logs import configure_logging, quiet_native_stderr
 from .modelcard import DEFAULT_MODEL_DIR, load_model_set
 
 
@@ -34,21 +36,31 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
     e.add_argument("--rebuild", action="store_true", help="build even when a valid cached engine exists")
 
+    parser.add_argument("--log-level", default="ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="log to stderr from this level (default ERROR: stderr carries only the error line)")
+    parser.add_argument("--log-json", type=Path, default=None, help="also log every record as JSON lines here")
+
     args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.log_json)
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
-        if args.command == "score":
-            return _score(args)
-        if args.command == "engines":
-            return _engines(args)
-        return _models(args)
+        with quiet_native_stderr():
+            if args.command == "score":
+                return _score(args)
+            if args.command == "engines":
+                return _engines(args)
+            return _models(args)
     except AspectsError as exc:
         message = str(exc)
         if isinstance(exc, DeviceUnavailable):
             message += " (the CPU path needs none of this: --device cpu)"
         print(f"error: {message}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print("error: terminated; nothing was written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
     except Exception as exc:  # last line of defence: a one-line message, never a traceback
         if args.debug:
@@ -56,19 +68,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it",
               file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so every `with` block cleans up on the way out."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
 
 
 def _score(args) -> int:
     from .pipeline import make_scorer
-    from .report import check_output_dir, write_report
+    from .report import output_folder, write_report
     from .shipped import DEFAULT_STUDY
 
-    path = args.path or DEFAULT_STUDY
+    if args.path is not None and not args.path.strip():
+        raise UsageError("the study path is empty; give a DICOM folder or a volume file, or no path for the demo")
+    path = DEFAULT_STUDY if args.path is None else Path(args.path)
     if args.path is None:
         print(f"no study given: scoring the bundled synthetic demo study {path.name}")
-    check_output_dir(args.out)          # fail before minutes of work, not after
-    result = make_scorer(args.models, backend=args.device).score(path)
-    paths = write_report(result, args.out)
+    with output_folder(args.out) as folder:      # claimed and checked before any compute
+        result = make_scorer(args.models, backend=args.device).score(path)
+        paths = write_report(result, folder)
     s = result.score
     side = f" ({s.symptomatic_side} hemisphere)" if s.symptomatic_side else ""
     print(f"ASPECTS {s.aspects}{side}: {'>6' if s.above_cut else '<=6'}; "

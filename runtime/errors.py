@@ -11,6 +11,11 @@ class AspectsError(Exception):
     exit_code = 1
 
 
+class UsageError(AspectsError):
+    """The command line itself is wrong (an empty path, ...)."""
+    exit_code = 2
+
+
 class UnreadableInput(AspectsError):
     """Path missing, file corrupt, or format not understood."""
     exit_code = 3

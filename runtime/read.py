@@ -39,8 +39,14 @@ class Study:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
-        """Voxel size (x, y, z) in mm; z is the slice spacing along the stack."""
-        sx, sy, sz = (float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+        """Voxel size (x, y, z) in mm; z is the distance between slice planes. With gantry tilt the
+        slice-to-slice vector is longer than that (5.11 mm for 5 mm slices at 12 degrees): the
+        planes, not the vector, set the slice thickness the model grid keeps."""
+        a = self.affine[:3, :3]
+        sx, sy = (float(v) for v in np.linalg.norm(a[:, :2], axis=0))
+        normal = np.cross(a[:, 0], a[:, 1])
+        norm = float(np.linalg.norm(normal))
+        sz = abs(float(a[:, 2] @ normal)) / norm if norm > 0 else 0.0
         return sx, sy, sz
 
 
@@ -51,55 +57,139 @@ def read_study(path: str | os.PathLike) -> Study:
         raise UnreadableInput(f"{p}: no such file or folder")
     if p.is_dir():
         study = _read_dicom_folder(p)
-    elif p.name.lower().endswith(VOLUME_SUFFIXES):
-        study = _read_volume_file(p)
+    elif p.name.lower().endswith(".zip"):
+        study = _read_zip(p)
     else:
-        # A single DICOM file, or a volume with an unusual name.
+        # A volume file, or a single DICOM file under any name.
         study = _read_volume_file(p)
     validate_study(study)
     return study
 
 
-def _read_volume_file(p: Path) -> Study:
-    _check_complete(p)
+def _read_zip(p: Path) -> Study:
+    """A zipped series: unpacked into a private folder (size- and name-checked first), read as a folder."""
+    import shutil
+    import tempfile
+    import zipfile
+
     try:
-        image = sitk.ReadImage(str(p))
+        with zipfile.ZipFile(p) as z:
+            members = [m for m in z.infolist() if not m.is_dir()]
+            if len(members) > ZIP_MAX_FILES or sum(m.file_size for m in members) > ZIP_MAX_BYTES:
+                raise AbsurdSize(f"{p}: archive of {len(members)} files, "
+                                 f"{sum(m.file_size for m in members) / 1e9:.1f} GB unpacked: not a head CT series")
+            tmp = Path(tempfile.mkdtemp(prefix="aspects-zip-"))
+            try:
+                for i, m in enumerate(members):
+                    # Never trust member names: every file gets a plain name of our own inside tmp.
+                    with z.open(m) as src, open(tmp / f"{i:06d}", "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                study = _read_dicom_folder(tmp)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise UnreadableInput(f"{p}: cannot read the zip archive ({exc})") from None
+    return Study(hu=study.hu, affine=study.affine, source=str(p), metadata=study.metadata,
+                 warnings=study.warnings)
+
+
+# MetaImage's modality field: anything but CT (or unknown) is refused.
+_MHA_NOT_CT = {"MET_MOD_MR": "MR", "MET_MOD_NM": "NM", "MET_MOD_US": "US"}
+_NIFTI_FLOAT = {16: "<f4", 64: "<f8"}      # NIfTI datatype codes that can hold NaN or infinity
+
+
+def _read_volume_file(p: Path) -> Study:
+    """Header first: size, spacing and modality are checked before a single pixel is read, so an
+    absurd or hostile file costs milliseconds, not the time to decompress it."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
     except RuntimeError as exc:
         raise UnreadableInput(f"{p}: cannot read image ({_first_line(exc)})") from None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise UnreadableInput(f"{p}: expected a 3-D scalar volume, got {image.GetDimension()}-D "
-                              f"with {image.GetNumberOfComponentsPerPixel()} component(s)")
-    meta = {k: image.GetMetaData(k).strip() for k in ("0008|0060", "0008|103e") if image.HasMetaDataKey(k)}
-    modality = meta.get("0008|0060", "")
+    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
+        raise UnreadableInput(f"{p}: expected a 3-D scalar volume, got {reader.GetDimension()}-D "
+                              f"with {reader.GetNumberOfComponents()} component(s)")
+    meta = {k: reader.GetMetaData(k).strip() for k in reader.GetMetaDataKeys()}
+    modality = meta.get("0008|0060", "") or _MHA_NOT_CT.get(meta.get("Modality", ""), "")
     if modality and modality.upper() != "CT":
         raise WrongModality(f"{p}: modality is {modality}, this runtime scores CT only")
-    _check_dims(image.GetSize(), p)
+    _check_dims(reader.GetSize(), p)
+    nifti = _nifti_header(p)
+    if nifti is not None:
+        _check_nifti(p, nifti)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise UnreadableInput(f"{p}: cannot read image ({_first_line(exc)})") from None
     hu = sitk.GetArrayFromImage(image).astype(np.float32)
     return Study(hu=hu, affine=_sitk_affine(image), source=str(p),
                  metadata={"format": p.suffix.lstrip(".") or "dicom", "modality": modality or "unknown"})
 
 
-def _check_complete(p: Path) -> None:
-    """ITK zero-fills a truncated gzip or raw file without complaint; a cut-off study must not be scored."""
-    if p.name.lower().endswith(".gz"):
-        try:
-            with gzip.open(p, "rb") as f:
-                while f.read(1 << 22):
-                    pass
-        except (OSError, EOFError, zlib.error) as exc:
-            raise UnreadableInput(f"{p}: file is truncated or corrupt ({exc})") from None
-    elif p.name.lower().endswith(".nii"):
-        with open(p, "rb") as f:
+@dataclass(frozen=True)
+class _NiftiHeader:
+    dims: tuple[int, ...]
+    datatype: int
+    bitpix: int
+    pixdim: tuple[float, ...]
+    vox_offset: int
+
+
+def _nifti_header(p: Path) -> _NiftiHeader | None:
+    """The NIfTI-1 fields ITK papers over (it turns a zero pixdim into 1 and NaN voxels into 0)."""
+    name = p.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        with (gzip.open(p, "rb") if name.endswith(".gz") else open(p, "rb")) as f:
             header = f.read(352)
-        if len(header) < 348:
-            raise UnreadableInput(f"{p}: file is too short to be NIfTI")
-        dims = np.frombuffer(header[40:56], "<i2")
-        bitpix = int(np.frombuffer(header[72:74], "<i2")[0])
-        offset = float(np.frombuffer(header[108:112], "<f4")[0])
-        if 0 < dims[0] < 8 and bitpix > 0:
-            need = int(offset) + int(np.prod(dims[1:1 + dims[0]].astype(np.int64))) * bitpix // 8
-            if p.stat().st_size < need:
-                raise UnreadableInput(f"{p}: file is truncated ({p.stat().st_size} of {need} bytes)")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UnreadableInput(f"{p}: file is truncated or corrupt ({exc})") from None
+    if len(header) < 348:
+        raise UnreadableInput(f"{p}: file is too short to be NIfTI")
+    order = "<" if int(np.frombuffer(header[:4], "<i4")[0]) == 348 else ">"
+    dims = np.frombuffer(header[40:56], f"{order}i2")
+    n = int(dims[0])
+    if not 0 < n < 8:
+        raise UnreadableInput(f"{p}: NIfTI header has {n} dimensions")
+    return _NiftiHeader(dims=tuple(int(d) for d in dims[1:1 + n]),
+                        datatype=int(np.frombuffer(header[70:72], f"{order}i2")[0]),
+                        bitpix=int(np.frombuffer(header[72:74], f"{order}i2")[0]),
+                        pixdim=tuple(float(v) for v in np.frombuffer(header[76:108], f"{order}f4")[1:1 + n]),
+                        vox_offset=int(np.frombuffer(header[108:112], f"{order}f4")[0]))
+
+
+def _check_nifti(p: Path, h: _NiftiHeader) -> None:
+    """Zero or non-finite voxel sizes, a truncated file and NaN/infinite voxels are refused here."""
+    if any(not np.isfinite(v) or v <= 0 for v in h.pixdim[:3]):
+        raise AbsurdSize(f"{p}: voxel size {h.pixdim[:3]} mm in the header (zero, negative or not a number)")
+    need = h.vox_offset + int(np.prod(h.dims, dtype=np.int64)) * h.bitpix // 8
+    gz = p.name.lower().endswith(".gz")
+    if not gz and p.stat().st_size < need:
+        raise UnreadableInput(f"{p}: file is truncated ({p.stat().st_size} of {need} bytes)")
+    if not gz and h.datatype not in _NIFTI_FLOAT:
+        return
+    # Read exactly the bytes the header promises (never more: a gzip bomb stops here), checking that
+    # they are all there and, for float data, finite.
+    try:
+        with (gzip.open(p, "rb") if gz else open(p, "rb")) as f:
+            f.seek(h.vox_offset)
+            got = 0
+            dtype = _NIFTI_FLOAT.get(h.datatype)
+            while got < need - h.vox_offset:
+                chunk = f.read(min(1 << 22, need - h.vox_offset - got))
+                if not chunk:
+                    break
+                if dtype is not None:
+                    usable = len(chunk) - len(chunk) % np.dtype(dtype).itemsize
+                    if not np.isfinite(np.frombuffer(chunk[:usable], dtype)).all():
+                        raise UnreadableInput(f"{p}: volume contains NaN or infinite values")
+                got += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UnreadableInput(f"{p}: file is truncated or corrupt ({exc})") from None
+    if got < need - h.vox_offset:
+        raise UnreadableInput(f"{p}: file is truncated ({got} of {need - h.vox_offset} data bytes)")
 
 
 def _sitk_affine(image: sitk.Image) -> np.ndarray:
@@ -117,10 +207,21 @@ def _check_dims(size, where) -> None:
 
 # ---------------------------------------------------------------- DICOM
 
+# Pixel values scanners store outside the scan circle: not Hounsfield units, and no reason to refuse.
+PADDING_BELOW_HU = -1024.0
+LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
+                  "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"}
+ZIP_MAX_BYTES = 4 << 30
+ZIP_MAX_FILES = 20000
+
+
 @dataclass(frozen=True)
-class _SliceHeader:
+class _Slice:
+    """One image plane: a classic CT file, or one frame of an enhanced multi-frame file."""
     path: str
-    series_uid: str
+    frame: int | None
+    identity: tuple[tuple[str, str], ...]     # patient / study / series identity (see IDENTITY_TAGS)
+    sop_uid: str
     modality: str
     description: str
     image_type: str
@@ -131,51 +232,166 @@ class _SliceHeader:
     col_dir: np.ndarray        # direction of increasing row index
     pixel_spacing: tuple[float, float]   # (row spacing, column spacing)
     gantry_tilt: float
+    slope: float
+    intercept: float
+    padding: float | None      # PixelPaddingValue, as stored
+    lossy: bool
+
+    @property
+    def series_uid(self) -> str:
+        return dict(self.identity).get("SeriesInstanceUID", "unknown")
 
 
-def _read_header(path: str) -> _SliceHeader | None:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    reader.SetImageIO("GDCMImageIO")
+IDENTITY_TAGS = ("PatientID", "PatientName", "StudyInstanceUID", "SeriesInstanceUID", "AccessionNumber",
+                 "FrameOfReferenceUID", "StudyDate", "SeriesNumber")
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """A file that is a DICOM image but cannot be used, and why."""
+    path: str
+    series_uid: str | None
+    reason: str
+
+
+def _read_headers(path: str) -> list[_Slice] | _Refused | None:
+    """The planes of one file; None when it is not a DICOM image at all (a README, a DICOMDIR, an SR)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
-        reader.ReadImageInformation()
-    except RuntimeError:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        return _Refused(path, None, "damaged DICOM file") if _has_dicom_magic(path) else None
+    except Exception as exc:  # pydicom raises many types on a cut-off or corrupt file
+        if _has_dicom_magic(path):
+            return _Refused(path, None, f"damaged DICOM file ({type(exc).__name__})")
         return None
-
-    def tag(key: str, default: str = "") -> str:
-        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else default
-
+    if "Rows" not in ds or "Columns" not in ds:
+        return None                          # not an image: DICOMDIR, SR, presentation state...
+    series_uid = str(ds.get("SeriesInstanceUID", "")) or None
     try:
-        orient = [float(v) for v in tag("0020|0037").split("\\")]
-        position = np.array([float(v) for v in tag("0020|0032").split("\\")])
-        spacing = tuple(float(v) for v in tag("0028|0030").split("\\"))
-        rows, cols = int(tag("0028|0010")), int(tag("0028|0011"))
-    except ValueError:
-        return None
-    if len(orient) != 6 or position.shape != (3,) or len(spacing) != 2:
-        return None
-    return _SliceHeader(path=path, series_uid=tag("0020|000e", "unknown"),
-                        modality=tag("0008|0060").upper(), description=tag("0008|103e"),
-                        image_type=tag("0008|0008").upper(), rows=rows, cols=cols,
-                        position=position, row_dir=np.array(orient[:3]), col_dir=np.array(orient[3:]),
-                        pixel_spacing=spacing, gantry_tilt=float(tag("0018|1120", "0") or 0))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
+            return _enhanced_planes(path, ds, frames)
+        missing = [name for name, tag in (("ImagePositionPatient", "0020,0032"),
+                                          ("ImageOrientationPatient", "0020,0037"),
+                                          ("PixelSpacing", "0028,0030")) if name not in ds]
+        if missing:
+            return _Refused(path, series_uid, "missing " + ", ".join(missing))
+        return [_plane(path, None, ds, ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing,
+                       float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))]
+    except (ValueError, TypeError, AttributeError, IndexError) as exc:
+        return _Refused(path, series_uid, f"unreadable geometry ({exc})")
+
+
+def _has_dicom_magic(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _plane(path, frame, ds, position, orientation, spacing, slope, intercept) -> _Slice:
+    orient = [float(v) for v in orientation]
+    pos = np.array([float(v) for v in position])
+    sp = tuple(float(v) for v in spacing)
+    if len(orient) != 6 or pos.shape != (3,) or len(sp) != 2:
+        raise ValueError("ImagePositionPatient, ImageOrientationPatient or PixelSpacing malformed")
+    lossy = str(ds.get("LossyImageCompression", "00")) == "01" or \
+        str(getattr(ds.file_meta, "TransferSyntaxUID", "")) in LOSSY_SYNTAXES
+    padding = ds.get("PixelPaddingValue")
+    return _Slice(path=path, frame=frame,
+                  identity=tuple((t, str(ds.get(t, "") or "")) for t in IDENTITY_TAGS),
+                  sop_uid=str(ds.get("SOPInstanceUID", "")), modality=str(ds.get("Modality", "")).upper(),
+                  description=str(ds.get("SeriesDescription", "")),
+                  image_type="\\".join(ds.get("ImageType", [])).upper() if ds.get("ImageType") else "",
+                  rows=int(ds.Rows), cols=int(ds.Columns), position=pos,
+                  row_dir=np.array(orient[:3]), col_dir=np.array(orient[3:]), pixel_spacing=(sp[0], sp[1]),
+                  gantry_tilt=float(ds.get("GantryDetectorTilt", 0) or 0), slope=slope, intercept=intercept,
+                  padding=None if padding is None else float(padding), lossy=lossy)
+
+
+def _enhanced_planes(path: str, ds, frames: int) -> list[_Slice]:
+    """Enhanced CT: geometry and rescale per frame, from the per-frame or the shared functional groups."""
+    shared = ds.get("SharedFunctionalGroupsSequence", [None])[0]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence", [])
+    if len(per_frame) != frames:
+        raise ValueError(f"{frames} frames but {len(per_frame)} per-frame functional groups")
+
+    def item(group, seq: str):
+        for source in (group, shared):
+            if source is not None and seq in source:
+                return source[seq][0]
+        raise ValueError(f"no {seq} for a frame")
+
+    planes = []
+    for i, group in enumerate(per_frame):
+        transform = None
+        for source in (group, shared):
+            if source is not None and "PixelValueTransformationSequence" in source:
+                transform = source.PixelValueTransformationSequence[0]
+                break
+        slope = float(getattr(transform, "RescaleSlope", 1) or 1) if transform else float(ds.get("RescaleSlope", 1))
+        intercept = float(getattr(transform, "RescaleIntercept", 0) or 0) if transform else \
+            float(ds.get("RescaleIntercept", 0))
+        planes.append(_plane(path, i, ds, item(group, "PlanePositionSequence").ImagePositionPatient,
+                             item(group, "PlaneOrientationSequence").ImageOrientationPatient,
+                             item(group, "PixelMeasuresSequence").PixelSpacing, slope, intercept))
+    return planes
 
 
 def _read_dicom_folder(folder: Path) -> Study:
     files = sorted(str(f) for f in folder.rglob("*") if f.is_file())
     if not files:
         raise NoSeries(f"{folder}: folder is empty")
-    headers = [h for h in map(_read_header, files) if h is not None]
-    if not headers:
+    planes: list[_Slice] = []
+    refused: list[_Refused] = []
+    ignored = 0
+    for f in files:
+        got = _read_headers(f)
+        if got is None:
+            ignored += 1
+        elif isinstance(got, _Refused):
+            refused.append(got)
+        else:
+            planes.extend(got)
+    if not planes:
+        if refused:
+            raise NoSeries(f"{folder}: no usable DICOM image series; {refused[0].path}: {refused[0].reason}")
         raise NoSeries(f"{folder}: no readable DICOM image series in {len(files)} file(s)")
-    series: dict[str, list[_SliceHeader]] = {}
-    for h in headers:
+    series: dict[str, list[_Slice]] = {}
+    for h in planes:
         series.setdefault(h.series_uid, []).append(h)
     chosen = _choose_series(series, folder)
-    return _stack_series(chosen, folder, n_series=len(series), n_unreadable=len(files) - len(headers))
+    _refuse_mixed_patients(series, folder)
+    # A file that belongs to the chosen series (or cannot say which series it belongs to) but cannot be
+    # read is a missing slice, wherever it sits in the stack.
+    broken = [r for r in refused if r.series_uid in (None, chosen[0].series_uid)]
+    if broken:
+        raise UnreadableInput(f"{broken[0].path}: {broken[0].reason}; a slice of the series cannot be read "
+                              f"({len(broken)} such file(s))")
+    return _stack_series(chosen, folder, n_series=len(series), n_ignored=ignored)
 
 
-def _choose_series(series: dict[str, list[_SliceHeader]], folder: Path) -> list[_SliceHeader]:
+def _refuse_mixed_patients(series: dict[str, list[_Slice]], folder: Path) -> None:
+    """One folder, one study: CT series of several patients or studies are never silently picked from."""
+    studies = {}
+    for slices in series.values():
+        if slices[0].modality != "CT":
+            continue
+        ident = dict(slices[0].identity)
+        studies[(ident.get("PatientID", ""), ident.get("StudyInstanceUID", ""))] = ident
+    if len(studies) > 1:
+        names = "; ".join(f"patient {i.get('PatientID') or '?'} ({i.get('PatientName') or 'no name'}), study "
+                          f"{i.get('StudyInstanceUID') or '?'}" for i in studies.values())
+        raise InconsistentSeries(f"{folder}: holds CT series of {len(studies)} studies ({names}); "
+                                 "give one study's folder")
+
+
+def _choose_series(series: dict[str, list[_Slice]], folder: Path) -> list[_Slice]:
     """Pick the axial NCCT head series: CT, not a localizer, axial, soft-tissue, most slices."""
     ct = {u: s for u, s in series.items() if s[0].modality == "CT"}
     if not ct:
@@ -198,7 +414,18 @@ def _choose_series(series: dict[str, list[_SliceHeader]], folder: Path) -> list[
     return slices
 
 
-def _stack_series(slices: list[_SliceHeader], folder: Path, n_series: int, n_unreadable: int) -> Study:
+def _gaps(steps: np.ndarray) -> np.ndarray:
+    """Indices of steps that are missing slices: much larger than the steps on both sides. A series
+    whose spacing changes in runs (4 mm through the posterior fossa, 7 mm above) has no gap."""
+    out = []
+    for k, s in enumerate(steps):
+        neighbours = [steps[j] for j in (k - 1, k + 1) if 0 <= j < len(steps)]
+        if neighbours and all(s > 1.5 * n for n in neighbours):
+            out.append(k)
+    return np.array(out, int)
+
+
+def _stack_series(slices: list[_Slice], folder: Path, n_series: int, n_ignored: int) -> Study:
     first = slices[0]
     if any((h.rows, h.cols) != (first.rows, first.cols) for h in slices):
         raise InconsistentSeries(f"{folder}: slices of different sizes in one series")
@@ -214,21 +441,16 @@ def _stack_series(slices: list[_SliceHeader], folder: Path, n_series: int, n_unr
         raise TooFewSlices(f"{folder}: {len(slices)} slices; at least {MIN_SLICES} are needed")
     if np.any(steps < 1e-3):
         raise InconsistentSeries(f"{folder}: two or more slices share one position (duplicated or mixed series)")
-    step = float(np.median(steps))
-    if np.any(steps > 1.5 * step):
-        k = int(np.argmax(steps))
+    gaps = _gaps(steps)
+    if len(gaps):
+        k = int(gaps[0])
         raise InconsistentSeries(f"{folder}: slices missing between z={along[k]:.1f} mm and z={along[k + 1]:.1f} mm "
-                                 f"(gap {steps[k]:.1f} mm, slice spacing {step:.1f} mm)")
+                                 f"(gap {steps[k]:.1f} mm, slice spacing around it "
+                                 f"{np.median(np.delete(steps, gaps)):.1f} mm)")
+    step = float(np.median(steps))
 
     warnings = []
-    pixels = []
-    for h in slices:
-        try:
-            img = sitk.ReadImage(h.path, imageIO="GDCMImageIO")   # applies rescale slope / intercept
-        except RuntimeError as exc:
-            raise UnreadableInput(f"{h.path}: cannot decode pixel data ({_first_line(exc)})") from None
-        pixels.append(sitk.GetArrayFromImage(img).reshape(first.rows, first.cols).astype(np.float32))
-    hu = np.stack(pixels)
+    hu = np.stack([_pixels(h) for h in slices])
 
     # Index -> LPS: columns along row_dir, rows along col_dir, slices along the mean slice step vector.
     # The slice step is taken from the positions themselves, so a tilted gantry gives a sheared affine.
@@ -240,6 +462,7 @@ def _stack_series(slices: list[_SliceHeader], folder: Path, n_series: int, n_unr
     affine[:3, 2] = (positions[-1] - positions[0]) / (len(slices) - 1)
     affine[:3, 3] = positions[0]
     if np.abs(steps - step).max() > 0.1 * step:
+        step = _regrid_step(steps)
         hu, affine = _regrid_uneven(hu, affine, along - along[0], step)
         warnings.append(f"uneven slice spacing ({steps.min():.2f}-{steps.max():.2f} mm) resampled to {step:.2f} mm")
     tilt = _tilt_degrees(affine)
@@ -247,14 +470,47 @@ def _stack_series(slices: list[_SliceHeader], folder: Path, n_series: int, n_unr
         raise InconsistentSeries(f"{folder}: gantry tilt of {tilt:.1f} degrees is beyond {MAX_GANTRY_TILT_DEG:.0f}")
     if tilt > 0.5:
         warnings.append(f"gantry tilt of {tilt:.1f} degrees corrected by resampling the sheared grid")
+    if any(h.lossy for h in slices):
+        warnings.append("the series is lossy-compressed (LossyImageCompression 01 or a lossy transfer syntax): "
+                        "subtle density differences may be altered; check the source images")
     if n_series > 1:
-        warnings.append(f"folder holds {n_series} series; scored '{first.description or first.series_uid}'")
-    if n_unreadable:
-        warnings.append(f"{n_unreadable} file(s) in the folder are not DICOM images and were ignored")
+        warnings.append(f"folder holds {n_series} series; scored series {dict(first.identity).get('SeriesNumber')} "
+                        f"'{first.description or first.series_uid}'")
+    if n_ignored:
+        warnings.append(f"{n_ignored} file(s) in the folder are not DICOM images and were ignored")
+    identity: dict[str, object] = dict(first.identity)
+    identity["SOPInstanceUIDs"] = [h.sop_uid for h in slices]
     return Study(hu=hu, affine=affine, source=str(folder), warnings=tuple(warnings),
                  metadata={"format": "dicom", "modality": "CT", "series_uid": first.series_uid,
                            "series_description": first.description, "slices": len(slices),
-                           "gantry_tilt_deg": round(tilt, 2)})
+                           "gantry_tilt_deg": round(tilt, 2), "identity": identity,
+                           "source_slice_positions_mm": [round(float(a - along[0]), 3) for a in along]})
+
+
+def _regrid_step(steps: np.ndarray) -> float:
+    """Spacing for an uneven series. Runs of equal steps (a sequential protocol: 4 mm, then 7 mm)
+    keep their finest run's step; irregular jitter keeps the median."""
+    runs = [s for k, s in enumerate(steps)
+            if any(abs(s - steps[j]) < 0.02 * s for j in (k - 1, k + 1) if 0 <= j < len(steps))]
+    return float(min(runs)) if runs else float(np.median(steps))
+
+
+def _pixels(h: _Slice) -> np.ndarray:
+    """One plane in HU; scanner padding (PixelPaddingValue, or values below air) becomes air."""
+    try:
+        if h.frame is None:
+            img = sitk.ReadImage(h.path, imageIO="GDCMImageIO")      # applies rescale slope / intercept
+            hu = sitk.GetArrayFromImage(img).reshape(h.rows, h.cols).astype(np.float32)
+        else:
+            import pydicom
+            ds = pydicom.dcmread(h.path)
+            stored = np.asarray(ds.pixel_array)[h.frame].astype(np.float32)
+            hu = stored * h.slope + h.intercept
+    except Exception as exc:  # SimpleITK raises RuntimeError; pydicom its own decoder errors
+        raise UnreadableInput(f"{h.path}: cannot decode pixel data ({_first_line(exc)})") from None
+    if h.padding is not None:
+        hu[np.isclose(hu, h.padding * h.slope + h.intercept)] = PADDING_BELOW_HU
+    return np.maximum(hu, PADDING_BELOW_HU)
 
 
 def _regrid_uneven(hu: np.ndarray, affine: np.ndarray, along: np.ndarray, step: float):

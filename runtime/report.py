@@ -8,6 +8,7 @@ image (runtime.density), the score and side printed on the image.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from .errors import OutputExists
+from .output import OutputFolder
 from .regions import REGION_NAMES, SUBCORTICAL, SUPRAGANGLIONIC, is_region, label_id
 from .result import StudyResult
 
@@ -31,29 +32,31 @@ HEAT_HU = (2.0, 8.0)            # asymmetry shown from faint (2 HU darker than t
 UPSCALE = 2
 
 
-def check_output_dir(out: Path) -> None:
-    """Refuse before any work if the report would overwrite a file the user has."""
-    clashes = [name for name in REPORT_FILES if (out / name).exists()]
-    if clashes:
-        raise OutputExists(f"{out}: already holds {', '.join(clashes)}; choose an empty or new output folder")
-    if out.exists() and not out.is_dir():
-        raise OutputExists(f"{out}: exists and is not a folder")
+def output_folder(out: str | Path) -> OutputFolder:
+    """The claim on a report folder (runtime.output): take it before scoring, write into it after."""
+    return OutputFolder(out, REPORT_FILES)
 
 
-def write_report(result: StudyResult, out: str | Path) -> dict[str, Path]:
-    out = Path(out)
-    check_output_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
+def write_report(result: StudyResult, out: str | Path | OutputFolder) -> dict[str, Path]:
+    """All of the report or none of it; never over an existing file. `out` is a folder path, or a
+    folder the caller already claimed (the CLI claims it before the compute)."""
+    if isinstance(out, OutputFolder):
+        return _write(result, out)
+    with output_folder(out) as folder:
+        return _write(result, folder)
+
+
+def _write(result: StudyResult, folder: OutputFolder) -> dict[str, Path]:
     levels = key_slices(result.labels)
-    paths = {}
+    images = {}
     for level, z in levels.items():
-        path = out / f"{level}.png"
-        render_slice(result, z, level).save(path, "PNG", optimize=True)
-        paths[level] = path
-    doc = report_dict(result, {k: {"file": p.name, "slice": levels[k]} for k, p in paths.items()})
-    paths["report"] = out / "report.json"
-    with open(paths["report"], "x") as f:          # "x": never overwrite
-        json.dump(doc, f, indent=2)
+        buf = io.BytesIO()
+        render_slice(result, z, level).save(buf, "PNG", optimize=True)
+        images[level] = buf.getvalue()
+    doc = report_dict(result, {k: {"file": f"{k}.png", "slice": levels[k]} for k in images})
+    paths = {level: folder.write(f"{level}.png", data) for level, data in images.items()}
+    paths["report"] = folder.write("report.json", (json.dumps(doc, indent=2) + "\n").encode())
+    folder.commit()
     return paths
 
 

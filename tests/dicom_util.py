@@ -13,11 +13,13 @@ def write_series(folder: Path, hu: np.ndarray, spacing=(0.5, 0.5, 5.0), origin=(
                  modality: str = "CT", slope: float = 1.0, intercept: float = -1024.0, tilt_deg: float = 0.0,
                  description: str = "HEAD NCCT 5mm", image_type: str = "ORIGINAL\\PRIMARY\\AXIAL",
                  orientation=(1, 0, 0, 0, 1, 0), series_uid: str | None = None, skip: tuple[int, ...] = (),
-                 z_positions: list[float] | None = None) -> str:
-    """hu: (z, y, x). Stored values = (hu - intercept) / slope as uint16. Returns the series UID."""
+                 z_positions: list[float] | None = None, patient_id: str = "SYNTH",
+                 study_uid: str | None = None) -> str:
+    """hu: (z, y, x). Stored values = (hu - intercept) / slope as uint16. Returns the series UID.
+    Series written into sibling folders share one study (as a scanner's export does) unless told."""
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or generate_uid()
-    study_uid = generate_uid()
+    study_uid = study_uid or generate_uid(entropy_srcs=[str(folder.parent.resolve()), patient_id])
     sx, sy, sz = spacing
     row, col = np.array(orientation[:3], float), np.array(orientation[3:], float)
     normal = np.cross(row, col)
@@ -39,7 +41,11 @@ def write_series(folder: Path, hu: np.ndarray, spacing=(0.5, 0.5, 5.0), origin=(
         ds.Modality = modality
         ds.SeriesDescription = description
         ds.ImageType = image_type
-        ds.PatientID = "SYNTH"
+        ds.PatientID = patient_id
+        ds.PatientName = f"{patient_id}^TEST"
+        ds.AccessionNumber = "A" + patient_id[:15]
+        ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[study_uid, "frame"])
+        ds.StudyDate = "20261125"
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [f"{v:.4f}" for v in pos]
         ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]

@@ -133,6 +133,9 @@ def test_bad_input_is_refused_with_its_own_error(tmp_path, case, error):
 
 
 def test_exit_codes_are_distinct():
-    codes = [cls.exit_code for cls in errors.AspectsError.__subclasses__()]
+    classes = errors.AspectsError.__subclasses__()
+    codes = [cls.exit_code for cls in classes]
     assert len(codes) == len(set(codes))
-    assert 0 not in codes and 2 not in codes      # 0 = success, 2 = usage error (argparse)
+    assert 0 not in codes                        # 0 = success
+    # 2 is argparse's usage code: only the usage error may share it.
+    assert [c.__name__ for c in classes if c.exit_code == 2] == ["UsageError"]

@@ -1,0 +1,116 @@
+"""The output folder: claimed before any compute, written all-or-nothing.
+
+- A run holds an exclusive lock on the folder (flock on the folder itself: the
+  kernel drops it when the process dies, so a killed run never blocks the next).
+  A second run, from this or another process, is refused instead of mixing its
+  files with ours.
+- Every file is written under a temporary name, flushed to disk, then linked to
+  its final name; link() never replaces an existing name, never follows a
+  symlink, and cannot leave a half-written file under a final name.
+- If the run fails or is interrupted before the last file, the files it already
+  placed are removed again: a folder holds a whole report or none of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import tempfile
+from pathlib import Path
+
+from .errors import OutputExists, OutputUnwritable
+
+
+class OutputFolder:
+    """Use as a context manager around the whole run: `with OutputFolder(out, names) as folder:`."""
+
+    def __init__(self, path: str | os.PathLike, names: tuple[str, ...]):
+        self.path = Path(path)
+        self.names = names
+        self._fd: int | None = None
+        self._placed: list[Path] = []
+        self._done = False
+
+    def __enter__(self) -> OutputFolder:
+        self.claim()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._done:
+            self._undo()
+        self.release()
+
+    def claim(self) -> None:
+        """Create, lock and check the folder; raises before any compute is spent."""
+        if os.path.lexists(self.path) and not self.path.is_dir():
+            raise OutputExists(f"{self.path}: exists and is not a folder")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise OutputUnwritable(f"{self.path}: cannot create the output folder ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise OutputExists(f"{self.path}: another aspects run is writing to this folder; "
+                               "use a folder of its own") from None
+        self._fd = fd
+        clashes = [n for n in self.names if os.path.lexists(self.path / n)]
+        if clashes:
+            self.release()
+            raise OutputExists(f"{self.path}: already holds {', '.join(clashes)}; choose an empty or new output folder")
+        try:
+            probe, probe_path = tempfile.mkstemp(prefix=".aspects-probe-", dir=self.path)
+            os.close(probe)
+            os.unlink(probe_path)
+        except OSError as exc:
+            self.release()
+            raise OutputUnwritable(f"{self.path}: cannot write in the output folder ({exc.strerror})") from None
+
+    def write(self, name: str, data: bytes) -> Path:
+        """Place one file under its final name, atomically and without replacing anything."""
+        if name not in self.names:
+            raise ValueError(f"{name} is not one of this run's outputs {self.names}")
+        final = self.path / name
+        tmp = self.path / f".{name}.{secrets.token_hex(6)}.partial"
+        # O_EXCL | O_NOFOLLOW: a fresh file of our own, never through a link; 0o666 less the umask.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                raise OutputExists(f"{final}: appeared while this run was writing; not overwritten") from None
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
+                    raise OutputUnwritable(f"{final}: cannot be written ({exc.strerror})") from None
+                raise
+        finally:
+            os.unlink(tmp)
+        self._placed.append(final)
+        return final
+
+    def commit(self) -> None:
+        """Every file is in place: keep them."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+        self._done = True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)         # closing the descriptor drops the lock
+            self._fd = None
+
+    def _undo(self) -> None:
+        for p in self._placed:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        self._placed.clear()
