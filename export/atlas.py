@@ -34,6 +34,7 @@ from runtime.read import read_study
 from runtime.regions import BRAIN_LABEL, REGION_NAMES, swap_sides
 from runtime.resample import resample
 
+from .manifest import write_manifest
 from .realdata import DEV_SET, Read, load_label_order, load_reads, read_expert_map
 
 VERSION = "0.2.0"
@@ -133,6 +134,7 @@ def write_atlas(out: Path, arrays: dict, reads: list[Read], shared: Path, metric
     }
     path = out / "region_atlas.json"
     path.write_text(json.dumps(card, indent=2) + "\n")
+    write_manifest(out)
     return path
 
 

@@ -36,6 +36,7 @@ from runtime.score import aspects_of
 from runtime.segment import segment
 
 from . import metrics as M
+from .manifest import write_manifest
 from .realdata import DEV_SET, labelled_slices, load_label_order, load_reads, read_expert_map
 
 STUDY_SEED0 = 200_000
@@ -337,6 +338,7 @@ def write_results(mode: str, result: dict, out: Path, model_dir: Path) -> None:
         held = card.setdefault("metrics", {}).setdefault("held_out", {})
         held[mode] = headline(result)
         card_path.write_text(json.dumps(card, indent=2) + "\n")
+    write_manifest(model_dir)
 
 
 def headline(result: dict) -> dict:
@@ -384,6 +386,7 @@ def main(argv=None) -> None:
         card.setdefault("metrics", {})["calibration"] = {k: _r(v) if isinstance(v, float) else v
                                                          for k, v in result.items()}
         card_path.write_text(json.dumps(card, indent=2) + "\n")
+        write_manifest(args.models)
         print(json.dumps(result, indent=2, default=float))
         return
     if args.mode == "cases":

@@ -20,6 +20,8 @@ from torch import nn
 
 from runtime.modelcard import file_sha256
 
+from .manifest import write_manifest
+
 OPSET = 17
 PARITY_TOL = 1e-4
 # Normalisation statistics (GroupNorm3d: Sub, Mul, ReduceMean, Sqrt, Div) stay fp32: squared
@@ -96,6 +98,7 @@ def export_model(model: torch.nn.Module, example: torch.Tensor, out_dir: Path, s
         "inputs": [_spec(proto.graph.input[0])], "outputs": [_spec(o) for o in proto.graph.output],
     })
     (out_dir / f"{stem}.json").write_text(json.dumps(card, indent=2) + "\n")
+    write_manifest(out_dir)
     return card
 
 

@@ -44,7 +44,8 @@ class CpuScorer:
             prep = preprocess(study, alignment, self.models.grid, self.models.window)
             brain_ml = check_brain_volume(study, prep.brain_ml)
         with _timed(timings, "segment"):
-            labels = self.segmenter.segment(prep).labels
+            seg = self.segmenter.segment(prep)
+            labels = seg.labels
         batches, results = [], []
         for role in CLASSIFIER_ROLES:
             engine = self.engines[role]
@@ -57,7 +58,7 @@ class CpuScorer:
             densities = measure(prep.hu, labels, prep.grid, self.models.classify_density)
             final = score_study(batches, results, densities, self.models)
         timings["total"] = time.perf_counter() - t0
-        return study_result(study, alignment, prep.grid, prep.hu, labels, densities, brain_ml, final, timings,
+        return study_result(study, alignment, prep.grid, prep.hu, seg, densities, brain_ml, final, timings,
                             self.models, self.device_label, tuple(results), tuple(batches))
 
 

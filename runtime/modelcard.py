@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
-from .shipped import DEFAULT_MODEL_DIR
+from .shipped import DEFAULT_MODEL_DIR, SHIPPED_MANIFEST_SHA256
 
 ROLES = ("segment_coarse", "segment_fine", "classify_subcortical", "classify_cortical")
+MANIFEST = "MANIFEST.json"
 ATLAS_ROLE = "segment_atlas"
 RULE_ROLE = "classify_density"
 
@@ -218,10 +219,28 @@ class ModelSet:
         return self.cards + extra
 
 
+def load_manifest(model_dir: Path) -> dict[str, str]:
+    """File name -> sha256 for the folder's cards and model files. The shipped folder's manifest is
+    itself pinned by runtime.shipped, so neither a card nor the manifest can be edited unnoticed."""
+    path = model_dir / MANIFEST
+    if not path.exists():
+        raise ModelError(f"{model_dir}: no {MANIFEST} (write it with `python -m export.manifest {model_dir}`)")
+    if model_dir.resolve() == DEFAULT_MODEL_DIR.resolve() and file_sha256(path) != SHIPPED_MANIFEST_SHA256:
+        raise ModelError(f"{path}: does not match the runtime's pinned hash; the shipped models were changed")
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: malformed ({exc})") from None
+    return {str(k): str(v) for k, v in files.items()}
+
+
 def load_model_set(model_dir: str | os.PathLike = DEFAULT_MODEL_DIR) -> ModelSet:
     model_dir = Path(model_dir)
+    manifest = load_manifest(model_dir)
     cards: dict[str, Any] = {}
     for p in sorted(model_dir.glob("*.json")):
+        if p.name == MANIFEST:
+            continue
         try:
             role = json.loads(p.read_text()).get("role")
         except (ValueError, OSError):
@@ -230,7 +249,11 @@ def load_model_set(model_dir: str | os.PathLike = DEFAULT_MODEL_DIR) -> ModelSet
         if role in ROLES or role in (ATLAS_ROLE, RULE_ROLE):
             if role in cards:
                 raise ModelError(f"{model_dir}: two model cards for role {role} ({cards[role].path.name}, {p.name})")
-            cards[role] = loader(p)
+            card = loader(p)
+            if manifest.get(p.name) != card.card_sha256:
+                raise ModelError(f"{p}: the card's content does not match {MANIFEST} (edited or corrupted); "
+                                 "a threshold or window may have been changed")
+            cards[role] = card
     missing = [r for r in ROLES if r not in cards]
     if missing:
         raise ModelError(f"{model_dir}: no model card for {', '.join(missing)}")

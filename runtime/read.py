@@ -211,6 +211,7 @@ def _check_dims(size, where) -> None:
 PADDING_BELOW_HU = -1024.0
 LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
                   "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"}
+CT_IMAGE_SOPS = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
 ZIP_MAX_BYTES = 4 << 30
 ZIP_MAX_FILES = 20000
 
@@ -267,9 +268,11 @@ def _read_headers(path: str) -> list[_Slice] | _Refused | None:
         if _has_dicom_magic(path):
             return _Refused(path, None, f"damaged DICOM file ({type(exc).__name__})")
         return None
-    if "Rows" not in ds or "Columns" not in ds:
-        return None                          # not an image: DICOMDIR, SR, presentation state...
     series_uid = str(ds.get("SeriesInstanceUID", "")) or None
+    if "Rows" not in ds or "Columns" not in ds:
+        if str(ds.get("SOPClassUID", "")) in CT_IMAGE_SOPS:
+            return _Refused(path, series_uid, "damaged DICOM file (a CT image with no Rows/Columns: cut off?)")
+        return None                          # not an image: DICOMDIR, SR, presentation state...
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
@@ -497,16 +500,21 @@ def _regrid_step(steps: np.ndarray) -> float:
 
 def _pixels(h: _Slice) -> np.ndarray:
     """One plane in HU; scanner padding (PixelPaddingValue, or values below air) becomes air."""
+    import pydicom
+
     try:
-        if h.frame is None:
-            img = sitk.ReadImage(h.path, imageIO="GDCMImageIO")      # applies rescale slope / intercept
-            hu = sitk.GetArrayFromImage(img).reshape(h.rows, h.cols).astype(np.float32)
+        ds = pydicom.dcmread(h.path)
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            # JPEG and friends: GDCM decodes them (and applies the rescale of a classic file).
+            img = sitk.ReadImage(h.path, imageIO="GDCMImageIO")
+            hu = sitk.GetArrayFromImage(img).astype(np.float32).reshape(-1, h.rows, h.cols)[h.frame or 0]
+            if h.frame is not None:
+                hu = hu * h.slope + h.intercept
         else:
-            import pydicom
-            ds = pydicom.dcmread(h.path)
-            stored = np.asarray(ds.pixel_array)[h.frame].astype(np.float32)
+            # Uncompressed: pydicom checks that every pixel byte is there (GDCM zero-fills a cut-off file).
+            stored = np.asarray(ds.pixel_array, dtype=np.float32).reshape(-1, h.rows, h.cols)[h.frame or 0]
             hu = stored * h.slope + h.intercept
-    except Exception as exc:  # SimpleITK raises RuntimeError; pydicom its own decoder errors
+    except Exception as exc:  # pydicom and SimpleITK raise many types on a damaged file
         raise UnreadableInput(f"{h.path}: cannot decode pixel data ({_first_line(exc)})") from None
     if h.padding is not None:
         hu[np.isclose(hu, h.padding * h.slope + h.intercept)] = PADDING_BELOW_HU

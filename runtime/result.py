@@ -18,8 +18,10 @@ from .patches import PatchBatch
 from .read import Study
 from .resample import ModelGrid
 from .score import Score, make_calls, score
+from .segment import Segmentation
 
 MIN_BRAIN_ML = 200.0
+MAX_BRAIN_ML = 2600.0          # more than any skull holds: a phantom or a body, not a head
 LOW_SYMMETRY = 0.5
 CLASSIFIER_ROLES = ("classify_subcortical", "classify_cortical")
 # Every path fills these stages, in this order; "total" is the wall clock from file to score.
@@ -52,6 +54,9 @@ def check_brain_volume(study: Study, brain_ml: float) -> float:
     if brain_ml < MIN_BRAIN_ML:
         raise NotAHead(f"{study.source}: only {brain_ml:.0f} mL of brain found after skull stripping; "
                        "is this a head CT covering the basal ganglia?")
+    if brain_ml > MAX_BRAIN_ML:
+        raise NotAHead(f"{study.source}: {brain_ml:.0f} mL of brain-density tissue inside the skull, more than a "
+                       f"head holds ({MAX_BRAIN_ML:.0f} mL); is this a head CT?")
     return brain_ml
 
 
@@ -66,7 +71,7 @@ def score_study(batches, results, densities: DensityMap, models: ModelSet) -> Sc
     return score(make_calls(probs, assessable, thresholds, densities.regions, models.classify_density))
 
 
-def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.ndarray, labels: np.ndarray,
+def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.ndarray, seg: Segmentation,
                  densities: DensityMap, brain_ml: float, final: Score, timings: dict[str, float],
                  models: ModelSet, device_label: str, results: tuple, batches: tuple) -> StudyResult:
     """The one place a StudyResult is made."""
@@ -81,10 +86,12 @@ def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.nda
         raise ValueError(f"stages not timed: {missing}")
     return StudyResult(
         source=study.source, metadata={**study.metadata, "brain_ml": round(brain_ml, 1),
+                                       "template_similarity": None if seg.template_ncc is None
+                                       else round(seg.template_ncc, 3),
                                        "runtime_version": __version__, "device": device_label},
         warnings=tuple(warnings), alignment=alignment, grid=grid, score=final,
         timings=tuple((s, float(timings[s])) for s in STAGES),
         models=tuple({"role": c.role, "name": c.name, "version": c.version,
                       "sha256": getattr(c, "sha256", None), "card_sha256": c.card_sha256}
                      for c in models.all_cards),
-        hu=hu, labels=labels, asymmetry_hu=densities.asymmetry_hu, classifications=results, batches=batches)
+        hu=hu, labels=seg.labels, asymmetry_hu=densities.asymmetry_hu, classifications=results, batches=batches)

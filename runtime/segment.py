@@ -30,6 +30,7 @@ MIN_COMPONENT_FRACTION = 0.05
 @dataclass(frozen=True)
 class Segmentation:
     labels: np.ndarray                      # uint8 (z, y, x) runtime.regions label ids on the model grid
+    template_ncc: float | None = None       # atlas segmenter: how well the registered template fits
 
 
 class Segmenter(Protocol):

@@ -73,3 +73,47 @@ def head_phantom(shape=(16, 200, 160), spacing=(1.0, 1.0, 5.0)) -> np.ndarray:
     hu[r < 0.93] = 32.0
     hu[(r < 0.2) & (np.abs(xx - nx / 2) > 4)] = 8.0   # ventricles
     return hu
+
+
+def write_enhanced(path: Path, hu: np.ndarray, spacing=(0.5, 0.5, 5.0), origin=(-64.0, -64.0, 0.0),
+                   intercept: float = -1024.0) -> Path:
+    """One Enhanced CT Image Storage file: every slice a frame, geometry in the functional groups."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    enhanced_ct = "1.2.840.10008.5.1.4.1.1.2.1"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = enhanced_ct
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = enhanced_ct, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.Modality, ds.PatientID, ds.SeriesDescription = "CT", "ENHANCED", "HEAD NCCT ENHANCED"
+    ds.ImageType = "ORIGINAL\\PRIMARY\\AXIAL"
+    sx, sy, sz = spacing
+
+    def item(**values) -> Dataset:
+        d = Dataset()
+        for k, v in values.items():
+            setattr(d, k, v)
+        return d
+
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])])
+    shared.PixelMeasuresSequence = Sequence([item(PixelSpacing=[sy, sx], SliceThickness=sz)])
+    shared.PixelValueTransformationSequence = Sequence([item(RescaleIntercept=intercept, RescaleSlope=1,
+                                                             RescaleType="HU")])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([
+        item(PlanePositionSequence=Sequence([item(ImagePositionPatient=[origin[0], origin[1], origin[2] + k * sz])]))
+        for k in range(hu.shape[0])])
+    ds.NumberOfFrames = hu.shape[0]
+    ds.Rows, ds.Columns = hu.shape[1], hu.shape[2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.clip(np.round(hu - intercept), 0, 65535).astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path

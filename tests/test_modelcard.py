@@ -52,3 +52,27 @@ def test_malformed_or_missing_cards_are_refused(model_copy):
     card_path.unlink()
     with pytest.raises(ModelError, match="no model card"):
         load_model_set(model_copy)
+
+
+def test_edited_card_content_is_refused(model_copy):
+    """A threshold edited by hand changes no model file: the manifest catches the card itself."""
+    path = model_copy / "density_rule.json"
+    doc = json.loads(path.read_text())
+    doc["threshold_hu"] = 0.01
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    with pytest.raises(ModelError, match="MANIFEST"):
+        load_model_set(model_copy)
+
+
+def test_shipped_manifest_is_pinned(monkeypatch):
+    import runtime.modelcard as modelcard
+    load_model_set()                                            # the shipped set matches its pin
+    monkeypatch.setattr(modelcard, "SHIPPED_MANIFEST_SHA256", "0" * 64)
+    with pytest.raises(ModelError, match="pinned"):
+        load_model_set()
+
+
+def test_a_folder_without_manifest_is_refused(model_copy):
+    (model_copy / "MANIFEST.json").unlink()
+    with pytest.raises(ModelError, match="MANIFEST"):
+        load_model_set(model_copy)

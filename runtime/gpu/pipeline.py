@@ -26,6 +26,7 @@ from ..preprocess import Preprocessed
 from ..read import Study, read_study, validate_study
 from ..resample import model_grid, window
 from ..result import CLASSIFIER_ROLES, StudyResult, check_brain_volume, score_study, study_result
+from ..segment import Segmentation
 from .align import DeviceMirror
 from .interfaces import Device, DeviceEngine
 from .patches import batch_on_device, host_batch
@@ -79,9 +80,10 @@ class GpuScorer:
         marks = [("start", dev.event())]
         img = preprocess_on_device(dev, study_hu, study, alignment, grid, self.models.window)
         marks.append(("preprocess", dev.event()))
+        template_ncc = None
         if self.atlas is not None:
-            prep = self._host_image(img, grid)
-            labels = dev.put(self.atlas.segment(prep).labels)
+            seg = self.atlas.segment(self._host_image(img, grid))
+            labels, template_ncc = dev.put(seg.labels), seg.template_ncc
         else:
             labels, _ = segment_on_device(dev, img.image, self.engines["segment_coarse"],
                                           self.engines["segment_fine"])
@@ -119,8 +121,8 @@ class GpuScorer:
         final = score_study(batches, results, densities, self.models)
         timings["score"] += time.perf_counter() - t5
         timings["total"] = time.perf_counter() - t0          # wall clock, file in to score out
-        return study_result(study, alignment, grid, hu, label_map, densities, brain_ml, final, timings,
-                            self.models, self.device_label, tuple(results), tuple(batches))
+        return study_result(study, alignment, grid, hu, Segmentation(label_map, template_ncc), densities, brain_ml,
+                            final, timings, self.models, self.device_label, tuple(results), tuple(batches))
 
     def _host_image(self, img, grid) -> Preprocessed:
         """The model-grid HU and brain mask on the host, for the atlas registration."""

@@ -1,0 +1,55 @@
+"""Write a model folder's MANIFEST.json: the sha256 of every card and model file in it.
+
+The runtime refuses a card whose bytes are not the ones in the manifest (an edited
+threshold or window is caught, not just an edited ONNX file). For the shipped
+folder the manifest's own hash is pinned in runtime/shipped.py, which this
+command updates.
+
+    python -m export.manifest engines
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from runtime.modelcard import MANIFEST, file_sha256
+from runtime.shipped import DEFAULT_MODEL_DIR
+
+SHIPPED_PY = Path(__file__).resolve().parent.parent / "runtime" / "shipped.py"
+
+
+def write_manifest(model_dir: Path) -> str:
+    """Returns the manifest's sha256."""
+    files = {}
+    for card_path in sorted(model_dir.glob("*.json")):
+        if card_path.name == MANIFEST:
+            continue
+        card = json.loads(card_path.read_text())
+        if "role" not in card:
+            continue
+        files[card_path.name] = file_sha256(card_path)
+        for key in ("onnx", "onnx_fp16", "file"):
+            if card.get(key):
+                files[card[key]] = file_sha256(model_dir / card[key])
+    path = model_dir / MANIFEST
+    path.write_text(json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
+    digest = file_sha256(path)
+    if model_dir.resolve() == DEFAULT_MODEL_DIR.resolve():
+        text = SHIPPED_PY.read_text()
+        SHIPPED_PY.write_text(re.sub(r'SHIPPED_MANIFEST_SHA256 = "[0-9a-f]*"',
+                                     f'SHIPPED_MANIFEST_SHA256 = "{digest}"', text))
+    return digest
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
+    args = p.parse_args(argv)
+    print(write_manifest(args.model_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Every hostile or unusual input of tests/corpus.py gives the exit code the README promises,
+one `error:` line on stderr when it fails, no report, and nothing of the input changed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.corpus import CASES, DEMO, ROOT, run_case
+
+
+def _tree_hashes(path):
+    if path.is_file():
+        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.scores else c for c in CASES],
+                         ids=[c.name for c in CASES])
+def test_corpus_input(case, tmp_path):
+    if case.needs is not None and not case.needs.exists():
+        pytest.skip(f"needs {case.needs} (real DICOM from ../shared/data, not shipped)")
+    got = run_case(case, tmp_path)
+    lines = got.stderr.splitlines()
+    assert got.code == case.expected, got.stderr or got.stdout
+    if case.expected == 0:
+        assert (got.out / "report.json").exists() and not lines, got.stderr
+        if "lossy" in case.name:
+            assert "warning: the series is lossy-compressed" in got.stdout
+    else:
+        assert len(lines) == 1 and lines[0].startswith("error:"), got.stderr
+        assert not (got.out / "report.json").exists() or os.path.islink(got.out / "report.json")
+    assert not (tmp_path / "outside.json").exists()          # no write through a link
+
+
+def test_inputs_are_never_changed(tmp_path):
+    case = next(c for c in CASES if c.name == "zip of a series")
+    args = case.build(tmp_path)
+    before = _tree_hashes(tmp_path)
+    subprocess.run([sys.executable, "-m", "runtime.cli", "score", *args, "--out", str(tmp_path / "r")],
+                   capture_output=True, cwd=ROOT, timeout=600)
+    after = {k: v for k, v in _tree_hashes(tmp_path).items() if not k.startswith("r/")}
+    assert after == before
+
+
+def test_two_runs_never_share_an_output_folder(tmp_path, demo_result):
+    from runtime.errors import OutputExists
+    from runtime.report import output_folder, write_report
+    with output_folder(tmp_path / "out") as claimed:
+        with pytest.raises(OutputExists, match="another aspects run"):
+            write_report(demo_result, tmp_path / "out")
+        write_report(demo_result, claimed)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ganglionic.png", "report.json",
+                                                                    "supraganglionic.png"]
+
+
+def test_a_failed_write_leaves_nothing(tmp_path, demo_result, monkeypatch):
+    from runtime import output
+    from runtime.report import write_report
+    real_link = os.link
+    calls = []
+
+    def failing_link(src, dst):
+        calls.append(dst)
+        if str(dst).endswith("report.json"):
+            raise KeyboardInterrupt            # as SIGINT would, between the images and the report
+        return real_link(src, dst)
+
+    monkeypatch.setattr(output.os, "link", failing_link)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(demo_result, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == [] and len(calls) == 3
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_no_partial_report_and_the_rerun_works(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "score", str(DEMO), "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4.0)                            # models loaded, mid-compute
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 143 and err.strip().startswith("error:"), err
+    assert not [p for p in out.iterdir() if not p.name.startswith(".")] if out.exists() else True
+    assert not list(out.glob("*.partial")) if out.exists() else True
+    rerun = subprocess.run([sys.executable, "-m", "runtime.cli", "score", str(DEMO), "--out", str(out)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+
+
+def test_score_validates_a_study_object(scorer):
+    from runtime.errors import NotAHead
+    from runtime.read import Study
+    flat = Study(hu=np.zeros((30, 128, 128), np.float32), affine=np.diag([1.0, 1.0, 5.0, 1.0]), source="api")
+    with pytest.raises(NotAHead):
+        scorer.score(flat)
+
+
+@pytest.mark.slow
+def test_tilted_and_untilted_encodings_give_the_same_calls(tmp_path, scorer):
+    """The same anatomy written as a plain axial series and as a 12-degree gantry-tilted one."""
+    import SimpleITK as sitk
+
+    from tests.dicom_util import write_series
+    img = sitk.ReadImage(str(DEMO))
+    img = sitk.Resample(img, [256, 256, img.GetSize()[2]], sitk.Transform(), sitk.sitkLinear, img.GetOrigin(),
+                        [img.GetSpacing()[0] * 2, img.GetSpacing()[1] * 2, img.GetSpacing()[2]],
+                        img.GetDirection(), -1024.0)
+    sx, sy, sz = img.GetSpacing()
+    origin = np.array(img.GetOrigin())
+    write_series(tmp_path / "plain", sitk.GetArrayFromImage(img), spacing=(sx, sy, sz), origin=tuple(origin))
+    shear = np.tan(np.radians(12.0))
+    tilted = []
+    for k in range(img.GetSize()[2]):
+        # Slice k of a tilted acquisition: the same plane orientation, its origin slid along y by z * tan(tilt).
+        plane_origin = origin + np.array([0.0, k * sz * shear, k * sz])
+        ref = sitk.Image([256, 256, 1], sitk.sitkFloat32)
+        ref.SetSpacing((sx, sy, sz))
+        ref.SetOrigin(tuple(plane_origin))
+        ref.SetDirection(img.GetDirection())
+        tilted.append(sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, -1024.0))[0])
+    write_series(tmp_path / "tilted", np.stack(tilted), spacing=(sx, sy, sz), origin=tuple(origin), tilt_deg=12.0)
+    a, b = scorer.score(tmp_path / "plain"), scorer.score(tmp_path / "tilted")
+    assert a.score.affected == b.score.affected and a.score.aspects == b.score.aspects
+    assert a.grid.spacing[2] == pytest.approx(b.grid.spacing[2], abs=1e-3)
