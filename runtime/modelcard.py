@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ModelError
 from .shipped import DEFAULT_MODEL_DIR, SHIPPED_MANIFEST_SHA256
@@ -245,7 +245,9 @@ def load_model_set(model_dir: str | os.PathLike = DEFAULT_MODEL_DIR) -> ModelSet
             role = json.loads(p.read_text()).get("role")
         except (ValueError, OSError):
             continue
-        loader = {ATLAS_ROLE: load_atlas_card, RULE_ROLE: load_rule_card}.get(role, load_card)
+        loaders: dict[str, Callable[[Path], ModelCard | AtlasCard | DensityRuleCard]] = {
+            ATLAS_ROLE: load_atlas_card, RULE_ROLE: load_rule_card}
+        loader = loaders.get(role, load_card)
         if role in ROLES or role in (ATLAS_ROLE, RULE_ROLE):
             if role in cards:
                 raise ModelError(f"{model_dir}: two model cards for role {role} ({cards[role].path.name}, {p.name})")

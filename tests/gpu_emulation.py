@@ -69,12 +69,12 @@ class EmulatedDevice:
     def copy(self, dst: Buffer, src: Buffer) -> None:
         dst.host.view(np.uint8).reshape(-1)[:] = src.host.view(np.uint8).reshape(-1)
 
-    def launch(self, name: str, work_items: int, *args) -> None:
+    def launch(self, name: str, work_items: int, **args) -> None:
         self.launches.append(name)
         getattr(self.lib, name)(*kernel_args(name, args))
 
-    def launch_blocks(self, name: str, blocks: int, *args) -> None:
-        self.launch(name, blocks, *args)
+    def launch_blocks(self, name: str, blocks: int, **args) -> None:
+        self.launch(name, blocks, **args)
 
     def synchronize(self) -> None:
         pass

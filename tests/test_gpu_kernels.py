@@ -9,8 +9,6 @@ float vs double accumulation (1e-5).
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -69,18 +67,19 @@ def demo_model_hu(demo_study, demo_alignment, scorer):
 
 # ---------------------------------------------------------------- source and NVRTC (no GPU needed)
 
-def test_parameter_table_matches_kernel_source():
-    """The launch table drives argument packing for every launch: it must match the CUDA source."""
+def test_launch_arguments_are_named_as_in_the_kernel_source():
+    """Signatures are read from kernels.cu; a launch must name every parameter, and only those."""
+    from runtime.gpu.device import kernel_args
     source = kernels.SOURCE.read_text()
-    found = dict(re.findall(r'extern "C" __global__ void (\w+)\(([^)]*)\)', source))
-    assert set(found) == set(kernels.KERNELS)
-    for name, params in found.items():
-        codes = ""
-        for p in params.split(","):
-            p = " ".join(p.split())
-            codes += ("p" if "*" in p else "l" if p.startswith("i64") else "f" if p.startswith("float")
-                      else "d" if p.startswith("double") else "i")
-        assert codes == kernels.KERNELS[name], name
+    assert len(kernels.KERNELS) == source.count('extern "C" __global__') == 25
+    assert [n for n, _ in kernels.KERNELS["component_box"]] == ["lab", "size", "largest", "fraction", "nz", "ny",
+                                                               "nx", "box"]
+    assert [c for _, c in kernels.KERNELS["mirror_sums"]] == list("piiipppiddddp")
+    assert len(kernel_args("box_reset", {"box": 0})) == 1
+    with pytest.raises(TypeError, match="missing"):
+        kernel_args("flip_x", {"v": 0, "nx": 7})
+    with pytest.raises(TypeError, match="unknown"):
+        kernel_args("box_reset", {"box": 0, "boxes": 1})
 
 
 @pytest.mark.parametrize("arch", ["sm_75", "sm_80", "sm_86", "sm_89", "sm_90"])
@@ -152,14 +151,16 @@ def test_morphology_fill_and_components_match_scipy(device, rng):
     cross = np.zeros((1, 3, 3), bool)
     cross[0] = ndimage.generate_binary_structure(2, 1)
     for r in (1, 3):
-        device.launch("morph_diamond", mask.size, buf, *shape, r, 1, out)
+        device.launch("morph_diamond", mask.size, src=buf, nz=shape[0], ny=shape[1], nx=shape[2], r=r, erode=1,
+                      out=out)
         np.testing.assert_array_equal(device.get(out).astype(bool),
                                       ndimage.binary_erosion(mask, cross, iterations=r), err_msg=f"erode {r}")
-        device.launch("morph_diamond", mask.size, buf, *shape, r, 0, out)
+        device.launch("morph_diamond", mask.size, src=buf, nz=shape[0], ny=shape[1], nx=shape[2], r=r, erode=0,
+                      out=out)
         np.testing.assert_array_equal(device.get(out).astype(bool),
                                       ndimage.binary_dilation(mask, cross, iterations=r), err_msg=f"dilate {r}")
     filled = device.put(mask)
-    device.launch_blocks("fill_holes_slices", shape[0], filled, *shape)
+    device.launch_blocks("fill_holes_slices", shape[0], mask=filled, nz=shape[0], ny=shape[1], nx=shape[2])
     np.testing.assert_array_equal(device.get(filled).astype(bool),
                                   np.stack([ndimage.binary_fill_holes(s) for s in mask]))
     largest = device.empty(shape, np.uint8)
@@ -176,9 +177,9 @@ def test_mirror_average_kernels(device, rng):
     x = rng.normal(size=(3, 5, 7)).astype(np.float32)
     y = rng.normal(size=(3, 5, 7)).astype(np.float32)
     bx, by = device.put(x), device.put(y)
-    device.launch("flip_x", x.size // 2, bx, x.size // 7, 7)
+    device.launch("flip_x", x.size // 2, v=bx, rows=x.size // 7, nx=7)
     np.testing.assert_array_equal(device.get(bx), x[..., ::-1])
-    device.launch("add_flipped_x", y.size, by, bx, y.size // 7, 7)
+    device.launch("add_flipped_x", y.size, acc=by, v=bx, rows=y.size // 7, nx=7)
     np.testing.assert_array_equal(device.get(by), y + x)
 
 

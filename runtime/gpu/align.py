@@ -28,8 +28,8 @@ class DeviceMirror:
         self.device.fill(self._sums)
         nz, ny, nx = volume.shape
         count = len(level.points)
-        self.device.launch("mirror_sums", -(-count // POINTS_PER_THREAD), volume, nx, ny, nz, w2i, points, a, count,
-                           *n, d, self._sums)
+        self.device.launch("mirror_sums", -(-count // POINTS_PER_THREAD), vol=volume, nx=nx, ny=ny, nz=nz, w2i=w2i,
+                           points=points, a=a, N=count, pnx=n[0], pny=n[1], pnz=n[2], pd=d, sums=self._sums)
         sab, sb, sbb = self.device.get(self._sums)
         mean_b = sb / count
         cross = sab - mean_b * a_sum

@@ -42,13 +42,16 @@ class Buffer:
         return int(np.prod(self.shape))
 
 
-def kernel_args(name: str, args) -> list:
-    """Python values -> ctypes values in the kernel's declared parameter order."""
+def kernel_args(name: str, args: dict) -> list:
+    """Keyword arguments named as in kernels.cu -> ctypes values in the kernel's parameter order."""
     sig = kernels.KERNELS[name]
-    if len(sig) != len(args):
-        raise TypeError(f"{name} takes {len(sig)} arguments, got {len(args)}")
+    names = [n for n, _ in sig]
+    if set(args) != set(names):
+        raise TypeError(f"{name}({', '.join(names)}): missing {sorted(set(names) - set(args))}, "
+                        f"unknown {sorted(set(args) - set(names))}")
     out = []
-    for code, a in zip(sig, args):
+    for pname, code in sig:
+        a = args[pname]
         if code == "p":
             a = a.ptr if isinstance(a, Buffer) else int(a)
         out.append(_ARG_TYPES[code](a))
@@ -171,15 +174,15 @@ class CudaDevice:
 
     # ---------------------------------------------------------------- execution
 
-    def launch(self, name: str, work_items: int, *args) -> None:
-        """Grid-stride kernel over `work_items`."""
+    def launch(self, name: str, work_items: int, **args) -> None:
+        """Grid-stride kernel over `work_items`; arguments by their kernels.cu names."""
         self._launch(name, grid_for(work_items), THREADS_PER_BLOCK, args)
 
-    def launch_blocks(self, name: str, blocks: int, *args) -> None:
+    def launch_blocks(self, name: str, blocks: int, **args) -> None:
         """One block per item (per-slice kernels)."""
         self._launch(name, max(1, min(MAX_BLOCKS, int(blocks))), THREADS_PER_BLOCK, args)
 
-    def _launch(self, name: str, grid: int, block: int, args) -> None:
+    def _launch(self, name: str, grid: int, block: int, args: dict) -> None:
         values = kernel_args(name, args)
         params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
         self.check(self.cu.cuLaunchKernel(self.functions[name], grid, 1, 1, block, 1, 1, 0, self.stream,

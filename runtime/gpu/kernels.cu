@@ -61,13 +61,13 @@ extern "C" __global__ void resample_slab(const float* __restrict__ src, int snx,
 
 // out[z, y, x] = mean of the f x f in-plane block at (z0 + z, (y0 + y) f, (x0 + x) f), or `fill`
 // beyond the valid extent (vz, vy, vx): the coarse input, the fine crop and the strip's half grid.
-extern "C" __global__ void pool_mean(const float* __restrict__ in, int nz, int ny, int nx, int f,
+extern "C" __global__ void pool_mean(const float* __restrict__ src, int nz, int ny, int nx, int f,
                                      int z0, int y0, int x0, int vz, int vy, int vx, float fill,
                                      float* __restrict__ out, int oz, int oy, int ox) {
     GRID_STRIDE(idx, (i64)oz * oy * ox) {
         int x = (int)(idx % ox), y = (int)((idx / ox) % oy), z = (int)(idx / ((i64)ox * oy));
         if (z >= vz || y >= vy || x >= vx) { out[idx] = fill; continue; }
-        const float* base = in + ((i64)(z0 + z) * ny + (i64)(y0 + y) * f) * nx + (i64)(x0 + x) * f;
+        const float* base = src + ((i64)(z0 + z) * ny + (i64)(y0 + y) * f) * nx + (i64)(x0 + x) * f;
         float acc = 0.0f;
         for (int a = 0; a < f; ++a)
             for (int b = 0; b < f; ++b) acc += base[(i64)a * nx + b];
@@ -83,11 +83,11 @@ extern "C" __global__ void threshold_above(const float* __restrict__ v, i64 n, f
 
 // Iterated in-plane cross dilation/erosion, r times == one diamond of radius r (|dx| + |dy| <= r).
 // Outside the slice counts as 0 (scipy's border_value=0), so erosion eats the slice edge.
-extern "C" __global__ void morph_diamond(const u8* __restrict__ in, int nz, int ny, int nx, int r, int erode,
+extern "C" __global__ void morph_diamond(const u8* __restrict__ src, int nz, int ny, int nx, int r, int erode,
                                          u8* __restrict__ out) {
     GRID_STRIDE(idx, (i64)nz * ny * nx) {
         int x = (int)(idx % nx), y = (int)((idx / nx) % ny);
-        const u8* slice = in + (idx - (i64)y * nx - x);
+        const u8* slice = src + (idx - (i64)y * nx - x);
         u8 hit = erode ? 1 : 0;
         for (int dy = -r; dy <= r && hit == (erode ? 1 : 0); ++dy) {
             int span = r - (dy < 0 ? -dy : dy);

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from ..errors import DeviceUnavailable
@@ -16,34 +17,25 @@ from ..regions import cuda_defines
 
 SOURCE = Path(__file__).with_name("kernels.cu")
 POINTS_PER_THREAD = 64          # mirror_sums: sample points summed by one thread
-# Kernel name -> parameter types, in order: p pointer, i int32, l int64, f float32, d float64.
-KERNELS = {
-    "resample_slab": "piiipfipiii",
-    "pool_mean": "piiiiiiiiiifpiii",
-    "threshold_above": "plfp",
-    "morph_diamond": "piiiiip",
-    "soft_tissue": "ppplffp",
-    "mask_and": "pplp",
-    "fill_holes_slices": "piii",
-    "ccl_init": "plp",
-    "ccl_merge": "piii",
-    "ccl_count": "plp",
-    "ccl_largest": "pplp",
-    "ccl_select": "pplp",
-    "count_nonzero": "plp",
-    "window_image": "ppiiiiffp",
-    "argmax_classes": "pilp",
-    "flip_x": "pli",
-    "add_flipped_x": "ppli",
-    "classes_at_least": "plip",
-    "largest_size": "pplp",
-    "box_reset": "p",
-    "component_box": "pppdiiip",
-    "compose_labels": "piiipiiiiiiiiifpiii",
-    "region_sums": "piiipip",
-    "crop_pairs": "ppiiipipiiip",
-    "mirror_sums": "piiipppiddddp",
-}
+_SCALAR_CODES = {"int": "i", "i64": "l", "float": "f", "double": "d"}
+
+
+def _signatures() -> dict[str, tuple[tuple[str, str], ...]]:
+    """Kernel name -> ((parameter name, type code), ...), read from kernels.cu itself, so the launch
+    side can never drift from the source. Codes: p pointer, i int32, l int64, f float32, d float64."""
+    out = {}
+    text = SOURCE.read_text()
+    for name, params in re.findall(r'extern "C" __global__ void (\w+)\(([^)]*)\)', text):
+        parsed = []
+        for param in " ".join(params.split()).split(","):
+            words = param.replace("*", " * ").split()
+            pname, ptype = words[-1], "p" if "*" in words else _SCALAR_CODES[words[-2]]
+            parsed.append((pname, ptype))
+        out[name] = tuple(parsed)
+    return out
+
+
+KERNELS = _signatures()
 # No fused multiply-add: the preprocessing must round as the CPU path does, and it is memory bound anyway.
 OPTIONS = ("--fmad=false", "--std=c++17")
 

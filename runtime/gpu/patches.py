@@ -24,8 +24,10 @@ def batch_on_device(device: Device, image: Buffer, labels: Buffer, regions: tupl
     index = device.put(np.array([REGION_NAMES.index(r) for r in regions], np.int32))
     sums = device.empty((len(regions), 4), np.uint64)
     device.fill(sums)
-    device.launch("region_sums", nz * ny, labels, nz, ny, nx, index, len(regions), sums)
-    device.launch("crop_pairs", pairs.size, image, labels, nz, ny, nx, index, len(regions), sums, cz, cy, cx, pairs)
+    device.launch("region_sums", nz * ny, labels=labels, nz=nz, ny=ny, nx=nx, region=index, B=len(regions),
+                  sums=sums)
+    device.launch("crop_pairs", pairs.size, image=image, labels=labels, nz=nz, ny=ny, nx=nx, region=index,
+                  B=len(regions), sums=sums, cz=cz, cy=cy, cx=cx, out=pairs)
     return sums
 
 

@@ -43,7 +43,8 @@ def resample_on_device(device: Device, study_hu: Buffer, study: Study, alignment
     nz, ny, nx = grid.shape
     m = device.put(resample_matrix(study, alignment, grid).astype(np.float64))
     hu = device.empty(grid.shape, np.float32)
-    device.launch("resample_slab", hu.size, study_hu, snx, sny, snz, m, AIR_HU, grid.slab, hu, nx, ny, nz)
+    device.launch("resample_slab", hu.size, src=study_hu, snx=snx, sny=sny, snz=snz, m=m, fill=AIR_HU, slab=grid.slab,
+                  out=hu, nx=nx, ny=ny, nz=nz)
     return hu
 
 
@@ -54,23 +55,26 @@ def strip_on_device(device: Device, hu: Buffer, spacing_xy: float) -> tuple[Buff
     wz, wy, wx = nz, ny // f, nx // f
     n = wz * wy * wx
     small = device.empty((wz, wy, wx), np.float32)
-    device.launch("pool_mean", n, hu, nz, ny, nx, f, 0, 0, 0, wz, wy, wx, 0.0, small, wz, wy, wx)
+    device.launch("pool_mean", n, src=hu, nz=nz, ny=ny, nx=nx, f=f, z0=0, y0=0, x0=0, vz=wz, vy=wy, vx=wx, fill=0.0,
+                  out=small, oz=wz, oy=wy, ox=wx)
     mask = lambda: device.empty((wz, wy, wx), np.uint8)          # noqa: E731
     above_bone, bone_near, head, soft, core, brain, grown = (mask() for _ in range(7))
-    device.launch("threshold_above", n, small, n, BONE_HU, above_bone)
-    device.launch("morph_diamond", n, above_bone, wz, wy, wx, 1, 0, bone_near)
-    device.launch("threshold_above", n, small, n, HEAD_HU, head)
-    device.launch_blocks("fill_holes_slices", wz, head, wz, wy, wx)
-    device.launch("soft_tissue", n, small, bone_near, head, n, SOFT_HU[0], SOFT_HU[1], soft)
+    dims = {"nz": wz, "ny": wy, "nx": wx}
+    device.launch("threshold_above", n, v=small, n=n, t=BONE_HU, out=above_bone)
+    device.launch("morph_diamond", n, src=above_bone, **dims, r=1, erode=0, out=bone_near)
+    device.launch("threshold_above", n, v=small, n=n, t=HEAD_HU, out=head)
+    device.launch_blocks("fill_holes_slices", wz, mask=head, **dims)
+    device.launch("soft_tissue", n, v=small, bone_near=bone_near, head=head, n=n, lo=SOFT_HU[0], hi=SOFT_HU[1],
+                  out=soft)
     steps = erosion_steps(spacing_xy * f)
-    device.launch("morph_diamond", n, soft, wz, wy, wx, steps, 1, core)
+    device.launch("morph_diamond", n, src=soft, **dims, r=steps, erode=1, out=core)
     largest_component(device, core, brain)
-    device.launch("morph_diamond", n, brain, wz, wy, wx, steps, 0, grown)
-    device.launch("mask_and", n, grown, soft, n, brain)
-    device.launch_blocks("fill_holes_slices", wz, brain, wz, wy, wx)
+    device.launch("morph_diamond", n, src=brain, **dims, r=steps, erode=0, out=grown)
+    device.launch("mask_and", n, a=grown, b=soft, n=n, out=brain)
+    device.launch_blocks("fill_holes_slices", wz, mask=brain, **dims)
     count = device.empty((1,), np.uint64)
     device.fill(count)
-    device.launch("count_nonzero", n, brain, n, count)
+    device.launch("count_nonzero", n, m=brain, n=n, count=count)
     return brain, count, f
 
 
@@ -82,9 +86,9 @@ def label_components(device: Device, mask: Buffer) -> tuple[Buffer, Buffer]:
     labels = device.empty(mask.shape, np.int32)
     sizes = device.empty(mask.shape, np.uint32)
     device.fill(sizes)
-    device.launch("ccl_init", n, mask, n, labels)
-    device.launch("ccl_merge", n, labels, nz, ny, nx)
-    device.launch("ccl_count", n, labels, n, sizes)
+    device.launch("ccl_init", n, mask=mask, n=n, lab=labels)
+    device.launch("ccl_merge", n, lab=labels, nz=nz, ny=ny, nx=nx)
+    device.launch("ccl_count", n, lab=labels, n=n, size=sizes)
     return labels, sizes
 
 
@@ -94,14 +98,15 @@ def largest_component(device: Device, mask: Buffer, out: Buffer) -> None:
     labels, sizes = label_components(device, mask)
     best = device.empty((1,), np.uint64)
     device.fill(best)
-    device.launch("ccl_largest", n, labels, sizes, n, best)
-    device.launch("ccl_select", n, labels, best, n, out)
+    device.launch("ccl_largest", n, lab=labels, size=sizes, n=n, best=best)
+    device.launch("ccl_select", n, lab=labels, best=best, n=n, out=out)
 
 
 def window_on_device(device: Device, hu: Buffer, brain: Buffer, factor: int, level: float, width: float) -> Buffer:
     nz, ny, nx = hu.shape
     image = device.empty(hu.shape, np.float32)
-    device.launch("window_image", hu.size, hu, brain, nz, ny, nx, factor, level - width / 2.0, width, image)
+    device.launch("window_image", hu.size, hu=hu, brain_small=brain, nz=nz, ny=ny, nx=nx, f=factor,
+                  lo=level - width / 2.0, width=width, out=image)
     return image
 
 

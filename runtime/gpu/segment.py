@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..regions import FIRST_REGION_CLASS
 from ..segment import MIN_COMPONENT_FRACTION, fine_window
 from .device import Buffer
 from .interfaces import Device, DeviceEngine
 from .preprocess import label_components
-
-REGION_CLASS_MIN = 2        # SEG_CLASSES: 0 background, 1 brain, 2.. regions
 
 
 def segment_on_device(device: Device, image: Buffer, coarse: DeviceEngine,
@@ -24,27 +23,31 @@ def segment_on_device(device: Device, image: Buffer, coarse: DeviceEngine,
     cs, fs = coarse.card.input_stride, fine.card.input_stride
     cy, cx = ny // cs, nx // cs
     c_in = coarse.input_buffer((1, 1, _padded(nz, coarse.card.z_multiple), cy, cx))
-    device.launch("pool_mean", c_in.size, image, nz, ny, nx, cs, 0, 0, 0, nz, cy, cx, -1.0, c_in, *c_in.shape[2:])
+    oz, oy, ox = c_in.shape[2:]
+    device.launch("pool_mean", c_in.size, src=image, nz=nz, ny=ny, nx=nx, f=cs, z0=0, y0=0, x0=0, vz=nz, vy=cy,
+                  vx=cx, fill=-1.0, out=c_in, oz=oz, oy=oy, ox=ox)
     c_classes = _classes(device, coarse, c_in)
 
     zmin, zmax, ymin, ymax, xmin, xmax = _region_box(device, c_classes, nz, cy, cx)
 
     labels = device.empty((nz, ny, nx), np.uint8)
     if zmax < 0:                         # no region found: brain / background from the coarse pass only
-        device.launch("compose_labels", labels.size, c_classes, cy, cx, cs, c_classes, 1, 1, 1,
-                      0, 0, 0, 0, 0, 0, (nx - 1) / 2, labels, nz, ny, nx)
+        device.launch("compose_labels", labels.size, coarse=c_classes, cy=cy, cx=cx, cs=cs, fine=c_classes,
+                      fy=1, fx=1, fs=1, bz0=0, bz1=0, by0=0, by1=0, bx0=0, bx1=0, centre=(nx - 1) / 2,
+                      labels=labels, nz=nz, ny=ny, nx=nx)
         return labels, (slice(0, 0),) * 3
     fx, fy = fine.card.fine_crop_xy
     z0, z1, y0, x0 = fine_window((zmin, zmax, ymin, ymax, xmin, xmax), image.shape, cs, fs, (fx, fy))
     py, px = min(fy, ny // fs - y0), min(fx, nx // fs - x0)
     f_in = fine.input_buffer((1, 1, _padded(z1 - z0, fine.card.z_multiple), fy, fx))
-    device.launch("pool_mean", f_in.size, image, nz, ny, nx, fs, z0, y0, x0, z1 - z0, py, px, -1.0, f_in,
-                  *f_in.shape[2:])
+    oz, oy, ox = f_in.shape[2:]
+    device.launch("pool_mean", f_in.size, src=image, nz=nz, ny=ny, nx=nx, f=fs, z0=z0, y0=y0, x0=x0, vz=z1 - z0,
+                  vy=py, vx=px, fill=-1.0, out=f_in, oz=oz, oy=oy, ox=ox)
     f_classes = _classes(device, fine, f_in, mirror_average=True)
     box_zyx = (slice(z0, z1), slice(y0 * fs, (y0 + py) * fs), slice(x0 * fs, (x0 + px) * fs))
-    device.launch("compose_labels", labels.size, c_classes, cy, cx, cs, f_classes, fy, fx, fs,
-                  z0, z1, box_zyx[1].start, box_zyx[1].stop, box_zyx[2].start, box_zyx[2].stop, (nx - 1) / 2,
-                  labels, nz, ny, nx)
+    device.launch("compose_labels", labels.size, coarse=c_classes, cy=cy, cx=cx, cs=cs, fine=f_classes,
+                  fy=fy, fx=fx, fs=fs, bz0=z0, bz1=z1, by0=box_zyx[1].start, by1=box_zyx[1].stop,
+                  bx0=box_zyx[2].start, bx1=box_zyx[2].stop, centre=(nx - 1) / 2, labels=labels, nz=nz, ny=ny, nx=nx)
     return labels, box_zyx
 
 
@@ -53,14 +56,15 @@ def _region_box(device: Device, classes: Buffer, nz: int, ny: int, nx: int) -> t
     read back to the host: the one sync inside the device pipeline."""
     n = nz * ny * nx                                   # the valid slices lead the padded buffer
     mask = device.empty((nz, ny, nx), np.uint8)
-    device.launch("classes_at_least", n, classes, n, REGION_CLASS_MIN, mask)
+    device.launch("classes_at_least", n, classes=classes, n=n, min_class=FIRST_REGION_CLASS, out=mask)
     labels, sizes = label_components(device, mask)
     largest = device.empty((1,), np.uint32)
     box = device.empty((6,), np.int32)
     device.fill(largest)
-    device.launch("largest_size", n, labels, sizes, n, largest)
-    device.launch("box_reset", 1, box)
-    device.launch("component_box", nz * ny, labels, sizes, largest, MIN_COMPONENT_FRACTION, nz, ny, nx, box)
+    device.launch("largest_size", n, lab=labels, size=sizes, n=n, largest=largest)
+    device.launch("box_reset", 1, box=box)
+    device.launch("component_box", nz * ny, lab=labels, size=sizes, largest=largest,
+                  fraction=MIN_COMPONENT_FRACTION, nz=nz, ny=ny, nx=nx, box=box)
     return tuple(int(v) for v in device.get(box))
 
 
@@ -73,14 +77,14 @@ def _classes(device: Device, engine: DeviceEngine, x: Buffer, mirror_average: bo
         nx = x.shape[-1]
         first = device.empty(prob.shape, np.float32)
         device.copy(first, prob)                      # the engine reuses its output buffer
-        device.launch("flip_x", x.size // 2, x, x.size // nx, nx)
+        device.launch("flip_x", x.size // 2, v=x, rows=x.size // nx, nx=nx)
         prob = engine.run_device({name_in: x})[name_out]
-        device.launch("add_flipped_x", first.size, first, prob, first.size // nx, nx)
+        device.launch("add_flipped_x", first.size, acc=first, v=prob, rows=first.size // nx, nx=nx)
         prob = first
     _, n_classes, *spatial = prob.shape
     classes = device.empty(tuple(spatial), np.uint8)
     n = int(np.prod(spatial))
-    device.launch("argmax_classes", n, prob, n_classes, n, classes)
+    device.launch("argmax_classes", n, logits=prob, C=n_classes, n=n, out=classes)
     return classes
 
 
