@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ import SimpleITK as sitk
 
 from runtime.align import align
 from runtime.atlas import RegionAtlas, grid_image, register
-from runtime.modelcard import AtlasCard, file_sha256, load_model_set
+from runtime.modelcard import AtlasCard, file_sha256, load_model_set, write_card
 from runtime.preprocess import preprocess
 from runtime.read import read_study
 from runtime.regions import BRAIN_LABEL, REGION_NAMES, swap_sides
@@ -133,7 +132,7 @@ def write_atlas(out: Path, arrays: dict, reads: list[Read], shared: Path, metric
         "metrics": metrics or {},
     }
     path = out / "region_atlas.json"
-    path.write_text(json.dumps(card, indent=2) + "\n")
+    write_card(path, card)
     write_manifest(out)
     return path
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from runtime.atlas import AtlasSegmenter
 from runtime.cpu import CpuScorer
-from runtime.modelcard import DEFAULT_MODEL_DIR
+from runtime.modelcard import DEFAULT_MODEL_DIR, update_card
 from runtime.read import read_study
 from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL, label_id
 from runtime.resample import to_study_grid
@@ -344,9 +344,8 @@ def write_results(mode: str, result: dict, out: Path, model_dir: Path) -> None:
         card = json.loads(card_path.read_text())
         if "role" not in card:
             continue
-        held = card.setdefault("metrics", {}).setdefault("held_out", {})
-        held[mode] = headline(result)
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        held = {**card.get("metrics", {}).get("held_out", {}), mode: headline(result)}
+        update_card(card_path, {}, metrics={"held_out": held})
     write_manifest(model_dir)
 
 
@@ -389,12 +388,8 @@ def main(argv=None) -> None:
     if args.mode == "calibrate":
         result = calibrate(synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0,
                                              Path("build/eval/calibrate/studies")))
-        card_path = args.models / "density_rule.json"
-        card = json.loads(card_path.read_text())
-        card["threshold_hu"] = result["threshold_hu"]
-        card.setdefault("metrics", {})["calibration"] = {k: _r(v) if isinstance(v, float) else v
-                                                         for k, v in result.items()}
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        update_card(args.models / "density_rule.json", {"threshold_hu": result["threshold_hu"]},
+                    metrics={"calibration": {k: _r(v) if isinstance(v, float) else v for k, v in result.items()}})
         write_manifest(args.models)
         print(json.dumps(result, indent=2, default=float))
         return

@@ -10,7 +10,6 @@ FP16 builder flag, so the precision must live in the graph).
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import onnx
 import torch
 from torch import nn
 
-from runtime.modelcard import file_sha256
+from runtime.modelcard import file_sha256, write_card
 
 from .manifest import write_manifest
 
@@ -97,7 +96,7 @@ def export_model(model: torch.nn.Module, example: torch.Tensor, out_dir: Path, s
         "opset": OPSET, "export_parity_max_abs_error": float(max_err),
         "inputs": [_spec(proto.graph.input[0])], "outputs": [_spec(o) for o in proto.graph.output],
     })
-    (out_dir / f"{stem}.json").write_text(json.dumps(card, indent=2) + "\n")
+    write_card(out_dir / f"{stem}.json", card)
     write_manifest(out_dir)
     return card
 

@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ModelError
 from .shipped import DEFAULT_MODEL_DIR, SHIPPED_MANIFEST_SHA256
@@ -219,6 +219,40 @@ class ModelSet:
         return self.cards + extra
 
 
+def load_any_card(path: Path) -> ModelCard | AtlasCard | DensityRuleCard:
+    role = _read_json(path)[0].get("role")
+    if role == ATLAS_ROLE:
+        return load_atlas_card(path)
+    if role == RULE_ROLE:
+        return load_rule_card(path)
+    return load_card(path)
+
+
+def write_card(path: Path, doc: dict) -> ModelCard | AtlasCard | DensityRuleCard:
+    """The one card writer: canonical JSON, written atomically, then read back through the loader of
+    its role, so a card the runtime would refuse is never left on disk. (The folder's MANIFEST.json is
+    rewritten by export.manifest after a batch of cards.)"""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    try:
+        load_any_card(tmp)
+    except ModelError:
+        tmp.unlink()
+        raise
+    tmp.replace(path)
+    return load_any_card(path)
+
+
+def update_card(path: Path, changes: dict, metrics: dict | None = None) -> ModelCard | AtlasCard | DensityRuleCard:
+    """Top-level fields replaced by `changes`, entries of the card's "metrics" by `metrics`."""
+    doc = _read_json(Path(path))[0]
+    doc.update(changes)
+    if metrics:
+        doc.setdefault("metrics", {}).update(metrics)
+    return write_card(path, doc)
+
+
 def load_manifest(model_dir: Path) -> dict[str, str]:
     """File name -> sha256 for the folder's cards and model files. The shipped folder's manifest is
     itself pinned by runtime.shipped, so neither a card nor the manifest can be edited unnoticed."""
@@ -245,13 +279,10 @@ def load_model_set(model_dir: str | os.PathLike = DEFAULT_MODEL_DIR) -> ModelSet
             role = json.loads(p.read_text()).get("role")
         except (ValueError, OSError):
             continue
-        loaders: dict[str, Callable[[Path], ModelCard | AtlasCard | DensityRuleCard]] = {
-            ATLAS_ROLE: load_atlas_card, RULE_ROLE: load_rule_card}
-        loader = loaders.get(role, load_card)
         if role in ROLES or role in (ATLAS_ROLE, RULE_ROLE):
             if role in cards:
                 raise ModelError(f"{model_dir}: two model cards for role {role} ({cards[role].path.name}, {p.name})")
-            card = loader(p)
+            card = load_any_card(p)
             if manifest.get(p.name) != card.card_sha256:
                 raise ModelError(f"{p}: the card's content does not match {MANIFEST} (edited or corrupted); "
                                  "a threshold or window may have been changed")

@@ -67,7 +67,11 @@ def test_onnx_export_parity_and_fp16(tmp_path, kind):
         model, example = DANet(TINY_DA), torch.zeros(2, 2, 2, 7, 32, 24)
         names, dyn = ["probability", "cam"], {"pairs": {0: "batch"}, "probability": {0: "batch"}, "cam": {0: "batch"}}
         inp = "pairs"
-    card = export_model(model, example, tmp_path, kind, inp, names, dyn, {"name": kind, "role": "test"})
+    base = {"name": kind, "version": "0", "grid": {"spacing_mm": [0.5, 0.5], "shape_xy": [64, 64], "min_slice_mm": 4.0,
+                                                  "reformat_slice_mm": 5.0}, "window": {"level": 30.0, "width": 60.0}}
+    role = ({"role": "segment_coarse", "input_stride": 2, "z_multiple": 4} if kind == "vbnet" else
+            {"role": "classify_cortical", "crop": [7, 32, 24], "regions": ["M1"], "threshold": 0.5})
+    card = export_model(model, example, tmp_path, kind, inp, names, dyn, {**base, **role})
     assert card["export_parity_max_abs_error"] < PARITY_TOL
     assert json.loads((tmp_path / f"{kind}.json").read_text())["sha256"] == card["sha256"]
     proto = onnx.load(str(tmp_path / f"{kind}.onnx"))
