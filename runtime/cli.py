@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             message += " (the CPU path needs none of this: --device cpu)"
         print(f"error: {message}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:            # `aspects models | head`: the reader left, nothing is wrong
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except Terminated:
         print("error: terminated; nothing was written", file=sys.stderr)
         return 143

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "engines"
+_HERE = Path(__file__).resolve().parent
+# An installed wheel carries the models as runtime/engines; a source checkout keeps them in engines/.
+DEFAULT_MODEL_DIR = _HERE / "engines" if (_HERE / "engines" / "MANIFEST.json").exists() else _HERE.parent / "engines"
 DEFAULT_STUDY = Path(__file__).resolve().parent / "data" / "default_study.nii.gz"
 # sha256 of engines/MANIFEST.json, which lists the sha256 of every shipped card and model file.
 # Written by `python -m export.manifest`; a shipped card edited by hand no longer matches.
