@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the shipped models from scratch on a 2-core CPU (about 2.5 hours, evaluation extra):
-# synthetic data -> VB-Net coarse + fine -> DA-Net subcortical + cortical -> ONNX + cards -> evaluation.
+# synthetic data -> VB-Net coarse + fine -> DA-Net subcortical + cortical -> ONNX + cards -> region atlas
+# -> density rule calibration -> evaluation.
 # Later phases continue from the previous phase's weights in engines/pytorch (each card lists its phases).
 # Usage: bash export/train_all.sh [path/to/shared/data]
 set -euo pipefail
@@ -16,6 +17,10 @@ python -m export.train segment --continue --stages fine --iterations 1500 --lr 2
 python -m export.train classify --continue --iterations 300 --lr 5e-4 --data build/data/train --out engines
 # phase 3: the fine VB-Net at a lower rate (about 30 minutes)
 python -m export.train segment --continue --stages fine --iterations 1000 --lr 1e-3 --data build/data/train --out engines
+# the region atlas from the expert maps (about 1 minute), the density rule's threshold (synthetic
+# scanner-pose studies, about 15 minutes), then every evaluation
+python -m export.atlas --shared "$SHARED" --out engines
+python -m export.evaluate calibrate --shared "$SHARED" --models engines --n 40
 python -m export.evaluate cases --data build/data/test --models engines
 python -m export.evaluate studies --shared "$SHARED" --models engines --n 24
-python -m export.evaluate real --real "$SHARED/real" --models engines
+python -m export.evaluate real --data "$SHARED/real" --models engines --loo

@@ -1,0 +1,100 @@
+"""The real-data evaluation (export.evaluate real / calibrate) and its reads and label-order files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from export.evaluate import Scored, calibrate, summarise, table_text
+from export.realdata import DEV_SET, load_label_order, load_reads
+from runtime.regions import REGION_NAMES, label_id
+from tests.conftest import ROOT, SHARED_DATA
+
+
+def test_shipped_dev_reads_and_label_order():
+    reads = load_reads(DEV_SET / "reads.csv", SHARED_DATA / "real")
+    by_study = {r.study: r for r in reads}
+    assert sorted(by_study) == ["sub002", "sub002-native", "sub003", "sub003-native", "sub005", "sub005-native"]
+    sub002 = by_study["sub002"]
+    assert sub002.aspects == 5 and sub002.side == "left" and sub002.map is not None
+    truth = sub002.truth()
+    assert truth[:, 0].sum() == 5 and truth[:, 1].sum() == 0                  # (regions, [left, right])
+    assert {REGION_NAMES[i] for i in np.flatnonzero(truth[:, 0])} == {"I", "L", "M2", "M3", "M6"}
+    assert by_study["sub005-native"].map is None and not by_study["sub005"].truth().any()
+    order = load_label_order(DEV_SET / "label_order.json")
+    # The maps number C, IC, L, I: their 2 is the internal capsule, their 13 the left lentiform nucleus.
+    assert order[2] == label_id(REGION_NAMES.index("IC"), "right")
+    assert order[13] == label_id(REGION_NAMES.index("L"), "left")
+
+
+def test_reads_file_errors_are_caught(tmp_path):
+    bad = tmp_path / "reads.csv"
+    bad.write_text("study,subject,image,map,aspects,side,affected\nx,x,x.nii.gz,,8,left,L\n")
+    with pytest.raises(SystemExit, match="ASPECTS 8 != 10 - 1"):
+        load_reads(bad, tmp_path)
+
+
+def _row(name, truth_left, called_left, diff=None):
+    truth = np.zeros((10, 2), bool)
+    truth[list(truth_left), 0] = True
+    called = np.zeros((10, 2), bool)
+    called[list(called_left), 0] = True
+    d = np.zeros((10, 2)) if diff is None else diff
+    return Scored(name, truth, called.astype(float), d, called)
+
+
+class _Models:
+    classify_density = None
+    cards = ()
+
+
+class _Scorer:
+    models = _Models()
+
+
+def test_summary_metrics_are_the_papers(monkeypatch):
+    monkeypatch.setattr("export.evaluate._threshold", lambda scorer, region: 0.5)
+    rows = [_row("a", [0, 1], [0, 1]), _row("b", [], [4]), _row("c", range(6), range(6))]
+    result = summarise(rows, _Scorer())
+    net = result["methods"]["network"]
+    assert net["regions"]["all"]["tp"] == 8 and net["regions"]["all"]["fp"] == 1
+    assert net["regions"]["subcortical"]["sensitivity"] == 1.0
+    assert net["score"]["mae"] == pytest.approx(1 / 3) and net["score"]["within_1"] == 1.0
+    assert net["score"]["dichotomised_le6"]["accuracy"] == 1.0
+    assert "dichotomised (<=6)" in table_text(result)
+
+
+def test_calibration_keeps_false_regions_per_study_below_the_limit():
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(30):
+        truth = np.zeros((10, 2), bool)
+        truth[:3, 0] = i % 2 == 0
+        diff = rng.normal(0, 0.8, (10, 2)) - 3.0 * truth
+        rows.append(Scored(f"s{i}", truth, np.zeros((10, 2)), diff, np.zeros((10, 2), bool)))
+    result = calibrate(rows)
+    t = result["threshold_hu"]
+    ev = np.concatenate([-r.difference_hu.ravel() for r in rows])
+    y = np.concatenate([r.truth.ravel() for r in rows])
+    assert ((ev >= t) & ~y).sum() / len(rows) <= 0.1                      # the operating point holds...
+    assert ((ev >= t - 0.1) & ~y).sum() / len(rows) > 0.1                 # ...at the lowest such threshold
+    assert result["sensitivity"] == pytest.approx(float((ev[y] >= t).mean()))
+
+
+@pytest.mark.slow
+def test_real_evaluation_runs_on_a_reads_file(real_data, tmp_path):
+    reads = tmp_path / "reads.csv"
+    rows = [r for r in (DEV_SET / "reads.csv").read_text().splitlines() if r.startswith(("study,", "sub005,"))]
+    reads.write_text("\n".join(rows) + "\n")
+    run = subprocess.run([sys.executable, "-m", "export.evaluate", "real", "--data", str(real_data),
+                          "--reads", str(reads), "--no-cards", "--out", str(tmp_path / "eval")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["cases"] == 1 and 0.3 < metrics["dice"]["mean"] <= 1.0
+    assert set(metrics["methods"]) == {"runtime", "network", "density"}
+    assert "region Dice on the expert's slices" in run.stdout
