@@ -24,8 +24,11 @@ def main(argv: list[str] | None = None) -> int:
                                            "(default: the bundled synthetic demo study)")
     p.add_argument("--out", required=True, type=Path,
                    help="output folder (created; existing reports are never overwritten)")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--device", type=_device, default="cpu", metavar="{cpu,gpu,gpu:N}",
+                   help="cpu (default), gpu (the first NVIDIA GPU) or gpu:N")
     p.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR, help="folder of ONNX models and cards")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU cores for every stage (default: $ASPECTS_THREADS, else the cores this process may use)")
 
     m = sub.add_parser("models", help="list the models and their cards")
     m.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
@@ -76,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _device(text: str) -> str:
+    if text in ("cpu", "gpu") or (text.startswith("gpu:") and text[4:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: use cpu, gpu or gpu:N")
+
+
 class Terminated(BaseException):
     """SIGTERM, raised where the program is, so every `with` block cleans up on the way out."""
 
@@ -95,7 +104,7 @@ def _score(args) -> int:
     if args.path is None:
         print(f"no study given: scoring the bundled synthetic demo study {path.name}")
     with output_folder(args.out) as folder:      # claimed and checked before any compute
-        result = make_scorer(args.models, backend=args.device).score(path)
+        result = make_scorer(args.models, backend=args.device, threads=args.threads).score(path)
         paths = write_report(result, folder)
     s = result.score
     side = f" ({s.symptomatic_side} hemisphere)" if s.symptomatic_side else ""

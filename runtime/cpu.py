@@ -19,16 +19,20 @@ from .preprocess import preprocess
 from .read import Study, read_study, validate_study
 from .result import CLASSIFIER_ROLES, StudyResult, check_brain_volume, score_study, study_result
 from .segment import NetworkSegmenter, Segmenter
+from .threads import resolve
 
 
 class CpuScorer:
     device_label = "cpu"
 
-    def __init__(self, model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, segmenter: str = "auto"):
+    def __init__(self, model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, segmenter: str = "auto",
+                 threads: int | None = None):
         """`segmenter`: "atlas", "network" (the VB-Net cascade) or "auto" (the atlas when the model
-        set has one)."""
+        set has one). `threads`: cores for every stage (default: runtime.threads.resolve)."""
         self.models: ModelSet = load_model_set(model_dir)
-        self.engines: dict[str, Engine] = {card.role: OnnxRuntimeEngine(card) for card in self.models.cards}
+        self.threads = resolve(threads)
+        self.engines: dict[str, Engine] = {card.role: OnnxRuntimeEngine(card, self.threads)
+                                           for card in self.models.cards}
         self.segmenter: Segmenter = make_segmenter(self.models, self.engines, segmenter)
 
     def score(self, source: str | os.PathLike | Study) -> StudyResult:

@@ -7,13 +7,13 @@ its card before loading and checks tensor names against the card.
 
 from __future__ import annotations
 
-import os
 from typing import Protocol
 
 import numpy as np
 
 from .errors import ModelError
 from .modelcard import ModelCard, verify_file
+from .threads import resolve
 
 
 class Engine(Protocol):
@@ -24,7 +24,7 @@ class Engine(Protocol):
 
 
 class OnnxRuntimeEngine:
-    """fp32 ONNX Runtime on the CPU, all cores."""
+    """fp32 ONNX Runtime on the CPU, on `threads` cores (runtime.threads)."""
 
     def __init__(self, card: ModelCard, threads: int | None = None):
         import onnxruntime as ort
@@ -32,7 +32,8 @@ class OnnxRuntimeEngine:
         self.card = card
         path = verify_file(card)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.intra_op_num_threads = resolve(threads)
+        opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         try:

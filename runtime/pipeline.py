@@ -21,13 +21,17 @@ class Scorer(Protocol):
         ...
 
 
-def make_scorer(model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, backend: str = "cpu") -> Scorer:
+def make_scorer(model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, backend: str = "cpu",
+                threads: int | None = None) -> Scorer:
     """`backend`: 'cpu' (ONNX Runtime) or 'gpu' (TensorRT + CUDA kernels). The GPU path raises
-    DeviceUnavailable with the reason when this machine cannot run it."""
+    DeviceUnavailable with the reason when this machine cannot run it. `threads`: CPU cores for
+    every stage (default: $ASPECTS_THREADS, else the cores this process may use)."""
     if backend == "cpu":
         from .cpu import CpuScorer
-        return CpuScorer(model_dir)
-    if backend == "gpu":
+        return CpuScorer(model_dir, threads=threads)
+    if backend == "gpu" or backend.startswith("gpu:"):
         from .gpu.pipeline import GpuScorer
-        return GpuScorer(model_dir)
+        from .threads import resolve
+        resolve(threads)
+        return GpuScorer(model_dir, ordinal=int(backend.partition(":")[2] or 0))
     raise DeviceUnavailable(f"unknown device {backend!r}; use cpu or gpu")

@@ -39,11 +39,12 @@ class GpuScorer:
     (the tests pass a CPU emulation of both)."""
 
     def __init__(self, model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, gpu: Device | None = None,
-                 engines: dict[str, DeviceEngine] | None = None, keep_pairs: bool = False, segmenter: str = "auto"):
+                 engines: dict[str, DeviceEngine] | None = None, keep_pairs: bool = False, segmenter: str = "auto",
+                 ordinal: int = 0):
         self.models: ModelSet = load_model_set(model_dir)
         if gpu is None:
             from .device import CudaDevice
-            cuda = CudaDevice()
+            cuda = CudaDevice(ordinal)
             gpu = cuda
             if engines is None:
                 from .tensorrt_engine import TensorRTEngine

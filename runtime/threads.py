@@ -1,0 +1,50 @@
+"""One thread setting for every stage: ONNX Runtime's sessions and SimpleITK's filters.
+
+The default is the cores this process may really use: its CPU affinity and its
+cgroup quota (a console shares its CPUs with reconstruction; a container may be
+capped below what os.cpu_count() reports).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import SimpleITK as sitk
+
+ENV = "ASPECTS_THREADS"
+
+
+def available_cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_quota()
+    return max(1, min(cores, quota) if quota else cores)
+
+
+def _cgroup_quota() -> int | None:
+    """cgroup v2 cpu.max ("max 100000" or "150000 100000"), or v1 cfs quota/period; None if unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return max(1, math.ceil(int(quota) / int(period)))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return max(1, math.ceil(q / p)) if q > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def resolve(threads: int | None = None) -> int:
+    """The setting: an explicit value, else $ASPECTS_THREADS, else the available cores."""
+    if threads is None and os.environ.get(ENV):
+        threads = int(os.environ[ENV])
+    n = threads or available_cores()
+    if n < 1:
+        raise ValueError(f"thread count must be at least 1, not {n}")
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+    return n
