@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
                                            "(default: the bundled synthetic demo study)")
     p.add_argument("--out", required=True, type=Path,
                    help="output folder (created; existing reports are never overwritten)")
+    p.add_argument("--outputs", default=None, metavar="LIST",
+                   help="comma list of json, png, seg, sr, sc (default: all that the input allows; DICOM "
+                        "SEG, SR and secondary captures need a DICOM input)")
     p.add_argument("--device", type=_device, default="cpu", metavar="{cpu,gpu,gpu:N}",
                    help="cpu (default), gpu (the first NVIDIA GPU) or gpu:N")
     p.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR, help="folder of ONNX models and cards")
@@ -95,7 +98,7 @@ def _terminated(signum, frame):
 
 def _score(args) -> int:
     from .pipeline import make_scorer
-    from .report import output_folder, write_report
+    from .report import OUTPUTS, check_outputs, output_folder, write_report
     from .shipped import DEFAULT_STUDY
 
     if args.path is not None and not args.path.strip():
@@ -103,9 +106,10 @@ def _score(args) -> int:
     path = DEFAULT_STUDY if args.path is None else Path(args.path)
     if args.path is None:
         print(f"no study given: scoring the bundled synthetic demo study {path.name}")
-    with output_folder(args.out) as folder:      # claimed and checked before any compute
+    outputs = check_outputs(tuple(o.strip() for o in args.outputs.split(","))) if args.outputs else None
+    with output_folder(args.out, outputs or OUTPUTS) as folder:      # claimed and checked before any compute
         result = make_scorer(args.models, backend=args.device, threads=args.threads).score(path)
-        paths = write_report(result, folder)
+        paths = write_report(result, folder, outputs)
     s = result.score
     side = f" ({s.symptomatic_side} hemisphere)" if s.symptomatic_side else ""
     print(f"ASPECTS {s.aspects}{side}: {'>6' if s.above_cut else '<=6'}; "
@@ -114,7 +118,7 @@ def _score(args) -> int:
         print(f"warning: {w}")
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings)
     print(f"timings: {stages}")
-    print(f"report: {paths['report']}")
+    print(f"report: {paths.get('report') or ', '.join(str(p) for p in paths.values())}")
     return 0
 
 

@@ -36,6 +36,9 @@ class Study:
     source: str
     metadata: dict = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # DICOM input: the header (no pixels) of every source image in stack order, for outputs that
+    # reference and overlay them (runtime.dicom_out). Empty for volume files and Enhanced CT.
+    source_images: tuple = field(default=(), repr=False, compare=False)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -90,7 +93,7 @@ def _read_zip(p: Path) -> Study:
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise UnreadableInput(f"{p}: cannot read the zip archive ({exc})") from None
     return Study(hu=study.hu, affine=study.affine, source=str(p), metadata=study.metadata,
-                 warnings=study.warnings)
+                 warnings=study.warnings, source_images=study.source_images)
 
 
 # MetaImage's modality field: anything but CT (or unknown) is refused.
@@ -483,7 +486,10 @@ def _stack_series(slices: list[_Slice], folder: Path, n_series: int, n_ignored: 
         warnings.append(f"{n_ignored} file(s) in the folder are not DICOM images and were ignored")
     identity: dict[str, object] = dict(first.identity)
     identity["SOPInstanceUIDs"] = [h.sop_uid for h in slices]
-    return Study(hu=hu, affine=affine, source=str(folder), warnings=tuple(warnings),
+    import pydicom
+    headers = () if any(h.frame is not None for h in slices) else \
+        tuple(pydicom.dcmread(h.path, stop_before_pixels=True) for h in slices)
+    return Study(hu=hu, affine=affine, source=str(folder), warnings=tuple(warnings), source_images=headers,
                  metadata={"format": "dicom", "modality": "CT", "series_uid": first.series_uid,
                            "series_description": first.description, "slices": len(slices),
                            "gantry_tilt_deg": round(tilt, 2), "identity": identity,

@@ -16,11 +16,17 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from .dicom_out import make_sc, make_seg, make_sr, source_slice_for, supports_dicom, to_bytes
+from .errors import UsageError
 from .output import OutputFolder
 from .regions import REGION_NAMES, SUBCORTICAL, SUPRAGANGLIONIC, is_region, label_id
 from .result import StudyResult
 
-REPORT_FILES = ("report.json", "ganglionic.png", "supraganglionic.png")
+OUTPUTS = ("json", "png", "seg", "sr", "sc")
+FILES = {"json": ("report.json",), "png": ("ganglionic.png", "supraganglionic.png"), "seg": ("seg.dcm",),
+         "sr": ("sr.dcm",), "sc": ("sc_ganglionic.dcm", "sc_supraganglionic.dcm")}
+REPORT_FILES = tuple(name for kind in OUTPUTS for name in FILES[kind])
+DICOM_OUTPUTS = ("seg", "sr", "sc")
 DISCLAIMER = ("Research software. Shipped models are trained on synthetic studies only; "
               "not for clinical decisions.")
 DISPLAY_WINDOW = (40.0, 80.0)   # level, width: a stroke reading window
@@ -32,32 +38,77 @@ HEAT_HU = (2.0, 8.0)            # asymmetry shown from faint (2 HU darker than t
 UPSCALE = 2
 
 
-def output_folder(out: str | Path) -> OutputFolder:
-    """The claim on a report folder (runtime.output): take it before scoring, write into it after."""
-    return OutputFolder(out, REPORT_FILES)
+def output_folder(out: str | Path, outputs: tuple[str, ...] = OUTPUTS) -> OutputFolder:
+    """The claim on a report folder (runtime.output): take it before scoring, write into it after.
+    Every file the run may write is claimed, so none of them may already exist."""
+    return OutputFolder(out, tuple(name for kind in outputs for name in FILES[kind]))
 
 
-def write_report(result: StudyResult, out: str | Path | OutputFolder) -> dict[str, Path]:
+def check_outputs(outputs: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [o for o in outputs if o not in OUTPUTS]
+    if unknown or not outputs:
+        raise UsageError(f"outputs must be some of {', '.join(OUTPUTS)}; got {', '.join(outputs) or 'none'}")
+    return outputs
+
+
+def write_report(result: StudyResult, out: str | Path | OutputFolder,
+                 outputs: tuple[str, ...] | None = None) -> dict[str, Path]:
     """All of the report or none of it; never over an existing file. `out` is a folder path, or a
-    folder the caller already claimed (the CLI claims it before the compute)."""
+    folder the caller already claimed (the CLI claims it before the compute). `outputs`: None for
+    all that the input allows (DICOM SEG, SR and SC need a DICOM input); asking for a DICOM output
+    of a volume-file input is a usage error."""
+    wanted = check_outputs(outputs) if outputs is not None else OUTPUTS
+    if not supports_dicom(result):
+        asked = [o for o in DICOM_OUTPUTS if o in wanted]
+        if outputs is not None and asked:
+            raise UsageError(f"{', '.join(asked)}: DICOM outputs need a DICOM input to reference; "
+                             f"{result.source} is not one")
+        wanted = tuple(o for o in wanted if o not in DICOM_OUTPUTS)
     if isinstance(out, OutputFolder):
-        return _write(result, out)
-    with output_folder(out) as folder:
-        return _write(result, folder)
+        return _write(result, out, wanted)
+    with output_folder(out, wanted) as folder:
+        return _write(result, folder, wanted)
 
 
-def _write(result: StudyResult, folder: OutputFolder) -> dict[str, Path]:
+def _write(result: StudyResult, folder: OutputFolder, wanted: tuple[str, ...]) -> dict[str, Path]:
+    """Everything is rendered and encoded first, then placed; report.json goes last."""
     levels = key_slices(result.labels)
-    images = {}
-    for level, z in levels.items():
-        buf = io.BytesIO()
-        render_slice(result, z, level).save(buf, "PNG", optimize=True)
-        images[level] = buf.getvalue()
-    doc = report_dict(result, {k: {"file": f"{k}.png", "slice": levels[k]} for k in images})
-    paths = {level: folder.write(f"{level}.png", data) for level, data in images.items()}
-    paths["report"] = folder.write("report.json", (json.dumps(doc, indent=2) + "\n").encode())
+    sources = {level: source_slice_for(result, z) for level, z in levels.items()}
+    rendered = {level: render_slice(result, z, level, sources[level]) for level, z in levels.items()}
+    files: dict[str, bytes] = {}
+    if "png" in wanted:
+        for level, img in rendered.items():
+            buf = io.BytesIO()
+            img.save(buf, "PNG", optimize=True)
+            files[f"{level}.png"] = buf.getvalue()
+    if "seg" in wanted:
+        files["seg.dcm"] = to_bytes(make_seg(result))
+    if "sr" in wanted:
+        files["sr.dcm"] = to_bytes(make_sr(result))
+    if "sc" in wanted:
+        from pydicom.uid import generate_uid
+        series = generate_uid()
+        for n, (level, img) in enumerate(rendered.items(), start=1):
+            files[f"sc_{level}.dcm"] = to_bytes(make_sc(result, np.asarray(img), sources[level] or 0, n, series))
+    images = {level: {"file": f"{level}.png" if "png" in wanted else None, "model_slice": z,
+                      "source_image": _source_ref(result, sources[level])} for level, z in levels.items()}
+    doc = report_dict(result, images)
+    doc["outputs"] = sorted([*files, "report.json"] if "json" in wanted else files)
+    if not supports_dicom(result):
+        doc["dicom_outputs"] = "not written: the input is not DICOM, so there are no source instances to reference"
+    paths = {name: folder.write(name, data) for name, data in files.items()}
+    if "json" in wanted:
+        paths["report"] = folder.write("report.json", (json.dumps(doc, indent=2) + "\n").encode())
     folder.commit()
     return paths
+
+
+def _source_ref(result: StudyResult, index: int | None) -> dict | None:
+    if index is None:
+        return None
+    ds = result.source_images[index]
+    return {"index": index, "instance_number": int(ds.get("InstanceNumber", 0) or 0),
+            "sop_instance_uid": str(ds.SOPInstanceUID)}
 
 
 def report_dict(result: StudyResult, images: dict) -> dict:
@@ -116,7 +167,7 @@ def key_slices(labels: np.ndarray) -> dict[str, int]:
     return {"ganglionic": z_g, "supraganglionic": z_s}
 
 
-def render_slice(result: StudyResult, z: int, level: str) -> Image.Image:
+def render_slice(result: StudyResult, z: int, level: str, source: int | None = None) -> Image.Image:
     lvl, width = DISPLAY_WINDOW
     gray = np.clip((result.hu[z] - (lvl - width / 2)) / width, 0, 1) * 255
     rgb = np.repeat(gray[..., None], 3, axis=2)
@@ -147,7 +198,9 @@ def render_slice(result: StudyResult, z: int, level: str) -> Image.Image:
                   stroke_width=2, stroke_fill=(0, 0, 0))
     s = result.score
     side = f", {s.symptomatic_side} hemisphere" if s.symptomatic_side else ""
-    title = f"ASPECTS {s.aspects}{side} ({'>6' if s.above_cut else '<=6'})  |  {level} level, slice {z}"
+    ref = _source_ref(result, source)
+    where = f"source image {ref['instance_number']}" if ref else f"model slice {z}"
+    title = f"ASPECTS {s.aspects}{side} ({'>6' if s.above_cut else '<=6'})  |  {level} level, {where}"
     big = _font(18)
     draw.text((8, 6), title, fill=(255, 255, 255), font=big, stroke_width=2, stroke_fill=(0, 0, 0))
     h, w = labels.shape

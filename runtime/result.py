@@ -43,6 +43,7 @@ class StudyResult:
     asymmetry_hu: np.ndarray = field(repr=False)  # model-grid HU minus mirror (runtime.density): the heat map
     classifications: tuple[Classification, ...] = field(repr=False, default=())
     batches: tuple[PatchBatch, ...] = field(repr=False, default=())
+    source_images: tuple = field(repr=False, default=())    # DICOM headers of the source slices
 
     @property
     def timings_s(self) -> dict[str, float]:
@@ -94,4 +95,5 @@ def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.nda
         models=tuple({"role": c.role, "name": c.name, "version": c.version,
                       "sha256": getattr(c, "sha256", None), "card_sha256": c.card_sha256}
                      for c in models.all_cards),
-        hu=hu, labels=seg.labels, asymmetry_hu=densities.asymmetry_hu, classifications=results, batches=batches)
+        hu=hu, labels=seg.labels, asymmetry_hu=densities.asymmetry_hu, classifications=results, batches=batches,
+        source_images=study.source_images)

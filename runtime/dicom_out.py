@@ -1,0 +1,239 @@
+"""DICOM results for a PACS or a scanner console, written with highdicom:
+
+- SEG: the 20 region-sides and one "affected regions" segment, on the source
+  series' own slices (each source plane sampled from the model-grid labels
+  through its own position, orientation and pixel spacing, so the segments
+  overlay the original images in any viewer, tilted or re-gridded series too);
+- Comprehensive 3D SR (TID 1500): ASPECTS, symptomatic side, dichotomy, and per
+  region and side the call, DA-Net probability, density difference and
+  hypodense volume, with the models used;
+- secondary-capture key images: the two report images, referencing the source
+  slice each shows.
+
+Only for DICOM input (a classic single-frame series): every output references
+the source study, series and instances and keeps the patient's identity.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from . import __version__
+from .regions import REGION_NAMES, SIDES, label_id
+from .result import StudyResult
+
+MANUFACTURER = "aspects-rt"
+SERIES_NUMBERS = {"seg": 9901, "sr": 9902, "sc": 9903}
+DICOM_FILES = ("seg.dcm", "sr.dcm", "sc_ganglionic.dcm", "sc_supraganglionic.dcm")
+
+
+# Type 2 attributes (present, may be empty) that outputs copy from their source; anonymised series
+# often drop them altogether.
+TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                     "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def supports_dicom(result: StudyResult) -> bool:
+    return bool(result.source_images)
+
+
+def _sources(result: StudyResult, indices=None) -> list:
+    """Copies of the source headers with every type 2 attribute the outputs copy present."""
+    import copy
+    out = []
+    for i in (range(len(result.source_images)) if indices is None else indices):
+        ds = copy.deepcopy(result.source_images[i])
+        for keyword in TYPE2_FROM_SOURCE:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+        out.append(ds)
+    return out
+
+
+def labels_on_source_planes(result: StudyResult) -> np.ndarray:
+    """(slices, rows, cols) region labels sampled at every source pixel centre (nearest model voxel)."""
+    model_from_lps = np.linalg.inv(result.alignment.matrix)
+    grid = result.grid
+    nz, ny, nx = result.labels.shape
+    out = []
+    for ds in result.source_images:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        row_sp, col_sp = (float(v) for v in ds.PixelSpacing)
+        r, c = np.mgrid[0:rows, 0:cols]
+        lps = ipp + (c[..., None] * col_sp) * iop[:3] + (r[..., None] * row_sp) * iop[3:]
+        model = lps @ model_from_lps[:3, :3].T + model_from_lps[:3, 3]
+        idx = np.rint((model - np.array(grid.origin)) / np.array(grid.spacing)).astype(int)   # (x, y, z)
+        inside = ((idx >= 0) & (idx < np.array([nx, ny, nz]))).all(axis=-1)
+        plane = np.zeros((rows, cols), np.uint8)
+        plane[inside] = result.labels[idx[inside, 2], idx[inside, 1], idx[inside, 0]]
+        out.append(plane)
+    return np.stack(out)
+
+
+def _algorithm(result: StudyResult):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    return hd.AlgorithmIdentificationSequence(
+        name="aspects-rt", version=__version__, family=codes.DCM.ArtificialIntelligence,
+        parameters={m["role"]: f"{m['name']} {m['version']}" for m in result.models})
+
+
+def make_seg(result: StudyResult):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    planes = labels_on_source_planes(result)
+    affected = {(c.region, c.side) for c in result.score.calls if c.affected}
+    masks, descriptions = [], []
+    algorithm = _algorithm(result)
+    number = 1
+    for r, name in enumerate(REGION_NAMES):
+        for side in SIDES:
+            masks.append(planes == label_id(r, side))
+            descriptions.append(hd.seg.SegmentDescription(
+                segment_number=number, segment_label=f"{side} {name}"[:64],
+                segmented_property_category=codes.SCT.AnatomicalStructure,
+                segmented_property_type=codes.SCT.Brain, algorithm_type="AUTOMATIC",
+                algorithm_identification=algorithm, tracking_id=f"ASPECTS {side} {name}",
+                tracking_uid=generate_uid()))
+            number += 1
+    hit = np.zeros_like(planes, bool)
+    for name, side in affected:
+        hit |= planes == label_id(REGION_NAMES.index(name), side)
+    masks.append(hit)
+    descriptions.append(hd.seg.SegmentDescription(
+        segment_number=number, segment_label="affected regions (early ischemic change)",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=hd.sr.CodedConcept("432504007", "SCT", "Cerebral infarction"),
+        algorithm_type="AUTOMATIC",
+        algorithm_identification=algorithm, tracking_id="ASPECTS affected", tracking_uid=generate_uid()))
+    stack = np.stack(masks, axis=-1)                      # (frames, rows, cols, segments)
+    keep = np.flatnonzero(stack.any(axis=(1, 2, 3)))
+    if not len(keep):
+        keep = np.array([0])
+    return hd.seg.Segmentation(
+        source_images=_sources(result, keep), pixel_array=stack[keep],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(), series_number=SERIES_NUMBERS["seg"], sop_instance_uid=generate_uid(),
+        instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name="aspects-rt",
+        software_versions=__version__, device_serial_number="none",
+        content_description="ASPECTS regions and affected regions", content_label="ASPECTS")
+
+
+def make_sr(result: StudyResult):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    s = result.score
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(), manufacturer_name=MANUFACTURER, model_name="aspects-rt",
+            serial_number="none"))
+    context = hd.sr.ObservationContext(observer_device_context=observer)
+    region_groups = []
+    for c in s.calls:
+        tracking = hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"ASPECTS {c.side} {c.region}")
+        measurements = []
+        if c.difference_hu is not None:
+            measurements.append(hd.sr.Measurement(
+                name=hd.sr.CodedConcept("ASPECTS-DHU", "99ASPECTSRT", "Density difference to mirror region"),
+                value=float(c.difference_hu), unit=hd.sr.CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit")))
+        if c.hypodense_ml is not None:
+            measurements.append(hd.sr.Measurement(
+                name=hd.sr.CodedConcept("ASPECTS-HML", "99ASPECTSRT", "Volume hypodense to mirror"),
+                value=float(c.hypodense_ml), unit=hd.sr.CodedConcept("ml", "UCUM", "milliliter")))
+        if c.probability is not None:
+            measurements.append(hd.sr.Measurement(
+                name=hd.sr.CodedConcept("ASPECTS-P", "99ASPECTSRT", "DA-Net probability of ischemia"),
+                value=float(c.probability), unit=hd.sr.CodedConcept("1", "UCUM", "no units")))
+        evaluation = hd.sr.QualitativeEvaluation(
+            name=hd.sr.CodedConcept("ASPECTS-AFF", "99ASPECTSRT", "Early ischemic change"),
+            value=codes.SCT.Yes if c.affected else codes.SCT.No)
+        region_groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, measurements=measurements or None,
+            qualitative_evaluations=[evaluation],
+            finding_type=codes.SCT.Brain, finding_sites=[hd.sr.FindingSite(
+                anatomic_location=hd.sr.CodedConcept(f"ASPECTS-{c.region}", "99ASPECTSRT", f"{c.region}"),
+                laterality=codes.SCT.Left if c.side == "left" else codes.SCT.Right)]))
+    summary = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="ASPECTS study"),
+        measurements=[
+            hd.sr.Measurement(name=hd.sr.CodedConcept("ASPECTS", "99ASPECTSRT", "ASPECTS"), value=s.aspects,
+                              unit=hd.sr.CodedConcept("{score}", "UCUM", "score")),
+            hd.sr.Measurement(name=hd.sr.CodedConcept("ASPECTS-L", "99ASPECTSRT", "ASPECTS left hemisphere"),
+                              value=s.left, unit=hd.sr.CodedConcept("{score}", "UCUM", "score")),
+            hd.sr.Measurement(name=hd.sr.CodedConcept("ASPECTS-R", "99ASPECTSRT", "ASPECTS right hemisphere"),
+                              value=s.right, unit=hd.sr.CodedConcept("{score}", "UCUM", "score"))],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                name=hd.sr.CodedConcept("ASPECTS-GT6", "99ASPECTSRT", "ASPECTS above 6"),
+                value=codes.SCT.Yes if s.above_cut else codes.SCT.No),
+            hd.sr.QualitativeEvaluation(
+                name=hd.sr.CodedConcept("ASPECTS-SIDE", "99ASPECTSRT", "Symptomatic hemisphere"),
+                value=(codes.SCT.Left if s.symptomatic_side == "left" else codes.SCT.Right
+                       if s.symptomatic_side == "right" else codes.SCT.No))],
+        finding_type=codes.SCT.Brain,
+        algorithm_id=hd.sr.AlgorithmIdentification(name="aspects-rt", version=__version__))
+    report = hd.sr.MeasurementReport(
+        observation_context=context, procedure_reported=codes.LN.HeadCT,
+        imaging_measurements=[summary, *region_groups],
+        title=codes.DCM.ImagingMeasurementReport)
+    return hd.sr.Comprehensive3DSR(
+        evidence=_sources(result), content=report, series_instance_uid=generate_uid(),
+        series_number=SERIES_NUMBERS["sr"], sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer=MANUFACTURER, is_complete=True)
+
+
+def source_slice_for(result: StudyResult, z: int) -> int | None:
+    """The source image whose plane passes nearest the centre of model-grid slice z."""
+    if not result.source_images:
+        return None
+    ny, nx = result.labels.shape[1:]
+    centre = result.alignment.matrix @ result.grid.index_to_model @ np.array([(nx - 1) / 2, (ny - 1) / 2, z, 1.0])
+    distances = []
+    for ds in result.source_images:
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        normal = np.cross(iop[:3], iop[3:])
+        distances.append(abs((centre[:3] - np.array([float(v) for v in ds.ImagePositionPatient])) @ normal))
+    return int(np.argmin(distances))
+
+
+def make_sc(result: StudyResult, rgb: np.ndarray, source_index: int, number: int, series_uid: str):
+    """A key image as secondary capture; it references and names the source slice it shows."""
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    src = _sources(result, [source_index])[0]
+    sc = hd.sc.SCImage(
+        pixel_array=np.ascontiguousarray(rgb.astype(np.uint8)), photometric_interpretation="RGB", bits_allocated=8,
+        coordinate_system="PATIENT", study_instance_uid=src.StudyInstanceUID, series_instance_uid=series_uid,
+        series_number=SERIES_NUMBERS["sc"], sop_instance_uid=generate_uid(), instance_number=number,
+        manufacturer=MANUFACTURER, patient_id=src.get("PatientID"), patient_name=src.get("PatientName"),
+        patient_birth_date=src.get("PatientBirthDate"), patient_sex=src.get("PatientSex") or None,
+        accession_number=src.get("AccessionNumber"), study_id=src.get("StudyID"),
+        study_date=src.get("StudyDate"), study_time=src.get("StudyTime"),
+        referring_physician_name=src.get("ReferringPhysicianName"), patient_orientation=("L", "P"))
+    item = Dataset()
+    item.ReferencedSOPClassUID = src.SOPClassUID
+    item.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    sc.SourceImageSequence = [item]              # the source slice this key image shows
+    sc.DerivationDescription = "aspects-rt key image: region outlines, calls and hypodensity heat map"
+    sc.Laterality = ""                           # type 2C: the head is not a paired structure
+    sc.ImageComments = f"aspects-rt key image of source instance {src.get('InstanceNumber', '')} " \
+                       f"(SOP {src.SOPInstanceUID})"
+    return sc
+
+
+def to_bytes(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

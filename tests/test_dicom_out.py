@@ -1,0 +1,104 @@
+"""DICOM SEG, SR and secondary captures: read back, referencing and overlaying the source series."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from runtime.dicom_out import labels_on_source_planes
+from runtime.report import write_report
+from runtime.resample import to_study_grid
+from tests.conftest import DEMO_STUDY
+from tests.dicom_util import write_series
+
+
+@pytest.fixture(scope="module")
+def dicom_result(tmp_path_factory, scorer):
+    """The bundled study written as a plain axial DICOM series (256 x 256), then scored."""
+    folder = tmp_path_factory.mktemp("dicom") / "series"
+    img = sitk.ReadImage(str(DEMO_STUDY))
+    sx, sy, sz = img.GetSpacing()
+    hu = sitk.GetArrayFromImage(img)[:, ::2, ::2]
+    write_series(folder, hu, spacing=(sx * 2, sy * 2, sz), origin=img.GetOrigin(), patient_id="PAT-7")
+    return folder, scorer.score(folder)
+
+
+def test_labels_on_source_planes_match_the_study_grid(dicom_result):
+    """Two routes from the model grid back to the source slices agree (an untilted, even series)."""
+    from runtime.read import read_study
+    folder, result = dicom_result
+    study = read_study(folder)
+    planes = labels_on_source_planes(result)
+    grid = to_study_grid(study, result.alignment, result.grid, result.labels)
+    assert planes.shape == grid.shape
+    assert (planes != grid).mean() < 1e-3
+
+
+@pytest.mark.slow
+def test_dicom_outputs_reference_and_overlay_the_source(dicom_result, tmp_path):
+    import highdicom as hd
+    folder, result = dicom_result
+    paths = write_report(result, tmp_path / "out")
+    assert {p.name for p in paths.values()} >= {"seg.dcm", "sr.dcm", "sc_ganglionic.dcm", "sc_supraganglionic.dcm"}
+    source = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in sorted(folder.iterdir())}
+    first = pydicom.dcmread(next(iter(source.values())), stop_before_pixels=True)
+
+    seg = hd.seg.segread(tmp_path / "out" / "seg.dcm")
+    assert seg.StudyInstanceUID == first.StudyInstanceUID and seg.PatientID == "PAT-7"
+    assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID
+    assert len(seg.SegmentSequence) == 21
+    planes = labels_on_source_planes(result)
+    uids = [ds.SOPInstanceUID for ds in result.source_images]
+    # Every frame sits on a source slice, and its pixels are that slice's labels.
+    for i, frame in enumerate(seg.PerFrameFunctionalGroupsSequence[:40]):
+        ref = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        assert ref in source
+        segment = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        k = uids.index(ref)
+        if segment <= 20:
+            r, side = divmod(segment - 1, 2)
+            from runtime.regions import label_id
+            expected = planes[k] == label_id(r, ("left", "right")[side])
+            np.testing.assert_array_equal(seg.pixel_array[i].astype(bool), expected)
+
+    sr = pydicom.dcmread(tmp_path / "out" / "sr.dcm")
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and sr.StudyInstanceUID == first.StudyInstanceUID
+    text = str(sr)
+    assert "ASPECTS" in text and "Density difference to mirror region" in text and "Volume hypodense" in text
+    evidence = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+    assert evidence == set(source)
+
+    for level in ("ganglionic", "supraganglionic"):
+        sc = pydicom.dcmread(tmp_path / "out" / f"sc_{level}.dcm")
+        assert sc.StudyInstanceUID == first.StudyInstanceUID and sc.PatientID == "PAT-7"
+        ref = sc.SourceImageSequence[0].ReferencedSOPInstanceUID
+        assert ref in source and sc.pixel_array.shape[-1] == 3
+
+
+@pytest.mark.slow
+def test_dicom_outputs_pass_dciodvfy(dicom_result, tmp_path):
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed; the outputs are checked with highdicom and pydicom")
+    _, result = dicom_result
+    write_report(result, tmp_path / "out")
+    for name in ("seg.dcm", "sr.dcm", "sc_ganglionic.dcm"):
+        run = subprocess.run(["dciodvfy", str(tmp_path / "out" / name)], capture_output=True, text=True)
+        errors = [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("Error")]
+        assert not errors, f"{name}: {errors[:5]}"
+
+
+def test_volume_input_writes_no_dicom_and_says_why(demo_result, tmp_path):
+    import json
+
+    from runtime.errors import UsageError
+    paths = write_report(demo_result, tmp_path / "a")
+    doc = json.loads(paths["report"].read_text())
+    assert "not DICOM" in doc["dicom_outputs"] and not any(n.endswith(".dcm") for n in doc["outputs"])
+    with pytest.raises(UsageError, match="need a DICOM input"):
+        write_report(demo_result, tmp_path / "b", outputs=("json", "seg"))
