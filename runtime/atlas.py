@@ -32,10 +32,11 @@ SAMPLING_SEED = 1
 SHRINK = (4, 2)              # of the 0.5 mm model grid: 2 mm, then 1 mm in-plane
 SMOOTH_MM = (2.0, 1.0)
 ITERATIONS = 200
-# Normalised cross-correlation of the registered template with the stripped study. Measured: 0.20-0.32
-# on upright heads (the three real development studies, the GE series, the demo); -0.07 to 0.06 on the
-# same heads upside down, turned 90 degrees in-plane, or prone under a supine header.
-MIN_TEMPLATE_NCC = 0.12
+# Normalised cross-correlation of the registered template with the stripped study. Measured: 0.11-0.32
+# on upright heads (the three real development studies, native and aligned, the GE series, the demo);
+# -0.10 to 0.06 on the same heads upside down, turned 90 degrees in-plane, or prone under a supine
+# header. The floor sits between the two; the margin is thin on both sides (README, known limits).
+MIN_TEMPLATE_NCC = 0.08
 
 
 @dataclass(frozen=True)

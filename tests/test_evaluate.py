@@ -97,4 +97,4 @@ def test_real_evaluation_runs_on_a_reads_file(real_data, tmp_path):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["cases"] == 1 and 0.3 < metrics["dice"]["mean"] <= 1.0
     assert set(metrics["methods"]) == {"runtime", "network", "density"}
-    assert "region Dice on the expert's slices" in run.stdout
+    assert "region Dice against the expert maps, on the expert's slices" in run.stdout
