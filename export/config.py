@@ -13,3 +13,9 @@ FINE_STRIDE = 2                       # fine VB-Net at 1 mm in-plane
 FINE_CROP_XY = (160, 176)             # fine VB-Net input (x, y) at 1 mm
 CLASSIFIER_CROP = (7, 130, 110)       # DA-Net patch (z, y, x) at 0.5 mm, from the authors' release
 SEED = 20221101
+
+
+def grid_spec():
+    """The model grid these constants describe, as the runtime reads it from a card."""
+    from runtime.modelcard import GridSpec
+    return GridSpec(GRID_SPACING_MM, GRID_SHAPE_XY, MIN_SLICE_MM, REFORMAT_SLICE_MM)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.modelcard import GridSpec
 from runtime.patches import build_batch
 from runtime.preprocess import preprocess_grid
 from runtime.regions import REGION_NAMES
@@ -27,18 +26,10 @@ from runtime.resample import ModelGrid, slab_plan
 from runtime.volume import block_mean
 
 from . import synth
-from .config import (
-    CLASSIFIER_CROP,
-    FINE_STRIDE,
-    GRID_SHAPE_XY,
-    GRID_SPACING_MM,
-    MIN_SLICE_MM,
-    REFORMAT_SLICE_MM,
-    WINDOW,
-)
+from .config import CLASSIFIER_CROP, FINE_STRIDE, GRID_SHAPE_XY, GRID_SPACING_MM, WINDOW, grid_spec
 
 _PHANTOM: synth.Phantom | None = None
-GRID_SPEC = GridSpec(GRID_SPACING_MM, GRID_SHAPE_XY, MIN_SLICE_MM, REFORMAT_SLICE_MM)
+GRID_SPEC = grid_spec()
 
 
 def model_space_grid(spec: synth.CaseSpec, phantom_centre: np.ndarray, stride: int) -> tuple[np.ndarray, tuple]:

@@ -26,7 +26,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.align import align
-from runtime.modelcard import GridSpec
 from runtime.patches import build_batch
 from runtime.preprocess import preprocess
 from runtime.read import read_study
@@ -34,15 +33,7 @@ from runtime.regions import REGION_NAMES
 from runtime.resample import resample
 from runtime.volume import block_mean
 
-from .config import (
-    CLASSIFIER_CROP,
-    FINE_STRIDE,
-    GRID_SHAPE_XY,
-    GRID_SPACING_MM,
-    MIN_SLICE_MM,
-    REFORMAT_SLICE_MM,
-    WINDOW,
-)
+from .config import CLASSIFIER_CROP, FINE_STRIDE, WINDOW, grid_spec
 
 HYPODENSE_HU = (0.0, 70.0)     # the authors' attention target: the region's tissue in this range
 
@@ -57,8 +48,7 @@ def ingest_case(folder: Path) -> dict:
     if unknown:
         raise ValueError(f"{folder}: unknown region names {sorted(unknown)}")
     alignment = align(study)
-    prep = preprocess(study, alignment, GridSpec(GRID_SPACING_MM, GRID_SHAPE_XY, MIN_SLICE_MM, REFORMAT_SLICE_MM),
-                      WINDOW)
+    prep = preprocess(study, alignment, grid_spec(), WINDOW)
     hu, image = prep.hu, prep.image
     labels = resample(study, alignment, prep.grid, volume=regions, nearest=True).astype(np.uint8)
     batch = build_batch(image, labels, REGION_NAMES, CLASSIFIER_CROP)
