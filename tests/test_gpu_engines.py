@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from .conftest import DEMO_STUDY, ROOT
+from tests.conftest import DEMO_STUDY, ROOT
 
 
 @pytest.fixture(scope="module")

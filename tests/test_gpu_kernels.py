@@ -24,9 +24,8 @@ from runtime.read import Study
 from runtime.resample import model_grid, resample, window
 from runtime.result import STAGES
 from runtime.strip import brain_mask
-
-from .conftest import DEMO_STUDY
-from .gpu_emulation import EmulatedDevice, EmulatedEngine, build_library
+from tests.conftest import DEMO_STUDY
+from tests.gpu_emulation import EmulatedDevice, EmulatedEngine, build_library
 
 
 @pytest.fixture(scope="session")

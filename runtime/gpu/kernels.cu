@@ -366,7 +366,7 @@ extern "C" __global__ void crop_pairs(const float* __restrict__ image, const u8*
     }
 }
 
-// ------------------------------------------------------------------ alignment (runtime.align._similarity)
+// ------------------------------------------------------------------ alignment (runtime.align.mirror_similarity)
 
 // scipy map_coordinates(order=1, mode="constant", cval=0): 0 outside [0, n - 1].
 __device__ inline double sample_inside(const float* __restrict__ v, int nx, int ny, int nz, double ci, double cj,
