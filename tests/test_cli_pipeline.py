@@ -46,7 +46,8 @@ def test_default_study_report(demo_report):
     for name in ("ganglionic.png", "supraganglionic.png"):
         img = sitk.ReadImage(str(out / name))
         assert img.GetSize()[0] >= 384 and img.GetNumberOfComponentsPerPixel() == 3
-    assert doc["images"]["ganglionic"]["slice"] < doc["images"]["supraganglionic"]["slice"]
+    assert doc["images"]["ganglionic"]["model_slice"] < doc["images"]["supraganglionic"]["model_slice"]
+    assert doc["images"]["ganglionic"]["source_image"] is None      # a volume file has no source instances
 
 
 def test_existing_report_is_never_overwritten(demo_report):
