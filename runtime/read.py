@@ -240,6 +240,7 @@ class _Slice:
     intercept: float
     padding: float | None      # PixelPaddingValue, as stored
     lossy: bool
+    header: object = field(repr=False, compare=False, default=None)   # the pydicom header, no pixels
 
     @property
     def series_uid(self) -> str:
@@ -317,7 +318,7 @@ def _plane(path, frame, ds, position, orientation, spacing, slope, intercept) ->
                   rows=int(ds.Rows), cols=int(ds.Columns), position=pos,
                   row_dir=np.array(orient[:3]), col_dir=np.array(orient[3:]), pixel_spacing=(sp[0], sp[1]),
                   gantry_tilt=float(ds.get("GantryDetectorTilt", 0) or 0), slope=slope, intercept=intercept,
-                  padding=None if padding is None else float(padding), lossy=lossy)
+                  padding=None if padding is None else float(padding), lossy=lossy, header=ds)
 
 
 def _enhanced_planes(path: str, ds, frames: int) -> list[_Slice]:
@@ -486,9 +487,7 @@ def _stack_series(slices: list[_Slice], folder: Path, n_series: int, n_ignored: 
         warnings.append(f"{n_ignored} file(s) in the folder are not DICOM images and were ignored")
     identity: dict[str, object] = dict(first.identity)
     identity["SOPInstanceUIDs"] = [h.sop_uid for h in slices]
-    import pydicom
-    headers = () if any(h.frame is not None for h in slices) else \
-        tuple(pydicom.dcmread(h.path, stop_before_pixels=True) for h in slices)
+    headers = () if any(h.frame is not None for h in slices) else tuple(h.header for h in slices)
     return Study(hu=hu, affine=affine, source=str(folder), warnings=tuple(warnings), source_images=headers,
                  metadata={"format": "dicom", "modality": "CT", "series_uid": first.series_uid,
                            "series_description": first.description, "slices": len(slices),
