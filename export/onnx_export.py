@@ -17,7 +17,7 @@ import onnx
 import torch
 from torch import nn
 
-from runtime.modelcard import file_sha256, write_card
+from runtime.modelcard import CardDraft, ModelCard, file_sha256, write_card
 
 from .manifest import write_manifest
 
@@ -72,9 +72,9 @@ class _Wrap(torch.nn.Module):
 
 
 def export_model(model: torch.nn.Module, example: torch.Tensor, out_dir: Path, stem: str,
-                 input_name: str, output_names: list[str], dynamic_axes: dict, card: dict,
-                 seed: int = 0) -> dict:
-    """Write `stem.onnx`, `stem.fp16.onnx`, `stem.json`; returns the card."""
+                 input_name: str, output_names: list[str], dynamic_axes: dict, draft: CardDraft,
+                 seed: int = 0) -> ModelCard:
+    """Write `stem.onnx`, `stem.fp16.onnx`, `stem.json`; returns the card as the runtime reads it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model = export_copy(model)
     onnx_path = out_dir / f"{stem}.onnx"
@@ -89,15 +89,16 @@ def export_model(model: torch.nn.Module, example: torch.Tensor, out_dir: Path, s
         raise RuntimeError(f"{stem}: ONNX differs from PyTorch by {max_err:.2e} (>= {PARITY_TOL})")
     fp16_path = out_dir / f"{stem}.fp16.onnx"
     _write_fp16(proto, fp16_path)
-    card = dict(card)
-    card.update({
+    card = write_card(out_dir / f"{stem}.json", {
+        **draft.to_json(),
         "onnx": onnx_path.name, "sha256": file_sha256(onnx_path),
         "onnx_fp16": fp16_path.name, "sha256_fp16": file_sha256(fp16_path),
         "opset": OPSET, "export_parity_max_abs_error": float(max_err),
         "inputs": [_spec(proto.graph.input[0])], "outputs": [_spec(o) for o in proto.graph.output],
     })
-    write_card(out_dir / f"{stem}.json", card)
     write_manifest(out_dir)
+    if not isinstance(card, ModelCard):
+        raise TypeError(f"{stem}: {draft.role} is not a network role")
     return card
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from runtime.modelcard import CardDraft, ClassifierPart, SegmenterPart
 from runtime.regions import (
     CORTICAL,
     REGION_LABELS,
@@ -45,11 +46,9 @@ from .config import (
     FINE_CROP_XY,
     FINE_STRIDE,
     GRID_SHAPE_XY,
-    GRID_SPACING_MM,
-    MIN_SLICE_MM,
-    REFORMAT_SLICE_MM,
     SEED,
     WINDOW,
+    grid_spec,
 )
 from .metrics import best_threshold, dice
 from .networks import DANET_CPU, DANET_PAPER, VBNET_CPU, VBNET_PAPER, DANet, VBNet, parameter_count
@@ -142,17 +141,13 @@ def _phase(cfg: TrainConfig, n_train: int) -> dict:
     return {**asdict(cfg), "cases": n_train, "torch": str(torch.__version__)}
 
 
-def _base_card(role: str, name: str, cfg: TrainConfig, arch: dict, n_params: int, n_train: int,
-               history: list[dict]) -> dict:
-    return {
-        "name": name, "version": VERSION, "role": role,
-        "grid": {"spacing_mm": list(GRID_SPACING_MM), "shape_xy": list(GRID_SHAPE_XY),
-                 "min_slice_mm": MIN_SLICE_MM, "reformat_slice_mm": REFORMAT_SLICE_MM},
-        "window": {"level": WINDOW[0], "width": WINDOW[1]},
-        "architecture": arch, "parameters": n_params,
-        "training": {**_phase(cfg, n_train), "earlier_phases": history},
-        "provenance": PROVENANCE, "metrics": {},
-    }
+def _draft(role: str, name: str, part: SegmenterPart | ClassifierPart, cfg: TrainConfig, arch: dict,
+           n_params: int, n_train: int, history: list[dict], **extra) -> CardDraft:
+    """The card record of a trained network; export adds the files, hashes and tensor specs."""
+    return CardDraft(name=name, version=VERSION, role=role, grid=grid_spec(), window=WINDOW, part=part,
+                     extra={"architecture": arch, "parameters": n_params,
+                            "training": {**_phase(cfg, n_train), "earlier_phases": history},
+                            "provenance": PROVENANCE, **extra})
 
 
 # ---------------------------------------------------------------- segmentation
@@ -244,20 +239,20 @@ def train_segmenter(stage: str, cases: list[dict], val: list[dict], cfg: TrainCo
             dices.append(dice_per_class(labels_from_classes(classes, x_index, centre), y))
     dice = np.nanmean(np.array(dices), axis=0)
     stride = COARSE_STRIDE if stage == "coarse" else FINE_STRIDE
-    card = _base_card(f"segment_{stage}", f"aspects-vbnet-{stage}", cfg, arch.to_dict(), parameter_count(model),
-                      len(cases), history)
-    card.update({"input_stride": stride, "z_multiple": arch.z_multiple, "classes": list(SEG_CLASSES),
-                 "side_rule": "x index above the grid centre (the mid-sagittal plane) is the patient's left",
-                 "metrics": {"validation_cases": len(val), "dice_mean_regions": round(float(np.nanmean(dice)), 4),
-                             "dice_per_label": {f"{i + 1}": round(float(d), 4) for i, d in enumerate(dice)}}})
     if stage == "fine":
-        card["fine_crop_xy"] = list(FINE_CROP_XY)
         example = torch.zeros(1, 1, 12, FINE_CROP_XY[1], FINE_CROP_XY[0])
     else:
         example = torch.zeros(1, 1, 28, GRID_SHAPE_XY[1] // stride, GRID_SHAPE_XY[0] // stride)
-    card["pytorch"] = _checkpoint(model, out_dir, f"vbnet_{stage}", [*history, _phase(cfg, len(cases))])
+    part = SegmenterPart(input_stride=stride, z_multiple=arch.z_multiple, classes=SEG_CLASSES,
+                         fine_crop_xy=FINE_CROP_XY if stage == "fine" else (0, 0))
+    draft = _draft(f"segment_{stage}", f"aspects-vbnet-{stage}", part, cfg, arch.to_dict(), parameter_count(model),
+                   len(cases), history,
+                   side_rule="x index above the grid centre (the mid-sagittal plane) is the patient's left",
+                   metrics={"validation_cases": len(val), "dice_mean_regions": round(float(np.nanmean(dice)), 4),
+                            "dice_per_label": {f"{i + 1}": round(float(d), 4) for i, d in enumerate(dice)}},
+                   pytorch=_checkpoint(model, out_dir, f"vbnet_{stage}", [*history, _phase(cfg, len(cases))]))
     return export_model(model, example, out_dir, f"vbnet_{stage}", "image", ["probabilities"],
-                        {"image": {2: "slices"}, "probabilities": {2: "slices"}}, card, seed=cfg.seed)
+                        {"image": {2: "slices"}, "probabilities": {2: "slices"}}, draft, seed=cfg.seed)
 
 
 # ---------------------------------------------------------------- classification
@@ -320,16 +315,16 @@ def train_classifier(group: str, cases: list[dict], val: list[dict], cfg: TrainC
     p_val, y_val = predict_pairs(model, val, region_idx)
     threshold = best_threshold(p_val.ravel(), y_val.ravel())
     regions = [REGION_NAMES[i] for i in region_idx]
-    card = _base_card(f"classify_{group}", f"aspects-danet-{group}", cfg, arch.to_dict(), parameter_count(model),
-                      len(cases), history)
-    card.update({"crop": list(CLASSIFIER_CROP), "regions": regions, "threshold": round(threshold, 4),
-                 "loss": {"pos_weight": round(pos_weight, 3), "cam_weight": 0.5, "rank_weight": 0.5},
-                 "metrics": {"validation_cases": len(val), "threshold_rule": "Youden J on validation pairs",
-                             **binary_metrics(p_val.ravel(), y_val.ravel(), threshold)}})
     example = torch.zeros(len(regions), 2, 2, *CLASSIFIER_CROP)
-    card["pytorch"] = _checkpoint(model, out_dir, f"danet_{group}", [*history, _phase(cfg, len(cases))])
+    part = ClassifierPart(crop=CLASSIFIER_CROP, regions=tuple(regions), threshold=round(threshold, 4))
+    draft = _draft(f"classify_{group}", f"aspects-danet-{group}", part, cfg, arch.to_dict(), parameter_count(model),
+                   len(cases), history,
+                   loss={"pos_weight": round(pos_weight, 3), "cam_weight": 0.5, "rank_weight": 0.5},
+                   metrics={"validation_cases": len(val), "threshold_rule": "Youden J on validation pairs",
+                            **binary_metrics(p_val.ravel(), y_val.ravel(), threshold)},
+                   pytorch=_checkpoint(model, out_dir, f"danet_{group}", [*history, _phase(cfg, len(cases))]))
     return export_model(model, example, out_dir, f"danet_{group}", "pairs", ["probability", "cam"],
-                        {"pairs": {0: "batch"}, "probability": {0: "batch"}, "cam": {0: "batch"}}, card,
+                        {"pairs": {0: "batch"}, "probability": {0: "batch"}, "cam": {0: "batch"}}, draft,
                         seed=cfg.seed)
 
 
@@ -380,7 +375,7 @@ def main(argv=None) -> None:
     for stage in stages.split(","):
         init = args.out / CHECKPOINT_DIR / f"{stem.format(stage)}.pt" if args.resume else None
         card = train_fn(stage, train, val, cfg, args.paper_size, args.out, run_log, init)
-        print(stage, json.dumps(card["metrics"]))
+        print(stage, json.dumps(card.raw["metrics"]))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,53 @@ class GridSpec:
 
 
 @dataclass(frozen=True)
+class SegmenterPart:
+    """What a segmentation network's card adds."""
+    input_stride: int                   # model-grid voxels per network voxel in-plane
+    z_multiple: int                     # the slice count is padded to a multiple of this
+    classes: tuple[str, ...]
+    fine_crop_xy: tuple[int, int] = (0, 0)   # segment_fine: in-plane crop (nx, ny) in network voxels
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"input_stride": self.input_stride, "z_multiple": self.z_multiple,
+                               "classes": list(self.classes)}
+        if min(self.fine_crop_xy) > 0:
+            out["fine_crop_xy"] = list(self.fine_crop_xy)
+        return out
+
+
+@dataclass(frozen=True)
+class ClassifierPart:
+    """What a DA-Net card adds."""
+    crop: tuple[int, int, int]          # patch (z, y, x) in model-grid voxels
+    regions: tuple[str, ...]            # regions this model scores, in batch order
+    threshold: float                    # p >= threshold means affected
+
+    def to_json(self) -> dict:
+        return {"crop": list(self.crop), "regions": list(self.regions), "threshold": self.threshold}
+
+
+@dataclass(frozen=True)
+class CardDraft:
+    """A network's card as training knows it, before export adds the files, hashes and tensor specs
+    (export.onnx_export.export_model); `extra` holds architecture, training, provenance, metrics."""
+    name: str
+    version: str
+    role: str
+    grid: GridSpec
+    window: tuple[float, float]
+    part: SegmenterPart | ClassifierPart
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        g = self.grid
+        return {"name": self.name, "version": self.version, "role": self.role,
+                "grid": {"spacing_mm": list(g.spacing_mm), "shape_xy": list(g.shape_xy),
+                         "min_slice_mm": g.min_slice_mm, "reformat_slice_mm": g.reformat_slice_mm},
+                "window": {"level": self.window[0], "width": self.window[1]}, **self.extra, **self.part.to_json()}
+
+
+@dataclass(frozen=True)
 class ModelCard:
     path: Path                          # the card itself
     name: str
@@ -49,16 +96,36 @@ class ModelCard:
     outputs: tuple[TensorSpec, ...]
     grid: GridSpec
     window: tuple[float, float]         # (level, width) HU
-    input_stride: int = 1               # segmentation: model-grid voxels per network voxel in-plane
-    z_multiple: int = 1                 # network needs the slice count padded to a multiple of this
-    fine_crop_xy: tuple[int, int] = (0, 0)       # segment_fine: in-plane crop (nx, ny) in network voxels
-    crop: tuple[int, int, int] = (0, 0, 0)       # classifiers: patch (z, y, x) in model-grid voxels
-    regions: tuple[str, ...] = ()       # classifiers: regions this model scores, in batch order
-    threshold: float = 0.5              # classifiers: p >= threshold means affected
+    part: SegmenterPart | ClassifierPart
     onnx_fp16: Path | None = None
     sha256_fp16: str | None = None
     card_sha256: str = ""               # of the card file itself: the report lists what was used
     raw: dict = field(default_factory=dict, repr=False, compare=False)   # provenance, metrics...
+
+    # The role part's fields, read through the card (a segmenter has no crop, a classifier no stride).
+    @property
+    def input_stride(self) -> int:
+        return self.part.input_stride if isinstance(self.part, SegmenterPart) else 1
+
+    @property
+    def z_multiple(self) -> int:
+        return self.part.z_multiple if isinstance(self.part, SegmenterPart) else 1
+
+    @property
+    def fine_crop_xy(self) -> tuple[int, int]:
+        return self.part.fine_crop_xy if isinstance(self.part, SegmenterPart) else (0, 0)
+
+    @property
+    def crop(self) -> tuple[int, int, int]:
+        return self.part.crop if isinstance(self.part, ClassifierPart) else (0, 0, 0)
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        return self.part.regions if isinstance(self.part, ClassifierPart) else ()
+
+    @property
+    def threshold(self) -> float:
+        return self.part.threshold if isinstance(self.part, ClassifierPart) else 0.5
 
 
 def file_sha256(path: Path) -> str:
@@ -81,10 +148,7 @@ def load_card(path: str | Path) -> ModelCard:
             outputs=tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in d["outputs"]),
             grid=GridSpec(tuple(grid["spacing_mm"]), tuple(grid["shape_xy"]),
                           float(grid["min_slice_mm"]), float(grid["reformat_slice_mm"])),
-            window=(float(d["window"]["level"]), float(d["window"]["width"])),
-            input_stride=int(d.get("input_stride", 1)), z_multiple=int(d.get("z_multiple", 1)),
-            fine_crop_xy=_ints(d.get("fine_crop_xy", (0, 0)), 2), crop=_ints(d.get("crop", (0, 0, 0)), 3),
-            regions=tuple(d.get("regions", ())), threshold=float(d.get("threshold", 0.5)),
+            window=(float(d["window"]["level"]), float(d["window"]["width"])), part=_part(d),
             onnx_fp16=path.parent / d["onnx_fp16"] if d.get("onnx_fp16") else None,
             sha256_fp16=d.get("sha256_fp16"), card_sha256=digest, raw=d)
     except (KeyError, TypeError, ValueError) as exc:
@@ -96,6 +160,14 @@ def load_card(path: str | Path) -> ModelCard:
     if card.role.startswith("classify") and (min(card.crop) <= 0 or not card.regions):
         raise ModelError(f"model card {path}: a classifier needs crop and regions")
     return card
+
+
+def _part(d: dict) -> SegmenterPart | ClassifierPart:
+    if str(d["role"]).startswith("classify"):
+        return ClassifierPart(crop=_ints(d.get("crop", (0, 0, 0)), 3), regions=tuple(d.get("regions", ())),
+                              threshold=float(d.get("threshold", 0.5)))
+    return SegmenterPart(input_stride=int(d.get("input_stride", 1)), z_multiple=int(d.get("z_multiple", 1)),
+                         classes=tuple(d.get("classes", ())), fine_crop_xy=_ints(d.get("fine_crop_xy", (0, 0)), 2))
 
 
 def _ints(values, n: int):

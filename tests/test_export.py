@@ -67,13 +67,15 @@ def test_onnx_export_parity_and_fp16(tmp_path, kind):
         model, example = DANet(TINY_DA), torch.zeros(2, 2, 2, 7, 32, 24)
         names, dyn = ["probability", "cam"], {"pairs": {0: "batch"}, "probability": {0: "batch"}, "cam": {0: "batch"}}
         inp = "pairs"
-    base = {"name": kind, "version": "0", "grid": {"spacing_mm": [0.5, 0.5], "shape_xy": [64, 64], "min_slice_mm": 4.0,
-                                                  "reformat_slice_mm": 5.0}, "window": {"level": 30.0, "width": 60.0}}
-    role = ({"role": "segment_coarse", "input_stride": 2, "z_multiple": 4} if kind == "vbnet" else
-            {"role": "classify_cortical", "crop": [7, 32, 24], "regions": ["M1"], "threshold": 0.5})
-    card = export_model(model, example, tmp_path, kind, inp, names, dyn, {**base, **role})
-    assert card["export_parity_max_abs_error"] < PARITY_TOL
-    assert json.loads((tmp_path / f"{kind}.json").read_text())["sha256"] == card["sha256"]
+    from runtime.modelcard import CardDraft, ClassifierPart, GridSpec, SegmenterPart
+    part = (SegmenterPart(input_stride=2, z_multiple=4, classes=("background", "brain")) if kind == "vbnet" else
+            ClassifierPart(crop=(7, 32, 24), regions=("M1",), threshold=0.5))
+    draft = CardDraft(name=kind, version="0", role="segment_coarse" if kind == "vbnet" else "classify_cortical",
+                      grid=GridSpec((0.5, 0.5), (64, 64), 4.0, 5.0), window=(30.0, 60.0), part=part,
+                      extra={"provenance": "test"})
+    card = export_model(model, example, tmp_path, kind, inp, names, dyn, draft)
+    assert card.raw["export_parity_max_abs_error"] < PARITY_TOL and card.part == part
+    assert json.loads((tmp_path / f"{kind}.json").read_text())["sha256"] == card.sha256
     proto = onnx.load(str(tmp_path / f"{kind}.onnx"))
     assert proto.opset_import[0].version >= 17
     # fp16 graph: fp32 at the boundary, fp16 inside, close to fp32.
@@ -153,3 +155,33 @@ def test_phantom_covers_the_whole_head(phantom):
         for end in (0, -1):
             assert not np.take(bone, end, axis=axis).any(), f"skull touches the border on axis {axis}"
     assert 1500 < (phantom.labels > 0).sum() / 1000 < 2100     # brain mL
+
+
+@pytest.mark.slow
+def test_trainers_write_cards_the_runtime_loads(tmp_path):
+    """Two iterations of each trainer on random cases: the cards they build load as runtime records."""
+    from export.config import CLASSIFIER_CROP, GRID_SHAPE_XY
+    from export.train import TrainConfig, train_classifier, train_segmenter
+    from runtime.modelcard import ClassifierPart, SegmenterPart, load_card
+    from runtime.regions import label_id
+    rng = np.random.default_rng(0)
+    nx, ny = GRID_SHAPE_XY[0] // 2, GRID_SHAPE_XY[1] // 2
+    cases = []
+    for _ in range(3):
+        labels = np.zeros((8, ny, nx), np.uint8)
+        labels[2:6, 60:160, 40:150] = 21
+        labels[3:5, 90:120, 60:80] = label_id(0, "right")
+        labels[3:5, 90:120, 110:130] = label_id(0, "left")
+        cases.append({"image1": rng.uniform(-1, 1, (8, ny, nx)).astype(np.float16), "labels1": labels,
+                      "pairs": rng.uniform(-1, 1, (10, 2, 2, *CLASSIFIER_CROP)).astype(np.float16),
+                      "hypo": rng.random((10, 2, *CLASSIFIER_CROP)) > 0.9,
+                      "affected": rng.random((10, 2)) > 0.7, "name": "c"})
+    cfg = TrainConfig(iterations=2, batch=1)
+    log = tmp_path / "log.jsonl"
+    fine = train_segmenter("fine", cases, cases[:1], cfg, False, tmp_path, log)
+    cortical = train_classifier("cortical", cases, cases[:1], TrainConfig(iterations=2, batch=2), False, tmp_path,
+                                log)
+    assert isinstance(fine.part, SegmenterPart) and fine.fine_crop_xy == (160, 176)
+    assert isinstance(cortical.part, ClassifierPart) and cortical.regions == ("M1", "M2", "M3", "M4", "M5", "M6")
+    assert load_card(tmp_path / "vbnet_fine.json").part == fine.part
+    assert (tmp_path / "MANIFEST.json").exists()
