@@ -20,10 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="score one study and write report.json + key-slice PNGs")
-    p.add_argument("path", nargs="?", help="DICOM series folder, NIfTI, MHA or NRRD "
+    p.add_argument("path", nargs="*", help="DICOM series folder, .zip, NIfTI, MHA or NRRD; several for a batch "
                                            "(default: the bundled synthetic demo study)")
     p.add_argument("--out", required=True, type=Path,
-                   help="output folder (created; existing reports are never overwritten)")
+                   help="output folder (created; existing reports are never overwritten); a batch writes one "
+                        "sub-folder per study and batch.json")
     p.add_argument("--outputs", default=None, metavar="LIST",
                    help="comma list of json, png, seg, sr, sc (default: all that the input allows; DICOM "
                         "SEG, SR and secondary captures need a DICOM input)")
@@ -98,18 +99,73 @@ def _terminated(signum, frame):
 
 def _score(args) -> int:
     from .pipeline import make_scorer
-    from .report import OUTPUTS, check_outputs, output_folder, write_report
+    from .report import check_outputs
     from .shipped import DEFAULT_STUDY
 
-    if args.path is not None and not args.path.strip():
-        raise UsageError("the study path is empty; give a DICOM folder or a volume file, or no path for the demo")
-    path = DEFAULT_STUDY if args.path is None else Path(args.path)
-    if args.path is None:
-        print(f"no study given: scoring the bundled synthetic demo study {path.name}")
+    if any(not p.strip() for p in args.path):
+        raise UsageError("a study path is empty; give a DICOM folder or a volume file, or no path for the demo")
+    paths = [Path(p) for p in args.path] or [DEFAULT_STUDY]
+    if not args.path:
+        print(f"no study given: scoring the bundled synthetic demo study {DEFAULT_STUDY.name}")
     outputs = check_outputs(tuple(o.strip() for o in args.outputs.split(","))) if args.outputs else None
-    with output_folder(args.out, outputs or OUTPUTS) as folder:      # claimed and checked before any compute
-        result = make_scorer(args.models, backend=args.device, threads=args.threads).score(path)
-        paths = write_report(result, folder, outputs)
+    if len(paths) == 1:
+        return _score_one(paths[0], args.out, outputs, lambda: make_scorer(args.models, backend=args.device,
+                                                                           threads=args.threads))
+    return _score_batch(paths, args, outputs)
+
+
+def _score_one(path: Path, out: Path, outputs, scorer_factory) -> int:
+    from .report import OUTPUTS, output_folder, write_report
+
+    with output_folder(out, outputs or OUTPUTS) as folder:      # claimed and checked before any compute
+        result = scorer_factory().score(path)
+        written = write_report(result, folder, outputs)
+    _print_result(result, written)
+    return 0
+
+
+def _score_batch(paths: list[Path], args, outputs) -> int:
+    """Several studies, models loaded once; one sub-folder each, and batch.json: every study's outcome,
+    failures included (input, exit code, message). The exit code is the first failure's, else 0."""
+    from .output import OutputFolder
+    from .pipeline import make_scorer
+
+    names = _batch_names(paths)
+    with OutputFolder(args.out, ("batch.json",)) as summary:
+        scorer = make_scorer(args.models, backend=args.device, threads=args.threads)
+        records: list[dict] = []
+        first_failure = 0
+        for path, name in zip(paths, names):
+            print(f"[{len(records) + 1}/{len(paths)}] {path}")
+            try:
+                _score_one(path, args.out / name, outputs, lambda: scorer)
+                records.append({"input": str(path), "output": name, "exit_code": 0, "error": None})
+            except AspectsError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                records.append({"input": str(path), "output": name, "exit_code": exc.exit_code, "error": str(exc)})
+                first_failure = first_failure or exc.exit_code
+        summary.write("batch.json", (json.dumps({"studies": records}, indent=2) + "\n").encode())
+        summary.commit()
+    return first_failure
+
+
+def _batch_names(paths: list[Path]) -> list[str]:
+    """A sub-folder name per input: its own name without volume suffixes, numbered where two collide."""
+    names: list[str] = []
+    for p in paths:
+        stem = p.name
+        for suffix in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".zip"):
+            if stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        name = stem or "study"
+        while name in names:
+            name = f"{stem}_{len(names) + 1}"
+        names.append(name)
+    return names
+
+
+def _print_result(result, paths) -> None:
     s = result.score
     side = f" ({s.symptomatic_side} hemisphere)" if s.symptomatic_side else ""
     print(f"ASPECTS {s.aspects}{side}: {'>6' if s.above_cut else '<=6'}; "
@@ -119,7 +175,6 @@ def _score(args) -> int:
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings)
     print(f"timings: {stages}")
     print(f"report: {paths.get('report') or ', '.join(str(p) for p in paths.values())}")
-    return 0
 
 
 def _engines(args) -> int:

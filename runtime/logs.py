@@ -29,6 +29,7 @@ class JsonLines(logging.Formatter):
 
 
 def configure_logging(level: str = "ERROR", json_path: Path | None = None) -> None:
+    logging.captureWarnings(True)      # library warnings are log records, not stray stderr lines
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
     for h in list(root.handlers):
@@ -50,12 +51,16 @@ def quiet_native_stderr():
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     sys.stderr.flush()
     saved = os.dup(2)
+    python_stderr = sys.stderr
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
+        # Python's own writes (error lines of a batch) still reach the terminal; only fd 2 is caught.
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
         try:
             yield
         finally:
-            sys.stderr.flush()
+            sys.stderr.close()
+            sys.stderr = python_stderr
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)

@@ -32,6 +32,7 @@ class OutputFolder:
         self._fd: int | None = None
         self._placed: list[Path] = []
         self._done = False
+        self._created = False
 
     def __enter__(self) -> OutputFolder:
         self.claim()
@@ -47,6 +48,7 @@ class OutputFolder:
         if os.path.lexists(self.path) and not self.path.is_dir():
             raise OutputExists(f"{self.path}: exists and is not a folder")
         try:
+            self._created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
@@ -114,3 +116,8 @@ class OutputFolder:
             except OSError:
                 pass
         self._placed.clear()
+        if self._created:              # a folder this run made and left empty goes too
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass

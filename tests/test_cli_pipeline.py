@@ -141,3 +141,17 @@ def test_dicom_and_nifti_of_one_study_score_the_same(tmp_path, demo_study, demo_
     assert doc["aspects"] == demo_result.score.aspects
     # DICOM stores positions as decimal strings: the pose may move by a fraction of a voxel, no more.
     np.testing.assert_allclose(doc["alignment"]["model_to_study_lps"], demo_result.alignment.matrix, atol=0.3)
+
+
+@pytest.mark.slow
+def test_batch_scores_each_study_and_records_failures(tmp_path):
+    """Several inputs, models loaded once: one sub-folder per study, batch.json with every outcome."""
+    out = tmp_path / "batch"
+    run = subprocess.run([sys.executable, "-m", "runtime.cli", "score", str(DEFAULT_STUDY),
+                          str(tmp_path / "missing.nii.gz"), "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 3
+    assert run.stderr.splitlines() == [f"error: {tmp_path / 'missing.nii.gz'}: no such file or folder"]
+    records = json.loads((out / "batch.json").read_text())["studies"]
+    assert [(r["output"], r["exit_code"]) for r in records] == [("default_study", 0), ("missing", 3)]
+    assert (out / "default_study" / "report.json").exists() and not (out / "missing").exists()
