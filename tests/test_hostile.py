@@ -77,7 +77,7 @@ def test_a_failed_write_leaves_nothing(tmp_path, demo_result, monkeypatch):
     monkeypatch.setattr(output.os, "link", failing_link)
     with pytest.raises(KeyboardInterrupt):
         write_report(demo_result, tmp_path / "out")
-    assert list((tmp_path / "out").iterdir()) == [] and len(calls) == 3
+    assert not (tmp_path / "out").exists() and len(calls) == 3     # the folder the run made goes too
 
 
 @pytest.mark.slow
@@ -133,3 +133,19 @@ def test_tilted_and_untilted_encodings_give_the_same_calls(tmp_path, scorer):
     a, b = scorer.score(tmp_path / "plain"), scorer.score(tmp_path / "tilted")
     assert a.score.affected == b.score.affected and a.score.aspects == b.score.aspects
     assert a.grid.spacing[2] == pytest.approx(b.grid.spacing[2], abs=1e-3)
+
+
+def test_a_failed_write_keeps_the_users_own_folder(tmp_path, demo_result, monkeypatch):
+    from runtime import output
+    from runtime.report import write_report
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+
+    def failing_link(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(output.os, "link", failing_link)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(demo_result, out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
