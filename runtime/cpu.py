@@ -39,9 +39,11 @@ class CpuScorer:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         with _timed(timings, "read"):
-            study = source if isinstance(source, Study) else read_study(source)
             if isinstance(source, Study):
+                study = source
                 validate_study(study)     # a Study built in code gets the same checks as a file
+            else:
+                study = read_study(source)
         with _timed(timings, "align"):
             alignment = align(study)
         with _timed(timings, "preprocess"):

@@ -58,22 +58,21 @@ def measure(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid, rule: DensityRu
     mirrored_ok = parenchyma[:, :, ::-1]
     asymmetry = np.where(parenchyma & mirrored_ok, smooth - smooth[:, :, ::-1], 0.0).astype(np.float32)
     darker = asymmetry <= -hypodense_hu
-    voxel_ml = float(np.prod(grid.spacing)) / 1000.0
-    means = {}
+    means, hypodense = {}, {}
     for r, name in enumerate(REGION_NAMES):
         for side in SIDES:
-            values = hu[(labels == label_id(r, side)) & parenchyma]
+            region = (labels == label_id(r, side)) & parenchyma
+            values = hu[region]
             means[name, side] = float(values.mean()) if values.size >= MIN_VOXELS else None
+            hypodense[name, side] = float((region & mirrored_ok & darker).sum()) * grid.voxel_ml
     out = []
-    for r, name in enumerate(REGION_NAMES):
+    for name in REGION_NAMES:
         for side in SIDES:
             twin = "right" if side == "left" else "left"
             mean, twin_mean = means[name, side], means[name, twin]
             diff = None if mean is None or twin_mean is None else mean - twin_mean
-            region = (labels == label_id(r, side)) & parenchyma & mirrored_ok
             out.append(RegionDensity(region=name, side=side, mean_hu=_round(mean), twin_mean_hu=_round(twin_mean),
-                                     difference_hu=_round(diff), hypodense_ml=round(float((region & darker).sum())
-                                                                                  * voxel_ml, 3)))
+                                     difference_hu=_round(diff), hypodense_ml=round(hypodense[name, side], 3)))
     return DensityMap(regions=tuple(out), asymmetry_hu=asymmetry)
 
 

@@ -26,7 +26,7 @@ class Preprocessed:
 
     @property
     def brain_ml(self) -> float:
-        return float(self.brain.sum()) * float(np.prod(self.grid.spacing)) / 1000.0
+        return float(self.brain.sum()) * self.grid.voxel_ml
 
 
 def preprocess(study: Study, alignment: Alignment, spec: GridSpec, window_hu: tuple[float, float]) -> Preprocessed:

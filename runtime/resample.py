@@ -29,6 +29,10 @@ class ModelGrid:
     slab: int                                # input slices averaged into one grid slice (1 = native)
 
     @property
+    def voxel_ml(self) -> float:
+        return float(np.prod(self.spacing)) / 1000.0
+
+    @property
     def index_to_model(self) -> np.ndarray:
         m = np.diag([*self.spacing, 1.0])
         m[:3, 3] = self.origin

@@ -116,7 +116,7 @@ class GpuScorer:
             timings[stage] = timings.get(stage, 0.0) + dev.elapsed_ms(a, b) / 1000.0
         timings["score"] = timings.pop("download")           # the read-back belongs to scoring
 
-        brain_ml = check_brain_volume(study, brain_voxels * img.factor ** 2 * float(np.prod(grid.spacing)) / 1000.0)
+        brain_ml = check_brain_volume(study, brain_voxels * img.factor ** 2 * grid.voxel_ml)   # working -> model grid
         t5 = time.perf_counter()
         densities = measure(hu, label_map, grid, self.models.classify_density)
         final = score_study(batches, results, densities, self.models)
