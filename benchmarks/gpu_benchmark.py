@@ -123,14 +123,13 @@ def time_study(scorer, path: Path, runs: int, warmup: int) -> dict:
 def preprocessing_check(scorer, path: Path) -> dict:
     """GPU resample + strip + window against the CPU functions on the same alignment."""
     from runtime.align import align
-    from runtime.gpu.align import DeviceMirror
     from runtime.gpu.preprocess import preprocess_on_device
     from runtime.preprocess import preprocess_grid
     from runtime.read import read_study
     from runtime.resample import model_grid, resample
     dev = scorer.gpu
     study = read_study(path)
-    alignment = align(study, DeviceMirror(dev))
+    alignment = align(study)
     grid = model_grid(study, alignment, scorer.models.grid)
     img = preprocess_on_device(dev, dev.put(study.hu), study, alignment, grid, scorer.models.window)
     hu, brain = dev.get(img.hu), dev.get(img.brain).astype(bool).repeat(img.factor, 1).repeat(img.factor, 2)

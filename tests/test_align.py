@@ -2,7 +2,8 @@
 
 Each trial moves the demo head by a known rigid transform (up to 15 degrees about
 a random axis, up to 20 mm), then checks that the plane found on the moved study
-is the moved plane of the original: within 1 degree and 1 mm.
+is the moved plane of the original: within 1 degree and 1 mm. One trial is a 15 degree
+turn about an oblique axis, the case the first alignment missed (1.01 degrees).
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ def test_demo_head_is_found_tilted(demo_study):
 def test_pose_recovered_within_1_degree_and_1_mm(head):
     base = align(head)
     rng = np.random.default_rng(7)
-    for trial in range(4):
+    for trial in range(6):
         axis = rng.normal(size=3)
-        deg = rng.uniform(8, 12)   # at 15 degrees about oblique axes the error reached 1.01 degrees: see README
+        deg = 15.0 if trial == 0 else rng.uniform(8, 15)
         rot = _rotation(axis, deg)
         shift = rng.uniform(-1, 1, 3)
         shift *= rng.uniform(10, 20) / np.linalg.norm(shift)

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from runtime.align import Alignment, _make_level, align, mirror_similarity
+from runtime.align import Alignment, align
 from runtime.gpu import kernels
-from runtime.gpu.align import DeviceMirror
 from runtime.gpu.patches import batch_on_device, host_batch
 from runtime.gpu.preprocess import largest_component, resample_on_device, strip_on_device, window_on_device
 from runtime.modelcard import GridSpec
@@ -70,10 +69,9 @@ def test_launch_arguments_are_named_as_in_the_kernel_source():
     """Signatures are read from kernels.cu; a launch must name every parameter, and only those."""
     from runtime.gpu.device import kernel_args
     source = kernels.SOURCE.read_text()
-    assert len(kernels.KERNELS) == source.count('extern "C" __global__') == 25
+    assert len(kernels.KERNELS) == source.count('extern "C" __global__') == 24
     assert [n for n, _ in kernels.KERNELS["component_box"]] == ["lab", "size", "largest", "fraction", "nz", "ny",
                                                                "nx", "box"]
-    assert [c for _, c in kernels.KERNELS["mirror_sums"]] == list("piiipppiddddp")
     assert len(kernel_args("box_reset", {"box": 0})) == 1
     with pytest.raises(TypeError, match="missing"):
         kernel_args("flip_x", {"v": 0, "nx": 7})
@@ -182,16 +180,7 @@ def test_mirror_average_kernels(device, rng):
     np.testing.assert_array_equal(device.get(by), y + x)
 
 
-# ---------------------------------------------------------------- alignment, batches
-
-def test_mirror_similarity_matches_cpu(device, demo_study):
-    rng = np.random.default_rng(0)
-    level = _make_level(demo_study, 2.0, rng)
-    centre = level.points.mean(axis=0)
-    mirror = DeviceMirror(device)
-    for params in [(0.0, 0.0, 0.0), (0.1, -0.05, 2.0), (-0.3, 0.02, -4.0)]:
-        assert mirror(level, centre, params) == pytest.approx(mirror_similarity(level, centre, params), abs=1e-5)
-
+# ---------------------------------------------------------------- batches
 
 def test_patch_batch_matches_cpu(device, demo_result, scorer):
     grid, hu, labels = demo_result.grid, demo_result.hu, demo_result.labels

@@ -4,8 +4,8 @@
 // CPU path give the same image, mask, labels and patches; tests/test_gpu_kernels.py checks
 // that. Volumes are C-order (z, y, x). Every loop is a grid-stride loop and nothing depends
 // on the block size, so the same source also runs as plain C++ (one thread) in the tests.
-// No #include: NVRTC compiles this without an include path. The label ids, classes and
-// POINTS_PER_THREAD come from the #define block runtime.gpu.kernels.source() puts in front.
+// No #include: NVRTC compiles this without an include path. The label ids and classes come
+// from the #define block runtime.gpu.kernels.source() puts in front.
 
 typedef long long i64;
 typedef unsigned long long u64;
@@ -363,49 +363,5 @@ extern "C" __global__ void crop_pairs(const float* __restrict__ image, const u8*
             val = ch == 0 ? image[at] : (labels[at] == want ? 1.0f : 0.0f);
         }
         out[idx] = val;
-    }
-}
-
-// ------------------------------------------------------------------ alignment (runtime.align.mirror_similarity)
-
-// scipy map_coordinates(order=1, mode="constant", cval=0): 0 outside [0, n - 1].
-__device__ inline double sample_inside(const float* __restrict__ v, int nx, int ny, int nz, double ci, double cj,
-                                       double ck) {
-    if (ci < 0 || cj < 0 || ck < 0 || ci > nx - 1 || cj > ny - 1 || ck > nz - 1) return 0.0;
-    int i0 = (int)floor(ci), j0 = (int)floor(cj), k0 = (int)floor(ck);
-    double di = ci - i0, dj = cj - j0, dk = ck - k0;
-    int i1 = i0 + 1 < nx ? i0 + 1 : i0, j1 = j0 + 1 < ny ? j0 + 1 : j0, k1 = k0 + 1 < nz ? k0 + 1 : k0;
-    const i64 sy = nx, sz = (i64)nx * ny;
-    double c00 = v[k0 * sz + j0 * sy + i0] * (1 - di) + v[k0 * sz + j0 * sy + i1] * di;
-    double c01 = v[k0 * sz + j1 * sy + i0] * (1 - di) + v[k0 * sz + j1 * sy + i1] * di;
-    double c10 = v[k1 * sz + j0 * sy + i0] * (1 - di) + v[k1 * sz + j0 * sy + i1] * di;
-    double c11 = v[k1 * sz + j1 * sy + i0] * (1 - di) + v[k1 * sz + j1 * sy + i1] * di;
-    return (c00 * (1 - dj) + c01 * dj) * (1 - dk) + (c10 * (1 - dj) + c11 * dj) * dk;
-}
-
-
-// Mirror every sample point through the plane (unit normal n, offset d: signed distance
-// p.n - d) and accumulate sum(a b), sum(b), sum(b^2), with b the volume at the mirror point
-// and a the point's own centred value. w2i (3x4): LPS mm -> volume (i, j, k) index.
-extern "C" __global__ void mirror_sums(const float* __restrict__ vol, int nx, int ny, int nz,
-                                       const double* __restrict__ w2i, const double* __restrict__ points,
-                                       const double* __restrict__ a, int N, double pnx, double pny, double pnz,
-                                       double pd, double* sums) {
-    GRID_STRIDE(t, (N + POINTS_PER_THREAD - 1) / POINTS_PER_THREAD) {
-        const int p0 = (int)t * POINTS_PER_THREAD;
-        double sab = 0, sb = 0, sbb = 0;
-        for (int p = p0; p < N && p < p0 + POINTS_PER_THREAD; ++p) {
-            double px = points[3 * p], py = points[3 * p + 1], pz = points[3 * p + 2];
-            double s = px * pnx + py * pny + pz * pnz - pd;
-            double mx = px - 2 * s * pnx, my = py - 2 * s * pny, mz = pz - 2 * s * pnz;
-            double ci = w2i[0] * mx + w2i[1] * my + w2i[2] * mz + w2i[3];
-            double cj = w2i[4] * mx + w2i[5] * my + w2i[6] * mz + w2i[7];
-            double ck = w2i[8] * mx + w2i[9] * my + w2i[10] * mz + w2i[11];
-            double b = sample_inside(vol, nx, ny, nz, ci, cj, ck);
-            sab += a[p] * b; sb += b; sbb += b * b;
-        }
-        atomicAdd(&sums[0], sab);
-        atomicAdd(&sums[1], sb);
-        atomicAdd(&sums[2], sbb);
     }
 }

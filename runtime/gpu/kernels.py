@@ -16,7 +16,6 @@ from ..errors import DeviceUnavailable
 from ..regions import cuda_defines
 
 SOURCE = Path(__file__).with_name("kernels.cu")
-POINTS_PER_THREAD = 64          # mirror_sums: sample points summed by one thread
 _SCALAR_CODES = {"int": "i", "i64": "l", "float": "f", "double": "d"}
 
 
@@ -52,10 +51,9 @@ def nvrtc_version() -> tuple[int, int]:
 
 
 def source() -> bytes:
-    """kernels.cu behind the numbers it shares with Python: the region table's label ids and classes,
-    and the launch geometry. The CPU emulation in the tests compiles exactly this text too."""
-    defines = cuda_defines() + f"#define POINTS_PER_THREAD {POINTS_PER_THREAD}\n"
-    return defines.encode() + SOURCE.read_bytes()
+    """kernels.cu behind the numbers it shares with Python: the region table's label ids and classes.
+    The CPU emulation in the tests compiles exactly this text too."""
+    return cuda_defines().encode() + SOURCE.read_bytes()
 
 
 def compile_cubin(arch: str, use_cache: bool = True) -> bytes:

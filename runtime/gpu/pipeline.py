@@ -2,8 +2,8 @@
 segment -> mirrored patches -> DA-Net, all on one stream -> read back -> density -> score.
 
 Same stages and the same StudyResult as runtime.cpu.CpuScorer; only the place
-the voxels live changes. Host round trips: the alignment search (three numbers
-per candidate plane), and the results at the end; with the region atlas (the
+the voxels live changes. Alignment runs on the host (about 0.2 s on a reduced copy
+of the study, whatever its slice count); host round trips: the results at the end; with the region atlas (the
 shipped default) the model-grid HU and brain mask come down once for the
 registration, which runs on the host, and the labels go back up; with the
 VB-Net cascade, only the coarse box (six integers).
@@ -27,7 +27,6 @@ from ..read import Study, read_study, validate_study
 from ..resample import model_grid, window
 from ..result import CLASSIFIER_ROLES, StudyResult, check_brain_volume, score_study, study_result
 from ..segment import Segmentation
-from .align import DeviceMirror
 from .interfaces import Device, DeviceEngine
 from .patches import batch_on_device, host_batch
 from .preprocess import preprocess_on_device
@@ -73,7 +72,7 @@ class GpuScorer:
             validate_study(study)
         t1 = time.perf_counter()
         study_hu = dev.put(study.hu.astype(np.float32, copy=False))
-        alignment = align(study, DeviceMirror(dev))
+        alignment = align(study)
         grid = model_grid(study, alignment, self.models.grid)
         t2 = time.perf_counter()
         timings.update(read=t1 - t0, align=t2 - t1)
