@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.align import align
-from runtime.atlas import RegionAtlas, grid_image, register
+from runtime.atlas import RegionAtlas, grid_image, register, registration_image
 from runtime.modelcard import AtlasCard, file_sha256, load_model_set, write_card
 from runtime.preprocess import preprocess
 from runtime.read import read_study
@@ -66,8 +66,7 @@ def map_in_template_space(read: Read, order: dict[int, int], template: sitk.Imag
     study = read_study(read.image)
     alignment = align(study)
     prep = preprocess(study, alignment, spec, window)
-    fixed = grid_image(np.where(prep.brain, prep.hu, 0.0).astype(np.float32), prep.grid.spacing, prep.grid.origin)
-    transform = register(fixed, template)
+    transform = register(registration_image(prep), template)
     expert = read_expert_map(read.map, order)
     on_grid = resample(study, alignment, prep.grid, volume=expert, nearest=True)
     moving = grid_image(on_grid, prep.grid.spacing, prep.grid.origin)

@@ -24,12 +24,14 @@ from .modelcard import AtlasCard, verify_file
 from .preprocess import Preprocessed
 from .regions import BRAIN_LABEL
 from .segment import Segmentation
+from .volume import block_mean
 
 # Registration works on parenchyma intensities: bone and CSF extremes would dominate the metric.
 CLAMP_HU = (0.0, 80.0)
 SAMPLING_FRACTION = 0.1
 SAMPLING_SEED = 1
-SHRINK = (4, 2)              # of the 0.5 mm model grid: 2 mm, then 1 mm in-plane
+WORK_FACTOR = 2              # registration works on the model grid reduced in-plane: 1 mm at the 0.5 mm grid
+SHRINK = (2, 1)              # of that working image: 2 mm, then 1 mm in-plane
 SMOOTH_MM = (2.0, 1.0)
 ITERATIONS = 200
 # Normalised cross-correlation of the registered template with the stripped study. Measured: 0.11-0.32
@@ -82,15 +84,25 @@ def register(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
     return reg.Execute(f, m)
 
 
+def registration_image(prep: Preprocessed) -> sitk.Image:
+    """The stripped brain at WORK_FACTOR x the model grid's in-plane spacing: what the registration
+    sees. The atlas labels are 1 mm, so nothing is lost by working, and warping, at 1 mm."""
+    grid, f = prep.grid, WORK_FACTOR
+    small = block_mean(np.where(prep.brain, prep.hu, 0.0).astype(np.float32), f)
+    sx, sy, sz = grid.spacing
+    ox, oy, oz = grid.origin
+    # A block mean sits at the centre of its f x f input voxels.
+    return grid_image(small, (sx * f, sy * f, sz), (ox + (f - 1) / 2 * sx, oy + (f - 1) / 2 * sy, oz))
+
+
 class AtlasSegmenter:
-    """Segmenter: atlas registration. ~3 s on two cores, no network."""
+    """Segmenter: atlas registration. About 1-1.5 s on two cores, no network."""
 
     def __init__(self, atlas: RegionAtlas):
         self.atlas = atlas
 
     def segment(self, prep: Preprocessed) -> Segmentation:
-        grid = prep.grid
-        fixed = grid_image(np.where(prep.brain, prep.hu, 0.0).astype(np.float32), grid.spacing, grid.origin)
+        fixed = registration_image(prep)
         transform = register(fixed, self.atlas.template)
         ncc = template_match(fixed, self.atlas.template, transform)
         if ncc < MIN_TEMPLATE_NCC:
@@ -98,9 +110,16 @@ class AtlasSegmenter:
                            f"upright heads reach {MIN_TEMPLATE_NCC:.2f} or more): the head may be upside down, "
                            "turned in the image plane or prone under a supine header, or this is not a head CT")
         warped = sitk.Resample(self.atlas.labels, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-        regions = sitk.GetArrayFromImage(warped)
+        regions = _upsample(sitk.GetArrayFromImage(warped), WORK_FACTOR, prep.brain.shape)
         labels = np.where(prep.brain, np.where(regions > 0, regions, BRAIN_LABEL), 0).astype(np.uint8)
         return Segmentation(labels=labels, template_ncc=ncc)
+
+
+def _upsample(labels: np.ndarray, f: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest upsampling in-plane by f onto `shape`; an odd last row or column repeats its neighbour."""
+    up = labels.repeat(f, axis=1).repeat(f, axis=2)
+    pad = [(0, 0), (0, shape[1] - up.shape[1]), (0, shape[2] - up.shape[2])]
+    return np.pad(up, pad, mode="edge")
 
 
 def template_match(fixed: sitk.Image, template: sitk.Image, transform: sitk.Transform) -> float:

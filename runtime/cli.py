@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from .engine import CPU_ENGINES
 from .errors import AspectsError, DeviceUnavailable, UsageError
 from .logs import configure_logging, quiet_native_stderr
 from .modelcard import DEFAULT_MODEL_DIR, load_model_set
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR, help="folder of ONNX models and cards")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU cores for every stage (default: $ASPECTS_THREADS, else the cores this process may use)")
+    p.add_argument("--engine", choices=CPU_ENGINES, default=None,
+                   help="CPU inference engine (default: $ASPECTS_ENGINE, else onnxruntime; openvino needs the "
+                        "openvino extra)")
 
     m = sub.add_parser("models", help="list the models and their cards")
     m.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
@@ -43,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                         "ONNX Runtime fp32 and the GPU score with the CPU score on the bundled study")
     e.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
     e.add_argument("--rebuild", action="store_true", help="build even when a valid cached engine exists")
+    e.add_argument("--engine", choices=("tensorrt", "openvino"), default="tensorrt",
+                   help="parity: check TensorRT on the GPU (default) or the OpenVINO CPU engine")
 
     parser.add_argument("--log-level", default="ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="log to stderr from this level (default ERROR: stderr carries only the error line)")
@@ -110,7 +116,7 @@ def _score(args) -> int:
     outputs = check_outputs(tuple(o.strip() for o in args.outputs.split(","))) if args.outputs else None
     if len(paths) == 1:
         return _score_one(paths[0], args.out, outputs, lambda: make_scorer(args.models, backend=args.device,
-                                                                           threads=args.threads))
+                                                                           threads=args.threads, engine=args.engine))
     return _score_batch(paths, args, outputs)
 
 
@@ -132,7 +138,7 @@ def _score_batch(paths: list[Path], args, outputs) -> int:
 
     names = _batch_names(paths)
     with OutputFolder(args.out, ("batch.json",)) as summary:
-        scorer = make_scorer(args.models, backend=args.device, threads=args.threads)
+        scorer = make_scorer(args.models, backend=args.device, threads=args.threads, engine=args.engine)
         records: list[dict] = []
         first_failure = 0
         for path, name in zip(paths, names):
@@ -183,7 +189,7 @@ def _engines(args) -> int:
 
     if args.action == "parity":
         from .parity import main as parity_main
-        return parity_main(args.models)
+        return parity_main(args.models, args.engine)
     device = CudaDevice()
     for card in load_model_set(args.models).cards:
         get_plan(card, device.name, device.compute_capability, args.models, rebuild=args.rebuild)

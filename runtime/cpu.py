@@ -12,7 +12,7 @@ from .align import align
 from .atlas import AtlasSegmenter, load_atlas
 from .classify import classify
 from .density import measure
-from .engine import Engine, OnnxRuntimeEngine
+from .engine import Engine, cpu_engine, engine_version
 from .modelcard import DEFAULT_MODEL_DIR, ModelSet, load_model_set
 from .patches import build_batch
 from .preprocess import preprocess
@@ -23,16 +23,16 @@ from .threads import resolve
 
 
 class CpuScorer:
-    device_label = "cpu"
-
     def __init__(self, model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, segmenter: str = "auto",
-                 threads: int | None = None):
+                 threads: int | None = None, engine: str = "onnxruntime"):
         """`segmenter`: "atlas", "network" (the VB-Net cascade) or "auto" (the atlas when the model
-        set has one). `threads`: cores for every stage (default: runtime.threads.resolve)."""
+        set has one). `threads`: cores for every stage (default: runtime.threads.resolve).
+        `engine`: one of runtime.engine.CPU_ENGINES."""
         self.models: ModelSet = load_model_set(model_dir)
         self.threads = resolve(threads)
-        self.engines: dict[str, Engine] = {card.role: OnnxRuntimeEngine(card, self.threads)
+        self.engines: dict[str, Engine] = {card.role: cpu_engine(card, engine, self.threads)
                                            for card in self.models.cards}
+        self.device_label = f"cpu ({engine_version(engine)})"
         self.segmenter: Segmenter = make_segmenter(self.models, self.engines, segmenter)
 
     def score(self, source: str | os.PathLike | Study) -> StudyResult:

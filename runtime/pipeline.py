@@ -22,13 +22,15 @@ class Scorer(Protocol):
 
 
 def make_scorer(model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, backend: str = "cpu",
-                threads: int | None = None) -> Scorer:
-    """`backend`: 'cpu' (ONNX Runtime) or 'gpu' (TensorRT + CUDA kernels). The GPU path raises
-    DeviceUnavailable with the reason when this machine cannot run it. `threads`: CPU cores for
-    every stage (default: $ASPECTS_THREADS, else the cores this process may use)."""
+                threads: int | None = None, engine: str | None = None) -> Scorer:
+    """`backend`: 'cpu' or 'gpu' (TensorRT + CUDA kernels). The GPU path raises DeviceUnavailable
+    with the reason when this machine cannot run it. `threads`: CPU cores for every stage (default:
+    $ASPECTS_THREADS, else the cores this process may use). `engine`: the CPU engine, 'onnxruntime'
+    or 'openvino' (default: $ASPECTS_ENGINE, else onnxruntime)."""
     if backend == "cpu":
         from .cpu import CpuScorer
-        return CpuScorer(model_dir, threads=threads)
+        from .engine import ENV
+        return CpuScorer(model_dir, threads=threads, engine=engine or os.environ.get(ENV) or "onnxruntime")
     if backend == "gpu" or backend.startswith("gpu:"):
         from .gpu.pipeline import GpuScorer
         from .threads import resolve

@@ -1,4 +1,5 @@
-"""One thread setting for every stage: ONNX Runtime's sessions and SimpleITK's filters.
+"""One thread setting for every stage: the CPU engines' sessions (ONNX Runtime, OpenVINO),
+SimpleITK's filters and the BLAS under numpy and scipy.
 
 The default is the cores this process may really use: its CPU affinity and its
 cgroup quota (a console shares its CPUs with reconstruction; a container may be
@@ -12,6 +13,7 @@ import os
 from pathlib import Path
 
 import SimpleITK as sitk
+from threadpoolctl import threadpool_limits
 
 ENV = "ASPECTS_THREADS"
 
@@ -47,4 +49,5 @@ def resolve(threads: int | None = None) -> int:
     if n < 1:
         raise ValueError(f"thread count must be at least 1, not {n}")
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+    threadpool_limits(n)          # numpy/scipy BLAS (OpenBLAS, MKL); scipy.ndimage is single-threaded
     return n

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import SimpleITK as sitk
+from threadpoolctl import threadpool_info
 
 from runtime import threads
 
@@ -17,7 +19,12 @@ def test_default_is_the_cores_this_process_may_use(monkeypatch):
     assert threads.resolve() == n
 
 
-def test_one_setting_reaches_onnx_runtime_and_simpleitk(monkeypatch):
+def _blas_threads() -> set[int]:
+    import numpy as np  # noqa: F401  (loads the BLAS threadpoolctl reports)
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
+def test_one_setting_reaches_onnx_runtime_simpleitk_and_blas(monkeypatch):
     from runtime.engine import OnnxRuntimeEngine
     from runtime.modelcard import load_model_set
     monkeypatch.setenv(threads.ENV, "1")
@@ -25,4 +32,15 @@ def test_one_setting_reaches_onnx_runtime_and_simpleitk(monkeypatch):
     engine = OnnxRuntimeEngine(card)
     assert engine.session.get_session_options().intra_op_num_threads == 1
     assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1
+    assert _blas_threads() <= {1}
     assert threads.resolve(2) == 2 and sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 2
+    assert _blas_threads() <= {2}
+
+
+def test_one_setting_reaches_openvino(monkeypatch):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    from runtime.engine import OpenVinoEngine
+    from runtime.modelcard import load_model_set
+    monkeypatch.setenv(threads.ENV, "1")
+    engine = OpenVinoEngine(load_model_set().classify_cortical)
+    assert int(engine.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
