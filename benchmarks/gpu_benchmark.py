@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_benchmark.py --out benchmarks/gpu_results.json
 
-On the bundled 512x512x32 study and a 512x512x240 thin-slice study made from
+On the bundled 512x512x32 study and a 512x512x216 thin-slice study made from
 it: per-stage device time (CUDA events) and the wall clock from file to report,
 medians over many runs after warm-up; the GPU preprocessing checked against the
 CPU result; throughput with several studies in flight (one stream each); the
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from studies import make_thin_study  # benchmarks/ is the script's folder
 
 from runtime.cpu import CpuScorer
 from runtime.errors import AspectsError
@@ -30,24 +31,6 @@ from runtime.modelcard import DEFAULT_MODEL_DIR
 from runtime.shipped import DEFAULT_STUDY
 
 ROOT = Path(__file__).resolve().parent.parent
-
-THIN_SLICES, THIN_MM = 240, 0.625
-
-
-def make_thin_study(path: Path) -> Path:
-    """512 x 512 x 240 at 0.625 mm: the bundled study interpolated along z (a thin-slice stroke series)."""
-    import SimpleITK as sitk
-    img = sitk.ReadImage(str(DEFAULT_STUDY))
-    size = list(img.GetSize())
-    spacing = list(img.GetSpacing())
-    out_spacing = [spacing[0], spacing[1], THIN_MM]
-    centre_k = (size[2] - 1) / 2 - (THIN_SLICES - 1) / 2 * THIN_MM / spacing[2]
-    origin = img.TransformContinuousIndexToPhysicalPoint((0, 0, centre_k))
-    thin = sitk.Resample(img, [size[0], size[1], THIN_SLICES], sitk.Transform(), sitk.sitkLinear, origin, out_spacing,
-                         img.GetDirection(), -1024.0, sitk.sitkInt16)
-    sitk.WriteImage(thin, str(path))
-    return path
-
 
 class TorchEngine:
     """Reference engine: the export package's PyTorch network in fp16 on the device's stream,
@@ -190,7 +173,7 @@ def main(argv=None) -> int:
     report = {"date": time.strftime("%Y-%m-%d"), "device": dev.name, "compute_capability": list(dev.compute_capability),
               "engines": kind, "studies": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        studies = {"bundled_512x512x32": DEFAULT_STUDY, "thin_512x512x240": make_thin_study(Path(tmp) / "thin.nii.gz")}
+        studies = {"bundled_512x512x32": DEFAULT_STUDY, "thin_512x512x216": make_thin_study(Path(tmp) / "thin.nii.gz")}
         cpu = CpuScorer()
         for name, path in studies.items():
             entry = {"gpu": time_study(scorer, path, args.runs, args.warmup),
