@@ -151,12 +151,13 @@ def _model_to_study(normal: np.ndarray, point: np.ndarray) -> np.ndarray:
 
 
 def trilinear(volume: np.ndarray, ijk: np.ndarray, gradient: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Trilinear samples at (N, 3) (i, j, k) indices and their exact gradient d/d(i, j, k); 0 outside
-    the volume (as scipy's map_coordinates order=1, mode='constant')."""
+    """Trilinear samples at (N, 3) (i, j, k) indices and their exact gradient d/d(i, j, k). A point
+    outside the volume takes the value at the nearest edge (gradient 0 across it): with a constant 0
+    outside, points on the first and last slice would fall off a cliff at the slightest roll."""
     nz, ny, nx = volume.shape
-    inside = np.all((ijk >= 0) & (ijk <= np.array([nx - 1, ny - 1, nz - 1])), axis=1)
-    c = np.where(inside[:, None], ijk, 0.0)
-    base = np.floor(c).astype(np.int64)
+    upper = np.array([nx - 1, ny - 1, nz - 1], float)
+    c = np.clip(ijk, 0.0, upper)
+    base = np.minimum(np.floor(c), np.maximum(upper - 1, 0)).astype(np.int64)
     d = c - base
     i0, j0, k0 = base.T
     i1, j1, k1 = np.minimum(i0 + 1, nx - 1), np.minimum(j0 + 1, ny - 1), np.minimum(k0 + 1, nz - 1)
@@ -172,13 +173,13 @@ def trilinear(volume: np.ndarray, ijk: np.ndarray, gradient: bool = True) -> tup
     c00, c01 = v000 + (v001 - v000) * di, v010 + (v011 - v010) * di
     c10, c11 = v100 + (v101 - v100) * di, v110 + (v111 - v110) * di
     c0, c1 = c00 + (c01 - c00) * dj, c10 + (c11 - c10) * dj
-    value = np.where(inside, c0 + (c1 - c0) * dk, 0.0)
+    value = c0 + (c1 - c0) * dk
     if not gradient:
         return value, None
     g0 = (v001 - v000) * (1 - dj) + (v011 - v010) * dj
     g1 = (v101 - v100) * (1 - dj) + (v111 - v110) * dj
     grad = np.stack([g0 * (1 - dk) + g1 * dk, (c01 - c00) * (1 - dk) + (c11 - c10) * dk, c1 - c0], axis=1)
-    return value, np.where(inside[:, None], grad, 0.0)
+    return value, np.where((ijk > 0) & (ijk < upper), grad, 0.0)
 
 
 def mirror_similarity(level: Level, centre: np.ndarray, params) -> float:

@@ -99,6 +99,7 @@ def _read_zip(p: Path) -> Study:
 # MetaImage's modality field: anything but CT (or unknown) is refused.
 _MHA_NOT_CT = {"MET_MOD_MR": "MR", "MET_MOD_NM": "NM", "MET_MOD_US": "US"}
 _NIFTI_FLOAT = {16: "<f4", 64: "<f8"}      # NIfTI datatype codes that can hold NaN or infinity
+_NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4"}
 
 
 def _read_volume_file(p: Path) -> Study:
@@ -119,14 +120,19 @@ def _read_volume_file(p: Path) -> Study:
         raise WrongModality(f"{p}: modality is {modality}, this runtime scores CT only")
     _check_dims(reader.GetSize(), p)
     nifti = _nifti_header(p)
-    if nifti is not None:
-        _check_nifti(p, nifti)
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise UnreadableInput(f"{p}: cannot read image ({_first_line(exc)})") from None
-    hu = sitk.GetArrayFromImage(image).astype(np.float32)
-    return Study(hu=hu, affine=_sitk_affine(image), source=str(p),
+    data = _check_nifti(p, nifti) if nifti is not None else None
+    if nifti is not None and data is not None and nifti.datatype in _NIFTI_DTYPES:
+        # The checks already decompressed every voxel: use those bytes rather than decompress again.
+        hu = _nifti_voxels(data, nifti)
+        affine = _affine(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
+    else:
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise UnreadableInput(f"{p}: cannot read image ({_first_line(exc)})") from None
+        hu = sitk.GetArrayFromImage(image).astype(np.float32)
+        affine = _sitk_affine(image)
+    return Study(hu=hu, affine=affine, source=str(p),
                  metadata={"format": p.suffix.lstrip(".") or "dicom", "modality": modality or "unknown"})
 
 
@@ -137,6 +143,9 @@ class _NiftiHeader:
     bitpix: int
     pixdim: tuple[float, ...]
     vox_offset: int
+    byte_order: str
+    scl_slope: float
+    scl_inter: float
 
 
 def _nifti_header(p: Path) -> _NiftiHeader | None:
@@ -160,11 +169,25 @@ def _nifti_header(p: Path) -> _NiftiHeader | None:
                         datatype=int(np.frombuffer(header[70:72], f"{order}i2")[0]),
                         bitpix=int(np.frombuffer(header[72:74], f"{order}i2")[0]),
                         pixdim=tuple(float(v) for v in np.frombuffer(header[76:108], f"{order}f4")[1:1 + n]),
-                        vox_offset=int(np.frombuffer(header[108:112], f"{order}f4")[0]))
+                        vox_offset=int(np.frombuffer(header[108:112], f"{order}f4")[0]), byte_order=order,
+                        scl_slope=float(np.frombuffer(header[112:116], f"{order}f4")[0]),
+                        scl_inter=float(np.frombuffer(header[116:120], f"{order}f4")[0]))
 
 
-def _check_nifti(p: Path, h: _NiftiHeader) -> None:
-    """Zero or non-finite voxel sizes, a truncated file and NaN/infinite voxels are refused here."""
+def _nifti_voxels(data: bytearray, h: _NiftiHeader) -> np.ndarray:
+    """float32 (z, y, x) from the voxel bytes (x varies fastest, as ITK reads them), with the
+    header's intensity scaling where it sets one (slope 0 means none)."""
+    nx, ny, nz = h.dims[:3]
+    hu = np.frombuffer(data, f"{h.byte_order}{_NIFTI_DTYPES[h.datatype]}", count=nx * ny * nz).reshape(nz, ny, nx)
+    hu = hu.astype(np.float32)
+    if np.isfinite(h.scl_slope) and h.scl_slope != 0 and (h.scl_slope, h.scl_inter) != (1.0, 0.0):
+        hu = hu * np.float32(h.scl_slope) + np.float32(h.scl_inter)
+    return hu
+
+
+def _check_nifti(p: Path, h: _NiftiHeader) -> bytearray | None:
+    """Zero or non-finite voxel sizes, a truncated file and NaN/infinite voxels are refused here.
+    Returns the voxel bytes where it had to read them all (a .gz file, or float data)."""
     if any(not np.isfinite(v) or v <= 0 for v in h.pixdim[:3]):
         raise AbsurdSize(f"{p}: voxel size {h.pixdim[:3]} mm in the header (zero, negative or not a number)")
     need = h.vox_offset + int(np.prod(h.dims, dtype=np.int64)) * h.bitpix // 8
@@ -172,33 +195,41 @@ def _check_nifti(p: Path, h: _NiftiHeader) -> None:
     if not gz and p.stat().st_size < need:
         raise UnreadableInput(f"{p}: file is truncated ({p.stat().st_size} of {need} bytes)")
     if not gz and h.datatype not in _NIFTI_FLOAT:
-        return
+        return None
     # Read exactly the bytes the header promises (never more: a gzip bomb stops here), checking that
     # they are all there and, for float data, finite.
+    data = bytearray(need - h.vox_offset)
+    view = memoryview(data)
     try:
         with (gzip.open(p, "rb") if gz else open(p, "rb")) as f:
             f.seek(h.vox_offset)
             got = 0
             dtype = _NIFTI_FLOAT.get(h.datatype)
-            while got < need - h.vox_offset:
-                chunk = f.read(min(1 << 22, need - h.vox_offset - got))
-                if not chunk:
+            while got < len(data):
+                n = f.readinto(view[got:got + (1 << 22)])
+                if not n:
                     break
                 if dtype is not None:
-                    usable = len(chunk) - len(chunk) % np.dtype(dtype).itemsize
+                    chunk = view[got:got + n]
+                    usable = n - n % np.dtype(dtype).itemsize
                     if not np.isfinite(np.frombuffer(chunk[:usable], dtype)).all():
                         raise UnreadableInput(f"{p}: volume contains NaN or infinite values")
-                got += len(chunk)
+                got += n
     except (OSError, EOFError, zlib.error) as exc:
         raise UnreadableInput(f"{p}: file is truncated or corrupt ({exc})") from None
-    if got < need - h.vox_offset:
-        raise UnreadableInput(f"{p}: file is truncated ({got} of {need - h.vox_offset} data bytes)")
+    if got < len(data):
+        raise UnreadableInput(f"{p}: file is truncated ({got} of {len(data)} data bytes)")
+    return data
 
 
 def _sitk_affine(image: sitk.Image) -> np.ndarray:
+    return _affine(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
+
+
+def _affine(direction, spacing, origin) -> np.ndarray:
     a = np.eye(4)
-    a[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
-    a[:3, 3] = image.GetOrigin()
+    a[:3, :3] = np.asarray(direction).reshape(3, 3) @ np.diag(spacing)
+    a[:3, 3] = origin
     return a
 
 

@@ -84,3 +84,24 @@ def test_pose_recovered_within_1_degree_and_1_mm(head):
         offset = abs((moved.point - want_p) @ want_n)
         assert angle < 1.0, f"trial {trial}: {deg:.1f} deg about {axis}: normal off by {angle:.2f} deg"
         assert offset < 1.0, f"trial {trial}: plane off by {offset:.2f} mm"
+
+
+def test_small_roll_found_when_the_head_fills_the_first_and_last_slice(head):
+    """Real studies cut through the head at both ends. Mirrored points of the end slices must not
+    fall off the volume at the slightest roll: the first version of the search stopped dead at
+    roll 0 on such studies (two of the real development files)."""
+    cropped = Study(hu=head.hu[10:-10], affine=head.affine @ _shift_k(10), source="cropped")
+    base = align(cropped)
+    rot = _rotation([0.0, 1.0, 0.0], 3.0)                 # 3 degrees of roll about the A-P axis
+    rigid = np.eye(4)
+    rigid[:3, :3] = rot
+    rigid[:3, 3] = base.point - rot @ base.point
+    moved = align(_moved(cropped, rigid))
+    angle = np.degrees(np.arccos(np.clip(abs((rot @ base.normal) @ moved.normal), -1, 1)))
+    assert angle < 1.0, f"roll of 3 degrees recovered with {angle:.2f} degrees error"
+
+
+def _shift_k(k: int) -> np.ndarray:
+    m = np.eye(4)
+    m[2, 3] = k
+    return m
