@@ -28,10 +28,12 @@ import numpy as np
 
 from runtime.atlas import AtlasSegmenter
 from runtime.cpu import CpuScorer
+from runtime.density import measure
+from runtime.errors import AspectsError
 from runtime.modelcard import DEFAULT_MODEL_DIR, update_card
 from runtime.read import read_study
 from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL, label_id
-from runtime.resample import to_study_grid
+from runtime.resample import ModelGrid, to_study_grid
 from runtime.score import aspects_of
 from runtime.segment import segment
 
@@ -234,7 +236,9 @@ def _threshold(scorer: CpuScorer, region: str) -> float:
 
 def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache: Path) -> list[Scored]:
     """The whole runtime, file in to score out, on synthetic studies in real-world scanner poses.
-    Each scored study is kept in `cache` (one .npz per seed), so an interrupted run resumes."""
+    Each scored study is kept in `cache` (one .npz per seed) with its model-grid HU and labels, so an
+    interrupted run resumes and a changed density measure is re-measured without re-synthesis.
+    A study the runtime refuses is reported and left out."""
     from . import synth
     phantom = synth.load_phantom(shared)
     rows = []
@@ -243,7 +247,9 @@ def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache
         for i in range(n):
             kept = cache / f"study_{seed0 + i}.npz"
             if kept.exists():
-                rows.append(_load_row(kept))
+                row = _load_row(kept, scorer)
+                if row is not None:
+                    rows.append(row)
                 continue
             spec = synth.draw_spec(seed0 + i, pose="scanner")
             case = synth.make_case(phantom, spec)
@@ -251,30 +257,55 @@ def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache
             hu, _ = synth.render(phantom, case, grid, shape, with_labels=False)
             path = Path(tmp) / f"study_{i:03d}.nii.gz"
             synth.write_study(path, hu, grid)
-            res = scorer.score(path)
             truth = np.array([case.affected[r] for r in REGION_NAMES])
+            try:
+                res = scorer.score(path)
+            except AspectsError as exc:
+                print(f"study {i}: refused by the runtime ({exc})", flush=True)
+                np.savez(kept, refused=str(exc))
+                continue
             # Ground-truth labels on the runtime's own model grid, through its recovered pose.
             to_world = res.alignment.matrix @ res.grid.index_to_model
             dice = mean_dice(res.labels, synth.render_labels(phantom, case, to_world, res.grid.shape))[0]
             rows.append(scored(f"synthetic_{seed0 + i}", res, truth, dice))
-            _save_row(kept, rows[-1])
+            _save_row(kept, rows[-1], res)
             print(f"study {i}: true {case.aspects} auto {res.score.aspects} dice {dice:.3f} "
                   f"{res.timings_s['total']:.1f}s", flush=True)
     return rows
 
 
-def _save_row(path: Path, row: Scored) -> None:
+def _save_row(path: Path, row: Scored, res) -> None:
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, study=row.study, truth=row.truth, probability=row.probability, difference_hu=row.difference_hu,
-             called=row.called, dice=np.nan if row.dice is None else row.dice)
+    brain = res.labels > 0
+    np.savez_compressed(tmp, study=row.study, truth=row.truth, probability=row.probability,
+                        difference_hu=row.difference_hu, called=row.called,
+                        dice=np.nan if row.dice is None else row.dice,
+                        hu=np.where(brain, res.hu, 0).astype(np.float16), labels=res.labels,
+                        spacing=np.asarray(res.grid.spacing))
     tmp.replace(path)
 
 
-def _load_row(path: Path) -> Scored:
+def _load_row(path: Path, scorer: CpuScorer) -> Scored | None:
+    """A kept study, its density differences measured again with the current measure."""
     with np.load(path) as d:
+        if "refused" in d:
+            return None
         dice = float(d["dice"])
-        return Scored(str(d["study"]), d["truth"], d["probability"], d["difference_hu"], d["called"],
+        difference = d["difference_hu"]
+        if "hu" in d:
+            difference = remeasure(d["hu"].astype(np.float32), d["labels"], tuple(d["spacing"]), scorer)
+        return Scored(str(d["study"]), d["truth"], d["probability"], difference, d["called"],
                       None if np.isnan(dice) else dice)
+
+
+def remeasure(hu: np.ndarray, labels: np.ndarray, spacing: tuple, scorer: CpuScorer) -> np.ndarray:
+    """(10, 2) density differences of a kept study by runtime.density, as the runtime measures now."""
+    grid = ModelGrid(shape=labels.shape, spacing=spacing, origin=(0.0, 0.0, 0.0), slab=1)
+    out = np.full((len(REGION_NAMES), len(SIDES)), np.nan)
+    for r in measure(hu, labels, grid, scorer.models.classify_density).regions:
+        if r.difference_hu is not None:
+            out[REGION_NAMES.index(r.region), SIDES.index(r.side)] = r.difference_hu
+    return out
 
 
 def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: CpuScorer, loo: bool,

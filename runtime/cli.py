@@ -38,6 +38,33 @@ def main(argv: list[str] | None = None) -> int:
                    help="CPU inference engine (default: $ASPECTS_ENGINE, else onnxruntime; openvino needs the "
                         "openvino extra)")
 
+    n = sub.add_parser("serve", help="a DICOM node: receive CT studies (C-STORE), score each once it is complete, "
+                                     "send SEG, SR and key images on")
+    n.add_argument("--config", type=Path, default=None, help="TOML file with the settings below (flags win)")
+    n.add_argument("--spool", type=Path, default=None, help="folder for received images, jobs and outcomes")
+    n.add_argument("--output", type=Path, default=None, help="result folders, one per study (default: SPOOL/results)")
+    n.add_argument("--ae-title", default=None, help="this node's AE title (default ASPECTS)")
+    n.add_argument("--host", default=None, help="address to listen on (default 0.0.0.0)")
+    n.add_argument("--port", type=int, default=None, help="TCP port (default 11112)")
+    n.add_argument("--allow", action="append", default=None, metavar="AE",
+                   help="accept associations only from this calling AE title (repeatable; default: any)")
+    n.add_argument("--send", action="append", default=None, metavar="AE@HOST:PORT",
+                   help="send the DICOM results here by C-STORE (repeatable)")
+    n.add_argument("--quiet", type=float, default=None, dest="quiet_seconds",
+                   help="seconds without a new image before a study counts as complete (default 10)")
+    n.add_argument("--workers", type=int, default=None, help="studies scored at once (default 1)")
+    n.add_argument("--outputs", default=None, metavar="LIST",
+                   help="comma list of json, png, seg, sr, sc (default: all)")
+
+    w = sub.add_parser("watch", help="score every study dropped into a folder, once each")
+    w.add_argument("inbox", type=Path, help="folder to watch (only read, never changed)")
+    w.add_argument("--out", required=True, type=Path, help="one report folder per study, and watch.jsonl")
+    w.add_argument("--quiet", type=float, default=10.0, help="seconds an entry must be unchanged (default 10)")
+    w.add_argument("--once", action="store_true", help="handle what is there now, then exit")
+    w.add_argument("--outputs", default=None, metavar="LIST")
+    w.add_argument("--threads", type=int, default=None)
+    w.add_argument("--engine", choices=CPU_ENGINES, default=None)
+
     m = sub.add_parser("models", help="list the models and their cards")
     m.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
 
@@ -63,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                 return _score(args)
             if args.command == "engines":
                 return _engines(args)
+            if args.command == "serve":
+                return _serve(args)
+            if args.command == "watch":
+                return _watch(args)
             return _models(args)
     except AspectsError as exc:
         message = str(exc)
@@ -105,7 +136,6 @@ def _terminated(signum, frame):
 
 def _score(args) -> int:
     from .pipeline import make_scorer
-    from .report import check_outputs
     from .shipped import DEFAULT_STUDY
 
     if any(not p.strip() for p in args.path):
@@ -113,7 +143,7 @@ def _score(args) -> int:
     paths = [Path(p) for p in args.path] or [DEFAULT_STUDY]
     if not args.path:
         print(f"no study given: scoring the bundled synthetic demo study {DEFAULT_STUDY.name}")
-    outputs = check_outputs(tuple(o.strip() for o in args.outputs.split(","))) if args.outputs else None
+    outputs = check_outputs_arg(args.outputs)
     if len(paths) == 1:
         return _score_one(paths[0], args.out, outputs, lambda: make_scorer(args.models, backend=args.device,
                                                                            threads=args.threads, engine=args.engine))
@@ -157,14 +187,12 @@ def _score_batch(paths: list[Path], args, outputs) -> int:
 
 def _batch_names(paths: list[Path]) -> list[str]:
     """A sub-folder name per input: its own name without volume suffixes, numbered where two collide."""
+    from .output import study_stem
+
     names: list[str] = []
     for p in paths:
-        stem = p.name
-        for suffix in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".zip"):
-            if stem.lower().endswith(suffix):
-                stem = stem[: -len(suffix)]
-                break
-        name = stem or "study"
+        stem = study_stem(p)
+        name = stem
         while name in names:
             name = f"{stem}_{len(names) + 1}"
         names.append(name)
@@ -181,6 +209,44 @@ def _print_result(result, paths) -> None:
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings)
     print(f"timings: {stages}")
     print(f"report: {paths.get('report') or ', '.join(str(p) for p in paths.values())}")
+
+
+def _serve(args) -> int:
+    from .node.config import load_config
+    from .node.server import Node
+
+    outputs = check_outputs_arg(args.outputs)
+    config = load_config(args.config, spool=args.spool, output=args.output, ae_title=args.ae_title, host=args.host,
+                         port=args.port, allowed_calling_aes=args.allow, destinations=args.send,
+                         quiet_seconds=args.quiet_seconds, workers=args.workers, outputs=outputs)
+    node = Node(config).start()
+    print(f"{config.ae_title} listening on {config.host}:{node.port}; spool {config.spool}, results {config.output}",
+          flush=True)
+    try:
+        node.stopping.wait()
+    except (Terminated, KeyboardInterrupt):
+        print("stopping: studies in progress finish, queued ones stay in the spool", flush=True)
+    finally:
+        node.stop()
+    return 0
+
+
+def _watch(args) -> int:
+    from .pipeline import make_scorer
+    from .watch import watch
+
+    if not args.inbox.is_dir():
+        raise UsageError(f"{args.inbox}: not a folder to watch")
+    outputs = check_outputs_arg(args.outputs)
+    scorer = make_scorer(threads=args.threads, engine=args.engine)
+    print(f"watching {args.inbox} (quiet {args.quiet:g} s); reports in {args.out}", flush=True)
+    watch(args.inbox, args.out, scorer, args.quiet, outputs, once=args.once)
+    return 0
+
+
+def check_outputs_arg(text: str | None) -> tuple[str, ...] | None:
+    from .report import check_outputs
+    return check_outputs(tuple(o.strip() for o in text.split(","))) if text else None
 
 
 def _engines(args) -> int:

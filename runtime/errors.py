@@ -79,3 +79,8 @@ class ParityFailure(AspectsError):
 class OutputUnwritable(AspectsError):
     """The output folder cannot be created or written."""
     exit_code = 15
+
+
+class DeliveryFailed(AspectsError):
+    """The results were written, but a destination did not take them (aspects serve)."""
+    exit_code = 16

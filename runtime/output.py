@@ -22,6 +22,17 @@ from pathlib import Path
 
 from .errors import OutputExists, OutputUnwritable
 
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".zip")
+
+
+def study_stem(path: Path) -> str:
+    """A report folder name for an input: its own name without a volume suffix."""
+    stem = path.name
+    for suffix in VOLUME_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            return stem[: -len(suffix)] or "study"
+    return stem or "study"
+
 
 class OutputFolder:
     """Use as a context manager around the whole run: `with OutputFolder(out, names) as folder:`."""

@@ -1,0 +1,93 @@
+"""The node's settings: a TOML file, then command-line flags over it."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..errors import UsageError
+from ..report import OUTPUTS, check_outputs
+
+_AE = re.compile(r"^[\x20-\x7e]{1,16}$")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A C-STORE SCP the results are sent to (PACS, the scanner console)."""
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        """AE@host:port"""
+        m = re.fullmatch(r"([^@]{1,16})@([^:]+):(\d{1,5})", text.strip())
+        if not m:
+            raise UsageError(f"destination {text!r}: write it as AE_TITLE@host:port")
+        return cls(m.group(1).strip(), m.group(2), int(m.group(3)))
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    spool: Path                                    # durable state: received images, jobs, outcomes
+    output: Path                                   # one result folder per scored study
+    ae_title: str = "ASPECTS"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    allowed_calling_aes: tuple[str, ...] = ()      # empty: any calling AE is accepted
+    destinations: tuple[Destination, ...] = ()
+    quiet_seconds: float = 10.0                    # a study is complete after this long without a new image
+    workers: int = 1
+    outputs: tuple[str, ...] = OUTPUTS
+    keep_received: bool = False                    # keep a scored study's images in spool/done
+    send_attempts: int = 3
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def check(self) -> NodeConfig:
+        for ae in (self.ae_title, *self.allowed_calling_aes, *(d.ae_title for d in self.destinations)):
+            if not _AE.match(ae) or ae != ae.strip() or "\\" in ae:
+                raise UsageError(f"AE title {ae!r}: 1-16 printable characters, no backslash or edge spaces")
+        if not 0 <= self.port <= 65535:
+            raise UsageError(f"port {self.port} is not a TCP port")
+        if self.quiet_seconds < 0 or self.workers < 1 or self.send_attempts < 1:
+            raise UsageError("quiet_seconds must be >= 0, workers and send_attempts >= 1")
+        check_outputs(self.outputs)
+        return self
+
+
+_KEYS = {"ae_title", "host", "port", "allowed_calling_aes", "destinations", "quiet_seconds", "workers", "outputs",
+         "keep_received", "send_attempts", "spool", "output"}
+
+
+def load_config(path: Path | None, **flags) -> NodeConfig:
+    """The file's settings, then every flag that is not None over them."""
+    values: dict = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"config {path}: {exc}") from None
+        unknown = set(values) - _KEYS
+        if unknown:
+            raise UsageError(f"config {path}: unknown settings {', '.join(sorted(unknown))}")
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if "spool" not in values:
+        raise UsageError("the node needs a spool folder (--spool or spool = ... in the config)")
+    dests = values.get("destinations", ())
+    try:
+        values["destinations"] = tuple(Destination.parse(d) if isinstance(d, str) else
+                                       Destination(str(d["ae_title"]), str(d["host"]), int(d["port"])) for d in dests)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"destinations: each needs ae_title, host and port ({exc})") from None
+    values["spool"] = Path(values["spool"])
+    values["output"] = Path(values.get("output") or values["spool"] / "results")
+    for key in ("allowed_calling_aes", "outputs"):
+        if key in values:
+            values[key] = tuple(values[key])
+    try:
+        return replace(NodeConfig(spool=values["spool"], output=values["output"]),
+                       **{k: v for k, v in values.items() if k not in ("spool", "output")}).check()
+    except TypeError as exc:
+        raise UsageError(f"config: {exc}") from None

@@ -1,0 +1,204 @@
+"""The node: a Storage SCP into the spool, a scheduler that turns quiet studies into jobs, and
+workers that score each job once, place its results and send them on.
+
+Exactly once: a job's results are written into output/.staging/<job> and renamed into
+output/<job> in one step; a job found in the spool on restart whose results are
+already in place is not scored again, only its sending and its record are repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+
+from ..errors import AspectsError, DeliveryFailed
+from ..pipeline import Scorer, make_scorer
+from ..report import write_report
+from ..threads import available_cores
+from .config import NodeConfig
+from .send import SendFailed, send_files
+from .spool import BadIdentifier, Spool, fsync_dir
+
+log = logging.getLogger("aspects.node")
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+VERIFICATION = "1.2.840.10008.1.1"
+TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+                     ExplicitVRBigEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless,
+                     JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless]
+STATUS_STORED, STATUS_OUT_OF_RESOURCES, STATUS_CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
+SEND_BACKOFF_S = 2.0
+
+
+class Node:
+    def __init__(self, config: NodeConfig, scorer_factory: Callable[[int], Scorer] | None = None):
+        """`scorer_factory(threads)`: one scorer per worker, models loaded once (default: the CPU path)."""
+        self.config = config
+        self.spool = Spool(config.spool)
+        self.output = config.output
+        self.output.mkdir(parents=True, exist_ok=True)
+        self.staging = self.output / ".staging"
+        self.staging.mkdir(exist_ok=True)
+        self.jobs: queue.Queue[str] = queue.Queue()
+        self.stopping = threading.Event()
+        self._factory = scorer_factory or (lambda threads: make_scorer(threads=threads))
+        self._threads: list[threading.Thread] = []
+        self._server = None
+        self._load_error: Exception | None = None
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server else self.config.port
+
+    def start(self) -> Node:
+        for job in self.spool.recover():
+            log.info("resuming job %s from the spool", job)
+            self.jobs.put(job)
+        per_worker = max(1, available_cores() // self.config.workers)
+        ready = threading.Barrier(self.config.workers + 1)
+        for i in range(self.config.workers):
+            self._threads.append(threading.Thread(target=self._work, args=(per_worker, ready), daemon=True,
+                                                  name=f"aspects-worker-{i}"))
+        for t in self._threads:
+            t.start()
+        try:
+            ready.wait()                     # models loaded: only now accept studies
+        except threading.BrokenBarrierError:
+            self.stop()
+            raise self._load_error or RuntimeError("a worker could not start") from None
+        self._server = self._start_scp()
+        self.spool.restart_clocks()
+        scheduler = threading.Thread(target=self._schedule, daemon=True, name="aspects-scheduler")
+        scheduler.start()
+        self._threads.append(scheduler)
+        log.info("%s listening on %s:%d (spool %s, output %s)", self.config.ae_title, self.config.host, self.port,
+                 self.config.spool, self.output)
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, let each worker finish the study in hand; queued jobs stay in the spool."""
+        self.stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+        for t in self._threads:
+            t.join()
+
+    # ------------------------------------------------------------ receiving
+
+    def _start_scp(self):
+        from pynetdicom import AE, evt
+
+        ae = AE(ae_title=self.config.ae_title)
+        for sop_class in (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE):
+            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        ae.add_supported_context(VERIFICATION)
+        if self.config.allowed_calling_aes:
+            ae.require_calling_aet = list(self.config.allowed_calling_aes)
+        return ae.start_server((self.config.host, self.config.port), block=False,
+                               evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+
+    def _on_store(self, event) -> int:
+        try:
+            study = event.dataset.StudyInstanceUID
+            self.spool.store(study, event.request.AffectedSOPInstanceUID, event.encoded_dataset())
+        except (AttributeError, KeyError, BadIdentifier) as exc:
+            log.error("refused an image from %s: %s", event.assoc.requestor.ae_title, exc)
+            return STATUS_CANNOT_UNDERSTAND
+        except OSError as exc:
+            log.error("cannot spool an image (%s): the sender is told to retry", exc)
+            return STATUS_OUT_OF_RESOURCES
+        return STATUS_STORED
+
+    # ------------------------------------------------------------ jobs
+
+    def _schedule(self) -> None:
+        poll = min(1.0, max(0.05, self.config.quiet_seconds / 4))
+        while not self.stopping.wait(poll):
+            for study in self.spool.quiet_studies(self.config.quiet_seconds):
+                job = self.spool.promote(study)
+                if job is not None:
+                    log.info("study %s complete: job %s", study, job)
+                    self.jobs.put(job)
+
+    def _work(self, threads: int, ready: threading.Barrier) -> None:
+        try:
+            scorer = self._factory(threads)
+        except Exception as exc:  # e.g. ModelError: start() re-raises it
+            self._load_error = exc
+            ready.abort()
+            return
+        ready.wait()
+        while not self.stopping.is_set():
+            try:
+                job = self.jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self.run_job(scorer, job)
+
+    def run_job(self, scorer: Scorer, job: str) -> dict:
+        study = self.spool.study_of(job)
+        placed = self.output / job
+        t0 = time.time()
+        outcome: dict = {"job": job, "study_instance_uid": study, "output": str(placed)}
+        try:
+            if not (placed / "report.json").exists():
+                staging = self.staging / job
+                shutil.rmtree(staging, ignore_errors=True)
+                result = scorer.score(self.spool.jobs / job / "dicom")
+                write_report(result, staging, self.config.outputs)
+                os.rename(staging, placed)
+                fsync_dir(self.output)
+            outcome["aspects"] = json.loads((placed / "report.json").read_text())["aspects"]
+            outcome["sent_to"] = self._send(placed)
+            outcome["exit_code"] = 0
+            log.info("job %s: ASPECTS %s, results in %s", job, outcome["aspects"], placed)
+        except AspectsError as exc:
+            outcome.update(exit_code=exc.exit_code, error=str(exc))
+            log.error("job %s (study %s) failed: %s", job, study, exc)
+        except Exception as exc:  # a failure record, never silence
+            outcome.update(exit_code=1, error=f"internal error ({type(exc).__name__}: {exc})")
+            log.exception("job %s (study %s): internal error", job, study)
+        outcome["seconds"] = round(time.time() - t0, 2)
+        self.spool.finish(job, outcome, self.config.keep_received)
+        return outcome
+
+    def _send(self, placed: Path) -> list[str]:
+        files = sorted(placed.glob("*.dcm"))
+        sent = []
+        for dest in self.config.destinations:
+            for attempt in range(1, self.config.send_attempts + 1):
+                try:
+                    send_files(self.config.ae_title, dest, files)
+                    sent.append(f"{dest.ae_title}@{dest.host}:{dest.port}")
+                    break
+                except (SendFailed, OSError) as exc:
+                    log.warning("sending %s to %s, attempt %d: %s", placed.name, dest.ae_title, attempt, exc)
+                    if attempt == self.config.send_attempts:
+                        raise DeliveryFailed(f"results are in {placed} but {dest.ae_title} did not take them "
+                                             f"({exc})") from None
+                    time.sleep(SEND_BACKOFF_S * attempt)
+        return sent
+

@@ -1,0 +1,169 @@
+"""The node's durable state, all of it on disk, so a kill -9 at any moment loses nothing.
+
+    incoming/<study>/<sop>.dcm   an image, written and fsync'ed before its C-STORE is acknowledged
+    jobs/<job>/dicom/            a study that has been quiet long enough: waiting for, or in, scoring
+    done/<job>/outcome.json      scored (and sent); its images too with keep_received
+    failed/<job>/outcome.json    could not be scored; the same record also in failures/<job>.json
+
+A study moves between these folders by rename, which is atomic. On start, half-written
+images (never acknowledged) are removed and every job left in jobs/ is queued again:
+a job whose results were already placed is not scored a second time (server.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+PART = ".part-"
+
+
+class BadIdentifier(ValueError):
+    """A UID that cannot be a file name here (not digits and dots, or too long)."""
+
+
+def check_uid(uid: str) -> str:
+    uid = str(uid).strip().rstrip("\0")
+    if len(uid) > 64 or not _UID.match(uid):
+        raise BadIdentifier(f"{uid!r} is not a DICOM UID")
+    return uid
+
+
+class Spool:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.incoming, self.jobs = self.root / "incoming", self.root / "jobs"
+        self.done, self.failed, self.failures = self.root / "done", self.root / "failed", self.root / "failures"
+        for d in (self.incoming, self.jobs, self.done, self.failed, self.failures):
+            d.mkdir(parents=True, exist_ok=True)
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def _study(self, study: str):
+        with self._guard:
+            lock = self._locks.setdefault(study, threading.Lock())
+        with lock:
+            yield
+
+    # ------------------------------------------------------------ receiving
+
+    def store(self, study_uid: str, sop_uid: str, data: bytes) -> Path:
+        """Durably place one received image: temp name, fsync, rename, fsync the folder. Only then may
+        the sender be told it is stored. A second copy of the same SOP instance replaces the first."""
+        study, sop = check_uid(study_uid), check_uid(sop_uid)
+        with self._study(study):
+            folder = self.incoming / study
+            folder.mkdir(exist_ok=True)
+            final = folder / f"{sop}.dcm"
+            part = folder / f"{PART}{sop}-{threading.get_ident()}"
+            with open(part, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(part, final)
+            fsync_dir(folder)
+        return final
+
+    # ------------------------------------------------------------ jobs
+
+    def quiet_studies(self, quiet_seconds: float, now: float | None = None) -> list[str]:
+        """Incoming studies with no new image for `quiet_seconds`."""
+        now = time.time() if now is None else now
+        ready = []
+        for folder in sorted(self.incoming.iterdir()):
+            newest = max((e.stat().st_mtime for e in os.scandir(folder)), default=0.0)
+            newest = max(newest, folder.stat().st_mtime)
+            if now - newest >= quiet_seconds:
+                ready.append(folder.name)
+        return ready
+
+    def promote(self, study: str) -> str | None:
+        """incoming/<study> becomes jobs/<job>/dicom, in two renames: a crash between them leaves a
+        .new job folder that recover() finishes. Images arriving later start a new incoming study."""
+        with self._study(study):
+            source = self.incoming / study
+            if not source.is_dir():
+                return None
+            job = f"{study}_{time.time_ns()}"
+            staging = self.jobs / f".new-{job}"
+            staging.mkdir()
+            os.rename(source, staging / "dicom")
+            os.rename(staging, self.jobs / job)
+            fsync_dir(self.jobs)
+            fsync_dir(self.incoming)
+        return job
+
+    def restart_clocks(self) -> None:
+        """The node was down, so no sender could finish: every incoming study gets a full quiet period
+        again from now (its folder's time counts as its newest image)."""
+        for folder in self.incoming.iterdir():
+            os.utime(folder)
+
+    def pending(self) -> list[str]:
+        return sorted(p.name for p in self.jobs.iterdir() if not p.name.startswith("."))
+
+    def recover(self) -> list[str]:
+        """After a crash: drop images that were never acknowledged, finish interrupted promotions, and
+        return every job still to be done, oldest first."""
+        for folder in self.incoming.iterdir():
+            for part in folder.glob(f"{PART}*"):
+                part.unlink()
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        for staging in self.jobs.glob(".new-*"):
+            if (staging / "dicom").is_dir():
+                os.rename(staging, self.jobs / staging.name[len(".new-"):])
+            else:
+                staging.rmdir()
+        return sorted(self.pending(), key=lambda j: int(j.rsplit("_", 1)[1]))
+
+    def finish(self, job: str, outcome: dict, keep_images: bool) -> Path:
+        """Record the outcome and move the job to done/ or failed/ (a failure also gets a record in
+        failures/). The record is on disk before the move, so a crash here repeats nothing."""
+        folder = self.jobs / job
+        failed = outcome.get("exit_code", 0) != 0
+        _write_json(folder / "outcome.json", outcome)
+        if failed:
+            _write_json(self.failures / f"{job}.json", outcome)
+        elif not keep_images:
+            _remove_tree(folder / "dicom")
+        target = (self.failed if failed else self.done) / job
+        os.rename(folder, target)
+        fsync_dir(self.jobs)
+        return target
+
+    def study_of(self, job: str) -> str:
+        return job.rsplit("_", 1)[0]
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(doc, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _remove_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    for p in sorted(path.rglob("*"), reverse=True):
+        p.rmdir() if p.is_dir() else p.unlink()
+    path.rmdir()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

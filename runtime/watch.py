@@ -1,0 +1,108 @@
+"""`aspects watch IN --out OUT`: score every study dropped into a folder, once each.
+
+An entry of IN (a DICOM folder, a .zip or a volume file; names starting with "." are
+ignored, so a copy can land under a hidden name and be renamed) is scored once it has
+been quiet for the quiet period, into OUT/<name>/. OUT/watch.jsonl records every
+outcome, failures included, one JSON line each, written before the next study starts:
+a restarted watcher skips what it has already done. IN is only ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from .errors import AspectsError
+from .output import study_stem
+from .pipeline import Scorer
+from .report import write_report
+
+log = logging.getLogger("aspects.watch")
+LEDGER = "watch.jsonl"
+
+
+def watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float = 10.0, outputs: tuple[str, ...] | None = None,
+          once: bool = False, poll_s: float = 1.0, stop: threading.Event | None = None) -> int:
+    """Runs until `stop` is set (or, with `once`, until everything now in IN has been handled).
+    Returns the number of studies scored or failed in this run."""
+    stop = stop or threading.Event()
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = out / LEDGER
+    done = _done(ledger)
+    handled = 0
+    while not stop.is_set():
+        waiting = False
+        for entry in sorted(inbox.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            stamp = _stamp(entry)
+            key = f"{entry.name}:{stamp[0]}:{stamp[1]}"
+            if key in done:
+                continue
+            if time.time() - stamp[0] / 1e9 < quiet_s:
+                waiting = True
+                continue
+            record = _score(entry, out, scorer, outputs)
+            record["key"] = key
+            _append(ledger, record)
+            done.add(key)
+            handled += 1
+        if once and not waiting:
+            break
+        stop.wait(poll_s)
+    return handled
+
+
+def _score(entry: Path, out: Path, scorer: Scorer, outputs) -> dict:
+    name = study_stem(entry)
+    target, n = out / name, 1
+    while target.exists():
+        n += 1
+        target = out / f"{name}_{n}"
+    record: dict = {"input": str(entry), "output": str(target), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        result = scorer.score(entry)
+        write_report(result, target, outputs)
+        record.update(exit_code=0, aspects=result.score.aspects, error=None)
+        log.info("%s: ASPECTS %d -> %s", entry.name, result.score.aspects, target)
+    except AspectsError as exc:
+        record.update(exit_code=exc.exit_code, error=str(exc))
+        log.error("%s: %s", entry.name, exc)
+    return record
+
+
+def _stamp(entry: Path) -> tuple[int, int]:
+    """(newest modification time in ns, total bytes) of a file or of everything under a folder."""
+    if entry.is_file():
+        st = entry.stat()
+        return st.st_mtime_ns, st.st_size
+    newest, size = entry.stat().st_mtime_ns, 0
+    for root, dirs, files in os.walk(entry):
+        for name in dirs + files:
+            st = os.stat(os.path.join(root, name), follow_symlinks=False)
+            newest = max(newest, st.st_mtime_ns)
+            size += st.st_size if name in files else 0
+    return newest, size
+
+
+def _done(ledger: Path) -> set[str]:
+    if not ledger.exists():
+        return set()
+    keys = set()
+    for line in ledger.read_text().splitlines():
+        try:
+            keys.add(json.loads(line)["key"])
+        except (ValueError, KeyError):
+            continue                      # a line cut by a crash: that study is scored again
+    return keys
+
+
+def _append(ledger: Path, record: dict) -> None:
+    with open(ledger, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,298 @@
+"""`aspects serve`, on loopback only: DICOM in by C-STORE, results out by C-STORE, nothing lost.
+
+- Real studies (converted to DICOM here) and the GE tilted head come back as SEG, SR and
+  secondary captures that reference them.
+- kill -9 mid-transfer and mid-scoring, then restart: every acknowledged study is scored
+  exactly once.
+- 20 studies from 4 concurrent associations: each scored once, nothing lost, in bounded time.
+Every request loop here is bounded in count and time and talks to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from runtime.node.config import Destination, NodeConfig, load_config
+from runtime.node.server import Node
+from runtime.node.spool import Spool
+from tests.conftest import DEMO_STUDY, SHARED_DATA
+from tests.dicom_util import write_series
+
+pynetdicom = pytest.importorskip("pynetdicom", reason="pynetdicom is a base dependency; reinstall the project")
+
+SEG, SR3D, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
+LOOPBACK = "127.0.0.1"
+
+
+# ---------------------------------------------------------------- helpers
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def send_folder(folder: Path, port: int, calling: str = "SCANNER", files: list[Path] | None = None) -> list[int]:
+    """One association, every file of `folder` (or `files`) by C-STORE; the statuses returned."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE
+    paths = files if files is not None else sorted(p for p in folder.iterdir() if p.is_file())
+    datasets = [pydicom.dcmread(p) for p in paths]
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    for sop, ts in {(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}:
+        ae.add_requested_context(sop, sorted({ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian}))
+    assoc = ae.associate(LOOPBACK, port, ae_title="ASPECTS")
+    if not assoc.is_established:
+        return []
+    try:
+        return [getattr(assoc.send_c_store(d), "Status", -1) for d in datasets]
+    finally:
+        assoc.release()
+
+
+class Receiver:
+    """A PACS stand-in: a Storage SCP for SEG, SR and secondary captures that keeps what it gets."""
+
+    def __init__(self):
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+        from pynetdicom import AE, evt
+        self.received: list[pydicom.Dataset] = []
+        ae = AE(ae_title="PACS")
+        for sop in (SEG, SR3D, SC):
+            ae.add_supported_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        self.server = ae.start_server((LOOPBACK, 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.port = self.server.server_address[1]
+
+    def _store(self, event):
+        self.received.append(event.dataset)
+        return 0x0000
+
+    def close(self):
+        self.server.shutdown()
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    end = time.time() + timeout_s
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def outcomes(spool: Path) -> list[dict]:
+    return [json.loads((d / "outcome.json").read_text()) for sub in ("done", "failed")
+            for d in sorted((spool / sub).iterdir()) if (d / "outcome.json").exists()]
+
+
+def small_head_series(folder: Path, patient: str) -> str:
+    """The bundled head as a 256 x 256 DICOM series of its own study; returns the StudyInstanceUID."""
+    img = sitk.ReadImage(str(DEMO_STUDY))
+    sx, sy, sz = img.GetSpacing()
+    hu = sitk.GetArrayFromImage(img)[:, ::2, ::2]
+    study_uid = pydicom.uid.generate_uid()
+    write_series(folder, hu, spacing=(sx * 2, sy * 2, sz), origin=img.GetOrigin(), patient_id=patient,
+                 study_uid=study_uid)
+    return study_uid
+
+
+def real_series(folder: Path, name: str, patient: str) -> str:
+    """A real NCCT study (NIfTI, LPS) written as the scanner would send it; its StudyInstanceUID."""
+    img = sitk.DICOMOrient(sitk.ReadImage(str(SHARED_DATA / "real" / f"{name}.nii.gz")), "LPS")
+    if not np.allclose(np.asarray(img.GetDirection()).reshape(3, 3), np.eye(3), atol=1e-3):
+        pytest.skip(f"{name} is oblique; the test writer makes axial series only")
+    study_uid = pydicom.uid.generate_uid()
+    sx, sy, sz = img.GetSpacing()
+    write_series(folder, sitk.GetArrayFromImage(img).astype(np.float32), spacing=(sx, sy, sz),
+                 origin=img.GetOrigin(), patient_id=patient, study_uid=study_uid)
+    return study_uid
+
+
+# ---------------------------------------------------------------- configuration
+
+def test_config_file_then_flags(tmp_path):
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('ae_title = "STROKE"\nport = 4242\nallowed_calling_aes = ["CT1"]\nquiet_seconds = 3\n'
+                   '[[destinations]]\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 104\n')
+    c = load_config(cfg, spool=tmp_path / "spool", port=5000, destinations=None)
+    assert (c.ae_title, c.port, c.allowed_calling_aes, c.quiet_seconds) == ("STROKE", 5000, ("CT1",), 3)
+    assert c.destinations == (Destination("PACS", "127.0.0.1", 104),)
+    assert c.output == tmp_path / "spool" / "results"
+    assert load_config(None, spool=tmp_path, destinations=["A@h:1"]).destinations == (Destination("A", "h", 1),)
+
+
+@pytest.mark.parametrize("text", ['port = "x"\n', 'colour = 1\n', 'ae_title = "THIS TITLE IS WAY TOO LONG"\n',
+                                  '[[destinations]]\nhost = "h"\n'])
+def test_bad_config_is_a_usage_error(tmp_path, text):
+    from runtime.errors import UsageError
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(text)
+    with pytest.raises(UsageError):
+        load_config(cfg, spool=tmp_path / "spool")
+
+
+def test_spool_refuses_uids_that_are_not_uids(tmp_path):
+    from runtime.node.spool import BadIdentifier
+    spool = Spool(tmp_path)
+    with pytest.raises(BadIdentifier):
+        spool.store("../../etc", "1.2.3", b"x")
+    assert spool.store("1.2.3", "1.2.3.4", b"x").read_bytes() == b"x"
+
+
+# ---------------------------------------------------------------- end to end
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.mark.slow
+def test_studies_sent_to_the_node_come_back_as_seg_sr_and_key_images(tmp_path, receiver):
+    studies = {}
+    if (SHARED_DATA / "dicom" / "ge_head_tilt").is_dir():
+        ge = SHARED_DATA / "dicom" / "ge_head_tilt"
+        studies[pydicom.dcmread(next(ge.iterdir()), stop_before_pixels=True).StudyInstanceUID] = ge
+    if (SHARED_DATA / "real" / "sub003_im.nii.gz").exists():
+        studies[real_series(tmp_path / "sub003", "sub003_im", "REAL-3")] = tmp_path / "sub003"
+    if not studies:
+        studies[small_head_series(tmp_path / "demo", "DEMO-1")] = tmp_path / "demo"
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
+                        allowed_calling_aes=("SCANNER",), quiet_seconds=1.0,
+                        destinations=(Destination("PACS", LOOPBACK, receiver.port),))
+    node = Node(config).start()
+    try:
+        from pynetdicom import AE
+        echo = AE(ae_title="SCANNER")
+        echo.add_requested_context("1.2.840.10008.1.1")
+        assoc = echo.associate(LOOPBACK, node.port, ae_title="ASPECTS")
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        assoc.release()
+        assert send_folder(next(iter(studies.values())), node.port, calling="STRANGER") == []   # not allowed
+        for folder in studies.values():
+            assert _stored(send_folder(folder, node.port))
+        wait_for(lambda: len(outcomes(config.spool)) == len(studies), 600, "every study scored")
+    finally:
+        node.stop()
+    for outcome in outcomes(config.spool):
+        assert outcome["exit_code"] == 0, outcome
+        assert outcome["sent_to"] == [f"PACS@{LOOPBACK}:{receiver.port}"]
+    for study_uid, folder in studies.items():
+        sources = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in folder.iterdir()}
+        got = [d for d in receiver.received if d.StudyInstanceUID == study_uid]
+        assert sorted(str(d.SOPClassUID) for d in got) == sorted([SEG, SR3D, SC, SC]), study_uid
+        seg = next(d for d in got if d.SOPClassUID == SEG)
+        refs = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
+        assert refs <= sources and refs
+        for sc in (d for d in got if d.SOPClassUID == SC):
+            assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID in sources
+
+
+# ---------------------------------------------------------------- kill -9 and restart
+
+def _serve(tmp_path: Path, port: int, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "runtime.cli", "--log-level", "INFO", "serve", "--spool", str(tmp_path / "spool"),
+           "--host", LOOPBACK, "--port", str(port), "--quiet", "3", "--outputs", "json"]
+    before = log.read_text().count("listening on") if log.exists() else 0
+    proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent)
+    wait_for(lambda: log.read_text().count("listening on") > before or proc.poll() is not None, 120,
+             "the node to listen")
+    assert proc.poll() is None, log.read_text()
+    return proc
+
+
+def _stored(statuses: list[int]) -> bool:
+    return bool(statuses) and all(s == 0 for s in statuses)
+
+
+def _kill9(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_kill_mid_transfer_and_mid_scoring_then_restart_scores_each_study_once(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    uid_a, uid_b = small_head_series(a, "KILL-A"), small_head_series(b, "KILL-B")
+    files_b = sorted(b.iterdir())
+    port, log = _free_port(), tmp_path / "node.log"
+    spool = tmp_path / "spool"
+
+    node = _serve(tmp_path, port, log)
+    assert _stored(send_folder(a, port))
+    assert _stored(send_folder(b, port, files=files_b[:10]))                   # a third of study B ...
+    _kill9(node)                                                               # ... then the node dies
+    node = _serve(tmp_path, port, log)
+    assert _stored(send_folder(b, port, files=files_b[10:]))                   # the rest after the restart
+    wait_for(lambda: any((spool / "jobs").iterdir()), 60, "a job to start")
+    _kill9(node)                                                               # killed while scoring
+    leftovers = [p for p in (spool / "incoming").rglob("*") if p.name.startswith(".part-")]
+    node = _serve(tmp_path, port, log)
+    try:
+        wait_for(lambda: len(outcomes(spool)) == 2, 300, "both studies scored after the restarts")
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=60)
+    got = outcomes(spool)
+    assert sorted(o["study_instance_uid"] for o in got) == sorted([uid_a, uid_b]), got
+    assert all(o["exit_code"] == 0 for o in got), got
+    results = sorted(p.name for p in (spool / "results").iterdir() if not p.name.startswith("."))
+    assert len(results) == 2 and {r.rsplit("_", 1)[0] for r in results} == {uid_a, uid_b}
+    report_b = json.loads((spool / "results" / next(r for r in results if r.startswith(uid_b)) / "report.json")
+                          .read_text())
+    assert report_b["study"]["slices"] == len(files_b)           # the images from before the kill are in it
+    assert not list((spool / "jobs").iterdir()) and not list((spool / "incoming").iterdir())
+    assert all(not p.exists() for p in leftovers)
+
+
+# ---------------------------------------------------------------- load
+
+@pytest.mark.slow
+def test_twenty_studies_from_four_concurrent_associations(tmp_path):
+    folders = {}
+    for i in range(20):
+        folder = tmp_path / f"s{i:02d}"
+        folders[small_head_series(folder, f"LOAD-{i:02d}")] = folder
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
+                        quiet_seconds=1.0, outputs=("json",), workers=2)
+    node = Node(config).start()
+    t0 = time.time()
+    statuses: list[int] = []
+    try:
+        batches = [list(folders.values())[i::4] for i in range(4)]
+
+        def sender(batch):
+            for folder in batch:
+                statuses.extend(send_folder(folder, node.port))
+
+        threads = [threading.Thread(target=sender, args=(b,)) for b in batches]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert len(statuses) == sum(len(list(f.iterdir())) for f in folders.values()) and set(statuses) == {0}
+        wait_for(lambda: len(outcomes(config.spool)) == 20, 600, "20 studies scored")
+    finally:
+        node.stop()
+    elapsed = time.time() - t0
+    got = outcomes(config.spool)
+    assert sorted(o["study_instance_uid"] for o in got) == sorted(folders), "a study lost or scored twice"
+    assert all(o["exit_code"] == 0 for o in got), [o for o in got if o["exit_code"]]
+    assert len([p for p in config.output.iterdir() if not p.name.startswith(".")]) == 20
+    print(f"20 studies, 4 associations, 2 workers: {elapsed:.0f} s")
+    assert elapsed < 600
