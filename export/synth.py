@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from runtime.regions import BRAIN_LABEL, REGIONS, label_id
+from runtime.regions import BRAIN_LABEL, NEIGHBOURS, REGIONS, label_id
 from runtime.score import aspects_of
 
 AFFECTED_FRACTION = 0.10     # paper: core volume / region volume >= 10 %
@@ -160,9 +160,9 @@ def draw_spec(seed: int, pose: str = "residual", lesion_rate: float = 0.7) -> Ca
 def _draw_lesion(rng: np.random.Generator, side: str, max_regions: int = 10) -> Lesion:
     # MCA strokes hit neighbouring regions together: grow from a seed region through a neighbour list.
     n = int(min(max_regions, rng.choice(np.arange(1, 11), p=_REGION_COUNT_P)))
-    chosen = [str(rng.choice(list(_NEIGHBOURS)))]
+    chosen = [str(rng.choice(list(NEIGHBOURS)))]
     while len(chosen) < n:
-        frontier = sorted({x for r in chosen for x in _NEIGHBOURS[r]} - set(chosen))
+        frontier = sorted({x for r in chosen for x in NEIGHBOURS[r]} - set(chosen))
         chosen.append(str(rng.choice(frontier)))
     return Lesion(side=side, regions=tuple(chosen), drop_hu=float(rng.uniform(1.0, 8.0)),
                   contrast_loss=float(rng.uniform(0.2, 0.9)),
@@ -170,11 +170,6 @@ def _draw_lesion(rng: np.random.Generator, side: str, max_regions: int = 10) -> 
 
 
 _REGION_COUNT_P = np.array([18, 14, 11, 9, 8, 8, 8, 8, 8, 8], float) / 100
-_NEIGHBOURS = {
-    "C": ("L", "IC", "M1", "M4"), "L": ("C", "IC", "I"), "IC": ("C", "L"), "I": ("L", "M2", "M1", "M3"),
-    "M1": ("I", "M2", "M4", "C"), "M2": ("I", "M1", "M3", "M5"), "M3": ("I", "M2", "M6"),
-    "M4": ("M1", "M5", "C"), "M5": ("M2", "M4", "M6"), "M6": ("M3", "M5"),
-}
 
 
 def make_case(phantom: Phantom, spec: CaseSpec) -> Case:

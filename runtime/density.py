@@ -9,8 +9,11 @@ than its mirror twin. Per region and side:
   voxel at the mirrored position (model space: x flipped through the mid-sagittal
   plane), both in parenchyma, after a light in-plane smoothing.
 Only parenchyma (the card's parenchyma_hu) counts: CSF, calcification and bone would swamp
-a few-HU signal. The measure needs no training, so it transfers to real CT by
-construction; the rule that turns it into calls lives in runtime.score.
+a few-HU signal. It is eroded in-plane by the card's erode_mm first: a voxel next to CSF is
+partly CSF (partial volume), and a region that the registration shifts by a millimetre
+towards a ventricle or a sulcus would otherwise read darker than its twin. The measure
+needs no training, so it transfers to real CT by construction; the rule that turns it into
+calls lives in runtime.score.
 """
 
 from __future__ import annotations
@@ -51,10 +54,16 @@ def measure(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid, rule: DensityRu
     model set has none)."""
     parenchyma_hu = rule.parenchyma_hu if rule else DEFAULT_PARENCHYMA_HU
     hypodense_hu = rule.hypodense_hu if rule else DEFAULT_HYPODENSE_HU
+    erode_mm = rule.erode_mm if rule else 0.0
     sigma = SMOOTH_MM / np.asarray(grid.spacing[:2])
     smooth = ndimage.gaussian_filter(hu, (0, sigma[1], sigma[0]))
     lo, hi = parenchyma_hu
     parenchyma = (hu >= lo) & (hu <= hi)
+    steps = int(round(erode_mm / grid.spacing[0]))
+    if steps > 0:
+        inplane = np.zeros((1, 3, 3), bool)
+        inplane[0] = ndimage.generate_binary_structure(2, 1)
+        parenchyma = ndimage.binary_erosion(parenchyma, structure=inplane, iterations=steps)
     mirrored_ok = parenchyma[:, :, ::-1]
     asymmetry = np.where(parenchyma & mirrored_ok, smooth - smooth[:, :, ::-1], 0.0).astype(np.float32)
     darker = asymmetry <= -hypodense_hu

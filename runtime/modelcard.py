@@ -193,7 +193,8 @@ class AtlasCard:
 @dataclass(frozen=True)
 class DensityRuleCard:
     """The contralateral density rule (runtime.density, runtime.score): a region is affected when it
-    is at least `threshold_hu` darker than its mirror twin. No file: the card is the model."""
+    is at least `threshold_hu` darker than its mirror twin, or at least `neighbour_threshold_hu` when
+    a neighbouring region on its side is. No file: the card is the model."""
     path: Path
     name: str
     version: str
@@ -201,6 +202,8 @@ class DensityRuleCard:
     threshold_hu: float
     parenchyma_hu: tuple[float, float]
     hypodense_hu: float
+    neighbour_threshold_hu: float          # == threshold_hu: no pooling
+    erode_mm: float                        # parenchyma eroded in-plane before measuring: off the CSF border
     card_sha256: str = ""
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -220,11 +223,13 @@ def load_rule_card(path: Path) -> DensityRuleCard:
         card = DensityRuleCard(path=path, name=d["name"], version=d["version"], role=d["role"],
                                threshold_hu=float(d["threshold_hu"]),
                                parenchyma_hu=(float(d["parenchyma_hu"][0]), float(d["parenchyma_hu"][1])),
-                               hypodense_hu=float(d["hypodense_hu"]), card_sha256=digest, raw=d)
+                               hypodense_hu=float(d["hypodense_hu"]),
+                               neighbour_threshold_hu=float(d.get("neighbour_threshold_hu", d["threshold_hu"])),
+                               erode_mm=float(d.get("erode_mm", 0.0)), card_sha256=digest, raw=d)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ModelError(f"model card {path} is malformed ({type(exc).__name__}: {exc})") from None
-    if not (0.0 < card.threshold_hu < 20.0 and card.parenchyma_hu[0] < card.parenchyma_hu[1]
-            and card.hypodense_hu > 0):
+    if not (0.0 < card.neighbour_threshold_hu <= card.threshold_hu < 20.0 and card.hypodense_hu > 0
+            and card.parenchyma_hu[0] < card.parenchyma_hu[1] and 0.0 <= card.erode_mm <= 5.0):
         raise ModelError(f"model card {path}: density rule values out of range")
     return card
 

@@ -49,6 +49,13 @@ FIRST_REGION_CLASS = SEG_CLASSES.index(REGION_NAMES[0])
 SUBCORTICAL = tuple(i for i, r in enumerate(REGIONS) if not r.cortical)
 CORTICAL = tuple(i for i, r in enumerate(REGIONS) if r.cortical)
 SUPRAGANGLIONIC = tuple(i for i, r in enumerate(REGIONS) if r.level == "supraganglionic")
+# Regions that touch on one side (the MCA territory is contiguous: an infarct spreads to neighbours).
+# The density rule pools evidence over them (runtime.score); the synthetic lesions grow along them.
+NEIGHBOURS: dict[str, tuple[str, ...]] = {
+    "C": ("L", "IC", "M1", "M4"), "L": ("C", "IC", "I"), "IC": ("C", "L"), "I": ("L", "M2", "M1", "M3"),
+    "M1": ("I", "M2", "M4", "C"), "M2": ("I", "M1", "M3", "M5"), "M3": ("I", "M2", "M6"),
+    "M4": ("M1", "M5", "C"), "M5": ("M2", "M4", "M6"), "M6": ("M3", "M5"),
+}
 
 
 def label_id(region_index: int, side: str) -> int:

@@ -1,8 +1,11 @@
 """ASPECTS from per-region calls: 10 minus affected regions, per hemisphere.
 
 A call comes from the contralateral density rule when the model set has one
-(a region at least `threshold_hu` darker than its mirror twin), otherwise from
-the DA-Net probability and its card's threshold. Both numbers are kept on every
+(a region at least `threshold_hu` darker than its mirror twin, or at least
+`neighbour_threshold_hu` when a neighbouring region on the same side is called:
+early ischemia fills a contiguous MCA territory, so a region next to a clear
+one needs less evidence), otherwise from the DA-Net probability and its card's
+threshold. Both numbers are kept on every
 call, so the report shows the evidence whichever decided. The reported score is
 the symptomatic hemisphere's (the lower of the two, as in the paper); the
 dichotomy ASPECTS > 6 vs <= 6 is the thrombectomy threshold.
@@ -16,7 +19,7 @@ import numpy as np
 
 from .density import RegionDensity
 from .modelcard import DensityRuleCard
-from .regions import N_REGIONS, REGION_NAMES, SIDES
+from .regions import N_REGIONS, NEIGHBOURS, REGION_NAMES, SIDES
 
 DICHOTOMY_CUT = 6
 
@@ -30,7 +33,7 @@ class RegionCall:
     assessed: bool
     difference_hu: float | None = None   # mean HU minus the mirror twin's (runtime.density)
     hypodense_ml: float | None = None
-    decided_by: str = "network"      # "density" or "network"
+    decided_by: str = "network"      # "density", "density+neighbour" or "network"
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,13 @@ def make_calls(probabilities: dict[str, tuple[float, float]], assessable: dict[s
                rule: DensityRuleCard | None = None) -> tuple[RegionCall, ...]:
     """`probabilities[region] = (p_left, p_right)`; calls in table order, left before right."""
     density = {(d.region, d.side): d for d in densities}
+    if rule is not None:
+        diffs = np.array([[np.nan if not assessable[n] or (d := density.get((n, s))) is None
+                           or d.difference_hu is None else d.difference_hu for s in SIDES] for n in REGION_NAMES])
+        primary = density_calls(diffs, rule.threshold_hu, rule.threshold_hu)
+        pooled = density_calls(diffs, rule.threshold_hu, rule.neighbour_threshold_hu)
     calls = []
-    for name in REGION_NAMES:
+    for r, name in enumerate(REGION_NAMES):
         for s, side in enumerate(SIDES):
             found = assessable[name]
             p = float(probabilities[name][s]) if found else None
@@ -65,13 +73,25 @@ def make_calls(probabilities: dict[str, tuple[float, float]], assessable: dict[s
             diff = d.difference_hu if d else None
             if rule is not None:
                 ok = found and diff is not None
-                affected = diff is not None and ok and diff <= -rule.threshold_hu
+                affected = ok and bool(pooled[r, s])
+                how = "density" if primary[r, s] or not affected else "density+neighbour"
             else:
-                ok = found
+                ok, how = found, "network"
                 affected = p is not None and p >= thresholds[name]
-            calls.append(RegionCall(name, side, p, affected, ok, diff, d.hypodense_ml if d else None,
-                                    "density" if rule is not None else "network"))
+            calls.append(RegionCall(name, side, p, affected, ok, diff, d.hypodense_ml if d else None, how))
     return tuple(calls)
+
+
+def density_calls(differences: np.ndarray, threshold_hu: float, neighbour_threshold_hu: float) -> np.ndarray:
+    """The density rule on (..., 10 regions, 2 sides) differences (NaN: not measurable): affected at
+    <= -threshold_hu, or at <= -neighbour_threshold_hu next to a region affected by the first test."""
+    darker = -np.nan_to_num(np.asarray(differences, float), nan=-np.inf)
+    primary = darker >= threshold_hu
+    beside = np.einsum("rq,...qs->...rs", _ADJACENT, primary.astype(np.int64)) > 0
+    return primary | (beside & (darker >= neighbour_threshold_hu))
+
+
+_ADJACENT = np.array([[b in NEIGHBOURS[a] for b in REGION_NAMES] for a in REGION_NAMES], dtype=np.int64)
 
 
 def aspects_per_side(affected) -> np.ndarray:
@@ -100,6 +120,6 @@ def score(calls: tuple[RegionCall, ...]) -> Score:
 
 def _evidence(calls: tuple[RegionCall, ...], side: str) -> float:
     hits = [c for c in calls if c.side == side and c.affected]
-    if hits and hits[0].decided_by == "density":
+    if hits and hits[0].decided_by.startswith("density"):
         return -sum(c.difference_hu or 0.0 for c in hits)
     return sum(c.probability or 0.0 for c in hits)

@@ -137,11 +137,14 @@ class Node:
     def _schedule(self) -> None:
         poll = min(1.0, max(0.05, self.config.quiet_seconds / 4))
         while not self.stopping.wait(poll):
-            for study in self.spool.quiet_studies(self.config.quiet_seconds):
-                job = self.spool.promote(study)
-                if job is not None:
-                    log.info("study %s complete: job %s", study, job)
-                    self.jobs.put(job)
+            try:
+                for study in self.spool.quiet_studies(self.config.quiet_seconds):
+                    job = self.spool.promote(study)
+                    if job is not None:
+                        log.info("study %s complete: job %s", study, job)
+                        self.jobs.put(job)
+            except OSError as exc:              # the spool's disk: log it and look again next round
+                log.error("scheduler: %s", exc)
 
     def _work(self, threads: int, ready: threading.Barrier) -> None:
         try:

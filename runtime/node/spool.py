@@ -78,8 +78,12 @@ class Spool:
         now = time.time() if now is None else now
         ready = []
         for folder in sorted(self.incoming.iterdir()):
-            newest = max((e.stat().st_mtime for e in os.scandir(folder)), default=0.0)
-            newest = max(newest, folder.stat().st_mtime)
+            newest = folder.stat().st_mtime
+            for entry in os.scandir(folder):
+                try:
+                    newest = max(newest, entry.stat().st_mtime)
+                except FileNotFoundError:    # a temporary name renamed while we looked: the study is busy
+                    newest = now
             if now - newest >= quiet_seconds:
                 ready.append(folder.name)
         return ready
