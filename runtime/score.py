@@ -85,7 +85,7 @@ def make_calls(probabilities: dict[str, tuple[float, float]], assessable: dict[s
 def density_calls(differences: np.ndarray, threshold_hu: float, neighbour_threshold_hu: float) -> np.ndarray:
     """The density rule on (..., 10 regions, 2 sides) differences (NaN: not measurable): affected at
     <= -threshold_hu, or at <= -neighbour_threshold_hu next to a region affected by the first test."""
-    darker = -np.nan_to_num(np.asarray(differences, float), nan=-np.inf)
+    darker = -np.nan_to_num(np.asarray(differences, float), nan=np.inf)     # NaN: never darker
     primary = darker >= threshold_hu
     beside = np.einsum("rq,...qs->...rs", _ADJACENT, primary.astype(np.int64)) > 0
     return primary | (beside & (darker >= neighbour_threshold_hu))

@@ -58,7 +58,7 @@ def test_edited_card_content_is_refused(model_copy):
     """A threshold edited by hand changes no model file: the manifest catches the card itself."""
     path = model_copy / "density_rule.json"
     doc = json.loads(path.read_text())
-    doc["threshold_hu"] = 0.01
+    doc["threshold_hu"] += 0.5                      # a plausible value: only the manifest can tell
     path.write_text(json.dumps(doc, indent=2) + "\n")
     with pytest.raises(ModelError, match="MANIFEST"):
         load_model_set(model_copy)

@@ -77,3 +77,49 @@ def test_tie_goes_to_the_side_with_stronger_evidence():
     s = score(make_calls(probs, {n: True for n in REGION_NAMES}, {n: 0.5 for n in REGION_NAMES}))
     assert s.left == s.right == 9 and s.symptomatic_side == "right"
     assert isinstance(s.calls[0], RegionCall)
+
+
+def _differences(**by_region_side) -> np.ndarray:
+    """(10, 2) density differences, NaN-free zeros except the named ones, e.g. M2_left=-1.5."""
+    d = np.zeros((10, 2))
+    for key, v in by_region_side.items():
+        name, side = key.rsplit("_", 1)
+        d[REGION_NAMES.index(name), ("left", "right").index(side)] = v
+    return d
+
+
+def test_density_rule_pools_evidence_over_neighbouring_regions():
+    from runtime.score import density_calls
+    called = density_calls(_differences(I_left=-2.0, M2_left=-1.5, M6_left=-1.5, L_right=-1.5), 1.8, 1.3)
+    names = {f"{REGION_NAMES[r]} {('left', 'right')[s]}" for r, s in zip(*np.nonzero(called))}
+    # M2 touches the insula: pooled. M6 does not touch a called region, nor does the right L: not called.
+    assert names == {"I left", "M2 left"}
+    # Pooling does not chain: a region called only through a neighbour lends nothing further.
+    chain = density_calls(_differences(I_left=-2.0, M2_left=-1.5, M5_left=-1.5), 1.8, 1.3)
+    assert not chain[REGION_NAMES.index("M5"), 0]
+    # Equal thresholds: the plain rule. Not measurable (NaN): never called.
+    assert density_calls(_differences(I_left=-2.0, M2_left=-1.5), 1.8, 1.8).sum() == 1
+    assert not density_calls(np.full((10, 2), np.nan), 1.8, 1.3).any()
+
+
+def test_density_measure_keeps_off_the_csf_border():
+    """A region whose twin borders CSF: partial-volume voxels (20 HU) along the border make it read
+    darker without erosion; with the card's 1 mm erosion the two sides read alike."""
+    from dataclasses import replace
+
+    from runtime.density import measure
+    from runtime.modelcard import load_model_set
+    from runtime.resample import ModelGrid
+    rule = load_model_set().classify_density
+    grid = ModelGrid(shape=(3, 40, 80), spacing=(0.5, 0.5, 5.0), origin=(0.0, 0.0, 0.0), slab=1)
+    hu = np.full(grid.shape, 32.0, np.float32)
+    labels = np.zeros(grid.shape, np.uint8)
+    labels[:, 10:30, 45:60] = label_id(0, "left")
+    labels[:, 10:30, 20:35] = label_id(0, "right")      # mirror of x 44..59
+    hu[:, 10:30, 33:36] = 5.0                          # CSF beside the right region ...
+    hu[:, 10:30, 32] = 20.0
+    hu[:, 10:30, 36] = 20.0                            # ... with a partial-volume rim inside it
+    plain = {(r.region, r.side): r.difference_hu for r in measure(hu, labels, grid, replace(rule, erode_mm=0.0)).regions}
+    eroded = {(r.region, r.side): r.difference_hu for r in measure(hu, labels, grid, rule).regions}
+    assert plain["C", "right"] < -0.4
+    assert abs(eroded["C", "right"]) < 0.05
