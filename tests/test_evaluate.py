@@ -12,6 +12,7 @@ import pytest
 from export.evaluate import Scored, calibrate, summarise, table_text
 from export.realdata import DEV_SET, load_label_order, load_reads
 from runtime.regions import REGION_NAMES, label_id
+from runtime.score import density_calls
 from tests.conftest import ROOT, SHARED_DATA
 
 
@@ -77,12 +78,18 @@ def test_calibration_keeps_false_regions_per_study_below_the_limit():
         diff = rng.normal(0, 0.8, (10, 2)) - 3.0 * truth
         rows.append(Scored(f"s{i}", truth, np.zeros((10, 2)), diff, np.zeros((10, 2), bool)))
     result = calibrate(rows)
-    t = result["threshold_hu"]
-    ev = np.concatenate([-r.difference_hu.ravel() for r in rows])
-    y = np.concatenate([r.truth.ravel() for r in rows])
-    assert ((ev >= t) & ~y).sum() / len(rows) <= 0.1                      # the operating point holds...
-    assert ((ev >= t - 0.1) & ~y).sum() / len(rows) > 0.1                 # ...at the lowest such threshold
-    assert result["sensitivity"] == pytest.approx(float((ev[y] >= t).mean()))
+    t, t2 = result["threshold_hu"], result["neighbour_threshold_hu"]
+    diffs = np.array([r.difference_hu for r in rows])
+    truth = np.array([r.truth for r in rows])
+
+    def false_per_study(a, b):
+        return (density_calls(diffs, a, b) & ~truth).sum() / len(rows)
+
+    assert t2 <= t
+    assert false_per_study(t, t) <= 0.1 < false_per_study(t - 0.1, t - 0.1)       # lowest threshold that holds
+    assert false_per_study(t, t2) <= 0.1                                           # the whole rule holds too ...
+    assert t2 == pytest.approx(0.5) or false_per_study(t, t2 - 0.1) > 0.1          # ... at the lowest neighbour one
+    assert result["sensitivity"] == pytest.approx(float(density_calls(diffs, t, t2)[truth].mean()))
 
 
 @pytest.mark.slow

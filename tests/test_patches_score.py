@@ -119,7 +119,8 @@ def test_density_measure_keeps_off_the_csf_border():
     hu[:, 10:30, 33:36] = 5.0                          # CSF beside the right region ...
     hu[:, 10:30, 32] = 20.0
     hu[:, 10:30, 36] = 20.0                            # ... with a partial-volume rim inside it
-    plain = {(r.region, r.side): r.difference_hu for r in measure(hu, labels, grid, replace(rule, erode_mm=0.0)).regions}
+    uneroded = replace(rule, erode_mm=0.0)
+    plain = {(r.region, r.side): r.difference_hu for r in measure(hu, labels, grid, uneroded).regions}
     eroded = {(r.region, r.side): r.difference_hu for r in measure(hu, labels, grid, rule).regions}
     assert plain["C", "right"] < -0.4
     assert abs(eroded["C", "right"]) < 0.05

@@ -8,8 +8,9 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 RUNTIME = ROOT / "runtime"
-# Entry points: nothing inside runtime/ may import these (lazy imports included).
-TOP = {"runtime.cli", "runtime.pipeline", "runtime.parity"}
+# The entry layer: what a user runs (the CLI, the DICOM node, the folder watcher, the parity tool)
+# and the factory they share. Nothing below imports it.
+TOP = {"runtime.cli", "runtime.pipeline", "runtime.parity", "runtime.watch", "runtime.node.server"}
 # The two paths: neither imports the other.
 PATHS = {"runtime.cpu": "runtime.gpu", "runtime.gpu.pipeline": "runtime.cpu"}
 
