@@ -82,14 +82,18 @@ def test_a_failed_write_leaves_nothing(tmp_path, demo_result, monkeypatch):
 
 @pytest.mark.slow
 def test_sigterm_leaves_no_partial_report_and_the_rerun_works(tmp_path):
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "score", str(DEMO), "--out", str(out)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4.0)                            # models loaded, mid-compute
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
+    """A whole study takes a few seconds now: signal at several moments until one lands mid-run."""
+    for delay in (1.0, 1.75, 2.5, 3.5):
+        out = tmp_path / f"out_{delay}"
+        proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "score", str(DEMO), "--out", str(out),
+                                 "--threads", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            break
+    else:
+        pytest.skip("every run finished before its signal arrived")
     assert proc.returncode == 143 and err.strip().startswith("error:"), err
     assert not [p for p in out.iterdir() if not p.name.startswith(".")] if out.exists() else True
     assert not list(out.glob("*.partial")) if out.exists() else True
