@@ -154,10 +154,27 @@ def _score_one(path: Path, out: Path, outputs, scorer_factory) -> int:
     from .report import OUTPUTS, output_folder, write_report
 
     with output_folder(out, outputs or OUTPUTS) as folder:      # claimed and checked before any compute
-        result = scorer_factory().score(path)
+        scorer = scorer_factory()
+        scorer.on_stage = _progress(path) if sys.stdout.isatty() else None
+        try:
+            result = scorer.score(path)
+        finally:
+            if scorer.on_stage is not None:
+                print("\r\033[K", end="", flush=True)               # clear the progress line
+            scorer.on_stage = None
         written = write_report(result, folder, outputs)
     _print_result(result, written)
     return 0
+
+
+def _progress(path: Path):
+    """One line on a terminal, rewritten as each stage starts: `study.nii.gz: [3/7] preprocess`."""
+    from .result import STAGES
+    stages = [s for s in STAGES if s != "total"]
+
+    def show(stage: str) -> None:
+        print(f"\r\033[K{path.name}: [{stages.index(stage) + 1}/{len(stages)}] {stage}", end="", flush=True)
+    return show
 
 
 def _score_batch(paths: list[Path], args, outputs) -> int:

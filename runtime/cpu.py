@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
+from typing import Callable
 
 from .align import align
 from .atlas import AtlasSegmenter, load_atlas
@@ -33,39 +34,46 @@ class CpuScorer:
         self.engines: dict[str, Engine] = {card.role: cpu_engine(card, engine, self.threads)
                                            for card in self.models.cards}
         self.device_label = f"cpu ({engine_version(engine)})"
+        self.on_stage: Callable[[str], None] | None = None      # told each stage as it starts (progress)
         self.segmenter: Segmenter = make_segmenter(self.models, self.engines, segmenter)
 
     def score(self, source: str | os.PathLike | Study) -> StudyResult:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        with _timed(timings, "read"):
+        with self._stage(timings, "read"):
             if isinstance(source, Study):
                 study = source
                 validate_study(study)     # a Study built in code gets the same checks as a file
             else:
                 study = read_study(source)
-        with _timed(timings, "align"):
+        with self._stage(timings, "align"):
             alignment = align(study)
-        with _timed(timings, "preprocess"):
+        with self._stage(timings, "preprocess"):
             prep = preprocess(study, alignment, self.models.grid, self.models.window)
             brain_ml = check_brain_volume(study, prep.brain_ml)
-        with _timed(timings, "segment"):
+        with self._stage(timings, "segment"):
             seg = self.segmenter.segment(prep)
             labels = seg.labels
         batches, results = [], []
         for role in CLASSIFIER_ROLES:
             engine = self.engines[role]
-            with _timed(timings, "batch"):
+            with self._stage(timings, "batch"):
                 batch = build_batch(prep.image, labels, engine.card.regions, engine.card.crop)
-            with _timed(timings, "classify"):
+            with self._stage(timings, "classify"):
                 results.append(classify(engine, batch))
             batches.append(batch)
-        with _timed(timings, "score"):
+        with self._stage(timings, "score"):
             densities = measure(prep.hu, labels, prep.grid, self.models.classify_density)
             final = score_study(batches, results, densities, self.models)
         timings["total"] = time.perf_counter() - t0
         return study_result(study, alignment, prep.grid, prep.hu, seg, densities, brain_ml, final, timings,
                             self.models, self.device_label, tuple(results), tuple(batches))
+
+
+    def _stage(self, timings: dict[str, float], stage: str):
+        if self.on_stage is not None:
+            self.on_stage(stage)
+        return _timed(timings, stage)
 
 
 def make_segmenter(models: ModelSet, engines: dict[str, Engine], choice: str = "auto") -> Segmenter:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from typing import Callable, Protocol
 
 from .errors import DeviceUnavailable
 from .modelcard import ModelSet
@@ -16,6 +16,7 @@ from .shipped import DEFAULT_MODEL_DIR
 class Scorer(Protocol):
     models: ModelSet
     device_label: str          # what the report names: "cpu", "gpu (NVIDIA H100 ...)"
+    on_stage: Callable[[str], None] | None     # told each stage name as it starts (terminal progress)
 
     def score(self, source: str | os.PathLike | Study) -> StudyResult:
         ...

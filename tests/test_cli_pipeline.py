@@ -155,3 +155,16 @@ def test_batch_scores_each_study_and_records_failures(tmp_path):
     records = json.loads((out / "batch.json").read_text())["studies"]
     assert [(r["output"], r["exit_code"]) for r in records] == [("default_study", 0), ("missing", 3)]
     assert (out / "default_study" / "report.json").exists() and not (out / "missing").exists()
+
+
+def test_progress_is_told_every_stage_in_order(scorer, capsys):
+    from runtime.cli import _progress
+    seen: list[str] = []
+    scorer.on_stage = seen.append
+    try:
+        scorer.score(DEFAULT_STUDY)
+    finally:
+        scorer.on_stage = None
+    assert list(dict.fromkeys(seen)) == [s for s in STAGES if s != "total"]
+    _progress(DEFAULT_STUDY)("align")
+    assert capsys.readouterr().out == f"\r\033[K{DEFAULT_STUDY.name}: [2/7] align"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -57,6 +58,7 @@ class GpuScorer:
         use_atlas = atlas is not None and segmenter in ("atlas", "auto")
         self.atlas = AtlasSegmenter(load_atlas(atlas)) if atlas is not None and use_atlas else None
         self.device_label = f"gpu ({gpu.name})"
+        self.on_stage: Callable[[str], None] | None = None      # told the host-visible stages (progress)
 
     def score(self, source: str | os.PathLike | Study) -> StudyResult:
         try:
@@ -64,19 +66,26 @@ class GpuScorer:
         finally:
             self.gpu.release()
 
+    def _tell(self, stage: str) -> None:
+        if self.on_stage is not None:
+            self.on_stage(stage)
+
     def _score(self, source) -> StudyResult:
         dev, timings = self.gpu, dict[str, float]()
         t0 = time.perf_counter()
+        self._tell("read")
         study = source if isinstance(source, Study) else read_study(source)
         if isinstance(source, Study):
             validate_study(study)
         t1 = time.perf_counter()
         study_hu = dev.put(study.hu.astype(np.float32, copy=False))
+        self._tell("align")
         alignment = align(study)
         grid = model_grid(study, alignment, self.models.grid)
         t2 = time.perf_counter()
         timings.update(read=t1 - t0, align=t2 - t1)
 
+        self._tell("preprocess")       # the device stages follow on one stream, without a host round trip
         marks = [("start", dev.event())]
         img = preprocess_on_device(dev, study_hu, study, alignment, grid, self.models.window)
         marks.append(("preprocess", dev.event()))
