@@ -7,8 +7,8 @@ space. Yaw and roll are recovered (the two rotations that break left/right
 symmetry); pitch cannot be seen by a mirror and is kept as scanned.
 
 Cost does not grow with the slice count: the study is reduced once to a working
-volume of fixed physical resolution (about 1 mm in-plane, slices of at least
-about 2 mm), and the search follows the exact gradient of the trilinear mirror
+volume of fixed physical resolution (about 1 mm in-plane, thin slices averaged to
+about 2.5 mm), and the search follows the exact gradient of the trilinear mirror
 similarity (a few dozen probes of 20,000 points instead of hundreds).
 """
 
@@ -29,8 +29,8 @@ FINE_MM = 1.0                # in-plane working resolution of the fine level; th
 SLICE_MM = 2.5               # thin slices are averaged to about this thickness first: the cost of a study
                              # no longer grows with its slice count
 SEED = 20221101
-SCAN_POINTS = 5_000        # the yaw scan's probes use the first of the (randomly drawn) points
-MAX_PROBES = 30           # per level; a search takes about 5-15
+SCAN_POINTS = 5_000          # the yaw scan's probes use the first of the (randomly drawn) points
+MAX_PROBES = 30              # per level; a search takes about 5-15
 
 
 @dataclass(frozen=True)
