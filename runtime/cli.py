@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="output folder (created; existing reports are never overwritten); a batch writes one "
                         "sub-folder per study and batch.json")
     p.add_argument("--outputs", default=None, metavar="LIST",
-                   help="comma list of json, png, seg, sr, sc (default: all that the input allows; DICOM "
-                        "SEG, SR and secondary captures need a DICOM input)")
+                   help="comma list of json, png, seg, sr, sc (default: all for a DICOM input; json and png for "
+                        "a volume file, whose DICOM outputs get new UIDs and reference a CT series made from it)")
     p.add_argument("--device", type=_device, default="cpu", metavar="{cpu,gpu,gpu:N}",
                    help="cpu (default), gpu (the first NVIDIA GPU) or gpu:N")
     p.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR, help="folder of ONNX models and cards")

@@ -10,8 +10,12 @@
 - secondary-capture key images: the two report images, referencing the source
   slice each shows.
 
-Only for DICOM input (a classic single-frame series): every output references
-the source study, series and instances and keeps the patient's identity.
+For DICOM input (a classic single-frame series) every output references the
+source study, series and instances and keeps the patient's identity. A volume
+input (NIfTI, MHA, NRRD, Enhanced CT) has no instances to reference: on request,
+the input is first written as a CT series of its own with new UIDs and no patient
+identity (`derived_series`, shipped beside the outputs as source_ct.zip), and the
+outputs reference that series; the report says so.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from .regions import REGION_NAMES, SIDES, label_id
 from .result import StudyResult
 
 MANUFACTURER = "aspects-rt"
-SERIES_NUMBERS = {"seg": 9901, "sr": 9902, "sc": 9903}
+SERIES_NUMBERS = {"seg": 9901, "sr": 9902, "sc": 9903, "ct": 9900}
 DICOM_FILES = ("seg.dcm", "sr.dcm", "sc_ganglionic.dcm", "sc_supraganglionic.dcm")
 
 
@@ -35,8 +39,57 @@ TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex
                      "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
+DERIVED_SERIES_FILE = "source_ct.zip"
+
+
 def supports_dicom(result: StudyResult) -> bool:
+    """The input was a DICOM series whose instances the outputs can reference."""
     return bool(result.source_images)
+
+
+def derived_series(hu: np.ndarray, affine: np.ndarray, source: str) -> tuple[list, bytes]:
+    """A volume input as a single-frame CT series with new study, series, frame-of-reference and
+    instance UIDs and an empty patient identity: (headers without pixels, a zip of the files)."""
+    import zipfile
+
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    row_dir, col_dir = affine[:3, 0] / spacing[0], affine[:3, 1] / spacing[1]
+    stored = np.clip(np.rint(hu + 1024.0), 0, 65535).astype(np.uint16)
+    headers, buf = [], io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for k in range(hu.shape[0]):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = FileDataset(f"CT{k + 1:04d}.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+            ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+            for keyword in TYPE2_FROM_SOURCE:
+                setattr(ds, keyword, "")
+            ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", SERIES_NUMBERS["ct"], k + 1
+            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+            ds.SeriesDescription = "aspects-rt: CT made from a volume file"
+            ds.DerivationDescription = f"written by aspects-rt {__version__} from {source}; new UIDs, no identity"
+            ds.Manufacturer, ds.PositionReferenceIndicator, ds.KVP = MANUFACTURER, "", ""
+            ds.ImagePositionPatient = [float(v) for v in affine[:3, :3] @ [0.0, 0.0, float(k)] + affine[:3, 3]]
+            ds.ImageOrientationPatient = [float(v) for v in (*row_dir, *col_dir)]
+            ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
+            ds.SliceThickness = float(abs(np.cross(row_dir, col_dir) @ affine[:3, 2]))
+            ds.Rows, ds.Columns = hu.shape[1], hu.shape[2]
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+            ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+            ds.PixelData = stored[k].tobytes()
+            out = io.BytesIO()
+            ds.save_as(out, enforce_file_format=True)
+            zf.writestr(f"CT{k + 1:04d}.dcm", out.getvalue())
+            del ds.PixelData
+            headers.append(ds)
+    return headers, buf.getvalue()
 
 
 def _sources(result: StudyResult, indices=None) -> list:

@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from .dicom_out import make_sc, make_seg, make_sr, source_slice_for, supports_dicom, to_bytes
+from .dicom_out import (
+    DERIVED_SERIES_FILE,
+    derived_series,
+    make_sc,
+    make_seg,
+    make_sr,
+    source_slice_for,
+    supports_dicom,
+    to_bytes,
+)
 from .errors import UsageError
 from .output import OutputFolder
 from .regions import REGION_NAMES, SUBCORTICAL, SUPRAGANGLIONIC, is_region, label_id
@@ -41,7 +51,8 @@ UPSCALE = 2
 def output_folder(out: str | Path, outputs: tuple[str, ...] = OUTPUTS) -> OutputFolder:
     """The claim on a report folder (runtime.output): take it before scoring, write into it after.
     Every file the run may write is claimed, so none of them may already exist."""
-    return OutputFolder(out, tuple(name for kind in outputs for name in FILES[kind]))
+    derived = (DERIVED_SERIES_FILE,) if any(kind in DICOM_OUTPUTS for kind in outputs) else ()
+    return OutputFolder(out, tuple(name for kind in outputs for name in FILES[kind]) + derived)
 
 
 def check_outputs(outputs: tuple[str, ...]) -> tuple[str, ...]:
@@ -55,14 +66,10 @@ def write_report(result: StudyResult, out: str | Path | OutputFolder,
                  outputs: tuple[str, ...] | None = None) -> dict[str, Path]:
     """All of the report or none of it; never over an existing file. `out` is a folder path, or a
     folder the caller already claimed (the CLI claims it before the compute). `outputs`: None for
-    all that the input allows (DICOM SEG, SR and SC need a DICOM input); asking for a DICOM output
-    of a volume-file input is a usage error."""
+    the default: everything for a DICOM input; report.json and the PNGs for a volume file, whose
+    DICOM outputs (asked for by name) reference a CT series made from it with new UIDs."""
     wanted = check_outputs(outputs) if outputs is not None else OUTPUTS
-    if not supports_dicom(result):
-        asked = [o for o in DICOM_OUTPUTS if o in wanted]
-        if outputs is not None and asked:
-            raise UsageError(f"{', '.join(asked)}: DICOM outputs need a DICOM input to reference; "
-                             f"{result.source} is not one")
+    if not supports_dicom(result) and outputs is None:
         wanted = tuple(o for o in wanted if o not in DICOM_OUTPUTS)
     if isinstance(out, OutputFolder):
         return _write(result, out, wanted)
@@ -72,10 +79,16 @@ def write_report(result: StudyResult, out: str | Path | OutputFolder,
 
 def _write(result: StudyResult, folder: OutputFolder, wanted: tuple[str, ...]) -> dict[str, Path]:
     """Everything is rendered and encoded first, then placed; report.json goes last."""
+    files: dict[str, bytes] = {}
+    derived = not supports_dicom(result) and any(o in DICOM_OUTPUTS for o in wanted)
+    if derived:
+        if result.volume is None:
+            raise UsageError(f"{result.source}: DICOM outputs need the input's source images or its volume")
+        headers, files[DERIVED_SERIES_FILE] = derived_series(*result.volume, result.source)
+        result = replace(result, source_images=tuple(headers))
     levels = key_slices(result.labels)
     sources = {level: source_slice_for(result, z) for level, z in levels.items()}
     rendered = {level: render_slice(result, z, level, sources[level]) for level, z in levels.items()}
-    files: dict[str, bytes] = {}
     if "png" in wanted:
         for level, img in rendered.items():
             buf = io.BytesIO()
@@ -94,8 +107,14 @@ def _write(result: StudyResult, folder: OutputFolder, wanted: tuple[str, ...]) -
                       "source_image": _source_ref(result, sources[level])} for level, z in levels.items()}
     doc = report_dict(result, images)
     doc["outputs"] = sorted([*files, "report.json"] if "json" in wanted else files)
-    if not supports_dicom(result):
-        doc["dicom_outputs"] = "not written: the input is not DICOM, so there are no source instances to reference"
+    if derived:
+        doc["dicom_outputs"] = (f"new UIDs: the input is a volume file without DICOM identity; the outputs reference "
+                                f"a CT series made from it, in {DERIVED_SERIES_FILE} (StudyInstanceUID "
+                                f"{result.source_images[0].StudyInstanceUID}), with no patient identity")
+    elif not supports_dicom(result):
+        doc["dicom_outputs"] = ("not written by default for a volume file (no DICOM identity): ask for seg, sr "
+                                "or sc to get them with new UIDs, referencing a CT series made from it "
+                                f"({DERIVED_SERIES_FILE})")
     paths = {name: folder.write(name, data) for name, data in files.items()}
     if "json" in wanted:
         paths["report"] = folder.write("report.json", (json.dumps(doc, indent=2) + "\n").encode())

@@ -44,6 +44,9 @@ class StudyResult:
     classifications: tuple[Classification, ...] = field(repr=False, default=())
     batches: tuple[PatchBatch, ...] = field(repr=False, default=())
     source_images: tuple = field(repr=False, default=())    # DICOM headers of the source slices
+    # A volume input (no DICOM source images): its HU and index -> LPS affine, from which the report
+    # can make a CT series with new UIDs for DICOM outputs to reference (runtime.dicom_out).
+    volume: tuple[np.ndarray, np.ndarray] | None = field(repr=False, default=None)
 
     @property
     def timings_s(self) -> dict[str, float]:
@@ -96,4 +99,4 @@ def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.nda
                       "sha256": getattr(c, "sha256", None), "card_sha256": c.card_sha256}
                      for c in models.all_cards),
         hu=hu, labels=seg.labels, asymmetry_hu=densities.asymmetry_hu, classifications=results, batches=batches,
-        source_images=study.source_images)
+        source_images=study.source_images, volume=None if study.source_images else (study.hu, study.affine))

@@ -93,12 +93,40 @@ def test_dicom_outputs_pass_dciodvfy(dicom_result, tmp_path):
         assert not errors, f"{name}: {errors[:5]}"
 
 
-def test_volume_input_writes_no_dicom_and_says_why(demo_result, tmp_path):
+def test_volume_input_writes_dicom_only_when_asked_and_says_why(demo_result, tmp_path):
     import json
-
-    from runtime.errors import UsageError
     paths = write_report(demo_result, tmp_path / "a")
     doc = json.loads(paths["report"].read_text())
-    assert "not DICOM" in doc["dicom_outputs"] and not any(n.endswith(".dcm") for n in doc["outputs"])
-    with pytest.raises(UsageError, match="need a DICOM input"):
-        write_report(demo_result, tmp_path / "b", outputs=("json", "seg"))
+    assert "ask for seg" in doc["dicom_outputs"] and not any(n.endswith((".dcm", ".zip")) for n in doc["outputs"])
+
+
+@pytest.mark.slow
+def test_volume_input_dicom_outputs_reference_a_ct_series_made_from_it(demo_result, tmp_path):
+    """New UIDs, no identity, and the series they reference ships beside them: it reads back to the
+    same voxels and geometry, and scores the same."""
+    import json
+    import zipfile
+
+    from runtime.read import read_study
+    write_report(demo_result, tmp_path / "out", outputs=("json", "seg", "sr", "sc"))
+    doc = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert doc["dicom_outputs"].startswith("new UIDs") and "source_ct.zip" in doc["outputs"]
+    with zipfile.ZipFile(tmp_path / "out" / "source_ct.zip") as z:
+        z.extractall(tmp_path / "ct")
+    ct = read_study(tmp_path / "ct")
+    hu, affine = demo_result.volume
+    np.testing.assert_array_equal(ct.hu, np.rint(hu))
+    np.testing.assert_allclose(ct.affine, affine, atol=1e-4)
+    first = pydicom.dcmread(sorted((tmp_path / "ct").iterdir())[0], stop_before_pixels=True)
+    assert first.PatientID == "" and "aspects-rt" in first.DerivationDescription
+    sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in (tmp_path / "ct").iterdir()}
+    seg = pydicom.dcmread(tmp_path / "out" / "seg.dcm")
+    assert seg.StudyInstanceUID == first.StudyInstanceUID
+    refs = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
+    assert refs and refs <= sources
+    sc = pydicom.dcmread(tmp_path / "out" / "sc_ganglionic.dcm")
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID in sources
+    if shutil.which("dciodvfy"):
+        for name in ("seg.dcm", "sr.dcm", "sc_ganglionic.dcm"):
+            run = subprocess.run(["dciodvfy", str(tmp_path / "out" / name)], capture_output=True, text=True)
+            assert not [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("Error")], name
