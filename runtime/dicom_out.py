@@ -75,10 +75,12 @@ def derived_series(hu: np.ndarray, affine: np.ndarray, source: str) -> tuple[lis
             ds.SeriesDescription = "aspects-rt: CT made from a volume file"
             ds.DerivationDescription = f"written by aspects-rt {__version__} from {source}; new UIDs, no identity"
             ds.Manufacturer, ds.PositionReferenceIndicator, ds.KVP = MANUFACTURER, "", ""
-            ds.ImagePositionPatient = [float(v) for v in affine[:3, :3] @ [0.0, 0.0, float(k)] + affine[:3, 3]]
-            ds.ImageOrientationPatient = [float(v) for v in (*row_dir, *col_dir)]
-            ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
-            ds.SliceThickness = float(abs(np.cross(row_dir, col_dir) @ affine[:3, 2]))
+            ds.ImagePositionPatient = [_ds(v) for v in affine[:3, :3] @ [0.0, 0.0, float(k)] + affine[:3, 3]]
+            ds.ImageOrientationPatient = [_ds(v) for v in (*row_dir, *col_dir)]
+            ds.PixelSpacing = [_ds(spacing[1]), _ds(spacing[0])]
+            ds.SliceThickness = _ds(abs(np.cross(row_dir, col_dir) @ affine[:3, 2]))
+            ds.Laterality = ""                   # type 2C: the head is not a paired structure
+            ds.PatientPosition, ds.AcquisitionNumber = "", ""      # type 2C / 2: not known from a volume file
             ds.Rows, ds.Columns = hu.shape[1], hu.shape[2]
             ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
@@ -90,6 +92,11 @@ def derived_series(hu: np.ndarray, affine: np.ndarray, source: str) -> tuple[lis
             del ds.PixelData
             headers.append(ds)
     return headers, buf.getvalue()
+
+
+def _ds(value: float) -> str:
+    """A decimal string within DICOM's 16 characters (micrometre precision)."""
+    return f"{float(value):.6f}".rstrip("0").rstrip(".")[:16] or "0"
 
 
 def _sources(result: StudyResult, indices=None) -> list:

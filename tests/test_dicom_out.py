@@ -127,6 +127,7 @@ def test_volume_input_dicom_outputs_reference_a_ct_series_made_from_it(demo_resu
     sc = pydicom.dcmread(tmp_path / "out" / "sc_ganglionic.dcm")
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID in sources
     if shutil.which("dciodvfy"):
-        for name in ("seg.dcm", "sr.dcm", "sc_ganglionic.dcm"):
-            run = subprocess.run(["dciodvfy", str(tmp_path / "out" / name)], capture_output=True, text=True)
-            assert not [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("Error")], name
+        for path in [tmp_path / "out" / n for n in ("seg.dcm", "sr.dcm", "sc_ganglionic.dcm")] + \
+                [sorted((tmp_path / "ct").iterdir())[0]]:
+            run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+            assert not [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("Error")], path.name
