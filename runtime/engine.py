@@ -1,8 +1,8 @@
 """Inference engines behind one small interface.
 
 The CPU engines run the fp32 ONNX file: ONNX Runtime (the default, always
-installed) or OpenVINO (the `openvino` extra; 1.4-1.8x faster per network on
-x86, measured in benchmarks/RESULTS.md). The GPU path (TensorRT) implements the
+installed) or OpenVINO (the `openvino` extra; the DA-Net stage 1.3x faster on
+the build machine, benchmarks/RESULTS.md). The GPU path (TensorRT) implements the
 same `run`. Every engine checks the model file's hash against its card before
 loading and checks tensor names against the card.
 """
