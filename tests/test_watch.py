@@ -1,0 +1,50 @@
+"""`aspects watch`: every study dropped into a folder is scored once, failures recorded, the inbox untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+from runtime.watch import LEDGER, watch
+from tests.conftest import DEMO_STUDY
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_watch_scores_each_entry_once_and_records_failures(tmp_path, scorer):
+    inbox, out = tmp_path / "inbox", tmp_path / "reports"
+    inbox.mkdir()
+    shutil.copy(DEMO_STUDY, inbox / "demo.nii.gz")
+    (inbox / "broken.nii.gz").write_bytes(b"not a volume")
+    (inbox / ".arriving.nii.gz").write_bytes(b"hidden names are still being copied")
+    before = _digest(inbox)
+
+    assert watch(inbox, out, scorer, quiet_s=0.0, once=True, poll_s=0.05) == 2
+    records = {r["input"].rsplit("/", 1)[1]: r for r in map(json.loads, (out / LEDGER).read_text().splitlines())}
+    assert set(records) == {"demo.nii.gz", "broken.nii.gz"}
+    assert records["demo.nii.gz"]["exit_code"] == 0 and (out / "demo" / "report.json").exists()
+    assert records["broken.nii.gz"]["exit_code"] == 3 and records["broken.nii.gz"]["error"]
+    assert _digest(inbox) == before                                    # the inbox is only read
+
+    # A restarted watcher skips what is done; a changed entry is a new study.
+    assert watch(inbox, out, scorer, quiet_s=0.0, once=True, poll_s=0.05) == 0
+    (inbox / "broken.nii.gz").write_bytes(b"still not a volume, but a new one")
+    assert watch(inbox, out, scorer, quiet_s=0.0, once=True, poll_s=0.05) == 1
+
+
+def test_watch_waits_for_the_quiet_period(tmp_path, scorer):
+    import threading
+    inbox, out = tmp_path / "inbox", tmp_path / "reports"
+    inbox.mkdir()
+    (inbox / "broken.nii.gz").write_bytes(b"x")
+    stop, handled = threading.Event(), []
+    t = threading.Thread(target=lambda: handled.append(watch(inbox, out, scorer, quiet_s=60.0, poll_s=0.05,
+                                                             stop=stop)))
+    t.start()
+    stop.wait(0.5)                          # several looks at an entry that is not yet quiet
+    stop.set()
+    t.join(timeout=10)
+    assert handled == [0] and not (out / LEDGER).exists()
