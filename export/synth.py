@@ -180,11 +180,8 @@ def make_case(phantom: Phantom, spec: CaseSpec) -> Case:
     # Anatomical texture so no two brains share exact intensities.
     hu += np.where(brain, _smooth_noise(rng, hu.shape, 3.0, 1.5), 0).astype(np.float32)
     core = np.zeros(hu.shape, bool)
-    affected = {r.name: [False, False] for r in REGIONS}
-    fractions = {r.name: [0.0, 0.0] for r in REGIONS}
     blob = _smooth_noise(rng, hu.shape, 6.0, 1.0)
     for lesion in spec.lesions:
-        s = 0 if lesion.side == "left" else 1
         for name, cover in zip(lesion.regions, lesion.coverage):
             r = [x.name for x in REGIONS].index(name)
             region = phantom.labels == label_id(r, lesion.side)
@@ -207,12 +204,7 @@ def make_case(phantom: Phantom, spec: CaseSpec) -> Case:
         hu -= lesion.drop_hu * soft
         csf = zone & (hu < 12)                       # sulcal effacement: swollen cortex fills the sulci
         hu[csf] += 0.5 * (22 - hu[csf])
-    for r, reg in enumerate(REGIONS):
-        for s, side in enumerate(("left", "right")):
-            region = phantom.labels == label_id(r, side)
-            frac = float((core & region).sum()) / max(1, int(region.sum()))
-            fractions[reg.name][s] = frac
-            affected[reg.name][s] = frac >= AFFECTED_FRACTION
+    truth = truth_in_regions(core, phantom.labels)
     if spec.old_infarct:
         side, name = spec.old_infarct
         r = [x.name for x in REGIONS].index(name)
@@ -223,8 +215,35 @@ def make_case(phantom: Phantom, spec: CaseSpec) -> Case:
         wm = brain & (phantom.skull_dist > 25) & (phantom.hu > 20) & (phantom.hu < 32)
         hu -= spec.leukoaraiosis * ndimage.gaussian_filter(wm.astype(np.float32), 2.0)
     hu += spec.bias_hu * np.exp(-phantom.skull_dist / 6.0) * brain   # beam hardening next to the inner table
-    return Case(spec=spec, affected={k: tuple(v) for k, v in affected.items()},
-                core_fraction={k: tuple(v) for k, v in fractions.items()}, hu=hu.astype(np.float32), core=core)
+    return Case(spec=spec, affected={k: a for k, (a, _) in truth.items()},
+                core_fraction={k: f for k, (_, f) in truth.items()}, hu=hu.astype(np.float32), core=core)
+
+
+def truth_in_regions(core: np.ndarray, region_labels: np.ndarray) -> dict[str, tuple[tuple, tuple]]:
+    """The paper's rule on one region map (runtime.regions ids, the phantom's grid): per region,
+    ((left, right) affected, (left, right) core fraction)."""
+    out = {}
+    for r, reg in enumerate(REGIONS):
+        fractions = []
+        for side in ("left", "right"):
+            region = region_labels == label_id(r, side)
+            fractions.append(float((core & region).sum()) / max(1, int(region.sum())))
+        out[reg.name] = (tuple(f >= AFFECTED_FRACTION for f in fractions), tuple(fractions))
+    return out
+
+
+def expert_regions(phantom: Phantom, atlas_npz: str | Path) -> np.ndarray:
+    """The shipped atlas's expert-convention region map (runtime.atlas) on the phantom's grid: the
+    regions as the runtime draws them, for a ground truth in the experts' convention."""
+    with np.load(atlas_npz) as d:
+        image = sitk.GetImageFromArray(d["labels"].astype(np.uint8))
+        image.SetSpacing(tuple(float(v) for v in d["labels_spacing"]))
+        image.SetOrigin(tuple(float(v) for v in d["labels_origin"]))
+    ref = sitk.Image(phantom.labels.shape[::-1], sitk.sitkUInt8)
+    ref.SetOrigin(tuple(float(v) for v in phantom.index_to_world[:3, 3]))
+    ref.SetSpacing(tuple(float(v) for v in np.diag(phantom.index_to_world)[:3]))
+    out = sitk.Resample(image, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(out)
 
 
 def _side_mask(shape, phantom: Phantom, side: str) -> np.ndarray:

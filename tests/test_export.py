@@ -185,3 +185,19 @@ def test_trainers_write_cards_the_runtime_loads(tmp_path):
     assert isinstance(cortical.part, ClassifierPart) and cortical.regions == ("M1", "M2", "M3", "M4", "M5", "M6")
     assert load_card(tmp_path / "vbnet_fine.json").part == fine.part
     assert (tmp_path / "MANIFEST.json").exists()
+
+
+def test_truth_in_any_region_map_follows_the_ten_percent_rule():
+    """The same core judged on two region maps (MNI or the experts' drawing): 10 % of a region."""
+    from export.synth import truth_in_regions
+    from runtime.regions import label_id
+    labels = np.zeros((4, 10, 10), np.uint8)
+    labels[:, :, :5] = label_id(0, "left")          # C left: 200 voxels
+    labels[:, :, 5:] = label_id(1, "right")         # L right: 200 voxels
+    core = np.zeros(labels.shape, bool)
+    core[0, :2, :5] = True                          # 10 voxels: 5 % of C left
+    core[:, :, 5:6] = True                          # 40 voxels: 20 % of L right
+    truth = truth_in_regions(core, labels)
+    assert truth["C"] == ((False, False), (0.05, 0.0))
+    assert truth["L"] == ((False, True), (0.0, 0.2))
+    assert truth["M1"][0] == (False, False)
