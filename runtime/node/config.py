@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import UsageError
@@ -43,7 +43,6 @@ class NodeConfig:
     outputs: tuple[str, ...] = OUTPUTS
     keep_received: bool = False                    # keep a scored study's images in spool/done
     send_attempts: int = 3
-    extra: dict = field(default_factory=dict, compare=False)
 
     def check(self) -> NodeConfig:
         for ae in (self.ae_title, *self.allowed_calling_aes, *(d.ae_title for d in self.destinations)):
@@ -57,8 +56,7 @@ class NodeConfig:
         return self
 
 
-_KEYS = {"ae_title", "host", "port", "allowed_calling_aes", "destinations", "quiet_seconds", "workers", "outputs",
-         "keep_received", "send_attempts", "spool", "output"}
+_KEYS = {f.name for f in fields(NodeConfig)}
 
 
 def load_config(path: Path | None, **flags) -> NodeConfig:
