@@ -5,8 +5,8 @@ A call comes from the contralateral density rule when the model set has one
 `neighbour_threshold_hu` when a neighbouring region on the same side is called:
 early ischemia fills a contiguous MCA territory, so a region next to a clear
 one needs less evidence), otherwise from the DA-Net probability and its card's
-threshold. Both numbers are kept on every
-call, so the report shows the evidence whichever decided. The reported score is
+threshold. Both numbers are kept on every call, so the report shows the evidence
+whichever decided. The reported score is
 the symptomatic hemisphere's (the lower of the two, as in the paper); the
 dichotomy ASPECTS > 6 vs <= 6 is the thrombectomy threshold.
 """
@@ -60,8 +60,10 @@ def make_calls(probabilities: dict[str, tuple[float, float]], assessable: dict[s
     """`probabilities[region] = (p_left, p_right)`; calls in table order, left before right."""
     density = {(d.region, d.side): d for d in densities}
     if rule is not None:
-        diffs = np.array([[np.nan if not assessable[n] or (d := density.get((n, s))) is None
-                           or d.difference_hu is None else d.difference_hu for s in SIDES] for n in REGION_NAMES])
+        diffs = np.full((N_REGIONS, len(SIDES)), np.nan)       # NaN: not found or not measurable
+        for (name, side), measured in density.items():
+            if assessable[name] and measured.difference_hu is not None:
+                diffs[REGION_NAMES.index(name), SIDES.index(side)] = measured.difference_hu
         primary = density_calls(diffs, rule.threshold_hu, rule.threshold_hu)
         pooled = density_calls(diffs, rule.threshold_hu, rule.neighbour_threshold_hu)
     calls = []
