@@ -143,7 +143,7 @@ def _score(args) -> int:
     paths = [Path(p) for p in args.path] or [DEFAULT_STUDY]
     if not args.path:
         print(f"no study given: scoring the bundled synthetic demo study {DEFAULT_STUDY.name}")
-    outputs = check_outputs_arg(args.outputs)
+    outputs = _outputs_arg(args.outputs)
     if len(paths) == 1:
         return _score_one(paths[0], args.out, outputs, lambda: make_scorer(args.models, backend=args.device,
                                                                            threads=args.threads, engine=args.engine))
@@ -232,7 +232,7 @@ def _serve(args) -> int:
     from .node.config import load_config
     from .node.server import Node
 
-    outputs = check_outputs_arg(args.outputs)
+    outputs = _outputs_arg(args.outputs)
     config = load_config(args.config, spool=args.spool, output=args.output, ae_title=args.ae_title, host=args.host,
                          port=args.port, allowed_calling_aes=args.allow, destinations=args.send,
                          quiet_seconds=args.quiet_seconds, workers=args.workers, outputs=outputs)
@@ -254,14 +254,14 @@ def _watch(args) -> int:
 
     if not args.inbox.is_dir():
         raise UsageError(f"{args.inbox}: not a folder to watch")
-    outputs = check_outputs_arg(args.outputs)
+    outputs = _outputs_arg(args.outputs)
     scorer = make_scorer(threads=args.threads, engine=args.engine)
     print(f"watching {args.inbox} (quiet {args.quiet:g} s); reports in {args.out}", flush=True)
     watch(args.inbox, args.out, scorer, args.quiet, outputs, once=args.once)
     return 0
 
 
-def check_outputs_arg(text: str | None) -> tuple[str, ...] | None:
+def _outputs_arg(text: str | None) -> tuple[str, ...] | None:
     from .report import check_outputs
     return check_outputs(tuple(o.strip() for o in text.split(","))) if text else None
 

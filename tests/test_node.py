@@ -296,3 +296,26 @@ def test_twenty_studies_from_four_concurrent_associations(tmp_path):
     assert len([p for p in config.output.iterdir() if not p.name.startswith(".")]) == 20
     print(f"20 studies, 4 associations, 2 workers: {elapsed:.0f} s")
     assert elapsed < 600
+
+
+def test_a_job_without_json_output_is_scored_once_and_its_score_recorded(tmp_path, scorer):
+    """The results folder itself marks a placed job (report.json is optional in `outputs`)."""
+    folder = tmp_path / "study"
+    study_uid = small_head_series(folder, "NOJSON")
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("sr",))
+    node = Node(config)
+    for f in sorted(folder.iterdir()):
+        node.spool.store(study_uid, pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID, f.read_bytes())
+    job = node.spool.promote(study_uid)
+    outcome = node.run_job(scorer, job)
+    assert outcome["exit_code"] == 0 and isinstance(outcome["aspects"], int), outcome
+    assert sorted(p.name for p in (config.output / job).iterdir()) == ["sr.dcm"]
+
+    class MustNotScore:
+        def score(self, source):
+            raise AssertionError("a placed job was scored again")
+
+    # As after a crash between placing the results and recording the outcome: the job is back in jobs/.
+    os.rename(config.spool / "done" / job, config.spool / "jobs" / job)
+    again = node.run_job(MustNotScore(), job)            # type: ignore[arg-type]
+    assert again["exit_code"] == 0 and again["aspects"] is None

@@ -2,8 +2,9 @@
 workers that score each job once, place its results and send them on.
 
 Exactly once: a job's results are written into output/.staging/<job> and renamed into
-output/<job> in one step; a job found in the spool on restart whose results are
-already in place is not scored again, only its sending and its record are repeated.
+output/<job> in one step, so that folder exists only whole; a job found in the spool
+on restart whose results folder exists is not scored again, only its sending and its
+record are repeated.
 """
 
 from __future__ import annotations
@@ -167,14 +168,17 @@ class Node:
         t0 = time.time()
         outcome: dict = {"job": job, "study_instance_uid": study, "output": str(placed)}
         try:
-            if not (placed / "report.json").exists():
+            if placed.is_dir():                 # placed before a crash: the score is in its report, if any
+                report = placed / "report.json"
+                outcome["aspects"] = json.loads(report.read_text())["aspects"] if report.exists() else None
+            else:
                 staging = self.staging / job
                 shutil.rmtree(staging, ignore_errors=True)
                 result = scorer.score(self.spool.jobs / job / "dicom")
                 write_report(result, staging, self.config.outputs)
                 os.rename(staging, placed)
                 fsync_dir(self.output)
-            outcome["aspects"] = json.loads((placed / "report.json").read_text())["aspects"]
+                outcome["aspects"] = result.score.aspects
             outcome["sent_to"] = self._send(placed)
             outcome["exit_code"] = 0
             log.info("job %s: ASPECTS %s, results in %s", job, outcome["aspects"], placed)
