@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -137,7 +138,7 @@ class Spool:
         if failed:
             _write_json(self.failures / f"{job}.json", outcome)
         elif not keep_images:
-            _remove_tree(folder / "dicom")
+            shutil.rmtree(folder / "dicom", ignore_errors=True)
         target = (self.failed if failed else self.done) / job
         os.rename(folder, target)
         fsync_dir(self.jobs)
@@ -155,14 +156,6 @@ def _write_json(path: Path, doc: dict) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def _remove_tree(path: Path) -> None:
-    if not path.exists():
-        return
-    for p in sorted(path.rglob("*"), reverse=True):
-        p.rmdir() if p.is_dir() else p.unlink()
-    path.rmdir()
 
 
 def fsync_dir(path: Path) -> None:
