@@ -28,7 +28,7 @@ import numpy as np
 
 from runtime.atlas import AtlasSegmenter
 from runtime.cpu import CpuScorer
-from runtime.density import measure
+from runtime.density import difference_table, measure
 from runtime.errors import AspectsError
 from runtime.modelcard import DEFAULT_MODEL_DIR, update_card
 from runtime.read import read_study
@@ -316,11 +316,7 @@ def _load_row(path: Path, scorer: CpuScorer) -> Scored | None:
 def remeasure(hu: np.ndarray, labels: np.ndarray, spacing: tuple, scorer: CpuScorer) -> np.ndarray:
     """(10, 2) density differences of a kept study by runtime.density, as the runtime measures now."""
     grid = ModelGrid(shape=labels.shape, spacing=spacing, origin=(0.0, 0.0, 0.0), slab=1)
-    out = np.full((len(REGION_NAMES), len(SIDES)), np.nan)
-    for r in measure(hu, labels, grid, scorer.models.classify_density).regions:
-        if r.difference_hu is not None:
-            out[REGION_NAMES.index(r.region), SIDES.index(r.side)] = r.difference_hu
-    return out
+    return difference_table(measure(hu, labels, grid, scorer.models.classify_density).regions)
 
 
 def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: CpuScorer, loo: bool,

@@ -85,5 +85,14 @@ def measure(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid, rule: DensityRu
     return DensityMap(regions=tuple(out), asymmetry_hu=asymmetry)
 
 
+def difference_table(regions: tuple[RegionDensity, ...]) -> np.ndarray:
+    """(10 regions, 2 sides [left, right]) difference_hu in runtime.regions order; NaN where not measurable."""
+    table = np.full((len(REGION_NAMES), len(SIDES)), np.nan)
+    for r in regions:
+        if r.difference_hu is not None:
+            table[REGION_NAMES.index(r.region), SIDES.index(r.side)] = r.difference_hu
+    return table
+
+
 def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 3)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .density import RegionDensity
+from .density import RegionDensity, difference_table
 from .modelcard import DensityRuleCard
 from .regions import N_REGIONS, NEIGHBOURS, REGION_NAMES, SIDES
 
@@ -60,10 +60,8 @@ def make_calls(probabilities: dict[str, tuple[float, float]], assessable: dict[s
     """`probabilities[region] = (p_left, p_right)`; calls in table order, left before right."""
     density = {(d.region, d.side): d for d in densities}
     if rule is not None:
-        diffs = np.full((N_REGIONS, len(SIDES)), np.nan)       # NaN: not found or not measurable
-        for (name, side), measured in density.items():
-            if assessable[name] and measured.difference_hu is not None:
-                diffs[REGION_NAMES.index(name), SIDES.index(side)] = measured.difference_hu
+        located = np.array([[assessable[n]] * len(SIDES) for n in REGION_NAMES])
+        diffs = np.where(located, difference_table(densities), np.nan)      # NaN: not found or not measurable
         primary = density_calls(diffs, rule.threshold_hu, rule.threshold_hu)
         pooled = density_calls(diffs, rule.threshold_hu, rule.neighbour_threshold_hu)
     calls = []
