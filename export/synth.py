@@ -141,9 +141,9 @@ def draw_spec(seed: int, pose: str = "residual", lesion_rate: float = 0.7) -> Ca
     lesions = []
     if rng.random() < lesion_rate:
         side = str(rng.choice(["left", "right"]))
-        lesions.append(_draw_lesion(rng, side))
+        lesions.append(draw_lesion(rng, side))
         if rng.random() < 0.1:
-            lesions.append(_draw_lesion(rng, "right" if side == "left" else "left", max_regions=2))
+            lesions.append(draw_lesion(rng, "right" if side == "left" else "left", max_regions=2))
     old = None
     if rng.random() < 0.15:
         old = (str(rng.choice(["left", "right"])), str(rng.choice([r.name for r in REGIONS])))
@@ -157,7 +157,7 @@ def draw_spec(seed: int, pose: str = "residual", lesion_rate: float = 0.7) -> Ca
                     slice_mm=thickness, inplane_mm=float(rng.uniform(0.4, 0.5)))
 
 
-def _draw_lesion(rng: np.random.Generator, side: str, max_regions: int = 10) -> Lesion:
+def draw_lesion(rng: np.random.Generator, side: str, max_regions: int = 10) -> Lesion:
     # MCA strokes hit neighbouring regions together: grow from a seed region through a neighbour list.
     n = int(min(max_regions, rng.choice(np.arange(1, 11), p=_REGION_COUNT_P)))
     chosen = [str(rng.choice(list(NEIGHBOURS)))]
