@@ -324,7 +324,7 @@ def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: 
     """Every study of a reads file against its expert read (and region map, where there is one)."""
     reads = load_reads(reads_csv, data)
     order = load_label_order(label_order) if label_order else None
-    folds = _atlas_folds(reads, order, scorer, shared) if loo else {}
+    folds = atlas_folds(reads, order, scorer, shared) if loo else {}
     default_segmenter = scorer.segmenter
     rows = []
     for read in reads:
@@ -346,7 +346,7 @@ def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: 
     return rows
 
 
-def _atlas_folds(reads, order, scorer: CpuScorer, shared: Path) -> dict:
+def atlas_folds(reads, order, scorer: CpuScorer, shared: Path) -> dict:
     """Per subject: an atlas from every other subject's expert maps (leave-one-out)."""
     from .atlas import fuse, in_memory_atlas, map_in_template_space, template_image
     template = template_image(shared)

@@ -105,3 +105,22 @@ def test_real_evaluation_runs_on_a_reads_file(real_data, tmp_path):
     assert metrics["cases"] == 1 and 0.3 < metrics["dice"]["mean"] <= 1.0
     assert set(metrics["methods"]) == {"runtime", "network", "density"}
     assert "region Dice against the expert maps, on the expert's slices" in run.stdout
+
+
+def test_stability_variants_move_the_head_not_the_geometry():
+    from export.realdata import Read
+    from export.stability import Variant, expected, posed
+    from runtime.read import Study
+    hu = np.zeros((3, 40, 40), np.float32)
+    hu[:, 15:25, 5:12] = 30.0                                   # a block on the image's low-x side
+    affine = np.diag([0.5, 0.5, 5.0, 1.0])                      # i along patient x
+    study = Study(hu=hu, affine=affine, source="block")
+    mirrored = posed(study, Variant("m", mirrored=True))
+    np.testing.assert_array_equal(mirrored.hu, hu[:, :, ::-1])
+    np.testing.assert_array_equal(mirrored.affine, affine)
+    turned = posed(study, Variant("y", yaw_deg=45.0))
+    assert turned.hu.shape == hu.shape and turned.hu[:, 0, 0].max() <= -999   # corners brought in as air
+    assert abs(float((turned.hu > 15).sum()) - float((hu > 15).sum())) < 0.1 * (hu > 15).sum()
+    read = Read("s", "s", ROOT, None, 8, "left", frozenset({"L", "I"}))
+    assert expected(read, Variant("m", mirrored=True))[1] == "right"
+    assert expected(read, Variant("y", yaw_deg=8.0))[1] == "left"

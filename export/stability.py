@@ -1,0 +1,140 @@
+"""Does a real study's score hold when the head is posed or mirrored differently?
+
+    python -m export.stability --loo          # the development set, leave-one-subject-out atlases
+
+Each study of a reads file is scored as read and in variants made from its own
+voxels: turned in-plane (yaw, the commonest head rotation on the table, exact
+to resample on 0.4 mm pixels; tilt is not made, since 5 mm slices cannot be
+re-sliced faithfully), and mirrored left to right (the stroke, and every normal
+asymmetry, moves to the other hemisphere: the truth's side swaps). Nothing is
+fitted: the variants only ask whether the runtime's answer depends on the pose
+or on which hemisphere the atlas sees first. Results go to build/eval/stability/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from runtime.atlas import AtlasSegmenter
+from runtime.cpu import CpuScorer
+from runtime.modelcard import DEFAULT_MODEL_DIR
+from runtime.read import Study, read_study
+from runtime.regions import SIDES
+
+from .evaluate import atlas_folds
+from .realdata import DEV_SET, Read, load_label_order, load_reads
+
+AIR_HU = -1000.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    yaw_deg: float = 0.0
+    mirrored: bool = False
+
+
+VARIANTS = (Variant("as read"), Variant("yaw -12", yaw_deg=-12.0), Variant("yaw +12", yaw_deg=12.0),
+            Variant("mirrored", mirrored=True), Variant("mirrored, yaw +8", yaw_deg=8.0, mirrored=True))
+
+
+def posed(study: Study, variant: Variant) -> Study:
+    """The study's voxels turned in-plane about the slice centre and/or mirrored along the voxel axis
+    closest to patient left-right; the geometry (affine) is kept, so the head moves in the scanner."""
+    hu = study.hu
+    if variant.mirrored:
+        hu = np.flip(hu, axis=_left_right_axis(study.affine))
+    if variant.yaw_deg:
+        hu = ndimage.rotate(hu, variant.yaw_deg, axes=(2, 1), reshape=False, order=1, mode="constant",
+                            cval=AIR_HU)
+    return replace(study, hu=np.ascontiguousarray(hu, dtype=np.float32), source=f"{study.source} ({variant.name})")
+
+
+def _left_right_axis(affine: np.ndarray) -> int:
+    """The (z, y, x) array axis whose voxel step moves most along patient x (LPS left-right)."""
+    ijk = int(np.argmax(np.abs(affine[0, :3])))    # 0 = i (x), 1 = j (y), 2 = k (z)
+    return 2 - ijk
+
+
+def expected(read: Read, variant: Variant) -> tuple[int, str | None, frozenset[str]]:
+    side = read.side
+    if variant.mirrored and side:
+        side = SIDES[1 - SIDES.index(side)]
+    return read.aspects, side, read.affected
+
+
+def run(reads: list[Read], scorer: CpuScorer, folds: dict) -> list[dict]:
+    rows = []
+    default_segmenter = scorer.segmenter
+    for read in reads:
+        if folds:
+            scorer.segmenter = AtlasSegmenter(folds[read.subject])
+        study = read_study(read.image)
+        for variant in VARIANTS:
+            res = scorer.score(posed(study, variant))
+            aspects, side, affected = expected(read, variant)
+            called = {(c.region, c.side) for c in res.score.calls if c.affected}
+            truth = {(r, side) for r in affected}
+            rows.append({"study": read.study, "variant": variant.name, "expert": aspects, "expert_side": side,
+                         "auto": res.score.aspects, "auto_side": res.score.symptomatic_side,
+                         "within_1": abs(res.score.aspects - aspects) <= 1,
+                         "side_ok": side is None or res.score.symptomatic_side == side,
+                         "found": len(called & truth), "false": sorted(f"{s} {r}" for r, s in called - truth)})
+            print(f"{read.study} {variant.name}: expert {aspects} {side or ''} auto {res.score.aspects} "
+                  f"{res.score.symptomatic_side or ''} ({', '.join(res.score.affected) or 'none'})", flush=True)
+        scorer.segmenter = default_segmenter
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    n = len(rows)
+    return {"scorings": n, "within_1": sum(r["within_1"] for r in rows) / n,
+            "side_correct": sum(r["side_ok"] for r in rows) / n,
+            "false_regions_per_scoring": sum(len(r["false"]) for r in rows) / n,
+            "score_range_per_study": {s: [min(r["auto"] for r in rows if r["study"] == s),
+                                          max(r["auto"] for r in rows if r["study"] == s)]
+                                      for s in dict.fromkeys(r["study"] for r in rows)}}
+
+
+def table_text(rows: list[dict], total: dict) -> str:
+    lines = ["| study | variant | expert | runtime | found | false regions |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['study']} | {r['variant']} | {r['expert']} {r['expert_side'] or ''} | "
+                     f"{r['auto']} {r['auto_side'] or ''} | {r['found']} | {', '.join(r['false']) or '-'} |")
+    lines.append("")
+    lines.append(f"within +-1: {total['within_1']:.2f}; side correct: {total['side_correct']:.2f}; "
+                 f"false regions per scoring: {total['false_regions_per_scoring']:.2f}; "
+                 f"score range per study: {total['score_range_per_study']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
+    p.add_argument("--data", type=Path, default=None, help="the studies' folder (default: SHARED/real)")
+    p.add_argument("--reads", type=Path, default=DEV_SET / "reads.csv")
+    p.add_argument("--label-order", type=Path, default=DEV_SET / "label_order.json")
+    p.add_argument("--loo", action="store_true", help="leave-one-subject-out atlases (needs the expert maps)")
+    p.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    p.add_argument("--out", type=Path, default=Path("build/eval/stability"))
+    args = p.parse_args(argv)
+    scorer = CpuScorer(args.models)
+    reads = load_reads(args.reads, args.data or args.shared / "real")
+    folds = atlas_folds(reads, load_label_order(args.label_order), scorer, args.shared) if args.loo else {}
+    rows = run(reads, scorer, folds)
+    total = summary(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "metrics.json").write_text(json.dumps({"rows": rows, "summary": total}, indent=2) + "\n")
+    text = table_text(rows, total)
+    (args.out / "table.txt").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
