@@ -4,6 +4,7 @@
     python -m export.evaluate studies --shared ../shared/data --n 24    # whole runtime, synthetic studies
     python -m export.evaluate real    --data ../shared/data/real --reads export/datasets/dev/reads.csv --loo
     python -m export.evaluate calibrate --shared ../shared/data --n 40  # the density rule's threshold
+    python -m export.evaluate stability --loo                          # real studies turned and mirrored
 
 `real` takes any folder of studies with a reads file (CSV: study, subject,
 image, map, aspects, side, affected) and, for expert region maps, a label-order
@@ -419,18 +420,33 @@ def headline(result: dict) -> dict:
     return out
 
 
+def stability_run(args, scorer: CpuScorer) -> None:
+    """export.stability on a reads file; results to build/eval/stability/ (not into the cards)."""
+    from . import stability
+    reads = load_reads(args.reads, args.data or args.shared / "real")
+    folds = atlas_folds(reads, load_label_order(args.label_order), scorer, args.shared) if args.loo else {}
+    rows = stability.run(reads, scorer, folds)
+    total = stability.summary(rows)
+    out = args.out or Path("build/eval/stability")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"rows": rows, "summary": total}, indent=2) + "\n")
+    text = stability.table_text(rows, total)
+    (out / "table.txt").write_text(text + "\n")
+    print(text)
+
+
 def _r(v):
     return None if v is None or (isinstance(v, float) and np.isnan(v)) else round(float(v), 4)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=("cases", "studies", "real", "calibrate"))
+    p.add_argument("mode", choices=("cases", "studies", "real", "calibrate", "stability"))
     p.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
     p.add_argument("--data", type=Path, default=None, help="cases: the .npz folder; real: the studies' folder")
     p.add_argument("--reads", type=Path, default=DEV_SET / "reads.csv")
     p.add_argument("--label-order", type=Path, default=DEV_SET / "label_order.json")
-    p.add_argument("--loo", action="store_true", help="real: leave-one-subject-out atlases")
+    p.add_argument("--loo", action="store_true", help="real, stability: leave-one-subject-out atlases")
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
     p.add_argument("--n", type=int, default=24)
     p.add_argument("--out", type=Path, default=None)
@@ -447,6 +463,9 @@ def main(argv=None) -> None:
                     metrics={"calibration": {k: _r(v) if isinstance(v, float) else v for k, v in result.items()}})
         write_manifest(args.models)
         print(json.dumps(result, indent=2, default=float))
+        return
+    if args.mode == "stability":
+        stability_run(args, scorer)
         return
     if args.mode == "cases":
         result = eval_cases(args.data or Path("build/data/test"), scorer)

@@ -1,6 +1,6 @@
 """Does a real study's score hold when the head is posed or mirrored differently?
 
-    python -m export.stability --loo          # the development set, leave-one-subject-out atlases
+    python -m export.evaluate stability --loo    # the development set, leave-one-subject-out atlases
 
 Each study of a reads file is scored as read and in variants made from its own
 voxels: turned in-plane (yaw, the commonest head rotation on the table, exact
@@ -9,26 +9,22 @@ re-sliced faithfully), and mirrored left to right (the stroke, and every normal
 asymmetry, moves to the other hemisphere: the truth's side swaps). Nothing is
 fitted: the variants only ask whether the runtime's answer depends on the pose
 or on which hemisphere the atlas sees first. Results go to build/eval/stability/.
+The command line is export.evaluate's.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from runtime.atlas import AtlasSegmenter
 from runtime.cpu import CpuScorer
-from runtime.modelcard import DEFAULT_MODEL_DIR
 from runtime.read import Study, read_study
 from runtime.regions import SIDES
 
-from .evaluate import atlas_folds
-from .realdata import DEV_SET, Read, load_label_order, load_reads
+from .realdata import Read
 
 AIR_HU = -1000.0
 
@@ -112,29 +108,3 @@ def table_text(rows: list[dict], total: dict) -> str:
                  f"false regions per scoring: {total['false_regions_per_scoring']:.2f}; "
                  f"score range per study: {total['score_range_per_study']}")
     return "\n".join(lines)
-
-
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
-    p.add_argument("--data", type=Path, default=None, help="the studies' folder (default: SHARED/real)")
-    p.add_argument("--reads", type=Path, default=DEV_SET / "reads.csv")
-    p.add_argument("--label-order", type=Path, default=DEV_SET / "label_order.json")
-    p.add_argument("--loo", action="store_true", help="leave-one-subject-out atlases (needs the expert maps)")
-    p.add_argument("--shared", type=Path, default=Path("../shared/data"))
-    p.add_argument("--out", type=Path, default=Path("build/eval/stability"))
-    args = p.parse_args(argv)
-    scorer = CpuScorer(args.models)
-    reads = load_reads(args.reads, args.data or args.shared / "real")
-    folds = atlas_folds(reads, load_label_order(args.label_order), scorer, args.shared) if args.loo else {}
-    rows = run(reads, scorer, folds)
-    total = summary(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "metrics.json").write_text(json.dumps({"rows": rows, "summary": total}, indent=2) + "\n")
-    text = table_text(rows, total)
-    (args.out / "table.txt").write_text(text + "\n")
-    print(text)
-
-
-if __name__ == "__main__":
-    main()
