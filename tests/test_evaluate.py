@@ -124,3 +124,23 @@ def test_stability_variants_move_the_head_not_the_geometry():
     read = Read("s", "s", ROOT, None, 8, "left", frozenset({"L", "I"}))
     assert expected(read, Variant("m", mirrored=True))[1] == "right"
     assert expected(read, Variant("y", yaw_deg=8.0))[1] == "left"
+
+
+@pytest.mark.slow
+def test_stability_mode_scores_every_variant_of_a_reads_file(tmp_path):
+    """The bundled demo as a one-study reads file: five variants, the mirrored ones on the other side."""
+    from tests.conftest import DEMO_STUDY
+    truth = json.loads(DEMO_STUDY.with_name("default_study_truth.json").read_text())
+    reads = tmp_path / "reads.csv"
+    reads.write_text("study,subject,image,map,aspects,side,affected\n"
+                     f"demo,demo,{DEMO_STUDY.name},,{truth['aspects']},left,{';'.join(truth['affected'])}\n")
+    run = subprocess.run([sys.executable, "-m", "export.evaluate", "stability", "--data", str(DEMO_STUDY.parent),
+                          "--reads", str(reads), "--out", str(tmp_path / "eval")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    rows = {r["variant"]: r for r in got["rows"]}
+    assert len(rows) == 5 and got["summary"]["scorings"] == 5
+    assert rows["mirrored"]["expert_side"] == "right" and rows["as read"]["expert_side"] == "left"
+    assert all(r["side_ok"] for r in rows.values())
+    assert (tmp_path / "eval" / "table.txt").read_text().startswith("| study | variant |")
