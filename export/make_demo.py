@@ -8,11 +8,11 @@ The demo's truth must not hang on how the regions are drawn. The synthetic
 generator draws ASPECTS regions as the MNI atlas does; the experts (and so the
 runtime, whose atlas is fused from their maps) draw the M regions as a cortical
 ribbon and the basal ganglia a little differently. A lesion whose core is 40 %
-of the experts' M3 but 2 % of the MNI atlas's M3 has two truths. So the lesion
-is the first drawn (a fixed seed sequence) that affects three or more regions
-and the same regions in both drawings, with no region near the 10 % cut in
-either (a borderline region has no clear truth either). The selection looks at the two truths
-only, never at what the runtime scores.
+of the experts' M3 but 2 % of the MNI atlas's M3 (the old demo's) has two
+truths. So the lesion is the first drawn (a fixed seed sequence) that affects
+three or more regions and the same regions in both drawings, with no region
+near the 10 % cut in either (a borderline region has no clear truth either).
+The selection looks at the two truths only, never at what the runtime scores.
 """
 
 from __future__ import annotations
