@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atlas import AtlasSegmenter
 from runtime.cpu import CpuScorer
 from runtime.density import difference_table, measure
 from runtime.errors import AspectsError
@@ -40,7 +39,15 @@ from runtime.segment import segment
 
 from . import metrics as M
 from .manifest import write_manifest
-from .realdata import DEV_SET, labelled_slices, load_label_order, load_reads, read_expert_map
+from .realdata import (
+    DEV_SET,
+    atlas_folds,
+    fold_segmenter,
+    labelled_slices,
+    load_label_order,
+    load_reads,
+    read_expert_map,
+)
 
 STUDY_SEED0 = 200_000
 CALIBRATION_SEED0 = 300_000      # calibration studies: never the evaluation studies' seeds
@@ -326,13 +333,10 @@ def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: 
     reads = load_reads(reads_csv, data)
     order = load_label_order(label_order) if label_order else None
     folds = atlas_folds(reads, order, scorer, shared) if loo else {}
-    default_segmenter = scorer.segmenter
     rows = []
     for read in reads:
-        if loo:
-            scorer.segmenter = AtlasSegmenter(folds[read.subject])
-        res = scorer.score(read.image)
-        scorer.segmenter = default_segmenter
+        with fold_segmenter(scorer, folds, read.subject):
+            res = scorer.score(read.image)
         dice, per = None, None
         if read.map is not None and order is not None:
             study = read_study(read.image)
@@ -345,17 +349,6 @@ def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: 
               f"({', '.join(res.score.affected) or 'none'})" + (f" dice {dice:.3f}" if dice is not None else ""),
               flush=True)
     return rows
-
-
-def atlas_folds(reads, order, scorer: CpuScorer, shared: Path) -> dict:
-    """Per subject: an atlas from every other subject's expert maps (leave-one-out)."""
-    from .atlas import fuse, in_memory_atlas, map_in_template_space, template_image
-    template = template_image(shared)
-    maps = {r.study: (r.subject, map_in_template_space(r, order, template, scorer.models.grid,
-                                                        scorer.models.window))
-            for r in reads if r.map is not None}
-    return {s: in_memory_atlas(template, fuse([m for subj, m in maps.values() if subj != s]))
-            for s in {r.subject for r in reads}}
 
 
 def calibrate(rows: list[Scored]) -> dict:
@@ -386,12 +379,17 @@ def calibrate(rows: list[Scored]) -> dict:
             "youden_threshold_hu": round(M.best_threshold(ev, y), 2)}
 
 
-def write_results(mode: str, result: dict, out: Path, model_dir: Path) -> None:
+def write_tables(out: Path, metrics: dict, table: str) -> None:
+    """An evaluation's two files: metrics.json for machines, table.txt for people."""
     out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    (out / "table.txt").write_text(table + "\n")
+
+
+def write_results(mode: str, result: dict, out: Path, model_dir: Path) -> None:
+    write_tables(out, result, table_text(result))
     if result.get("_pred") and len(result["_pred"]) > 1:
         plots(np.array(result["_pred"]), np.array(result["_true"]), out, mode)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    (out / "table.txt").write_text(table_text(result) + "\n")
     # Copy the headline numbers into every card so a deployed model carries its own evidence.
     for card_path in sorted(model_dir.glob("*.json")):
         card = json.loads(card_path.read_text())
@@ -427,11 +425,8 @@ def stability_run(args, scorer: CpuScorer) -> None:
     folds = atlas_folds(reads, load_label_order(args.label_order), scorer, args.shared) if args.loo else {}
     rows = stability.run(reads, scorer, folds)
     total = stability.summary(rows)
-    out = args.out or Path("build/eval/stability")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"rows": rows, "summary": total}, indent=2) + "\n")
     text = stability.table_text(rows, total)
-    (out / "table.txt").write_text(text + "\n")
+    write_tables(args.out or Path("build/eval/stability"), {"rows": rows, "summary": total}, text)
     print(text)
 
 
@@ -481,9 +476,7 @@ def main(argv=None) -> None:
     mode = f"{args.mode}_loo" if args.loo else f"{args.mode}_expert_truth" if args.truth == "expert" else args.mode
     out = args.out or Path("build/eval") / mode
     if args.no_cards:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-        (out / "table.txt").write_text(table_text(result) + "\n")
+        write_tables(out, result, table_text(result))
     else:
         write_results(mode, result, out, args.models)
     print(table_text(result))

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import csv
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
+from runtime.atlas import AtlasSegmenter
 from runtime.regions import REGION_NAMES, SIDES, label_id
+
+if TYPE_CHECKING:
+    from runtime.cpu import CpuScorer
 
 DEV_SET = Path(__file__).resolve().parent / "datasets" / "dev"
 
@@ -86,3 +92,27 @@ def read_expert_map(path: Path, order: dict[int, int]) -> np.ndarray:
 def labelled_slices(expert: np.ndarray) -> list[int]:
     """The slices the expert drew on (the two ASPECTS levels): Dice is measured there only."""
     return [z for z in range(expert.shape[0]) if expert[z].any()]
+
+
+def atlas_folds(reads: list[Read], order: dict[int, int], scorer: CpuScorer, shared: Path) -> dict:
+    """Per subject: an atlas from every other subject's expert maps (leave-one-out)."""
+    from .atlas import fuse, in_memory_atlas, map_in_template_space, template_image
+    template = template_image(shared)
+    maps = {r.study: (r.subject, map_in_template_space(r, order, template, scorer.models.grid,
+                                                        scorer.models.window))
+            for r in reads if r.map is not None}
+    return {s: in_memory_atlas(template, fuse([m for subj, m in maps.values() if subj != s]))
+            for s in {r.subject for r in reads}}
+
+
+@contextmanager
+def fold_segmenter(scorer: CpuScorer, folds: dict, subject: str):
+    """Score with the atlas that never saw `subject`'s map (no change when `folds` is empty); the
+    scorer's own segmenter is back afterwards, whatever happened."""
+    default = scorer.segmenter
+    if folds:
+        scorer.segmenter = AtlasSegmenter(folds[subject])
+    try:
+        yield
+    finally:
+        scorer.segmenter = default

@@ -19,12 +19,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from runtime.atlas import AtlasSegmenter
 from runtime.cpu import CpuScorer
 from runtime.read import Study, read_study
 from runtime.regions import SIDES
 
-from .realdata import Read
+from .realdata import Read, fold_segmenter
 
 AIR_HU = -1000.0
 
@@ -67,13 +66,11 @@ def expected(read: Read, variant: Variant) -> tuple[int, str | None, frozenset[s
 
 def run(reads: list[Read], scorer: CpuScorer, folds: dict) -> list[dict]:
     rows = []
-    default_segmenter = scorer.segmenter
     for read in reads:
-        if folds:
-            scorer.segmenter = AtlasSegmenter(folds[read.subject])
         study = read_study(read.image)
         for variant in VARIANTS:
-            res = scorer.score(posed(study, variant))
+            with fold_segmenter(scorer, folds, read.subject):
+                res = scorer.score(posed(study, variant))
             aspects, side, affected = expected(read, variant)
             called = {(c.region, c.side) for c in res.score.calls if c.affected}
             truth = {(r, side) for r in affected}
@@ -84,7 +81,6 @@ def run(reads: list[Read], scorer: CpuScorer, folds: dict) -> list[dict]:
                          "found": len(called & truth), "false": sorted(f"{s} {r}" for r, s in called - truth)})
             print(f"{read.study} {variant.name}: expert {aspects} {side or ''} auto {res.score.aspects} "
                   f"{res.score.symptomatic_side or ''} ({', '.join(res.score.affected) or 'none'})", flush=True)
-        scorer.segmenter = default_segmenter
     return rows
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from runtime.regions import REGION_NAMES
+from runtime.regions import REGION_NAMES, SIDES
 from runtime.score import aspects_of
 
 from .conftest import DEMO_STUDY
@@ -29,7 +29,7 @@ def test_runtime_calls_only_truly_affected_regions_on_the_truths_side(demo_resul
     score = demo_result.score
     assert score.symptomatic_side == TRUTH["side"]
     called = {(c.region, c.side) for c in score.calls if c.affected}
-    truly = {(r, side) for r, flags in TRUTH["affected"].items() for side, f in zip(("left", "right"), flags) if f}
+    truly = {(r, side) for r, flags in TRUTH["affected"].items() for side, f in zip(SIDES, flags) if f}
     assert called and called <= truly
 
 
