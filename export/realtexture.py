@@ -54,7 +54,8 @@ def backgrounds(reads, scorer: CpuScorer, folds: dict, exclude: str | None) -> l
             continue
         with fold_segmenter(scorer, folds, exclude or ""):
             res = scorer.score(read.image)
-        spacing = tuple(float(s) for s in res.grid.spacing)
+        sx, sy, sz = (float(s) for s in res.grid.spacing)
+        spacing = (sx, sy, sz)
         out.append(Background(read.study, res.hu, brain_mask(res.hu, spacing[0]), res.labels, read.truth(),
                               spacing))
         print(f"background {read.study}: {res.hu.shape}", flush=True)
@@ -123,6 +124,7 @@ def make_case(bg: Background, seed: int, out_dir: Path) -> dict:
     image = window(hu, bg.brain, *WINDOW)
     batch = build_batch(image, bg.labels, REGION_NAMES, CLASSIFIER_CROP)
     hypo = build_batch(core.astype(np.float32), bg.labels, REGION_NAMES, CLASSIFIER_CROP)
+    assert batch.pairs is not None and hypo.pairs is not None      # built on the host
     tmp = out_dir / f"case_{seed:06d}.tmp.npz"
     np.savez_compressed(tmp, pairs=batch.pairs.astype(np.float16), hypo=hypo.pairs[:, :, 0] > 0.5, affected=truth)
     tmp.replace(out_dir / f"case_{seed:06d}.npz")
