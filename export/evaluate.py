@@ -65,6 +65,7 @@ class Scored:
     called: np.ndarray            # the runtime's calls
     dice: float | None = None
     dice_regions: dict | None = None
+    network_threshold: np.ndarray | None = None   # (10,) the DA-Net cards' thresholds the study was scored with
 
 
 def scored(study: str, res, truth: np.ndarray, dice=None, dice_regions=None) -> Scored:
@@ -75,7 +76,9 @@ def scored(study: str, res, truth: np.ndarray, dice=None, dice_regions=None) -> 
         p[i, s] = call.probability or 0.0
         d[i, s] = np.nan if call.difference_hu is None else call.difference_hu
         c[i, s] = call.affected
-    return Scored(study, truth, p, d, c, dice, dice_regions)
+    thr = {name: k.threshold for k in res.classifications for name in k.regions}
+    network_threshold = np.array([thr[n] for n in REGION_NAMES]) if len(thr) == len(REGION_NAMES) else None
+    return Scored(study, truth, p, d, c, dice, dice_regions, network_threshold)
 
 
 def method_scores(rows: list[Scored], method: str, scorer: CpuScorer) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +87,8 @@ def method_scores(rows: list[Scored], method: str, scorer: CpuScorer) -> tuple[n
         # The runtime's calls are the density rule's when the model set has one, else the network's.
         return method_scores(rows, "network" if _by_network(scorer) else "density", scorer)
     if method == "network":
-        thr = np.array([_threshold(scorer, n) for n in REGION_NAMES])[None, :, None]
+        default = np.array([_threshold(scorer, n) for n in REGION_NAMES])
+        thr = np.array([default if r.network_threshold is None else r.network_threshold for r in rows])[:, :, None]
         ev = np.array([r.probability for r in rows])
         return ev, ev >= thr
     rule = scorer.models.classify_density
@@ -328,15 +332,20 @@ def remeasure(hu: np.ndarray, labels: np.ndarray, spacing: tuple, scorer: CpuSco
 
 
 def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: CpuScorer, loo: bool,
-                 shared: Path) -> list[Scored]:
-    """Every study of a reads file against its expert read (and region map, where there is one)."""
+                 shared: Path, fold_models: str | None = None) -> list[Scored]:
+    """Every study of a reads file against its expert read (and region map, where there is one).
+    `fold_models`: a model folder per subject, '{subject}' in the path (networks trained without
+    that subject, e.g. export/train_realtex.sh); a subject without one is scored by `scorer`."""
     reads = load_reads(reads_csv, data)
     order = load_label_order(label_order) if label_order else None
     folds = atlas_folds(reads, order, scorer, shared) if loo else {}
+    scorers = {s: CpuScorer(Path(fold_models.format(subject=s)), threads=scorer.threads)
+               for s in {r.subject for r in reads} if fold_models and Path(fold_models.format(subject=s)).is_dir()}
     rows = []
     for read in reads:
-        with fold_segmenter(scorer, folds, read.subject):
-            res = scorer.score(read.image)
+        subject_scorer = scorers.get(read.subject, scorer)
+        with fold_segmenter(subject_scorer, folds, read.subject):
+            res = subject_scorer.score(read.image)
         dice, per = None, None
         if read.map is not None and order is not None:
             study = read_study(read.image)
@@ -445,6 +454,9 @@ def main(argv=None) -> None:
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
     p.add_argument("--n", type=int, default=24)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--fold-models", default=None,
+                   help="real: a model folder per subject, e.g. build/realtex/models_{subject} (its networks "
+                        "never saw that subject)")
     p.add_argument("--no-cards", action="store_true", help="do not copy the headline numbers into the cards")
     p.add_argument("--truth", choices=("mni", "expert"), default="mni",
                    help="studies: ground truth in the MNI atlas regions (as drawn) or the experts' (shipped atlas)")
@@ -471,7 +483,7 @@ def main(argv=None) -> None:
         result = summarise(rows, scorer, dice_against="the synthetic ground truth (MNI atlas regions), every slice")
     else:
         rows = real_studies(args.data or args.shared / "real", args.reads, args.label_order, scorer, args.loo,
-                            args.shared)
+                            args.shared, args.fold_models)
         result = summarise(rows, scorer)
     mode = f"{args.mode}_loo" if args.loo else f"{args.mode}_expert_truth" if args.truth == "expert" else args.mode
     out = args.out or Path("build/eval") / mode

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from export.evaluate import Scored, calibrate, summarise, table_text
+from export.evaluate import Scored, calibrate, method_scores, summarise, table_text
 from export.realdata import DEV_SET, load_label_order, load_reads
 from runtime.regions import REGION_NAMES, label_id
 from runtime.score import density_calls
@@ -67,6 +68,18 @@ def test_summary_metrics_are_the_papers(monkeypatch):
     assert net["score"]["mae"] == pytest.approx(1 / 3) and net["score"]["within_1"] == 1.0
     assert net["score"]["dichotomised_le6"]["accuracy"] == 1.0
     assert "dichotomised (<=6)" in table_text(result)
+
+
+def test_network_calls_use_the_thresholds_each_study_was_scored_with(monkeypatch):
+    """A leave-one-out fold's DA-Net has its own card threshold; its studies are called with it."""
+    monkeypatch.setattr("export.evaluate._threshold", lambda scorer, region: 0.5)
+    truth = np.zeros((10, 2), bool)
+    p = np.full((10, 2), 0.3)
+    own = replace(Scored("fold", truth, p, np.zeros((10, 2)), np.zeros((10, 2), bool)),
+                  network_threshold=np.full(10, 0.2))
+    plain = Scored("shipped", truth, p, np.zeros((10, 2)), np.zeros((10, 2), bool))
+    _, calls = method_scores([own, plain], "network", _Scorer())
+    assert calls[0].all() and not calls[1].any()
 
 
 def test_calibration_keeps_false_regions_per_study_below_the_limit():
