@@ -246,19 +246,23 @@ def _threshold(scorer: CpuScorer, region: str) -> float:
     raise KeyError(region)
 
 
-def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache: Path) -> list[Scored]:
+def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache: Path,
+                      networks: bool = True) -> list[Scored]:
     """The whole runtime, file in to score out, on synthetic studies in real-world scanner poses.
     Each scored study is kept in `cache` (one .npz per seed) with its model-grid HU and labels, so an
-    interrupted run resumes and a changed density measure is re-measured without re-synthesis.
+    interrupted run resumes and a changed density measure is re-measured without re-synthesis; a
+    study kept under another atlas, or other networks when `networks` (their probabilities are used),
+    is scored again (`models_fingerprint`).
     A study the runtime refuses is reported and left out."""
     from . import synth
     phantom = synth.load_phantom(shared)
     rows = []
     cache.mkdir(parents=True, exist_ok=True)
+    fingerprint = models_fingerprint(scorer, networks)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
             kept = cache / f"study_{seed0 + i}.npz"
-            if kept.exists():
+            if kept.exists() and fingerprint in (_kept_fingerprint(kept) or ""):
                 row = _load_row(kept, scorer)
                 if row is not None:
                     rows.append(row)
@@ -274,13 +278,13 @@ def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache
                 res = scorer.score(path)
             except AspectsError as exc:
                 print(f"study {i}: refused by the runtime ({exc})", flush=True)
-                np.savez(kept, refused=str(exc))
+                np.savez(kept, refused=str(exc), models=models_fingerprint(scorer, networks=True))
                 continue
             # Ground-truth labels on the runtime's own model grid, through its recovered pose.
             to_world = res.alignment.matrix @ res.grid.index_to_model
             dice = mean_dice(res.labels, synth.render_labels(phantom, case, to_world, res.grid.shape))[0]
             rows.append(scored(f"synthetic_{seed0 + i}", res, truth, dice))
-            _save_row(kept, rows[-1], res)
+            _save_row(kept, rows[-1], res, models_fingerprint(scorer, networks=True))
             print(f"study {i}: true {case.aspects} auto {res.score.aspects} dice {dice:.3f} "
                   f"{res.timings_s['total']:.1f}s", flush=True)
     return rows
@@ -301,14 +305,29 @@ def in_expert_regions(rows: list[Scored], shared: Path, atlas_npz: Path) -> list
     return out
 
 
-def _save_row(path: Path, row: Scored, res) -> None:
+def models_fingerprint(scorer: CpuScorer, networks: bool = True) -> str:
+    """What a kept study depends on: its labels on the atlas's file, its probabilities on the
+    networks' (not the density rule, whose measure is re-run on the kept HU). The atlas comes first,
+    so the atlas-only fingerprint is a prefix of the full one."""
+    atlas = scorer.models.segment_atlas
+    segmenters = networks or atlas is None      # without an atlas the VB-Nets draw the labels
+    parts = [atlas.sha256 if atlas else "no-atlas"] + ([c.sha256 for c in scorer.models.cards] if segmenters else [])
+    return ",".join(parts)
+
+
+def _kept_fingerprint(path: Path) -> str | None:
+    with np.load(path) as d:
+        return str(d["models"]) if "models" in d else None
+
+
+def _save_row(path: Path, row: Scored, res, models: str) -> None:
     tmp = path.with_suffix(".tmp.npz")
     brain = res.labels > 0
     np.savez_compressed(tmp, study=row.study, truth=row.truth, probability=row.probability,
                         difference_hu=row.difference_hu, called=row.called,
                         dice=np.nan if row.dice is None else row.dice,
                         hu=np.where(brain, res.hu, 0).astype(np.float16), labels=res.labels,
-                        spacing=np.asarray(res.grid.spacing))
+                        spacing=np.asarray(res.grid.spacing), models=models)
     tmp.replace(path)
 
 
@@ -464,7 +483,7 @@ def main(argv=None) -> None:
     scorer = CpuScorer(args.models)
     if args.mode == "calibrate":
         result = calibrate(synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0,
-                                             Path("build/eval/calibrate/studies")))
+                                             Path("build/eval/calibrate/studies"), networks=False))
         update_card(args.models / "density_rule.json", {"threshold_hu": result["threshold_hu"],
                                                         "neighbour_threshold_hu": result["neighbour_threshold_hu"]},
                     metrics={"calibration": {k: _r(v) if isinstance(v, float) else v for k, v in result.items()}})

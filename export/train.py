@@ -142,12 +142,12 @@ def _phase(cfg: TrainConfig, n_train: int) -> dict:
 
 
 def _draft(role: str, name: str, part: SegmenterPart | ClassifierPart, cfg: TrainConfig, arch: dict,
-           n_params: int, n_train: int, history: list[dict], **extra) -> CardDraft:
+           n_params: int, n_train: int, history: list[dict], provenance: str = PROVENANCE, **extra) -> CardDraft:
     """The card record of a trained network; export adds the files, hashes and tensor specs."""
     return CardDraft(name=name, version=VERSION, role=role, grid=grid_spec(), window=WINDOW, part=part,
                      extra={"architecture": arch, "parameters": n_params,
                             "training": {**_phase(cfg, n_train), "earlier_phases": history},
-                            "provenance": PROVENANCE, **extra})
+                            "provenance": provenance, **extra})
 
 
 # ---------------------------------------------------------------- segmentation
@@ -195,7 +195,7 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes=REGION_LABELS) -
 
 
 def train_segmenter(stage: str, cases: list[dict], val: list[dict], cfg: TrainConfig, paper: bool,
-                    out_dir: Path, run_log: Path, init: Path | None = None) -> dict:
+                    out_dir: Path, run_log: Path, init: Path | None = None, provenance: str = PROVENANCE) -> dict:
     set_seed(cfg.seed, cfg.threads)
     arch = VBNET_PAPER if paper else VBNET_CPU
     model = VBNet(arch)
@@ -246,7 +246,7 @@ def train_segmenter(stage: str, cases: list[dict], val: list[dict], cfg: TrainCo
     part = SegmenterPart(input_stride=stride, z_multiple=arch.z_multiple, classes=SEG_CLASSES,
                          fine_crop_xy=FINE_CROP_XY if stage == "fine" else (0, 0))
     draft = _draft(f"segment_{stage}", f"aspects-vbnet-{stage}", part, cfg, arch.to_dict(), parameter_count(model),
-                   len(cases), history,
+                   len(cases), history, provenance,
                    side_rule="x index above the grid centre (the mid-sagittal plane) is the patient's left",
                    metrics={"validation_cases": len(val), "dice_mean_regions": round(float(np.nanmean(dice)), 4),
                             "dice_per_label": {f"{i + 1}": round(float(d), 4) for i, d in enumerate(dice)}},
@@ -282,7 +282,7 @@ def danet_losses(prob, cam, y, hypo, pos_weight: float):
 
 
 def train_classifier(group: str, cases: list[dict], val: list[dict], cfg: TrainConfig, paper: bool,
-                     out_dir: Path, run_log: Path, init: Path | None = None) -> dict:
+                     out_dir: Path, run_log: Path, init: Path | None = None, provenance: str = PROVENANCE) -> dict:
     set_seed(cfg.seed, cfg.threads)
     region_idx = CORTICAL if group == "cortical" else SUBCORTICAL
     arch = DANET_PAPER if paper else DANET_CPU
@@ -318,7 +318,7 @@ def train_classifier(group: str, cases: list[dict], val: list[dict], cfg: TrainC
     example = torch.zeros(len(regions), 2, 2, *CLASSIFIER_CROP)
     part = ClassifierPart(crop=CLASSIFIER_CROP, regions=tuple(regions), threshold=round(threshold, 4))
     draft = _draft(f"classify_{group}", f"aspects-danet-{group}", part, cfg, arch.to_dict(), parameter_count(model),
-                   len(cases), history,
+                   len(cases), history, provenance,
                    loss={"pos_weight": round(pos_weight, 3), "cam_weight": 0.5, "rank_weight": 0.5},
                    metrics={"validation_cases": len(val), "threshold_rule": "Youden J on validation pairs",
                             **binary_metrics(p_val.ravel(), y_val.ravel(), threshold)},
@@ -357,6 +357,8 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=None, help="initial learning rate")
     p.add_argument("--paper-size", action="store_true", help="published network widths (GPU training)")
     p.add_argument("--stages", default=None, help="comma list: coarse,fine or subcortical,cortical")
+    p.add_argument("--provenance", default=PROVENANCE,
+                   help="the cards' data provenance (default: synthetic studies only)")
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="continue each stage from its checkpoint in OUT/pytorch (a new phase, new seed)")
     args = p.parse_args(argv)
@@ -374,7 +376,7 @@ def main(argv=None) -> None:
     train, val = split(cases, cfg.val_fraction, SEED)
     for stage in stages.split(","):
         init = args.out / CHECKPOINT_DIR / f"{stem.format(stage)}.pt" if args.resume else None
-        card = train_fn(stage, train, val, cfg, args.paper_size, args.out, run_log, init)
+        card = train_fn(stage, train, val, cfg, args.paper_size, args.out, run_log, init, args.provenance)
         print(stage, json.dumps(card.raw["metrics"]))
 
 
