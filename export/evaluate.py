@@ -101,6 +101,15 @@ def _by_network(scorer: CpuScorer) -> bool:
     return scorer.models.classify_density is None
 
 
+def _evidence(row: Scored) -> dict:
+    """Per region and side: the truth, the runtime's call and both rules' evidence, so a reader
+    can see which region moved a score."""
+    return {f"{side} {name}": {"truth": bool(row.truth[i, s]), "called": bool(row.called[i, s]),
+                               "probability": round(float(row.probability[i, s]), 4),
+                               "difference_hu": _r(row.difference_hu[i, s])}
+            for i, name in enumerate(REGION_NAMES) for s, side in enumerate(SIDES)}
+
+
 def region_table(evidence: np.ndarray, calls: np.ndarray, truth: np.ndarray) -> dict:
     """Table 1: evidence, calls, truth are (cases, 10 regions, 2 sides)."""
     table = {}
@@ -142,7 +151,7 @@ def summarise(rows: list[Scored], scorer: CpuScorer, dice_against: str = "the ex
                 per_region.setdefault(k.split()[-1], []).append(v)
         out["dice"] = {"mean": float(np.mean(dices)), "min_case": float(np.min(dices)), "against": dice_against,
                        "per_region": {k: float(np.mean(v)) for k, v in per_region.items()}}
-    out["studies"] = {r.study: {"true": int(t), "auto": int(a)} for r, t, a in
+    out["studies"] = {r.study: {"true": int(t), "auto": int(a), "regions": _evidence(r)} for r, t, a in
                       zip(rows, true_scores, out["methods"]["runtime"]["scores"])}
     out["_pred"], out["_true"] = out["methods"]["runtime"]["scores"], true_scores.tolist()
     return out
@@ -441,8 +450,8 @@ def headline(result: dict) -> dict:
                        "dichotomised_accuracy": _r(sc["dichotomised_le6"]["accuracy"]),
                        "dichotomised_specificity": _r(sc["dichotomised_le6"]["specificity"]),
                        "mae": _r(sc["mae"]), "within_1": _r(sc["within_1"]), "icc": _r(sc["icc_2_1"])}
-    if result.get("studies"):
-        out["studies"] = result["studies"]
+    if result.get("studies"):      # scores only: the per-region evidence stays in metrics.json
+        out["studies"] = {k: {"true": v["true"], "auto": v["auto"]} for k, v in result["studies"].items()}
     return out
 
 
