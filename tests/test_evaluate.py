@@ -82,6 +82,20 @@ def test_network_calls_use_the_thresholds_each_study_was_scored_with(monkeypatch
     assert calls[0].all() and not calls[1].any()
 
 
+def test_kept_studies_are_keyed_by_the_models_they_were_scored_with(scorer, tmp_path):
+    """A kept synthetic study is reused only under the atlas (and, where its probabilities count, the
+    networks) that scored it: labels from an earlier atlas once went unnoticed."""
+    from export.evaluate import _kept_fingerprint, models_fingerprint
+    full, atlas_only = models_fingerprint(scorer), models_fingerprint(scorer, networks=False)
+    assert full.startswith(atlas_only) and full != atlas_only
+    assert scorer.models.segment_atlas.sha256 in atlas_only
+    assert all(card.sha256 in full for card in scorer.models.cards)
+    np.savez(tmp_path / "old.npz", truth=np.zeros((10, 2)))
+    np.savez(tmp_path / "new.npz", truth=np.zeros((10, 2)), models=full)
+    assert _kept_fingerprint(tmp_path / "old.npz") is None
+    assert _kept_fingerprint(tmp_path / "new.npz") == full
+
+
 def test_calibration_keeps_false_regions_per_study_below_the_limit():
     rng = np.random.default_rng(0)
     rows = []
