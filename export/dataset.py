@@ -104,10 +104,15 @@ def main(argv=None) -> None:
     work = partial(make_one, shared=args.shared, out_dir=args.out)
     with mp.get_context("fork").Pool(args.workers) as pool:
         for i, info in enumerate(pool.imap_unordered(work, todo)):
-            with open(args.out / "index.jsonl", "a") as f:
-                f.write(json.dumps(info) + "\n")
-            if i % 20 == 0:
-                print(f"{i + 1}/{len(todo)} cases", flush=True)
+            log_case(args.out, info, i, len(todo))
+
+
+def log_case(out_dir: Path, info: dict, i: int, total: int) -> None:
+    """One line per case made in out_dir/index.jsonl (what it holds), progress every 20 cases."""
+    with open(out_dir / "index.jsonl", "a") as f:
+        f.write(json.dumps(info) + "\n")
+    if i % 20 == 0:
+        print(f"{i + 1}/{total} cases", flush=True)
 
 
 if __name__ == "__main__":

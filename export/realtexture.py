@@ -16,7 +16,6 @@ from the atlas built without SUBJECT's map, so a network trained on them never s
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from runtime.resample import window
 from runtime.strip import brain_mask
 
 from .config import CLASSIFIER_CROP, WINDOW
+from .dataset import log_case
 from .realdata import DEV_SET, atlas_folds, fold_segmenter, load_label_order, load_reads
 
 MIN_DROP_HU, MAX_DROP_HU = 2.0, 8.0      # 1 HU lesions are invisible in real noise: a label, not a sign
@@ -151,11 +151,7 @@ def main(argv=None) -> None:
         seed = args.seed0 + i
         if (args.out / f"case_{seed:06d}.npz").exists():
             continue
-        info = make_case(bgs[i % len(bgs)], seed, args.out)
-        with open(args.out / "index.jsonl", "a") as f:
-            f.write(json.dumps(info) + "\n")
-        if i % 20 == 0:
-            print(f"{i + 1}/{args.cases} cases", flush=True)
+        log_case(args.out, make_case(bgs[i % len(bgs)], seed, args.out), i, args.cases)
 
 
 if __name__ == "__main__":
