@@ -267,11 +267,12 @@ def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache
     phantom = synth.load_phantom(shared)
     rows = []
     cache.mkdir(parents=True, exist_ok=True)
-    fingerprint = models_fingerprint(scorer, networks)
+    full = models_fingerprint(scorer)                  # what a newly scored study is kept under
+    needed = models_fingerprint(scorer, networks)      # what a kept one must match: `full` or its atlas prefix
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
             kept = cache / f"study_{seed0 + i}.npz"
-            if kept.exists() and fingerprint in (_kept_fingerprint(kept) or ""):
+            if kept.exists() and (_kept_fingerprint(kept) or "").startswith(needed):
                 row = _load_row(kept, scorer)
                 if row is not None:
                     rows.append(row)
@@ -287,13 +288,13 @@ def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache
                 res = scorer.score(path)
             except AspectsError as exc:
                 print(f"study {i}: refused by the runtime ({exc})", flush=True)
-                np.savez(kept, refused=str(exc), models=models_fingerprint(scorer, networks=True))
+                np.savez(kept, refused=str(exc), models=full)
                 continue
             # Ground-truth labels on the runtime's own model grid, through its recovered pose.
             to_world = res.alignment.matrix @ res.grid.index_to_model
             dice = mean_dice(res.labels, synth.render_labels(phantom, case, to_world, res.grid.shape))[0]
             rows.append(scored(f"synthetic_{seed0 + i}", res, truth, dice))
-            _save_row(kept, rows[-1], res, models_fingerprint(scorer, networks=True))
+            _save_row(kept, rows[-1], res, full)
             print(f"study {i}: true {case.aspects} auto {res.score.aspects} dice {dice:.3f} "
                   f"{res.timings_s['total']:.1f}s", flush=True)
     return rows
@@ -367,8 +368,11 @@ def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: 
     reads = load_reads(reads_csv, data)
     order = load_label_order(label_order) if label_order else None
     folds = atlas_folds(reads, order, scorer, shared) if loo else {}
-    scorers = {s: CpuScorer(Path(fold_models.format(subject=s)), threads=scorer.threads)
-               for s in {r.subject for r in reads} if fold_models and Path(fold_models.format(subject=s)).is_dir()}
+    scorers = {}
+    for subject in {r.subject for r in reads} if fold_models else ():
+        folder = Path(fold_models.format(subject=subject))
+        if folder.is_dir():
+            scorers[subject] = CpuScorer(folder, threads=scorer.threads)
     rows = []
     for read in reads:
         subject_scorer = scorers.get(read.subject, scorer)
