@@ -12,7 +12,7 @@ import pytest
 
 from export.evaluate import Scored, calibrate, method_scores, summarise, table_text
 from export.realdata import DEV_SET, load_label_order, load_reads
-from runtime.regions import REGION_NAMES, label_id
+from runtime.regions import REGION_NAMES, SUBCORTICAL, label_id
 from runtime.score import density_calls
 from tests.conftest import ROOT, SHARED_DATA
 
@@ -171,3 +171,27 @@ def test_stability_mode_scores_every_variant_of_a_reads_file(tmp_path):
     assert rows["mirrored"]["expert_side"] == "right" and rows["as read"]["expert_side"] == "left"
     assert all(r["side_ok"] for r in rows.values())
     assert (tmp_path / "eval" / "table.txt").read_text().startswith("| study | variant |")
+
+
+@pytest.mark.slow
+def test_fold_models_score_each_subject_with_its_own_folder(real_data, scorer, tmp_path):
+    """`real --fold-models`: a subject with a folder of its own is scored by that folder's networks
+    (here: the shipped set with different DA-Net thresholds), and its calls use that folder's thresholds."""
+    import shutil
+
+    from export.evaluate import real_studies
+    from export.manifest import write_manifest
+    from runtime.modelcard import DEFAULT_MODEL_DIR
+    folder = tmp_path / "models_sub005"
+    shutil.copytree(DEFAULT_MODEL_DIR, folder)
+    for group, threshold in (("subcortical", 0.123), ("cortical", 0.456)):
+        card = folder / f"danet_{group}.json"
+        card.write_text(json.dumps({**json.loads(card.read_text()), "threshold": threshold}, indent=2) + "\n")
+    write_manifest(folder)
+    reads = tmp_path / "reads.csv"
+    rows = [r for r in (DEV_SET / "reads.csv").read_text().splitlines()
+            if r.startswith(("study,", "sub005-native,"))]
+    reads.write_text("\n".join(rows) + "\n")
+    (row,) = real_studies(real_data, reads, None, scorer, False, SHARED_DATA, str(tmp_path / "models_{subject}"))
+    expected = [0.123 if i in SUBCORTICAL else 0.456 for i in range(len(REGION_NAMES))]
+    assert row.study == "sub005-native" and np.allclose(row.network_threshold, expected)
