@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Rebuild the shipped models from scratch on a 2-core CPU (about 2.5 hours, evaluation extra):
+# Rebuild the shipped models from scratch on a 2-core CPU (about 4 hours, evaluation extra):
 # synthetic data -> VB-Net coarse + fine -> DA-Net subcortical + cortical -> ONNX + cards -> region atlas
-# -> density rule calibration -> evaluation.
+# -> DA-Net on real texture -> density rule calibration -> evaluation.
 # Later phases continue from the previous phase's weights in engines/pytorch (each card lists its phases).
 # Usage: bash export/train_all.sh [path/to/shared/data]
 set -euo pipefail
@@ -20,7 +20,13 @@ python -m export.train segment --continue --stages fine --iterations 1000 --lr 1
 # the region atlas from the expert maps (about 1 minute), the density rule's threshold (synthetic
 # scanner-pose studies, about 15 minutes), then every evaluation
 python -m export.atlas --shared "$SHARED" --out engines
+# phase 4: the DA-Net continued on real-textured cases mixed with synthetic ones: one folder per
+# left-out development subject (its leave-one-out figures), then "all", which is shipped (about 80 minutes)
+bash export/train_realtex.sh "$SHARED" sub002 sub003 sub005 all
+cp build/realtex/models_all/danet_* build/realtex/models_all/training_log.jsonl engines/
+cp build/realtex/models_all/pytorch/danet_* engines/pytorch/
+python -m export.manifest engines
 python -m export.evaluate calibrate --shared "$SHARED" --models engines --n 40
 python -m export.evaluate cases --data build/data/test --models engines
 python -m export.evaluate studies --shared "$SHARED" --models engines --n 24
-python -m export.evaluate real --data "$SHARED/real" --models engines --loo
+python -m export.evaluate real --data "$SHARED/real" --models engines --loo --fold-models 'build/realtex/models_{subject}'
