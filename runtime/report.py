@@ -37,8 +37,8 @@ FILES = {"json": ("report.json",), "png": ("ganglionic.png", "supraganglionic.pn
          "sr": ("sr.dcm",), "sc": ("sc_ganglionic.dcm", "sc_supraganglionic.dcm")}
 REPORT_FILES = tuple(name for kind in OUTPUTS for name in FILES[kind])
 DICOM_OUTPUTS = ("seg", "sr", "sc")
-DISCLAIMER = ("Research software. Shipped models are trained on synthetic studies only; "
-              "not for clinical decisions.")
+DISCLAIMER = ("Research software. The shipped models were built from synthetic studies and three real "
+              "development studies and have not been validated on patients; not for clinical decisions.")
 DISPLAY_WINDOW = (40.0, 80.0)   # level, width: a stroke reading window
 PALETTE = ((230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
            (204, 121, 167), (170, 255, 195), (255, 215, 180), (128, 128, 255), (190, 190, 190))
