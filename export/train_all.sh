@@ -21,7 +21,10 @@ python -m export.train segment --continue --stages fine --iterations 1000 --lr 1
 # scanner-pose studies, about 15 minutes), then every evaluation
 python -m export.atlas --shared "$SHARED" --out engines
 # phase 4: the DA-Net continued on real-textured cases mixed with synthetic ones: one folder per
-# left-out development subject (its leave-one-out figures), then "all", which is shipped (about 80 minutes)
+# left-out development subject (its leave-one-out figures), then "all", which is shipped (about 80 minutes);
+# each starts from the synthetic-phase weights, kept in engines/pytorch/synthetic/
+mkdir -p engines/pytorch/synthetic
+cp engines/pytorch/danet_*.pt engines/pytorch/synthetic/
 bash export/train_realtex.sh "$SHARED" sub002 sub003 sub005 all
 cp build/realtex/models_all/danet_* build/realtex/models_all/training_log.jsonl engines/
 cp build/realtex/models_all/pytorch/danet_* engines/pytorch/

@@ -3,7 +3,7 @@
 # cases (export.dataset), so that it learns real texture without forgetting the synthetic heads:
 # trained on real-textured cases alone it called nearly every normal subcortical region of the
 # synthetic studies (engines/README.md). One model folder per left-out subject for the
-# leave-one-subject-out evaluation, then "all" (every development subject), the shipped candidate.
+# leave-one-subject-out evaluation, then "all" (every development subject), the shipped one.
 # About 20 minutes per folder on a 2-core CPU (cases 5, training 15); the synthetic cases are made
 # once (about 8 minutes for 200).
 #   bash export/train_realtex.sh [path/to/shared/data] [sub002 sub003 sub005 all]
@@ -35,6 +35,9 @@ for S in $RUNS; do
   done
   rm -rf "build/realtex/models_$S"
   cp -r engines "build/realtex/models_$S"
+  # Every folder starts from the synthetic-trained DA-Net, never from a shipped real-textured one
+  # (which saw every development subject).
+  cp engines/pytorch/synthetic/danet_*.pt "build/realtex/models_$S/pytorch/"
   python -m export.train classify --continue --iterations 300 --lr 5e-4 \
       --data "$MIX" --out "build/realtex/models_$S" \
       --provenance "Continued from the synthetic-trained DA-Net (earlier_phases) on $CASES real-textured cases \
