@@ -25,6 +25,18 @@ def test_shipped_cards_are_complete():
                                                             "M6"}
 
 
+@pytest.mark.parametrize("group", ["subcortical", "cortical"])
+def test_danet_real_texture_phase_starts_from_the_kept_synthetic_weights(group):
+    """The shipped DA-Net's last phase continued from engines/pytorch/synthetic/ (export/train_realtex.sh
+    starts every folder there), and its card says which real volumes it saw."""
+    import hashlib
+    card = json.loads((DEFAULT_MODEL_DIR / f"danet_{group}.json").read_text())
+    starts = [phase["sha256"] for phase in card["training"]["earlier_phases"] if "continued_from" in phase]
+    kept = DEFAULT_MODEL_DIR / "pytorch" / "synthetic" / f"danet_{group}.pt"
+    assert starts[-1] == hashlib.sha256(kept.read_bytes()).hexdigest()
+    assert "real-textured" in card["provenance"] and "simonsf/ct-aspects" in card["provenance"]
+
+
 @pytest.fixture
 def model_copy(tmp_path):
     for p in DEFAULT_MODEL_DIR.iterdir():
