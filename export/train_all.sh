@@ -17,8 +17,7 @@ python -m export.train segment --continue --stages fine --iterations 1500 --lr 2
 python -m export.train classify --continue --iterations 300 --lr 5e-4 --data build/data/train --out engines
 # phase 3: the fine VB-Net at a lower rate (about 30 minutes)
 python -m export.train segment --continue --stages fine --iterations 1000 --lr 1e-3 --data build/data/train --out engines
-# the region atlas from the expert maps (about 1 minute), the density rule's threshold (synthetic
-# scanner-pose studies, about 15 minutes), then every evaluation
+# the region atlas from the expert maps (about 1 minute); the real-texture phase prepares its cases with it
 python -m export.atlas --shared "$SHARED" --out engines
 # phase 4: the DA-Net continued on real-textured cases mixed with synthetic ones: one folder per
 # left-out development subject (its leave-one-out figures), then "all", which is shipped (about 80 minutes);
@@ -29,6 +28,7 @@ bash export/train_realtex.sh "$SHARED" sub002 sub003 sub005 all
 cp build/realtex/models_all/danet_* build/realtex/models_all/training_log.jsonl engines/
 cp build/realtex/models_all/pytorch/danet_* engines/pytorch/
 python -m export.manifest engines
+# the density rule's thresholds (synthetic scanner-pose studies, about 15 minutes), then every evaluation
 python -m export.evaluate calibrate --shared "$SHARED" --models engines --n 40
 python -m export.evaluate cases --data build/data/test --models engines
 python -m export.evaluate studies --shared "$SHARED" --models engines --n 24
