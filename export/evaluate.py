@@ -3,7 +3,7 @@
     python -m export.evaluate cases   --data build/data/test           # networks alone, synthetic cases
     python -m export.evaluate studies --shared ../shared/data --n 24    # whole runtime, synthetic studies
     python -m export.evaluate real    --data ../shared/data/real --reads export/datasets/dev/reads.csv --loo
-    python -m export.evaluate calibrate --shared ../shared/data --n 40  # the density rule's threshold
+    python -m export.evaluate calibrate --shared ../shared/data --n 40  # the runtime rule's thresholds
     python -m export.evaluate stability --loo                          # real studies turned and mirrored
 
 `real` takes any folder of studies with a reads file (CSV: study, subject,
@@ -34,7 +34,7 @@ from runtime.modelcard import DEFAULT_MODEL_DIR, update_card
 from runtime.read import read_study
 from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL, label_id
 from runtime.resample import ModelGrid, to_study_grid
-from runtime.score import aspects_of, density_calls
+from runtime.score import aspects_of, density_calls, network_calls, rule_calls
 from runtime.segment import segment
 
 from . import metrics as M
@@ -52,6 +52,8 @@ from .realdata import (
 STUDY_SEED0 = 200_000
 CALIBRATION_SEED0 = 300_000      # calibration studies: never the evaluation studies' seeds
 MAX_FALSE_REGIONS_PER_STUDY = 0.1
+CALIBRATED = ("threshold_hu", "neighbour_threshold_hu", "network_probability", "network_threshold_hu")
+NETWORK_PROBABILITIES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)    # tried for the DA-Net's one hop (runtime.score)
 METHODS = ("runtime", "network", "density")
 
 
@@ -83,17 +85,18 @@ def scored(study: str, res, truth: np.ndarray, dice=None, dice_regions=None) -> 
 
 def method_scores(rows: list[Scored], method: str, scorer: CpuScorer) -> tuple[np.ndarray, np.ndarray]:
     """(continuous evidence, calls), each (studies, 10, 2), for one method."""
-    if method == "runtime":
-        # The runtime's calls are the density rule's when the model set has one, else the network's.
-        return method_scores(rows, "network" if _by_network(scorer) else "density", scorer)
+    if method == "runtime" and _by_network(scorer):     # no density rule: the network decides alone
+        return method_scores(rows, "network", scorer)
     if method == "network":
         default = np.array([_threshold(scorer, n) for n in REGION_NAMES])
         thr = np.array([default if r.network_threshold is None else r.network_threshold for r in rows])[:, :, None]
         ev = np.array([r.probability for r in rows])
         return ev, ev >= thr
     rule = scorer.models.classify_density
-    t, t2 = (rule.threshold_hu, rule.neighbour_threshold_hu) if rule else (2.0, 2.0)
     diffs = np.array([r.difference_hu for r in rows])
+    if method == "runtime":      # the rule with the DA-Net's one hop, where its card enables it
+        return -np.nan_to_num(diffs), rule_calls(diffs, np.array([r.probability for r in rows]), rule) > 0
+    t, t2 = (rule.threshold_hu, rule.neighbour_threshold_hu) if rule else (2.0, 2.0)
     return -np.nan_to_num(diffs), density_calls(diffs, t, t2)
 
 
@@ -261,24 +264,21 @@ def _threshold(scorer: CpuScorer, region: str) -> float:
     raise KeyError(region)
 
 
-def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache: Path,
-                      networks: bool = True) -> list[Scored]:
+def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache: Path) -> list[Scored]:
     """The whole runtime, file in to score out, on synthetic studies in real-world scanner poses.
     Each scored study is kept in `cache` (one .npz per seed) with its model-grid HU and labels, so an
     interrupted run resumes and a changed density measure is re-measured without re-synthesis; a
-    study kept under another atlas, or other networks when `networks` (their probabilities are used),
-    is scored again (`models_fingerprint`).
+    study kept under another atlas or other networks is scored again (`models_fingerprint`).
     A study the runtime refuses is reported and left out."""
     from . import synth
     phantom = synth.load_phantom(shared)
     rows = []
     cache.mkdir(parents=True, exist_ok=True)
-    full = models_fingerprint(scorer)                  # what a newly scored study is kept under
-    needed = models_fingerprint(scorer, networks)      # what a kept one must match: `full` or its atlas prefix
+    models = models_fingerprint(scorer)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
             kept = cache / f"study_{seed0 + i}.npz"
-            if kept.exists() and (_kept_fingerprint(kept) or "").startswith(needed):
+            if kept.exists() and _kept_fingerprint(kept) == models:
                 row = _load_row(kept, scorer)
                 if row is not None:
                     rows.append(row)
@@ -294,13 +294,13 @@ def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache
                 res = scorer.score(path)
             except AspectsError as exc:
                 print(f"study {i}: refused by the runtime ({exc})", flush=True)
-                np.savez(kept, refused=str(exc), models=full)
+                np.savez(kept, refused=str(exc), models=models)
                 continue
             # Ground-truth labels on the runtime's own model grid, through its recovered pose.
             to_world = res.alignment.matrix @ res.grid.index_to_model
             dice = mean_dice(res.labels, synth.render_labels(phantom, case, to_world, res.grid.shape))[0]
             rows.append(scored(f"synthetic_{seed0 + i}", res, truth, dice))
-            _save_row(kept, rows[-1], res, full)
+            _save_row(kept, rows[-1], res, models)
             print(f"study {i}: true {case.aspects} auto {res.score.aspects} dice {dice:.3f} "
                   f"{res.timings_s['total']:.1f}s", flush=True)
     return rows
@@ -321,14 +321,11 @@ def in_expert_regions(rows: list[Scored], shared: Path, atlas_npz: Path) -> list
     return out
 
 
-def models_fingerprint(scorer: CpuScorer, networks: bool = True) -> str:
+def models_fingerprint(scorer: CpuScorer) -> str:
     """What a kept study depends on: its labels on the atlas's file, its probabilities on the
-    networks' (not the density rule, whose measure is re-run on the kept HU). The atlas comes first,
-    so the atlas-only fingerprint is a prefix of the full one."""
+    networks' (not the rule, whose measure and thresholds are re-applied to the kept HU)."""
     atlas = scorer.models.segment_atlas
-    segmenters = networks or atlas is None      # without an atlas the VB-Nets draw the labels
-    parts = [atlas.sha256 if atlas else "no-atlas"] + ([c.sha256 for c in scorer.models.cards] if segmenters else [])
-    return ",".join(parts)
+    return ",".join([atlas.sha256 if atlas else "no-atlas"] + [c.sha256 for c in scorer.models.cards])
 
 
 def _kept_fingerprint(path: Path) -> str | None:
@@ -374,11 +371,7 @@ def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: 
     reads = load_reads(reads_csv, data)
     order = load_label_order(label_order) if label_order else None
     folds = atlas_folds(reads, order, scorer, shared) if loo else {}
-    scorers = {}
-    for subject in {r.subject for r in reads} if fold_models else ():
-        folder = Path(fold_models.format(subject=subject))
-        if folder.is_dir():
-            scorers[subject] = CpuScorer(folder, threads=scorer.threads)
+    scorers = fold_scorers(reads, fold_models, scorer)
     rows = []
     for read in reads:
         subject_scorer = scorers.get(read.subject, scorer)
@@ -398,30 +391,58 @@ def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: 
     return rows
 
 
+def fold_scorers(reads, fold_models: str | None, scorer: CpuScorer) -> dict[str, CpuScorer]:
+    """A scorer per subject from `fold_models` ('{subject}' in the path), where that folder exists."""
+    scorers = {}
+    for subject in sorted({r.subject for r in reads}) if fold_models else ():
+        folder = Path(fold_models.format(subject=subject))
+        if folder.is_dir():
+            scorers[subject] = CpuScorer(folder, threads=scorer.threads)
+    return scorers
+
+
 def calibrate(rows: list[Scored]) -> dict:
-    """The density rule's two thresholds, from synthetic studies the runtime scored end to end (studies
-    no other step saw). Operating point: the lowest threshold, in 0.1 HU steps, with at most
-    MAX_FALSE_REGIONS_PER_STUDY false regions per study; then the lowest neighbour threshold that keeps
-    the whole rule within the same limit. Every false region costs a point of ASPECTS, so specificity
-    comes first; Youden's J (reported too) sits where the synthetic heads' small normal asymmetry
-    allows, well below what real heads show."""
+    """The runtime rule's thresholds, from synthetic studies the runtime scored end to end (studies
+    no other step saw), each step within MAX_FALSE_REGIONS_PER_STUDY false regions per study for the
+    whole rule so far:
+    1. the lowest density threshold, in 0.1 HU steps;
+    2. the lowest neighbour threshold;
+    3. the DA-Net's one hop beside a density call: the pair of NETWORK_PROBABILITIES and HU (0.1 HU
+       steps up to the neighbour threshold) with the most true calls; ties go to the higher
+       probability, then the higher HU (the stricter pair); no hop when no pair within the limit
+       adds a true call.
+    Every false region costs a point of ASPECTS, so specificity comes first; Youden's J (reported
+    too) sits where the synthetic heads' small normal asymmetry allows, well below what real heads show."""
     diffs = np.array([r.difference_hu for r in rows])
+    probs = np.array([r.probability for r in rows])
     truth = np.array([r.truth for r in rows]).astype(bool)
     ev, y = -np.nan_to_num(diffs).ravel(), truth.ravel().astype(int)
     candidates = np.round(np.arange(0.5, 6.01, 0.1), 1)
 
-    def false_rate(t: float, t2: float) -> float:
-        return float((density_calls(diffs, t, t2) & ~truth).sum() / len(rows))
+    def false_rate(calls: np.ndarray) -> float:
+        return float((calls & ~truth).sum() / len(rows))
 
-    t = float(next(c for c in candidates if false_rate(c, c) <= MAX_FALSE_REGIONS_PER_STUDY))
-    t2 = float(next(c for c in candidates if c <= t and false_rate(t, c) <= MAX_FALSE_REGIONS_PER_STUDY))
-    calls = density_calls(diffs, t, t2)
-    return {"threshold_hu": t, "neighbour_threshold_hu": t2,
-            "rule": f"lowest threshold, then lowest neighbour threshold, with <= {MAX_FALSE_REGIONS_PER_STUDY} "
-                    "false regions per study on synthetic scanner-pose studies",
+    t = float(next(c for c in candidates if false_rate(density_calls(diffs, c, c)) <= MAX_FALSE_REGIONS_PER_STUDY))
+    t2 = float(next(c for c in candidates
+                    if c <= t and false_rate(density_calls(diffs, t, c)) <= MAX_FALSE_REGIONS_PER_STUDY))
+    density = density_calls(diffs, t, t2)
+    pairs = [(p, float(h)) for p in NETWORK_PROBABILITIES for h in np.round(np.arange(0.0, t2 + 1e-9, 0.1), 1)]
+    within = [(int((network_calls(diffs, probs, density, p, h) & truth).sum()), p, h) for p, h in pairs
+              if false_rate(density | network_calls(diffs, probs, density, p, h)) <= MAX_FALSE_REGIONS_PER_STUDY]
+    found, p_net, t_net = max(within, default=(0, None, 0.0))
+    if not found:                # a hop that finds nothing on the calibration studies only adds risk
+        p_net, t_net = None, 0.0
+    calls = density if p_net is None else density | network_calls(diffs, probs, density, p_net, t_net)
+    return {"threshold_hu": t, "neighbour_threshold_hu": t2, "network_probability": p_net,
+            "network_threshold_hu": t_net,
+            "rule": f"lowest threshold, then lowest neighbour threshold, then the DA-Net pair with the most true "
+                    f"calls, each with <= {MAX_FALSE_REGIONS_PER_STUDY} false regions per study on synthetic "
+                    "scanner-pose studies",
             "studies": len(rows), "region_sides": int(len(y)), "positives": int(y.sum()), "auc": M.auc(ev, y),
             "sensitivity": float(calls[truth].mean()), "specificity": float(1 - calls[~truth].mean()),
-            "false_regions_per_study": false_rate(t, t2),
+            "false_regions_per_study": false_rate(calls),
+            "sensitivity_density_only": float(density[truth].mean()),
+            "false_regions_per_study_density_only": false_rate(density),
             "sensitivity_without_neighbours": float((ev[y == 1] >= t).mean()),
             "youden_threshold_hu": round(M.best_threshold(ev, y), 2)}
 
@@ -470,7 +491,7 @@ def stability_run(args, scorer: CpuScorer) -> None:
     from . import stability
     reads = load_reads(args.reads, args.data or args.shared / "real")
     folds = atlas_folds(reads, load_label_order(args.label_order), scorer, args.shared) if args.loo else {}
-    rows = stability.run(reads, scorer, folds)
+    rows = stability.run(reads, scorer, folds, fold_scorers(reads, args.fold_models, scorer))
     total = stability.summary(rows)
     text = stability.table_text(rows, total)
     write_tables(args.out or Path("build/eval/stability"), {"rows": rows, "summary": total}, text)
@@ -493,8 +514,8 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=24)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--fold-models", default=None,
-                   help="real: a model folder per subject, e.g. build/realtex/models_{subject} (its networks "
-                        "never saw that subject)")
+                   help="real, stability: a model folder per subject, e.g. build/realtex/models_{subject} "
+                        "(its networks never saw that subject)")
     p.add_argument("--no-cards", action="store_true", help="do not copy the headline numbers into the cards")
     p.add_argument("--truth", choices=("mni", "expert"), default="mni",
                    help="studies: ground truth in the MNI atlas regions (as drawn) or the experts' (shipped atlas)")
@@ -502,9 +523,8 @@ def main(argv=None) -> None:
     scorer = CpuScorer(args.models)
     if args.mode == "calibrate":
         result = calibrate(synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0,
-                                             Path("build/eval/calibrate/studies"), networks=False))
-        update_card(args.models / "density_rule.json", {"threshold_hu": result["threshold_hu"],
-                                                        "neighbour_threshold_hu": result["neighbour_threshold_hu"]},
+                                             Path("build/eval/calibrate/studies")))
+        update_card(args.models / "density_rule.json", {k: result[k] for k in CALIBRATED},
                     metrics={"calibration": {k: _r(v) if isinstance(v, float) else v for k, v in result.items()}})
         write_manifest(args.models)
         print(json.dumps(result, indent=2, default=float))

@@ -64,13 +64,15 @@ def expected(read: Read, variant: Variant) -> tuple[int, str | None, frozenset[s
     return read.aspects, side, read.affected
 
 
-def run(reads: list[Read], scorer: CpuScorer, folds: dict) -> list[dict]:
+def run(reads: list[Read], scorer: CpuScorer, folds: dict, scorers: dict[str, CpuScorer] | None = None) -> list[dict]:
+    """`folds`: leave-one-out atlases; `scorers`: a subject's own model set (networks that never saw it)."""
     rows = []
     for read in reads:
         study = read_study(read.image)
+        subject_scorer = (scorers or {}).get(read.subject, scorer)
         for variant in VARIANTS:
-            with fold_segmenter(scorer, folds, read.subject):
-                res = scorer.score(posed(study, variant))
+            with fold_segmenter(subject_scorer, folds, read.subject):
+                res = subject_scorer.score(posed(study, variant))
             aspects, side, affected = expected(read, variant)
             called = {(c.region, c.side) for c in res.score.calls if c.affected}
             truth = {(r, side) for r in affected}

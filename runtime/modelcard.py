@@ -194,7 +194,8 @@ class AtlasCard:
 class DensityRuleCard:
     """The contralateral density rule (runtime.density, runtime.score): a region is affected when it
     is at least `threshold_hu` darker than its mirror twin, or at least `neighbour_threshold_hu` when
-    a neighbouring region on its side is. No file: the card is the model."""
+    a neighbouring region on its side is; with `network_probability`, the DA-Net may add a region
+    beside a density call (runtime.score.network_calls). No file: the card is the model."""
     path: Path
     name: str
     version: str
@@ -204,6 +205,8 @@ class DensityRuleCard:
     hypodense_hu: float
     neighbour_threshold_hu: float          # == threshold_hu: no pooling
     erode_mm: float                        # parenchyma eroded in-plane before measuring: off the CSF border
+    network_probability: float | None = None   # None: the DA-Net never decides beside the rule
+    network_threshold_hu: float = 0.0
     card_sha256: str = ""
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -225,13 +228,22 @@ def load_rule_card(path: Path) -> DensityRuleCard:
                                parenchyma_hu=(float(d["parenchyma_hu"][0]), float(d["parenchyma_hu"][1])),
                                hypodense_hu=float(d["hypodense_hu"]),
                                neighbour_threshold_hu=float(d.get("neighbour_threshold_hu", d["threshold_hu"])),
-                               erode_mm=float(d.get("erode_mm", 0.0)), card_sha256=digest, raw=d)
+                               erode_mm=float(d.get("erode_mm", 0.0)),
+                               network_probability=_optional_float(d.get("network_probability")),
+                               network_threshold_hu=float(d.get("network_threshold_hu", 0.0)),
+                               card_sha256=digest, raw=d)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ModelError(f"model card {path} is malformed ({type(exc).__name__}: {exc})") from None
     if not (0.0 < card.neighbour_threshold_hu <= card.threshold_hu < 20.0 and card.hypodense_hu > 0
-            and card.parenchyma_hu[0] < card.parenchyma_hu[1] and 0.0 <= card.erode_mm <= 5.0):
+            and card.parenchyma_hu[0] < card.parenchyma_hu[1] and 0.0 <= card.erode_mm <= 5.0
+            and (card.network_probability is None or (0.0 < card.network_probability < 1.0
+                                                     and 0.0 <= card.network_threshold_hu <= card.threshold_hu))):
         raise ModelError(f"model card {path}: density rule values out of range")
     return card
+
+
+def _optional_float(v) -> float | None:
+    return None if v is None else float(v)
 
 
 def _read_json(path: Path) -> tuple[dict, str]:

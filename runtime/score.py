@@ -4,9 +4,13 @@ A call comes from the contralateral density rule when the model set has one
 (a region at least `threshold_hu` darker than its mirror twin, or at least
 `neighbour_threshold_hu` when a neighbouring region on the same side is called:
 early ischemia fills a contiguous MCA territory, so a region next to a clear
-one needs less evidence), otherwise from the DA-Net probability and its card's
-threshold. Both numbers are kept on every call, so the report shows the evidence
-whichever decided. The reported score is
+one needs less evidence). Where the rule's card enables it, the DA-Net adds one
+hop: a region beside a density call, darker by at least `network_threshold_hu`,
+whose probability reaches `network_probability`. The network never calls a
+region on its own and never extends its own calls, so its known failure on real
+CT (false calls around a stroke) cannot grow a territory. Without a rule the
+DA-Net decides alone, at its card's threshold. Both numbers are kept on every
+call, so the report shows the evidence whichever decided. The reported score is
 the symptomatic hemisphere's (the lower of the two, as in the paper); the
 dichotomy ASPECTS > 6 vs <= 6 is the thrombectomy threshold.
 """
@@ -33,7 +37,7 @@ class RegionCall:
     assessed: bool
     difference_hu: float | None = None   # mean HU minus the mirror twin's (runtime.density)
     hypodense_ml: float | None = None
-    decided_by: str = "network"      # "density", "density+neighbour" or "network"
+    decided_by: str = "network"      # "density", "density+neighbour", "density+network" or "network"
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,8 @@ def make_calls(probabilities: dict[str, tuple[float, float]], assessable: dict[s
     if rule is not None:
         located = np.array([[assessable[n]] * len(SIDES) for n in REGION_NAMES])
         diffs = np.where(located, difference_table(densities), np.nan)      # NaN: not found or not measurable
-        primary = density_calls(diffs, rule.threshold_hu, rule.threshold_hu)
-        pooled = density_calls(diffs, rule.threshold_hu, rule.neighbour_threshold_hu)
+        p_table = np.array([probabilities[n] for n in REGION_NAMES], float)
+        how_table = rule_calls(diffs, p_table, rule)
     calls = []
     for r, name in enumerate(REGION_NAMES):
         for s, side in enumerate(SIDES):
@@ -73,8 +77,8 @@ def make_calls(probabilities: dict[str, tuple[float, float]], assessable: dict[s
             diff = d.difference_hu if d else None
             if rule is not None:
                 ok = found and diff is not None
-                affected = ok and bool(pooled[r, s])
-                how = "density" if primary[r, s] or not affected else "density+neighbour"
+                affected = ok and bool(how_table[r, s])
+                how = DECIDED_BY[how_table[r, s]]
             else:
                 ok, how = found, "network"
                 affected = p is not None and p >= thresholds[name]
@@ -89,6 +93,33 @@ def density_calls(differences: np.ndarray, threshold_hu: float, neighbour_thresh
     primary = darker >= threshold_hu
     beside = np.einsum("rq,...qs->...rs", _ADJACENT, primary.astype(np.int64)) > 0
     return primary | (beside & (darker >= neighbour_threshold_hu))
+
+
+# How rule_calls' values read in a report (0, not called, is the density rule's answer too).
+DECIDED_BY = ("density", "density", "density+neighbour", "density+network")
+
+
+def rule_calls(differences: np.ndarray, probabilities: np.ndarray, rule: DensityRuleCard) -> np.ndarray:
+    """The runtime's rule on (..., 10, 2) tables: 0 not called, 1 by density, 2 by density beside a
+    density call, 3 by the DA-Net beside a density call (when the card enables it; one hop only)."""
+    primary = density_calls(differences, rule.threshold_hu, rule.threshold_hu)
+    pooled = density_calls(differences, rule.threshold_hu, rule.neighbour_threshold_hu)
+    how = np.where(primary, 1, np.where(pooled, 2, 0))
+    if rule.network_probability is not None:
+        assisted = network_calls(differences, probabilities, pooled, rule.network_probability,
+                                 rule.network_threshold_hu)
+        how = np.where(how == 0, np.where(assisted, 3, 0), how)
+    return how
+
+
+def network_calls(differences: np.ndarray, probabilities: np.ndarray, density: np.ndarray,
+                  probability: float, threshold_hu: float) -> np.ndarray:
+    """Regions next to a density call (`density`, same side) that the DA-Net calls at `probability` and
+    that are at least `threshold_hu` darker than their mirror: the network's evidence where the
+    density already shows an infarct, never on its own."""
+    darker = -np.nan_to_num(np.asarray(differences, float), nan=np.inf)
+    beside = np.einsum("rq,...qs->...rs", _ADJACENT, np.asarray(density).astype(np.int64)) > 0
+    return beside & ~density & (np.asarray(probabilities) >= probability) & (darker >= threshold_hu)
 
 
 _ADJACENT = np.array([[b in NEIGHBOURS[a] for b in REGION_NAMES] for a in REGION_NAMES], dtype=np.int64)

@@ -13,7 +13,7 @@ import pytest
 from export.evaluate import Scored, calibrate, method_scores, summarise, table_text
 from export.realdata import DEV_SET, load_label_order, load_reads
 from runtime.regions import REGION_NAMES, SUBCORTICAL, label_id
-from runtime.score import density_calls
+from runtime.score import density_calls, network_calls
 from tests.conftest import ROOT, SHARED_DATA
 
 
@@ -83,40 +83,65 @@ def test_network_calls_use_the_thresholds_each_study_was_scored_with(monkeypatch
 
 
 def test_kept_studies_are_keyed_by_the_models_they_were_scored_with(scorer, tmp_path):
-    """A kept synthetic study is reused only under the atlas (and, where its probabilities count, the
-    networks) that scored it: labels from an earlier atlas once went unnoticed."""
+    """A kept synthetic study is reused only under the atlas and networks that scored it: labels from
+    an earlier atlas once went unnoticed, and the rule's DA-Net hop reads the kept probabilities."""
     from export.evaluate import _kept_fingerprint, models_fingerprint
-    full, atlas_only = models_fingerprint(scorer), models_fingerprint(scorer, networks=False)
-    assert full.startswith(atlas_only) and full != atlas_only
-    assert scorer.models.segment_atlas.sha256 in atlas_only
-    assert all(card.sha256 in full for card in scorer.models.cards)
+    models = models_fingerprint(scorer)
+    assert scorer.models.segment_atlas.sha256 in models
+    assert all(card.sha256 in models for card in scorer.models.cards)
     np.savez(tmp_path / "old.npz", truth=np.zeros((10, 2)))
-    np.savez(tmp_path / "new.npz", truth=np.zeros((10, 2)), models=full)
+    np.savez(tmp_path / "new.npz", truth=np.zeros((10, 2)), models=models)
     assert _kept_fingerprint(tmp_path / "old.npz") is None
-    assert _kept_fingerprint(tmp_path / "new.npz") == full
+    assert _kept_fingerprint(tmp_path / "new.npz") == models
+
+
+def _calibration_rows(n=30, seed=0):
+    """Three-region strokes on half the studies, 3 HU deep; a fourth region beside them 1 HU deep
+    that only the DA-Net (p 0.9) sees; the DA-Net also fires (p 0.9) at random elsewhere."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        truth = np.zeros((10, 2), bool)
+        truth[:3, 0] = truth[4, 0] = i % 2 == 0          # C, L, IC and M1 (beside C) on the left
+        diff = rng.normal(0, 0.8, (10, 2)) - 3.0 * truth
+        diff[4, 0] = rng.normal(0, 0.3) - 1.0 * truth[4, 0]
+        prob = np.where(truth, 0.9, np.where(rng.random((10, 2)) < 0.2, 0.9, 0.1))
+        rows.append(Scored(f"s{i}", truth, prob, diff, np.zeros((10, 2), bool)))
+    return rows
 
 
 def test_calibration_keeps_false_regions_per_study_below_the_limit():
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(30):
-        truth = np.zeros((10, 2), bool)
-        truth[:3, 0] = i % 2 == 0
-        diff = rng.normal(0, 0.8, (10, 2)) - 3.0 * truth
-        rows.append(Scored(f"s{i}", truth, np.zeros((10, 2)), diff, np.zeros((10, 2), bool)))
+    rows = _calibration_rows()
     result = calibrate(rows)
     t, t2 = result["threshold_hu"], result["neighbour_threshold_hu"]
     diffs = np.array([r.difference_hu for r in rows])
+    probs = np.array([r.probability for r in rows])
     truth = np.array([r.truth for r in rows])
 
-    def false_per_study(a, b):
-        return (density_calls(diffs, a, b) & ~truth).sum() / len(rows)
+    def false_per_study(calls):
+        return (calls & ~truth).sum() / len(rows)
+
+    def rule(a, b):
+        return density_calls(diffs, a, b)
 
     assert t2 <= t
-    assert false_per_study(t, t) <= 0.1 < false_per_study(t - 0.1, t - 0.1)       # lowest threshold that holds
-    assert false_per_study(t, t2) <= 0.1                                           # the whole rule holds too ...
-    assert t2 == pytest.approx(0.5) or false_per_study(t, t2 - 0.1) > 0.1          # ... at the lowest neighbour one
-    assert result["sensitivity"] == pytest.approx(float(density_calls(diffs, t, t2)[truth].mean()))
+    assert false_per_study(rule(t, t)) <= 0.1 < false_per_study(rule(t - 0.1, t - 0.1))   # lowest that holds
+    assert false_per_study(rule(t, t2)) <= 0.1                                           # the whole rule too ...
+    assert t2 == pytest.approx(0.5) or false_per_study(rule(t, t2 - 0.1)) > 0.1          # ... at the lowest one
+    # The DA-Net's hop: within the limit, and finds the region beside the strokes that density misses.
+    p_net, t_net = result["network_probability"], result["network_threshold_hu"]
+    calls = rule(t, t2) | network_calls(diffs, probs, rule(t, t2), p_net, t_net)
+    assert false_per_study(calls) <= 0.1 and result["false_regions_per_study"] == pytest.approx(false_per_study(calls))
+    assert result["sensitivity"] == pytest.approx(float(calls[truth].mean()))
+    assert result["sensitivity"] > result["sensitivity_density_only"]
+    assert calls[::2, 4, 0].mean() > rule(t, t2)[::2, 4, 0].mean()
+
+
+def test_calibration_leaves_the_network_out_when_it_only_adds_false_regions():
+    rows = [replace(r, probability=np.where(r.truth, 0.1, 0.99)) for r in _calibration_rows()]
+    result = calibrate(rows)
+    assert result["network_probability"] is None
+    assert result["sensitivity"] == result["sensitivity_density_only"]
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 
 from runtime.engine import OnnxRuntimeEngine
 from runtime.errors import ModelError
-from runtime.modelcard import DEFAULT_MODEL_DIR, ROLES, load_card, load_model_set
+from runtime.modelcard import DEFAULT_MODEL_DIR, ROLES, load_card, load_model_set, load_rule_card
 
 
 def test_shipped_cards_are_complete():
@@ -74,6 +74,19 @@ def test_edited_card_content_is_refused(model_copy):
     path.write_text(json.dumps(doc, indent=2) + "\n")
     with pytest.raises(ModelError, match="MANIFEST"):
         load_model_set(model_copy)
+
+
+@pytest.mark.parametrize("edit", [{"network_probability": 1.5}, {"network_probability": 0.0},
+                                  {"network_threshold_hu": -0.1}, {"network_threshold_hu": 5.0}])
+def test_rule_card_with_the_network_hop_out_of_range_is_refused(tmp_path, edit):
+    path = tmp_path / "density_rule.json"
+    doc = {**json.loads((DEFAULT_MODEL_DIR / "density_rule.json").read_text()), **edit}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="out of range"):
+        load_rule_card(path)
+    doc["network_probability"] = None                      # no hop: the network threshold is not read
+    path.write_text(json.dumps({**doc, "network_threshold_hu": 0.0}))
+    assert load_rule_card(path).network_probability is None
 
 
 def test_shipped_manifest_is_pinned(monkeypatch):

@@ -102,6 +102,51 @@ def test_density_rule_pools_evidence_over_neighbouring_regions():
     assert not density_calls(np.full((10, 2), np.nan), 1.8, 1.3).any()
 
 
+def _probabilities(**by_region_side) -> np.ndarray:
+    p = np.full((10, 2), 0.05)
+    for key, v in by_region_side.items():
+        name, side = key.rsplit("_", 1)
+        p[REGION_NAMES.index(name), ("left", "right").index(side)] = v
+    return p
+
+
+def test_the_network_adds_one_hop_beside_a_density_call_and_never_alone():
+    """The DA-Net calls a region only beside a density call, when that region is also darker than its
+    mirror; it never extends its own calls and never calls a region the density does not darken."""
+    from dataclasses import replace
+
+    from runtime.modelcard import load_model_set
+    from runtime.score import DECIDED_BY, rule_calls
+    rule = replace(load_model_set().classify_density, threshold_hu=1.8, neighbour_threshold_hu=1.4,
+                   network_probability=0.6, network_threshold_hu=1.0)
+    diffs = _differences(M6_left=-2.5, M3_left=-1.2, M5_left=-0.9, M2_left=-1.1, C_right=-1.5)
+    probs = _probabilities(M6_left=0.99, M3_left=0.9, M5_left=0.99, M2_left=0.95, C_right=0.99, L_right=0.99)
+    how = {f"{REGION_NAMES[r]} {('left', 'right')[s]}": DECIDED_BY[v]
+           for (r, s), v in np.ndenumerate(rule_calls(diffs, probs, rule)) if v}
+    # M3 beside M6: added. M5 beside M6 but only 0.9 HU darker: not. M2 beside M3, which the network
+    # added: no chain. Right C and L: the network alone, with no density call beside them: never.
+    assert how == {"M6 left": "density", "M3 left": "density+network"}
+    assert not rule_calls(diffs, probs, replace(rule, network_probability=None))[REGION_NAMES.index("M3"), 0]
+    assert not rule_calls(diffs, _probabilities(M3_left=0.5), rule)[REGION_NAMES.index("M3"), 0]
+
+
+def test_calls_say_when_the_network_decided():
+    from dataclasses import replace
+
+    from runtime.density import RegionDensity
+    from runtime.modelcard import load_model_set
+    rule = replace(load_model_set().classify_density, threshold_hu=1.8, neighbour_threshold_hu=1.4,
+                   network_probability=0.6, network_threshold_hu=1.0)
+    diffs = {("M6", "left"): -2.5, ("M3", "left"): -1.2}
+    densities = tuple(RegionDensity(name, side, 30.0 + diffs.get((name, side), 0.0), 30.0,
+                                    diffs.get((name, side), 0.0), 0.0)
+                      for name in REGION_NAMES for side in ("left", "right"))
+    probs = {n: (0.95 if n in ("M6", "M3") else 0.05, 0.05) for n in REGION_NAMES}
+    s = score(make_calls(probs, {n: True for n in REGION_NAMES}, {n: 0.5 for n in REGION_NAMES}, densities, rule))
+    assert s.aspects == 8 and s.symptomatic_side == "left"
+    assert {c.region: c.decided_by for c in s.calls if c.affected} == {"M6": "density", "M3": "density+network"}
+
+
 def test_density_measure_keeps_off_the_csf_border():
     """A region whose twin borders CSF: partial-volume voxels (20 HU) along the border make it read
     darker without erosion; with the card's 1 mm erosion the two sides read alike."""
