@@ -512,7 +512,8 @@ def main(argv=None) -> None:
     p.add_argument("--loo", action="store_true", help="real, stability: leave-one-subject-out atlases")
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
     p.add_argument("--n", type=int, default=24)
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default build/eval/<mode>); calibrate keeps its scored studies there")
     p.add_argument("--fold-models", default=None,
                    help="real, stability: a model folder per subject, e.g. build/realtex/models_{subject} "
                         "(its networks never saw that subject)")
@@ -523,7 +524,7 @@ def main(argv=None) -> None:
     scorer = CpuScorer(args.models)
     if args.mode == "calibrate":
         result = calibrate(synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0,
-                                             Path("build/eval/calibrate/studies")))
+                                             (args.out or Path("build/eval/calibrate")) / "studies"))
         update_card(args.models / "density_rule.json", {k: result[k] for k in CALIBRATED},
                     metrics={"calibration": {k: _r(v) if isinstance(v, float) else v for k, v in result.items()}})
         write_manifest(args.models)

@@ -28,8 +28,14 @@ bash export/train_realtex.sh "$SHARED" sub002 sub003 sub005 all
 cp build/realtex/models_all/danet_* build/realtex/models_all/training_log.jsonl engines/
 cp build/realtex/models_all/pytorch/danet_* engines/pytorch/
 python -m export.manifest engines
-# the density rule's thresholds (synthetic scanner-pose studies, about 15 minutes), then every evaluation
+# the rule's four values (40 synthetic scanner-pose studies, about 10 minutes), then every evaluation
 python -m export.evaluate calibrate --shared "$SHARED" --models engines --n 40
+# each leave-one-out folder's rule calibrated the same way with its own DA-Net (about 10 minutes each)
+for S in sub002 sub003 sub005; do
+  python -m export.evaluate calibrate --shared "$SHARED" --models "build/realtex/models_$S" --n 40 \
+      --out "build/eval/calibrate_$S"
+done
 python -m export.evaluate cases --data build/data/test --models engines
 python -m export.evaluate studies --shared "$SHARED" --models engines --n 24
 python -m export.evaluate real --data "$SHARED/real" --models engines --loo --fold-models 'build/realtex/models_{subject}'
+python -m export.evaluate stability --loo --fold-models 'build/realtex/models_{subject}'

@@ -7,6 +7,7 @@
 # About 20 minutes per folder on a 2-core CPU (cases 5, training 15); the synthetic cases are made
 # once (about 8 minutes for 200).
 #   bash export/train_realtex.sh [path/to/shared/data] [sub002 sub003 sub005 all]
+#   (export/train_all.sh then calibrates each folder's rule with its own DA-Net, and evaluates)
 #   python -m export.evaluate real --loo --fold-models 'build/realtex/models_{subject}' --no-cards
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -45,3 +45,15 @@ def demo_result(scorer):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def assert_same_calls(a, b, rule, tolerance_hu: float) -> None:
+    """Two scorings of the same anatomy (other encoding, other device): density differences within
+    `tolerance_hu`, the same call wherever a region's evidence is clear of every rule threshold by
+    more than that (a region at a threshold may fall either way), and scores within one point."""
+    thresholds = (rule.threshold_hu, rule.neighbour_threshold_hu, rule.network_threshold_hu)
+    for ca, cb in zip(a.score.calls, b.score.calls, strict=True):
+        assert ca.difference_hu == pytest.approx(cb.difference_hu, abs=tolerance_hu), (ca, cb)
+        clear = all(abs(-c.difference_hu - t) > tolerance_hu for c in (ca, cb) for t in thresholds)
+        assert ca.affected == cb.affected or not clear, (ca, cb)
+    assert abs(a.score.aspects - b.score.aspects) <= 1
