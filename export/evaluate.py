@@ -10,7 +10,8 @@
 image, map, aspects, side, affected) and, for expert region maps, a label-order
 file; `--loo` scores each subject with an atlas built without its own map.
 Per region, cortical, subcortical and all: sensitivity, specificity, accuracy,
-AUC, for the runtime's calls and for each rule alone (the DA-Net with its card
+AUC, for the runtime's calls (the density rule with the DA-Net's hop; its AUC
+ranks the density difference) and for each rule alone (the DA-Net with its card
 thresholds, the contralateral density rule); dichotomised ASPECTS (<= 6);
 score MAE, exact and +-1 agreement, ICC(2,1), Spearman, Bland-Altman; region
 Dice on the slices the expert labelled. Results go to build/eval/<mode>/ and
