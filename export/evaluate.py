@@ -31,7 +31,7 @@ import numpy as np
 from runtime.cpu import CpuScorer
 from runtime.density import difference_table, measure
 from runtime.errors import AspectsError
-from runtime.modelcard import DEFAULT_MODEL_DIR, update_card
+from runtime.modelcard import DEFAULT_MODEL_DIR, DensityRuleCard, update_card
 from runtime.read import read_study
 from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL, label_id
 from runtime.resample import ModelGrid, to_study_grid
@@ -69,6 +69,7 @@ class Scored:
     dice: float | None = None
     dice_regions: dict | None = None
     network_threshold: np.ndarray | None = None   # (10,) the DA-Net cards' thresholds the study was scored with
+    rule: DensityRuleCard | None = None           # the rule it was scored with, where not the evaluated set's
 
 
 def scored(study: str, res, truth: np.ndarray, dice=None, dice_regions=None) -> Scored:
@@ -95,8 +96,9 @@ def method_scores(rows: list[Scored], method: str, scorer: CpuScorer) -> tuple[n
         return ev, ev >= thr
     rule = scorer.models.classify_density
     diffs = np.array([r.difference_hu for r in rows])
-    if method == "runtime":      # the rule with the DA-Net's one hop, where its card enables it
-        return -np.nan_to_num(diffs), rule_calls(diffs, np.array([r.probability for r in rows]), rule) > 0
+    if method == "runtime":      # the rule with the DA-Net's hop, each study's own (a fold's) where it has one
+        return -np.nan_to_num(diffs), np.array([rule_calls(r.difference_hu, r.probability, r.rule or rule) > 0
+                                                for r in rows])
     t, t2 = (rule.threshold_hu, rule.neighbour_threshold_hu) if rule else (2.0, 2.0)
     return -np.nan_to_num(diffs), density_calls(diffs, t, t2)
 
@@ -385,7 +387,8 @@ def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: 
             ours = to_study_grid(study, res.alignment, res.grid, res.labels)
             zs = labelled_slices(expert)
             dice, per = mean_dice(ours[zs], expert[zs])
-        rows.append(scored(read.study, res, read.truth(), dice, per))
+        rows.append(replace(scored(read.study, res, read.truth(), dice, per),
+                            rule=subject_scorer.models.classify_density))
         print(f"{read.study}: expert {read.aspects} auto {res.score.aspects} "
               f"({', '.join(res.score.affected) or 'none'})" + (f" dice {dice:.3f}" if dice is not None else ""),
               flush=True)
@@ -408,7 +411,7 @@ def calibrate(rows: list[Scored]) -> dict:
     whole rule so far:
     1. the lowest density threshold, in 0.1 HU steps;
     2. the lowest neighbour threshold;
-    3. the DA-Net's one hop beside a density call: the pair of NETWORK_PROBABILITIES and HU (0.1 HU
+    3. the DA-Net's hop beside a clear density call: the pair of NETWORK_PROBABILITIES and HU (0.1 HU
        steps up to the neighbour threshold) with the most true calls; ties go to the higher
        probability, then the higher HU (the stricter pair); no hop when no pair within the limit
        adds a true call.
@@ -426,14 +429,18 @@ def calibrate(rows: list[Scored]) -> dict:
     t = float(next(c for c in candidates if false_rate(density_calls(diffs, c, c)) <= MAX_FALSE_REGIONS_PER_STUDY))
     t2 = float(next(c for c in candidates
                     if c <= t and false_rate(density_calls(diffs, t, c)) <= MAX_FALSE_REGIONS_PER_STUDY))
-    density = density_calls(diffs, t, t2)
+    density, clear = density_calls(diffs, t, t2), density_calls(diffs, t, t)
+
+    def hop(p: float, h: float) -> np.ndarray:      # what the DA-Net adds to the density calls
+        return network_calls(diffs, probs, clear, p, h) & ~density
+
     pairs = [(p, float(h)) for p in NETWORK_PROBABILITIES for h in np.round(np.arange(0.0, t2 + 1e-9, 0.1), 1)]
-    within = [(int((network_calls(diffs, probs, density, p, h) & truth).sum()), p, h) for p, h in pairs
-              if false_rate(density | network_calls(diffs, probs, density, p, h)) <= MAX_FALSE_REGIONS_PER_STUDY]
+    within = [(int((hop(p, h) & truth).sum()), p, h) for p, h in pairs
+              if false_rate(density | hop(p, h)) <= MAX_FALSE_REGIONS_PER_STUDY]
     found, p_net, t_net = max(within, default=(0, None, 0.0))
     if not found:                # a hop that finds nothing on the calibration studies only adds risk
         p_net, t_net = None, 0.0
-    calls = density if p_net is None else density | network_calls(diffs, probs, density, p_net, t_net)
+    calls = density if p_net is None else density | hop(p_net, t_net)
     return {"threshold_hu": t, "neighbour_threshold_hu": t2, "network_probability": p_net,
             "network_threshold_hu": t_net,
             "rule": f"lowest threshold, then lowest neighbour threshold, then the DA-Net pair with the most true "

@@ -4,11 +4,12 @@ A call comes from the contralateral density rule when the model set has one
 (a region at least `threshold_hu` darker than its mirror twin, or at least
 `neighbour_threshold_hu` when a neighbouring region on the same side is called:
 early ischemia fills a contiguous MCA territory, so a region next to a clear
-one needs less evidence). Where the rule's card enables it, the DA-Net adds one
-hop: a region beside a density call, darker by at least `network_threshold_hu`,
-whose probability reaches `network_probability`. The network never calls a
-region on its own and never extends its own calls, so its known failure on real
-CT (false calls around a stroke) cannot grow a territory. Without a rule the
+one needs less evidence). Where the rule's card enables it, the DA-Net is the
+second way to that lesser evidence: a region beside a clear one, darker by at
+least `network_threshold_hu`, whose probability reaches `network_probability`.
+Every call that is not clear on its own sits beside one that is: neither route
+chains, and the network never calls a region on its own, so its known failure on
+real CT (false calls around a stroke) cannot grow a territory. Without a rule the
 DA-Net decides alone, at its card's threshold. Both numbers are kept on every
 call, so the report shows the evidence whichever decided. The reported score is
 the symptomatic hemisphere's (the lower of the two, as in the paper); the
@@ -100,26 +101,26 @@ DECIDED_BY = ("density", "density", "density+neighbour", "density+network")
 
 
 def rule_calls(differences: np.ndarray, probabilities: np.ndarray, rule: DensityRuleCard) -> np.ndarray:
-    """The runtime's rule on (..., 10, 2) tables: 0 not called, 1 by density, 2 by density beside a
-    density call, 3 by the DA-Net beside a density call (when the card enables it; one hop only)."""
+    """The runtime's rule on (..., 10, 2) tables: 0 not called, 1 by density (clear on its own), 2 by
+    density beside a clear call, 3 by the DA-Net beside a clear call (when the card enables it)."""
     primary = density_calls(differences, rule.threshold_hu, rule.threshold_hu)
     pooled = density_calls(differences, rule.threshold_hu, rule.neighbour_threshold_hu)
     how = np.where(primary, 1, np.where(pooled, 2, 0))
     if rule.network_probability is not None:
-        assisted = network_calls(differences, probabilities, pooled, rule.network_probability,
+        assisted = network_calls(differences, probabilities, primary, rule.network_probability,
                                  rule.network_threshold_hu)
         how = np.where(how == 0, np.where(assisted, 3, 0), how)
     return how
 
 
-def network_calls(differences: np.ndarray, probabilities: np.ndarray, density: np.ndarray,
+def network_calls(differences: np.ndarray, probabilities: np.ndarray, clear: np.ndarray,
                   probability: float, threshold_hu: float) -> np.ndarray:
-    """Regions next to a density call (`density`, same side) that the DA-Net calls at `probability` and
-    that are at least `threshold_hu` darker than their mirror: the network's evidence where the
-    density already shows an infarct, never on its own."""
+    """Regions next to a clear density call (`clear`: the rule's first test, same side) that the DA-Net
+    calls at `probability` and that are at least `threshold_hu` darker than their mirror: the
+    network's evidence where the density already shows an infarct, never on its own."""
     darker = -np.nan_to_num(np.asarray(differences, float), nan=np.inf)
-    beside = np.einsum("rq,...qs->...rs", _ADJACENT, np.asarray(density).astype(np.int64)) > 0
-    return beside & ~density & (np.asarray(probabilities) >= probability) & (darker >= threshold_hu)
+    beside = np.einsum("rq,...qs->...rs", _ADJACENT, np.asarray(clear).astype(np.int64)) > 0
+    return beside & ~clear & (np.asarray(probabilities) >= probability) & (darker >= threshold_hu)
 
 
 _ADJACENT = np.array([[b in NEIGHBOURS[a] for b in REGION_NAMES] for a in REGION_NAMES], dtype=np.int64)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -82,6 +83,22 @@ def test_network_calls_use_the_thresholds_each_study_was_scored_with(monkeypatch
     assert calls[0].all() and not calls[1].any()
 
 
+def test_runtime_calls_use_the_rule_each_study_was_scored_with():
+    """A leave-one-out fold has its own rule (calibrated with its own DA-Net); its study is called by it."""
+    from runtime.modelcard import load_model_set
+    shipped = load_model_set().classify_density
+    truth = np.zeros((10, 2), bool)
+    diffs, p = np.zeros((10, 2)), np.full((10, 2), 0.05)
+    diffs[3, 0], diffs[5, 0], p[5, 0] = -2.5, -1.2, 0.9          # I clear; M2 beside it, p 0.9
+    strict = replace(shipped, network_probability=0.95, network_threshold_hu=1.0)
+    loose = replace(shipped, network_probability=0.6, network_threshold_hu=1.0)
+    rows = [replace(Scored(name, truth, p, diffs, np.zeros((10, 2), bool)), rule=rule)
+            for name, rule in (("strict", strict), ("loose", loose))]
+    scorer = SimpleNamespace(models=SimpleNamespace(classify_density=shipped, cards=()))
+    _, calls = method_scores(rows, "runtime", scorer)
+    assert not calls[0, 5, 0] and calls[1, 5, 0]
+
+
 def test_kept_studies_are_keyed_by_the_models_they_were_scored_with(scorer, tmp_path):
     """A kept synthetic study is reused only under the atlas and networks that scored it: labels from
     an earlier atlas once went unnoticed, and the rule's DA-Net hop reads the kept probabilities."""
@@ -130,7 +147,7 @@ def test_calibration_keeps_false_regions_per_study_below_the_limit():
     assert t2 == pytest.approx(0.5) or false_per_study(rule(t, t2 - 0.1)) > 0.1          # ... at the lowest one
     # The DA-Net's hop: within the limit, and finds the region beside the strokes that density misses.
     p_net, t_net = result["network_probability"], result["network_threshold_hu"]
-    calls = rule(t, t2) | network_calls(diffs, probs, rule(t, t2), p_net, t_net)
+    calls = rule(t, t2) | network_calls(diffs, probs, rule(t, t), p_net, t_net)
     assert false_per_study(calls) <= 0.1 and result["false_regions_per_study"] == pytest.approx(false_per_study(calls))
     assert result["sensitivity"] == pytest.approx(float(calls[truth].mean()))
     assert result["sensitivity"] > result["sensitivity_density_only"]

@@ -111,8 +111,8 @@ def _probabilities(**by_region_side) -> np.ndarray:
 
 
 def test_the_network_adds_one_hop_beside_a_density_call_and_never_alone():
-    """The DA-Net calls a region only beside a density call, when that region is also darker than its
-    mirror; it never extends its own calls and never calls a region the density does not darken."""
+    """The DA-Net calls a region only beside a clear density call, when that region is also darker
+    than its mirror; it never extends its own or the pooled calls, and never calls alone."""
     from dataclasses import replace
 
     from runtime.modelcard import load_model_set
@@ -128,6 +128,10 @@ def test_the_network_adds_one_hop_beside_a_density_call_and_never_alone():
     assert how == {"M6 left": "density", "M3 left": "density+network"}
     assert not rule_calls(diffs, probs, replace(rule, network_probability=None))[REGION_NAMES.index("M3"), 0]
     assert not rule_calls(diffs, _probabilities(M3_left=0.5), rule)[REGION_NAMES.index("M3"), 0]
+    # Beside a region called only through its neighbour (M2, pooled beside I): nothing, as for pooling.
+    pooled = rule_calls(_differences(I_left=-2.0, M2_left=-1.5, M5_left=-1.2), _probabilities(M5_left=0.99), rule)
+    assert [DECIDED_BY[v] for v in pooled[[3, 5, 8], 0]] == ["density", "density+neighbour", "density"]
+    assert not pooled[REGION_NAMES.index("M5"), 0]
 
 
 def test_calls_say_when_the_network_decided():
