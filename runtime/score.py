@@ -90,10 +90,9 @@ def make_calls(probabilities: dict[str, tuple[float, float]], assessable: dict[s
 def density_calls(differences: np.ndarray, threshold_hu: float, neighbour_threshold_hu: float) -> np.ndarray:
     """The density rule on (..., 10 regions, 2 sides) differences (NaN: not measurable): affected at
     <= -threshold_hu, or at <= -neighbour_threshold_hu next to a region affected by the first test."""
-    darker = -np.nan_to_num(np.asarray(differences, float), nan=np.inf)     # NaN: never darker
+    darker = _darker(differences)
     primary = darker >= threshold_hu
-    beside = np.einsum("rq,...qs->...rs", _ADJACENT, primary.astype(np.int64)) > 0
-    return primary | (beside & (darker >= neighbour_threshold_hu))
+    return primary | (_beside(primary) & (darker >= neighbour_threshold_hu))
 
 
 # How rule_calls' values read in a report (0, not called, is the density rule's answer too).
@@ -118,9 +117,19 @@ def network_calls(differences: np.ndarray, probabilities: np.ndarray, clear: np.
     """Regions next to a clear density call (`clear`: the rule's first test, same side) that the DA-Net
     calls at `probability` and that are at least `threshold_hu` darker than their mirror: the
     network's evidence where the density already shows an infarct, never on its own."""
-    darker = -np.nan_to_num(np.asarray(differences, float), nan=np.inf)
-    beside = np.einsum("rq,...qs->...rs", _ADJACENT, np.asarray(clear).astype(np.int64)) > 0
-    return beside & ~clear & (np.asarray(probabilities) >= probability) & (darker >= threshold_hu)
+    clear = np.asarray(clear, bool)
+    return (_beside(clear) & ~clear & (np.asarray(probabilities) >= probability)
+            & (_darker(differences) >= threshold_hu))
+
+
+def _darker(differences) -> np.ndarray:
+    """How much darker than the mirror twin (HU); NaN (not measurable) is never darker."""
+    return -np.nan_to_num(np.asarray(differences, float), nan=np.inf)
+
+
+def _beside(calls: np.ndarray) -> np.ndarray:
+    """(..., 10, 2): regions with a called neighbour on the same side (runtime.regions.NEIGHBOURS)."""
+    return np.einsum("rq,...qs->...rs", _ADJACENT, calls.astype(np.int64)) > 0
 
 
 _ADJACENT = np.array([[b in NEIGHBOURS[a] for b in REGION_NAMES] for a in REGION_NAMES], dtype=np.int64)

@@ -79,13 +79,18 @@ def test_tie_goes_to_the_side_with_stronger_evidence():
     assert isinstance(s.calls[0], RegionCall)
 
 
-def _differences(**by_region_side) -> np.ndarray:
-    """(10, 2) density differences, NaN-free zeros except the named ones, e.g. M2_left=-1.5."""
-    d = np.zeros((10, 2))
+def _table(fill: float, **by_region_side) -> np.ndarray:
+    """A (10, 2) region-side table at `fill` except the named entries, e.g. M2_left=-1.5."""
+    t = np.full((10, 2), fill)
     for key, v in by_region_side.items():
         name, side = key.rsplit("_", 1)
-        d[REGION_NAMES.index(name), ("left", "right").index(side)] = v
-    return d
+        t[REGION_NAMES.index(name), ("left", "right").index(side)] = v
+    return t
+
+
+def _differences(**by_region_side) -> np.ndarray:
+    """Density differences: zero (symmetric) except the named ones."""
+    return _table(0.0, **by_region_side)
 
 
 def test_density_rule_pools_evidence_over_neighbouring_regions():
@@ -103,11 +108,8 @@ def test_density_rule_pools_evidence_over_neighbouring_regions():
 
 
 def _probabilities(**by_region_side) -> np.ndarray:
-    p = np.full((10, 2), 0.05)
-    for key, v in by_region_side.items():
-        name, side = key.rsplit("_", 1)
-        p[REGION_NAMES.index(name), ("left", "right").index(side)] = v
-    return p
+    """DA-Net probabilities: 0.05 (unaffected) except the named ones."""
+    return _table(0.05, **by_region_side)
 
 
 def test_the_network_adds_one_hop_beside_a_density_call_and_never_alone():
