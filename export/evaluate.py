@@ -35,7 +35,7 @@ from runtime.modelcard import DEFAULT_MODEL_DIR, DensityRuleCard, update_card
 from runtime.read import read_study
 from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL, label_id
 from runtime.resample import ModelGrid, to_study_grid
-from runtime.score import aspects_of, density_calls, network_calls, rule_calls
+from runtime.score import DICHOTOMY_CUT, aspects_of, density_calls, network_calls, rule_calls
 from runtime.segment import segment
 
 from . import metrics as M
@@ -129,7 +129,7 @@ def region_table(evidence: np.ndarray, calls: np.ndarray, truth: np.ndarray) -> 
 
 def score_agreement(pred: np.ndarray, truth: np.ndarray) -> dict:
     pred, truth = np.asarray(pred, float), np.asarray(truth, float)
-    dich = M.confusion(pred <= 6, truth <= 6)    # "positive" = ASPECTS <= 6 (large infarct)
+    dich = M.confusion(pred <= DICHOTOMY_CUT, truth <= DICHOTOMY_CUT)    # "positive" = ASPECTS <= 6 (large infarct)
     return {"dichotomised_le6": dich, "mae": float(np.abs(pred - truth).mean()),
             "exact_agreement": float((pred == truth).mean()),
             "within_1": float((np.abs(pred - truth) <= 1).mean()),
@@ -169,8 +169,12 @@ def table_text(result: dict) -> str:
                          f"fn {row['fn']} tn {row['tn']})")
         sc = m["score"]
         d = sc["dichotomised_le6"]
-        lines.append(f"  dichotomised (<=6): accuracy {_f(d['accuracy'])} sensitivity {_f(d['sensitivity'])} "
-                     f"specificity {_f(d['specificity'])}")
+        lines.append(f"  dichotomised (<=6): accuracy {_f(d['accuracy'])} {_ci(d['accuracy_ci'])} sensitivity "
+                     f"{_f(d['sensitivity'])} {_ci(d['sensitivity_ci'])} specificity {_f(d['specificity'])} "
+                     f"{_ci(d['specificity_ci'])}")
+        a = m["regions"]["all"]
+        lines.append(f"  regions, all: sensitivity {_ci(a['sensitivity_ci'])} specificity {_ci(a['specificity_ci'])} "
+                     "(95 % Wilson)")
         lines.append(f"  score: MAE {sc['mae']:.2f}, exact {sc['exact_agreement']:.2f}, within 1 "
                      f"{sc['within_1']:.2f}, ICC {_f(sc['icc_2_1'])}, n {sc['n']}")
     if "dice" in result:
@@ -178,6 +182,12 @@ def table_text(result: dict) -> str:
         per = ", ".join(f"{k} {v:.2f}" for k, v in d["per_region"].items())
         lines.append(f"region Dice against {d.get('against', 'the reference')}: mean {d['mean']:.3f} "
                      f"(worst study {d['min_case']:.3f}); {per}")
+    if "by_lesion_contrast" in result:
+        lines.append("runtime by lesion contrast: studies, dichotomised right, region sensitivity (95 % Wilson)")
+        for band, b in result["by_lesion_contrast"].items():
+            lines.append(f"  {band:12s} {b['studies']:3d} {b['dichotomised_correct']:3d} "
+                         f"{_ci(b['dichotomised_accuracy_ci'])}  {_f(b['region_sensitivity'])} "
+                         f"{_ci(b['region_sensitivity_ci'])}")
     for study, v in result["studies"].items():
         lines.append(f"  {study}: true {v['true']} auto {v['auto']}")
     return "\n".join(lines)
@@ -185,6 +195,11 @@ def table_text(result: dict) -> str:
 
 def _f(v: float) -> str:
     return "  n/a" if v is None or np.isnan(v) else f"{v:5.3f}"
+
+
+def _ci(interval) -> str:
+    lo, hi = interval
+    return "[n/a]" if np.isnan(lo) else f"[{lo:.2f}-{hi:.2f}]"
 
 
 def plots(pred: np.ndarray, truth: np.ndarray, out: Path, title: str) -> None:
@@ -317,11 +332,39 @@ def in_expert_regions(rows: list[Scored], shared: Path, atlas_npz: Path) -> list
     regions = synth.expert_regions(phantom, atlas_npz)
     out = []
     for row in rows:
-        seed = int(row.study.rsplit("_", 1)[1])
-        case = synth.make_case(phantom, synth.draw_spec(seed, pose="scanner"))
+        case = synth.make_case(phantom, synth.draw_spec(_seed(row), pose="scanner"))
         truth = synth.truth_in_regions(case.core, regions)
         out.append(replace(row, truth=np.array([truth[r][0] for r in REGION_NAMES])))
     return out
+
+
+CONTRAST_BANDS = (("no lesion", 0.0, 0.0), ("drop < 2 HU", 0.0, 2.0), ("drop 2-4 HU", 2.0, 4.0),
+                  ("drop 4-8 HU", 4.0, 8.0))
+
+
+def by_lesion_contrast(rows: list[Scored], scorer: CpuScorer) -> dict:
+    """The runtime on synthetic studies grouped by their lesion's drop (the generator draws 1-8 HU):
+    where its detection limit sits. A band's region sensitivity counts its affected region-sides."""
+    from . import synth
+    _, calls = method_scores(rows, "runtime", scorer)
+    truth = np.array([r.truth for r in rows]).astype(bool)
+    auto, true = aspects_of(calls), aspects_of(truth)
+    drops = np.array([max((lesion.drop_hu for lesion in synth.draw_spec(_seed(r), pose="scanner").lesions),
+                          default=0.0) for r in rows])
+    out = {}
+    for name, lo, hi in CONTRAST_BANDS:
+        pick = drops == 0 if hi == 0 else (drops > lo) & (drops <= hi)
+        hits, total = int((calls[pick] & truth[pick]).sum()), int(truth[pick].sum())
+        right = int(((auto[pick] <= DICHOTOMY_CUT) == (true[pick] <= DICHOTOMY_CUT)).sum())
+        out[name] = {"studies": int(pick.sum()), "dichotomised_correct": right,
+                     "dichotomised_accuracy_ci": M.wilson(right, int(pick.sum())),
+                     "region_sensitivity": hits / total if total else float("nan"),
+                     "region_sensitivity_ci": M.wilson(hits, total)}
+    return out
+
+
+def _seed(row: Scored) -> int:
+    return int(row.study.rsplit("_", 1)[1])
 
 
 def models_fingerprint(scorer: CpuScorer) -> str:
@@ -487,6 +530,7 @@ def headline(result: dict) -> dict:
         out[method] = {**{g: {k: _r(regions[g][k]) for k in ("sensitivity", "specificity", "auc")}
                           for g in ("subcortical", "cortical", "all")},
                        "dichotomised_accuracy": _r(sc["dichotomised_le6"]["accuracy"]),
+                       "dichotomised_accuracy_ci": [_r(v) for v in sc["dichotomised_le6"]["accuracy_ci"]],
                        "dichotomised_specificity": _r(sc["dichotomised_le6"]["specificity"]),
                        "mae": _r(sc["mae"]), "within_1": _r(sc["within_1"]), "icc": _r(sc["icc_2_1"])}
     if result.get("studies"):      # scores only: the per-region evidence stays in metrics.json
@@ -548,6 +592,7 @@ def main(argv=None) -> None:
         if args.truth == "expert":
             rows = in_expert_regions(rows, args.shared, args.models / "region_atlas.npz")
         result = summarise(rows, scorer, dice_against="the synthetic ground truth (MNI atlas regions), every slice")
+        result["by_lesion_contrast"] = by_lesion_contrast(rows, scorer)
     else:
         rows = real_studies(args.data or args.shared / "real", args.reads, args.label_order, scorer, args.loo,
                             args.shared, args.fold_models)

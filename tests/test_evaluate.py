@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from export.evaluate import Scored, calibrate, method_scores, summarise, table_text
+from export.evaluate import Scored, by_lesion_contrast, calibrate, method_scores, summarise, table_text
 from export.realdata import DEV_SET, load_label_order, load_reads
 from runtime.regions import REGION_NAMES, SUBCORTICAL, label_id
 from runtime.score import density_calls, network_calls
@@ -69,6 +69,28 @@ def test_summary_metrics_are_the_papers(monkeypatch):
     assert net["score"]["mae"] == pytest.approx(1 / 3) and net["score"]["within_1"] == 1.0
     assert net["score"]["dichotomised_le6"]["accuracy"] == 1.0
     assert "dichotomised (<=6)" in table_text(result)
+
+
+def test_synthetic_studies_are_grouped_by_their_lesions_drop(monkeypatch):
+    from export import synth
+    monkeypatch.setattr("export.evaluate._threshold", lambda scorer, region: 0.5)
+
+    def drop(seed):
+        return max((x.drop_hu for x in synth.draw_spec(seed, pose="scanner").lesions), default=0.0)
+
+    seeds = range(200_000, 200_100)
+    none = next(s for s in seeds if drop(s) == 0)
+    faint = next(s for s in seeds if 0 < drop(s) <= 2)
+    clear = next(s for s in seeds if drop(s) > 4)
+    rows = [_row(f"synthetic_{none}", [], []),
+            _row(f"synthetic_{faint}", range(5), [0]),       # ASPECTS 5 scored 9: wrong side of the cut
+            _row(f"synthetic_{clear}", range(4), range(4))]
+    bands = by_lesion_contrast(rows, _Scorer())
+    assert bands["no lesion"]["studies"] == 1 and bands["no lesion"]["dichotomised_correct"] == 1
+    assert bands["drop < 2 HU"]["dichotomised_correct"] == 0
+    assert bands["drop < 2 HU"]["region_sensitivity"] == pytest.approx(1 / 5)
+    assert bands["drop 4-8 HU"]["region_sensitivity"] == 1.0 and bands["drop 2-4 HU"]["studies"] == 0
+    assert "drop < 2 HU" in table_text({**summarise(rows, _Scorer()), "by_lesion_contrast": bands})
 
 
 def test_network_calls_use_the_thresholds_each_study_was_scored_with(monkeypatch):

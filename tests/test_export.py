@@ -105,6 +105,16 @@ def test_metrics_against_hand_computed_values():
     assert M.spearman(a, 2 * a) == pytest.approx(1.0)
 
 
+def test_wilson_interval_against_published_values():
+    # 21 of 24 (the synthetic held-out dichotomy) and 0 of 10: Newcombe (1998), method 3.
+    assert M.wilson(21, 24) == pytest.approx((0.690, 0.957), abs=1e-3)
+    assert M.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert M.wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert all(np.isnan(M.wilson(0, 0)))
+    c = M.confusion(np.array([True, True, False]), np.array([True, False, False]))
+    assert c["sensitivity_ci"] == M.wilson(1, 1) and c["accuracy_ci"] == M.wilson(2, 3)
+
+
 def test_ctp_rule_marks_regions_with_core_over_ten_percent():
     from export.ctp_label import region_labels
     from runtime.regions import label_id
