@@ -67,7 +67,7 @@ def map_in_template_space(read: Read, order: dict[int, int], template: sitk.Imag
     alignment = align(study)
     prep = preprocess(study, alignment, spec, window)
     transform = register(registration_image(prep), template)
-    expert = read_expert_map(read.map, order)
+    expert = read_expert_map(read.expert_map(), order)
     on_grid = resample(study, alignment, prep.grid, volume=expert, nearest=True)
     moving = grid_image(on_grid, prep.grid.spacing, prep.grid.origin)
     out = sitk.Resample(moving, label_reference(), transform.GetInverse(), sitk.sitkNearestNeighbor, 0,
@@ -121,8 +121,8 @@ def write_atlas(out: Path, arrays: dict, reads: list[Read], shared: Path, metric
         "template": {"source": "Rorden's CT template, unsmoothed, skull-stripped, HU (neurolabusc/Clinical, "
                                "BSD-2; as redistributed in muschellij2/ichseg)", "spacing_mm": TEMPLATE_MM,
                      "sha256_source": hashlib.sha256((shared / TEMPLATE_FILE).read_bytes()).hexdigest()},
-        "training": {"expert_maps": [{"study": r.study, "image": r.image.name, "map": r.map.name,
-                                      "sha256": file_sha256(r.map)} for r in reads],
+        "training": {"expert_maps": [{"study": r.study, "image": r.image.name, "map": r.expert_map().name,
+                                      "sha256": file_sha256(r.expert_map())} for r in reads],
                      "source": "public release simonsf/ct-aspects (data/): real NCCT with expert region maps "
                                "on the two ASPECTS levels; maps mirrored left <-> right",
                      "label_spacing_mm": LABEL_MM},

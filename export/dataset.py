@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.patches import build_batch
+from runtime.patches import build_batch, host_pairs
 from runtime.preprocess import preprocess_grid
 from runtime.regions import REGION_NAMES
 from runtime.resample import ModelGrid, slab_plan
@@ -61,6 +61,8 @@ def make_one(seed: int, shared: Path, out_dir: Path) -> dict:
     case = synth.make_case(phantom, spec)
     a1, shape1 = model_space_grid(spec, phantom_centre(phantom), FINE_STRIDE)
     hu1, labels1 = synth.render(phantom, case, a1, shape1, noise=False, slab_mm=a1[2, 2])
+    if labels1 is None:
+        raise ValueError("synth.render drew no labels")
     # Core mask in model space, for the CAM attention loss.
     core1, _ = synth.render(phantom, synth.Case(spec, case.affected, case.core_fraction,
                                                 case.core.astype(np.float32), case.core), a1, shape1,
@@ -73,13 +75,13 @@ def make_one(seed: int, shared: Path, out_dir: Path) -> dict:
     image05 = preprocess_grid(hu05, grid05, WINDOW).image
     labels05 = labels1.repeat(2, axis=1).repeat(2, axis=2)
     hypo05 = ((core1 > 0.5) & (hu1 >= 0) & (hu1 < 70)).repeat(2, axis=1).repeat(2, axis=2)
-    batch = build_batch(image05, labels05, REGION_NAMES, CLASSIFIER_CROP)
-    hypo = build_batch(hypo05.astype(np.float32), labels05, REGION_NAMES, CLASSIFIER_CROP)
+    pairs = host_pairs(build_batch(image05, labels05, REGION_NAMES, CLASSIFIER_CROP))
+    hypo = host_pairs(build_batch(hypo05.astype(np.float32), labels05, REGION_NAMES, CLASSIFIER_CROP))
     image1 = block_mean(image05, 2)
     affected = np.array([case.affected[r] for r in REGION_NAMES], bool)          # (10, 2) left, right
     np.savez_compressed(
         out_dir / f"case_{seed:05d}.npz", image1=image1.astype(np.float16), labels1=labels1,
-        pairs=batch.pairs.astype(np.float16), hypo=(hypo.pairs[:, :, 0] > 0.5), affected=affected,
+        pairs=pairs.astype(np.float16), hypo=(hypo[:, :, 0] > 0.5), affected=affected,
         fractions=np.array([case.core_fraction[r] for r in REGION_NAMES], np.float32))
     return {"seed": seed, "aspects": case.aspects, "affected": affected.sum(axis=0).tolist(),
             "slice_mm": spec.slice_mm}

@@ -87,24 +87,20 @@ def scored(study: str, res, truth: np.ndarray, dice=None, dice_regions=None) -> 
 
 def method_scores(rows: list[Scored], method: str, scorer: CpuScorer) -> tuple[np.ndarray, np.ndarray]:
     """(continuous evidence, calls), each (studies, 10, 2), for one method."""
-    if method == "runtime" and _by_network(scorer):     # no density rule: the network decides alone
-        return method_scores(rows, "network", scorer)
+    rule = scorer.models.classify_density
     if method == "network":
         default = np.array([_threshold(scorer, n) for n in REGION_NAMES])
         thr = np.array([default if r.network_threshold is None else r.network_threshold for r in rows])[:, :, None]
         ev = np.array([r.probability for r in rows])
         return ev, ev >= thr
-    rule = scorer.models.classify_density
     diffs = np.array([r.difference_hu for r in rows])
     if method == "runtime":      # the rule with the DA-Net's hop, each study's own (a fold's) where it has one
+        if rule is None:         # a model set without a rule: the network decides alone
+            return method_scores(rows, "network", scorer)
         return -np.nan_to_num(diffs), np.array([rule_calls(r.difference_hu, r.probability, r.rule or rule) > 0
                                                 for r in rows])
     t, t2 = (rule.threshold_hu, rule.neighbour_threshold_hu) if rule else (2.0, 2.0)
     return -np.nan_to_num(diffs), density_calls(diffs, t, t2)
-
-
-def _by_network(scorer: CpuScorer) -> bool:
-    return scorer.models.classify_density is None
 
 
 def _evidence(row: Scored) -> dict:
@@ -142,7 +138,7 @@ def summarise(rows: list[Scored], scorer: CpuScorer, dice_against: str = "the ex
               ) -> dict:
     truth = np.array([r.truth for r in rows])
     true_scores = aspects_of(truth)
-    out = {"cases": len(rows), "methods": {}}
+    out: dict = {"cases": len(rows), "methods": {}}
     for method in METHODS:
         ev, calls = method_scores(rows, method, scorer)
         auto = aspects_of(calls)
@@ -265,12 +261,12 @@ def eval_cases(data: Path, scorer: CpuScorer) -> dict:
                     eng.card.outputs[0].name]
             probs.append(p)
             truths.append(d["affected"])
-    probs, truths = np.array(probs), np.array(truths)
+    p_all, t_all = np.array(probs), np.array(truths)
     thr = np.array([_threshold(scorer, n) for n in REGION_NAMES])[None, :, None]
-    calls = probs >= thr
-    auto, true = aspects_of(calls), aspects_of(truths)
+    calls = p_all >= thr
+    auto, true = aspects_of(calls), aspects_of(t_all)
     return {"cases": len(files), "dice": dice_summary(dices, "the synthetic ground truth (model space, every slice)"),
-            "methods": {"network": {"regions": region_table(probs, calls, truths),
+            "methods": {"network": {"regions": region_table(p_all, calls, t_all),
                                     "score": score_agreement(auto, true), "scores": auto.tolist()}},
             "studies": {}, "_pred": auto.tolist(), "_true": true.tolist()}
 
@@ -416,7 +412,9 @@ def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: 
     that subject, e.g. export/train_realtex.sh); a subject without one is scored by `scorer`."""
     reads = load_reads(reads_csv, data)
     order = load_label_order(label_order) if label_order else None
-    folds = atlas_folds(reads, order, scorer, shared) if loo else {}
+    if loo and order is None:
+        raise SystemExit("error: --loo builds its atlases from the expert maps: it needs their label-order file")
+    folds = atlas_folds(reads, order, scorer, shared) if loo and order is not None else {}
     scorers = fold_scorers(reads, fold_models, scorer)
     rows = []
     for read in reads:
@@ -440,8 +438,10 @@ def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: 
 
 def fold_scorers(reads, fold_models: str | None, scorer: CpuScorer) -> dict[str, CpuScorer]:
     """A scorer per subject from `fold_models` ('{subject}' in the path), where that folder exists."""
+    if not fold_models:
+        return {}
     scorers = {}
-    for subject in sorted({r.subject for r in reads}) if fold_models else ():
+    for subject in sorted({r.subject for r in reads}):
         folder = Path(fold_models.format(subject=subject))
         if folder.is_dir():
             scorers[subject] = CpuScorer(folder, threads=scorer.threads)

@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.align import align
-from runtime.patches import build_batch
+from runtime.patches import build_batch, host_pairs
 from runtime.preprocess import preprocess
 from runtime.read import read_study
 from runtime.regions import REGION_NAMES
@@ -51,15 +51,15 @@ def ingest_case(folder: Path) -> dict:
     prep = preprocess(study, alignment, grid_spec(), WINDOW)
     hu, image = prep.hu, prep.image
     labels = resample(study, alignment, prep.grid, volume=regions, nearest=True).astype(np.uint8)
-    batch = build_batch(image, labels, REGION_NAMES, CLASSIFIER_CROP)
+    pairs = host_pairs(build_batch(image, labels, REGION_NAMES, CLASSIFIER_CROP))
     hypodense = ((hu >= HYPODENSE_HU[0]) & (hu < HYPODENSE_HU[1])).astype(np.float32)
-    hypo = build_batch(hypodense, labels, REGION_NAMES, CLASSIFIER_CROP).pairs[:, :, 0] > 0.5
+    hypo = host_pairs(build_batch(hypodense, labels, REGION_NAMES, CLASSIFIER_CROP))[:, :, 0] > 0.5
     affected = np.array([[f"left {r}" in affected_names, f"right {r}" in affected_names] for r in REGION_NAMES])
-    hypo &= batch.pairs[:, :, 1] > 0.5
+    hypo &= pairs[:, :, 1] > 0.5
     hypo &= affected[:, :, None, None, None]
     f = FINE_STRIDE
     return {"image1": block_mean(image, f).astype(np.float16),
-            "labels1": labels[:, f // 2::f, f // 2::f], "pairs": batch.pairs.astype(np.float16), "hypo": hypo,
+            "labels1": labels[:, f // 2::f, f // 2::f], "pairs": pairs.astype(np.float16), "hypo": hypo,
             "affected": affected, "fractions": np.full((10, 2), np.nan, np.float32)}
 
 

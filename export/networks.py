@@ -17,6 +17,7 @@ sizes (VB-Net 16..256 channels, DA-Net ~3.9 M parameters) for GPU use.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -106,8 +107,9 @@ class VBNet(nn.Module):
             skips.append(x)
         skips.pop()
         for up in self.ups:
-            x = up["up"](x)
-            x = up["fuse"](torch.cat([x, skips.pop()], dim=1))
+            step = cast(nn.ModuleDict, up)
+            x = step["up"](x)
+            x = step["fuse"](torch.cat([x, skips.pop()], dim=1))
         return self.head(x)
 
 

@@ -38,6 +38,12 @@ class Read:
     side: str | None
     affected: frozenset[str]
 
+    def expert_map(self) -> Path:
+        """The region map, for a read that has one (callers pick those by `map`)."""
+        if self.map is None:
+            raise ValueError(f"study {self.study} has no expert region map")
+        return self.map
+
     def truth(self) -> np.ndarray:
         """(10 regions, 2 sides [left, right]) affected flags."""
         out = np.zeros((len(REGION_NAMES), len(SIDES)), bool)

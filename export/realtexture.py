@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from runtime.cpu import CpuScorer
-from runtime.patches import build_batch
+from runtime.patches import build_batch, host_pairs
 from runtime.regions import NEIGHBOURS, REGION_NAMES, SIDES, label_id
 from runtime.resample import window
 from runtime.strip import brain_mask
@@ -122,11 +122,10 @@ def make_case(bg: Background, seed: int, out_dir: Path) -> dict:
     rng = np.random.default_rng(seed)
     hu, core, truth = insert_lesion(bg, rng)
     image = window(hu, bg.brain, *WINDOW)
-    batch = build_batch(image, bg.labels, REGION_NAMES, CLASSIFIER_CROP)
-    hypo = build_batch(core.astype(np.float32), bg.labels, REGION_NAMES, CLASSIFIER_CROP)
-    assert batch.pairs is not None and hypo.pairs is not None      # built on the host
+    pairs = host_pairs(build_batch(image, bg.labels, REGION_NAMES, CLASSIFIER_CROP))
+    hypo = host_pairs(build_batch(core.astype(np.float32), bg.labels, REGION_NAMES, CLASSIFIER_CROP))
     tmp = out_dir / f"case_{seed:06d}.tmp.npz"
-    np.savez_compressed(tmp, pairs=batch.pairs.astype(np.float16), hypo=hypo.pairs[:, :, 0] > 0.5, affected=truth)
+    np.savez_compressed(tmp, pairs=pairs.astype(np.float16), hypo=hypo[:, :, 0] > 0.5, affected=truth)
     tmp.replace(out_dir / f"case_{seed:06d}.npz")
     return {"seed": seed, "background": bg.name, "affected": truth.sum(axis=0).tolist()}
 

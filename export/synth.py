@@ -301,7 +301,7 @@ def render(phantom: Phantom, case: Case, index_to_world: np.ndarray, shape: tupl
             idx = _to_phantom_index(world + off * slab_dir, world_to_canon, canon_to_index, warp)
             acc += ndimage.map_coordinates(case.hu, idx, order=1, mode="constant", cval=-1000.0)
         hu[k] = (acc / len(offsets)).reshape(ny, nx)
-        if with_labels:
+        if labels is not None:
             idx = _to_phantom_index(world, world_to_canon, canon_to_index, warp)
             labels[k] = ndimage.map_coordinates(phantom.labels, idx, order=0, mode="constant").reshape(ny, nx)
     if noise:

@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime.modelcard import CardDraft, ClassifierPart, SegmenterPart
+from runtime.modelcard import CardDraft, ClassifierPart, ModelCard, SegmenterPart
 from runtime.regions import (
     CORTICAL,
     REGION_LABELS,
@@ -107,7 +108,7 @@ def _log(run_log: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _checkpoint(model: torch.nn.Module, out_dir: Path, stem: str, history: list[dict]) -> dict:
+def _checkpoint(model: VBNet | DANet, out_dir: Path, stem: str, history: list[dict]) -> dict:
     """PyTorch weights beside the ONNX files: the GPU benchmark's reference models and the start
     of a continued training phase. `history` is every phase that led to them, oldest first."""
     path = out_dir / CHECKPOINT_DIR / f"{stem}.pt"
@@ -116,7 +117,7 @@ def _checkpoint(model: torch.nn.Module, out_dir: Path, stem: str, history: list[
     return {"file": f"{CHECKPOINT_DIR}/{path.name}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
-def _initial_weights(model: torch.nn.Module, init: Path | None) -> list[dict]:
+def _initial_weights(model: VBNet | DANet, init: Path | None) -> list[dict]:
     """Continue from a checkpoint of the same architecture; returns its training history."""
     if init is None:
         return []
@@ -195,7 +196,8 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes=REGION_LABELS) -
 
 
 def train_segmenter(stage: str, cases: list[dict], val: list[dict], cfg: TrainConfig, paper: bool,
-                    out_dir: Path, run_log: Path, init: Path | None = None, provenance: str = PROVENANCE) -> dict:
+                    out_dir: Path, run_log: Path, init: Path | None = None, provenance: str = PROVENANCE
+                    ) -> ModelCard:
     set_seed(cfg.seed, cfg.threads)
     arch = VBNET_PAPER if paper else VBNET_CPU
     model = VBNet(arch)
@@ -282,7 +284,8 @@ def danet_losses(prob, cam, y, hypo, pos_weight: float):
 
 
 def train_classifier(group: str, cases: list[dict], val: list[dict], cfg: TrainConfig, paper: bool,
-                     out_dir: Path, run_log: Path, init: Path | None = None, provenance: str = PROVENANCE) -> dict:
+                     out_dir: Path, run_log: Path, init: Path | None = None, provenance: str = PROVENANCE
+                     ) -> ModelCard:
     set_seed(cfg.seed, cfg.threads)
     region_idx = CORTICAL if group == "cortical" else SUBCORTICAL
     arch = DANET_PAPER if paper else DANET_CPU
@@ -364,6 +367,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     run_log = args.out / "training_log.jsonl"
     args.out.mkdir(parents=True, exist_ok=True)
+    train_fn: Callable[..., ModelCard]
     if args.what == "segment":
         cfg = TrainConfig(iterations=args.iterations or 1000, lr=args.lr or 4e-3, batch=1)
         cases = load_cases(args.data, ("image1", "labels1"))

@@ -27,6 +27,13 @@ class PatchBatch:
     crop: tuple[int, int, int]                # (z, y, x) size of every crop
 
 
+def host_pairs(batch: PatchBatch) -> np.ndarray:
+    """The crop pairs of a batch built here by build_batch (only the GPU path leaves them out)."""
+    if batch.pairs is None:
+        raise ValueError("this batch's crop pairs stayed on the GPU")
+    return batch.pairs
+
+
 def build_batch(image: np.ndarray, labels: np.ndarray, regions: tuple[str, ...],
                 crop: tuple[int, int, int]) -> PatchBatch:
     """`image`: windowed model-grid volume; `labels`: model-grid region labels."""
