@@ -339,8 +339,8 @@ CONTRAST_BANDS = (("no lesion", 0.0, 0.0), ("drop < 2 HU", 0.0, 2.0), ("drop 2-4
 
 
 def by_lesion_contrast(rows: list[Scored], scorer: CpuScorer) -> dict:
-    """The runtime on synthetic studies grouped by their lesion's drop (the generator draws 1-8 HU):
-    where its detection limit sits. A band's region sensitivity counts its affected region-sides."""
+    """The runtime on synthetic studies grouped by their strongest lesion's drop (the generator draws
+    1-8 HU): where its detection limit sits. A band's region sensitivity counts its affected region-sides."""
     from . import synth
     _, calls = method_scores(rows, "runtime", scorer)
     truth = np.array([r.truth for r in rows]).astype(bool)
