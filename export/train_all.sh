@@ -28,8 +28,9 @@ bash export/train_realtex.sh "$SHARED" sub002 sub003 sub005 all
 cp build/realtex/models_all/danet_* build/realtex/models_all/training_log.jsonl engines/
 cp build/realtex/models_all/pytorch/danet_* engines/pytorch/
 python -m export.manifest engines
-# the rule's four values (40 synthetic scanner-pose studies, about 10 minutes), then every evaluation
-python -m export.evaluate calibrate --shared "$SHARED" --models engines --n 40
+# the rule's four values (40 synthetic scanner-pose studies, about 10 minutes; 60 more that only check
+# them, about 15), then every evaluation
+python -m export.evaluate calibrate --shared "$SHARED" --models engines --n 40 --check 60
 # each leave-one-out folder's rule calibrated the same way with its own DA-Net (about 10 minutes each)
 for S in sub002 sub003 sub005; do
   python -m export.evaluate calibrate --shared "$SHARED" --models "build/realtex/models_$S" --n 40 \

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from export.evaluate import Scored, by_lesion_contrast, calibrate, method_scores, summarise, table_text
+from export.evaluate import Scored, by_lesion_contrast, calibrate, method_scores, rule_check, summarise, table_text
 from export.realdata import DEV_SET, load_label_order, load_reads
 from runtime.regions import REGION_NAMES, SUBCORTICAL, label_id
 from runtime.score import density_calls, network_calls
@@ -119,6 +119,24 @@ def test_runtime_calls_use_the_rule_each_study_was_scored_with():
     scorer = SimpleNamespace(models=SimpleNamespace(classify_density=shipped, cards=()))
     _, calls = method_scores(rows, "runtime", scorer)
     assert not calls[0, 5, 0] and calls[1, 5, 0]
+
+
+def test_rule_check_counts_the_calibrated_rules_calls_on_further_studies():
+    from runtime.modelcard import load_model_set
+    rule = replace(load_model_set().classify_density, threshold_hu=2.0, neighbour_threshold_hu=2.0,
+                   network_probability=None)
+    p = np.zeros((10, 2))
+    normal = np.zeros((10, 2))
+    normal[0, 1] = -2.5                                             # right C: a false region
+    stroke = np.zeros((10, 2))
+    stroke[[2, 3, 5, 6], 0] = -3.0                                 # four left regions: ASPECTS 6
+    truth = np.zeros((10, 2), bool)
+    truth[[2, 3, 5, 6, 7], 0] = True                                # five affected: ASPECTS 5
+    rows = [Scored("normal", np.zeros((10, 2), bool), p, normal, np.zeros((10, 2), bool)),
+            Scored("stroke", truth, p, stroke, np.zeros((10, 2), bool))]
+    check = rule_check(rows, rule)
+    assert check["false_regions_per_study"] == 0.5 and check["sensitivity"] == 0.8
+    assert check["dichotomised_accuracy"] == 1.0 and check["mae"] == 1.0 and check["studies"] == 2   # 9 v 10, 6 v 5
 
 
 def test_kept_studies_are_keyed_by_the_models_they_were_scored_with(scorer, tmp_path):
