@@ -13,6 +13,7 @@ from .engine import CPU_ENGINES
 from .errors import AspectsError, DeviceUnavailable, UsageError
 from .logs import configure_logging, quiet_native_stderr
 from .modelcard import DEFAULT_MODEL_DIR, load_model_set
+from .score import BORDERLINE_HU, BORDERLINE_LOGIT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,6 +222,11 @@ def _print_result(result, paths) -> None:
     side = f" ({s.symptomatic_side} hemisphere)" if s.symptomatic_side else ""
     print(f"ASPECTS {s.aspects}{side}: {'>6' if s.above_cut else '<=6'}; "
           f"affected: {', '.join(s.affected) or 'none'}")
+    near = [c for c in s.calls if c.borderline]
+    if near:
+        names = ", ".join(f"{c.side} {c.region} ({'called' if c.affected else 'not called'})" for c in near)
+        print(f"borderline (the call flips within {BORDERLINE_HU} HU or {BORDERLINE_LOGIT} in the DA-Net's "
+              f"logit): {names}")
     for w in result.warnings:
         print(f"warning: {w}")
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings)

@@ -214,12 +214,16 @@ def make_sr(result: StudyResult):
             measurements.append(hd.sr.Measurement(
                 name=hd.sr.CodedConcept("ASPECTS-P", "99ASPECTSRT", "DA-Net probability of ischemia"),
                 value=float(c.probability), unit=hd.sr.CodedConcept("1", "UCUM", "no units")))
-        evaluation = hd.sr.QualitativeEvaluation(
-            name=hd.sr.CodedConcept("ASPECTS-AFF", "99ASPECTSRT", "Early ischemic change"),
-            value=codes.SCT.Yes if c.affected else codes.SCT.No)
+        evaluations = [
+            hd.sr.QualitativeEvaluation(
+                name=hd.sr.CodedConcept("ASPECTS-AFF", "99ASPECTSRT", "Early ischemic change"),
+                value=codes.SCT.Yes if c.affected else codes.SCT.No),
+            hd.sr.QualitativeEvaluation(      # runtime.score.borderline_calls
+                name=hd.sr.CodedConcept("ASPECTS-BL", "99ASPECTSRT", "Borderline call"),
+                value=codes.SCT.Yes if c.borderline else codes.SCT.No)]
         region_groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking, measurements=measurements or None,
-            qualitative_evaluations=[evaluation],
+            qualitative_evaluations=evaluations,
             finding_type=codes.SCT.Brain, finding_sites=[hd.sr.FindingSite(
                 anatomic_location=hd.sr.CodedConcept(f"ASPECTS-{c.region}", "99ASPECTSRT", f"{c.region}"),
                 laterality=codes.SCT.Left if c.side == "left" else codes.SCT.Right)]))

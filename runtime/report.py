@@ -31,6 +31,7 @@ from .errors import UsageError
 from .output import OutputFolder
 from .regions import REGION_NAMES, SUBCORTICAL, SUPRAGANGLIONIC, is_region, label_id
 from .result import StudyResult
+from .score import BORDERLINE_HU
 
 OUTPUTS = ("json", "png", "seg", "sr", "sc")
 FILES = {"json": ("report.json",), "png": ("ganglionic.png", "supraganglionic.png"), "seg": ("seg.dcm",),
@@ -141,7 +142,7 @@ def report_dict(result: StudyResult, images: dict) -> dict:
         "dichotomised": ">6" if s.above_cut else "<=6",
         "affected_regions": list(s.affected),
         "regions": [{"region": c.region, "side": c.side, "affected": c.affected, "assessed": c.assessed,
-                     "decided_by": c.decided_by,
+                     "decided_by": c.decided_by, "borderline": c.borderline,
                      "density_difference_hu": c.difference_hu, "hypodense_ml": c.hypodense_ml,
                      "probability": None if c.probability is None else round(c.probability, 4),
                      "crop_origin_zyx": _crop_origin(result, c.region, c.side)}
@@ -197,6 +198,7 @@ def render_slice(result: StudyResult, z: int, level: str, source: int | None = N
     heat *= is_region(labels)
     rgb = rgb * (1 - 0.6 * heat[..., None]) + HEAT_RGB * (0.6 * heat[..., None])
     affected = {(c.region, c.side) for c in result.score.calls if c.affected}
+    borderline = {(c.region, c.side) for c in result.score.calls if c.borderline}
     names = []
     for r, name in enumerate(REGION_NAMES):
         for side in ("left", "right"):
@@ -208,7 +210,7 @@ def render_slice(result: StudyResult, z: int, level: str, source: int | None = N
             edge = mask & ~ndimage.binary_erosion(mask, iterations=2)
             rgb[edge] = PALETTE[r]
             cy, cx = np.argwhere(mask).mean(axis=0)
-            names.append((name, cx, cy, (name, side) in affected))
+            names.append((name + ("?" if (name, side) in borderline else ""), cx, cy, (name, side) in affected))
     img = Image.fromarray(rgb.astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
     font = _font(14)
@@ -230,6 +232,9 @@ def render_slice(result: StudyResult, z: int, level: str, source: int | None = N
               stroke_fill=(0, 0, 0))
     draw.text((8, h - 66), f"yellow: tissue {HEAT_HU[0]:.0f}-{HEAT_HU[1]:.0f}+ HU darker than its mirror",
               fill=(255, 230, 0), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+    if borderline:
+        draw.text((8, h - 88), f"?: borderline, the call flips within {BORDERLINE_HU} HU", fill=(255, 255, 255),
+                  font=font, stroke_width=2, stroke_fill=(0, 0, 0))
     draw.text((8, h - 22), "research use only - not for clinical decisions", fill=(200, 200, 200), font=font,
               stroke_width=2, stroke_fill=(0, 0, 0))
     return img

@@ -27,6 +27,12 @@ from .modelcard import DensityRuleCard
 from .regions import N_REGIONS, NEIGHBOURS, REGION_NAMES, SIDES
 
 DICHOTOMY_CUT = 6
+# How far the same head's evidence moves when it is encoded or cut differently: re-slicing a 12-degree
+# gantry-tilted series moved region differences by up to 0.22 HU and one DA-Net probability from 0.59
+# to 0.83, 1.2 in logit (tests/test_hostile.py). A call that flips within these margins is borderline.
+# The probability's margin is in logit: a network output near 0.99 moves far less than one near 0.6.
+BORDERLINE_HU = 0.3
+BORDERLINE_LOGIT = 1.25
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class RegionCall:
     difference_hu: float | None = None   # mean HU minus the mirror twin's (runtime.density)
     hypodense_ml: float | None = None
     decided_by: str = "network"      # "density", "density+neighbour", "density+network" or "network"
+    borderline: bool = False         # the call flips within BORDERLINE_HU / BORDERLINE_LOGIT
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,10 @@ class Score:
         return tuple(f"{c.side} {c.region}" for c in self.calls if c.affected)
 
     @property
+    def borderline(self) -> tuple[str, ...]:
+        return tuple(f"{c.side} {c.region}" for c in self.calls if c.borderline)
+
+    @property
     def not_assessed(self) -> tuple[str, ...]:
         return tuple(f"{c.side} {c.region}" for c in self.calls if not c.assessed)
 
@@ -69,6 +80,7 @@ def make_calls(probabilities: dict[str, tuple[float, float]], assessable: dict[s
         diffs = np.where(located, difference_table(densities), np.nan)      # NaN: not found or not measurable
         p_table = np.array([probabilities[n] for n in REGION_NAMES], float)
         how_table = rule_calls(diffs, p_table, rule)
+        near_table = borderline_calls(diffs, p_table, rule)
     calls = []
     for r, name in enumerate(REGION_NAMES):
         for s, side in enumerate(SIDES):
@@ -79,11 +91,12 @@ def make_calls(probabilities: dict[str, tuple[float, float]], assessable: dict[s
             if rule is not None:
                 ok = found and diff is not None
                 affected = ok and bool(how_table[r, s])
-                how = DECIDED_BY[how_table[r, s]]
+                how, near = DECIDED_BY[how_table[r, s]], ok and bool(near_table[r, s])
             else:
                 ok, how = found, "network"
                 affected = p is not None and p >= thresholds[name]
-            calls.append(RegionCall(name, side, p, affected, ok, diff, d.hypodense_ml if d else None, how))
+                near = p is not None and abs(_logit(p) - _logit(thresholds[name])) < BORDERLINE_LOGIT
+            calls.append(RegionCall(name, side, p, affected, ok, diff, d.hypodense_ml if d else None, how, near))
     return tuple(calls)
 
 
@@ -110,6 +123,26 @@ def rule_calls(differences: np.ndarray, probabilities: np.ndarray, rule: Density
                                  rule.network_threshold_hu)
         how = np.where(how == 0, np.where(assisted, 3, 0), how)
     return how
+
+
+def borderline_calls(differences: np.ndarray, probabilities: np.ndarray, rule: DensityRuleCard) -> np.ndarray:
+    """Regions whose call changes between all the evidence moved BORDERLINE_HU darker (and the DA-Net
+    BORDERLINE_LOGIT surer) and moved as far the other way. The rule is monotone in both, so these
+    are exactly the calls that another encoding of the same head could turn, whether they hang on
+    their own evidence or on the clear call beside them."""
+    logit = _logit(np.asarray(probabilities, float))
+    more = rule_calls(differences - BORDERLINE_HU, _sigmoid(logit + BORDERLINE_LOGIT), rule) > 0
+    less = rule_calls(differences + BORDERLINE_HU, _sigmoid(logit - BORDERLINE_LOGIT), rule) > 0
+    return more != less
+
+
+def _logit(p):
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
 
 
 def network_calls(differences: np.ndarray, probabilities: np.ndarray, clear: np.ndarray,

@@ -43,3 +43,18 @@ def test_demo_truth_is_the_same_in_both_region_drawings(shared_data):
     assert expert is not None
     assert case.aspects == TRUTH["aspects"]
     assert {r for r, (flags, _) in expert.items() if any(flags)} == set(TRUTH["affected"])
+
+
+def test_borderline_flags_are_the_rule_at_the_reported_evidence(demo_result, scorer):
+    """The report's borderline flags are runtime.score.borderline_calls on the very numbers it reports."""
+    import numpy as np
+
+    from runtime.score import borderline_calls
+    by = {(c.region, c.side): c for c in demo_result.score.calls}
+
+    def table(attr):
+        return np.array([[getattr(by[r, s], attr) for s in SIDES] for r in REGION_NAMES])
+
+    expected = borderline_calls(table("difference_hu").astype(float), table("probability").astype(float),
+                                scorer.models.classify_density)
+    np.testing.assert_array_equal(table("borderline"), expected)

@@ -153,6 +153,35 @@ def test_calls_say_when_the_network_decided():
     assert {c.region: c.decided_by for c in s.calls if c.affected} == {"M6": "density", "M3": "density+network"}
 
 
+def test_borderline_marks_the_calls_another_encoding_could_turn():
+    """A call is borderline when it flips within BORDERLINE_HU of its evidence (or the DA-Net's within
+    BORDERLINE_PROBABILITY), including a call that hangs on a borderline clear one beside it."""
+    from dataclasses import replace
+
+    from runtime.modelcard import load_model_set
+    from runtime.score import BORDERLINE_HU, borderline_calls, rule_calls
+    rule = replace(load_model_set().classify_density, threshold_hu=1.8, neighbour_threshold_hu=1.4,
+                   network_probability=0.8, network_threshold_hu=0.4)
+
+    def near(diffs, probs=None):
+        probs = _probabilities() if probs is None else probs
+        return {f"{REGION_NAMES[r]} {('left', 'right')[s]}"
+                for r, s in zip(*np.nonzero(borderline_calls(diffs, probs, rule)))}
+
+    assert near(_differences(I_left=-3.0)) == set()                                  # clear by 1.2 HU
+    assert near(_differences(I_left=-1.8 - BORDERLINE_HU / 2)) == {"I left"}        # called, just
+    assert near(_differences(I_left=-1.8 + BORDERLINE_HU / 2)) == {"I left"}        # not called, just
+    # M2 pooled beside a clear I: firm at -1.9 HU; beside an I that is itself borderline, borderline too.
+    assert near(_differences(I_left=-3.0, M2_left=-1.9)) == set()
+    assert near(_differences(I_left=-1.9, M2_left=-1.9)) == {"I left", "M2 left"}
+    # The DA-Net's hop at p 0.95 is firm (1.25 less in logit: 0.84, still over 0.8); at 0.9 (to 0.72) not.
+    diffs = _differences(M6_left=-3.0, M3_left=-1.0)
+    assert rule_calls(diffs, _probabilities(M3_left=0.95), rule)[REGION_NAMES.index("M3"), 0] == 3
+    assert near(diffs, _probabilities(M3_left=0.95)) == set()
+    assert near(diffs, _probabilities(M3_left=0.9)) == {"M3 left"}
+    assert not near(np.full((10, 2), np.nan))                                           # nothing measurable
+
+
 def test_density_measure_keeps_off_the_csf_border():
     """A region whose twin borders CSF: partial-volume voxels (20 HU) along the border make it read
     darker without erosion; with the card's 1 mm erosion the two sides read alike."""
