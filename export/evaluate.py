@@ -35,7 +35,7 @@ from runtime.modelcard import DEFAULT_MODEL_DIR, DensityRuleCard, update_card
 from runtime.read import read_study
 from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL, label_id
 from runtime.resample import ModelGrid, to_study_grid
-from runtime.score import DICHOTOMY_CUT, aspects_of, density_calls, network_calls, rule_calls
+from runtime.score import DICHOTOMY_CUT, aspects_of, borderline_calls, density_calls, network_calls, rule_calls
 from runtime.segment import segment
 
 from . import metrics as M
@@ -123,6 +123,21 @@ def region_table(evidence: np.ndarray, calls: np.ndarray, truth: np.ndarray) -> 
     return table
 
 
+def borderline_summary(rows: list[Scored], rule: DensityRuleCard) -> dict:
+    """How often the runtime's borderline calls (runtime.score.borderline_calls) are wrong, against its
+    firm ones: what the report's flag is worth. Region-sides that could not be measured are left out."""
+    counts = {"borderline": 0, "borderline_wrong": 0, "firm": 0, "firm_wrong": 0}
+    for r in rows:
+        own = r.rule or rule
+        measured = ~np.isnan(r.difference_hu)
+        wrong = (rule_calls(r.difference_hu, r.probability, own) > 0) != r.truth.astype(bool)
+        near = borderline_calls(r.difference_hu, r.probability, own)
+        for key, pick in (("borderline", near & measured), ("firm", ~near & measured)):
+            counts[key] += int(pick.sum())
+            counts[f"{key}_wrong"] += int((pick & wrong).sum())
+    return counts
+
+
 def score_agreement(pred: np.ndarray, truth: np.ndarray) -> dict:
     pred, truth = np.asarray(pred, float), np.asarray(truth, float)
     dich = M.confusion(pred <= DICHOTOMY_CUT, truth <= DICHOTOMY_CUT)    # "positive" = ASPECTS <= 6 (large infarct)
@@ -148,6 +163,8 @@ def summarise(rows: list[Scored], scorer: CpuScorer, dice_against: str = "the ex
     if any(r.dice is not None for r in rows):
         out["dice"] = dice_summary([(r.dice, r.dice_regions or {}) for r in rows if r.dice is not None],
                                    dice_against)
+    if scorer.models.classify_density is not None:
+        out["borderline"] = borderline_summary(rows, scorer.models.classify_density)
     out["studies"] = {r.study: {"true": int(t), "auto": int(a), "regions": _evidence(r)} for r, t, a in
                       zip(rows, true_scores, out["methods"]["runtime"]["scores"])}
     out["_pred"], out["_true"] = out["methods"]["runtime"]["scores"], true_scores.tolist()
@@ -178,6 +195,10 @@ def table_text(result: dict) -> str:
         per = ", ".join(f"{k} {v:.2f}" for k, v in d["per_region"].items())
         lines.append(f"region Dice against {d.get('against', 'the reference')}: mean {d['mean']:.3f} "
                      f"(worst study {d['min_case']:.3f}); {per}")
+    if "borderline" in result:
+        b = result["borderline"]
+        lines.append(f"runtime's borderline calls: {b['borderline']} region-sides, {b['borderline_wrong']} wrong; "
+                     f"firm: {b['firm']}, {b['firm_wrong']} wrong")
     if "by_lesion_contrast" in result:
         lines.append("runtime by lesion contrast: studies, dichotomised right, region sensitivity (95 % Wilson)")
         for band, b in result["by_lesion_contrast"].items():

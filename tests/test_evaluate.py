@@ -11,7 +11,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from export.evaluate import Scored, by_lesion_contrast, calibrate, method_scores, rule_check, summarise, table_text
+from export.evaluate import (
+    Scored,
+    borderline_summary,
+    by_lesion_contrast,
+    calibrate,
+    method_scores,
+    rule_check,
+    summarise,
+    table_text,
+)
 from export.realdata import DEV_SET, load_label_order, load_reads
 from runtime.regions import REGION_NAMES, SUBCORTICAL, label_id
 from runtime.score import density_calls, network_calls
@@ -137,6 +146,21 @@ def test_rule_check_counts_the_calibrated_rules_calls_on_further_studies():
     check = rule_check(rows, rule)
     assert check["false_regions_per_study"] == 0.5 and check["sensitivity"] == 0.8
     assert check["dichotomised_accuracy"] == 1.0 and check["mae"] == 1.0 and check["studies"] == 2   # 9 v 10, 6 v 5
+
+
+def test_borderline_summary_counts_wrong_calls_on_each_side_of_the_flag():
+    from runtime.modelcard import load_model_set
+    rule = replace(load_model_set().classify_density, threshold_hu=1.8, neighbour_threshold_hu=1.8,
+                   network_probability=None)
+    diffs = np.zeros((10, 2))
+    diffs[3] = (-3.0, 3.0)                       # left I: firm call, truly affected
+    diffs[0] = (-1.9, 1.9)                       # left C: called by 0.1 HU, not affected
+    diffs[2] = (np.nan, np.nan)                  # L: not measurable, not counted
+    truth = np.zeros((10, 2), bool)
+    truth[3, 0] = True
+    row = Scored("s", truth, np.zeros((10, 2)), diffs, np.zeros((10, 2), bool))
+    # C's twin (right C, +1.9 HU) is far from any call: firm.
+    assert borderline_summary([row], rule) == {"borderline": 1, "borderline_wrong": 1, "firm": 17, "firm_wrong": 0}
 
 
 def test_kept_studies_are_keyed_by_the_models_they_were_scored_with(scorer, tmp_path):
