@@ -63,8 +63,8 @@ def test_engine_parity_with_onnx_runtime(gpu_scorer):
 def test_gpu_scores_demo_like_cpu(gpu_scorer, demo_result):
     got = gpu_scorer.score(DEMO_STUDY)
     assert (got.labels != demo_result.labels).mean() < 0.01
-    # A region at one of the rule's thresholds may fall either way: parity is judged on the evidence.
-    assert_same_calls(got, demo_result, gpu_scorer.models.classify_density, tolerance_hu=0.1)
+    # A borderline call may fall either way: parity is judged on the evidence.
+    assert_same_calls(got, demo_result, tolerance_hu=0.1)
 
 
 def test_gpu_benchmark_refuses_clearly_without_gpu():
