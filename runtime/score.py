@@ -11,7 +11,8 @@ Every call that is not clear on its own sits beside one that is: neither route
 chains, and the network never calls a region on its own, so its known failure on
 real CT (false calls around a stroke) cannot grow a territory. Without a rule the
 DA-Net decides alone, at its card's threshold. Both numbers are kept on every
-call, so the report shows the evidence whichever decided. The reported score is
+call, so the report shows the evidence whichever decided, and so is whether the
+call is borderline (it flips within what re-encoding the same head moves them). The reported score is
 the symptomatic hemisphere's (the lower of the two, as in the paper); the
 dichotomy ASPECTS > 6 vs <= 6 is the thrombectomy threshold.
 """
