@@ -57,6 +57,11 @@ def _left_right_axis(affine: np.ndarray) -> int:
     return 2 - ijk
 
 
+def as_read_side(side: str, variant: Variant) -> str:
+    """A call's side in the study as read: a mirrored variant's left is the original's right."""
+    return SIDES[1 - SIDES.index(side)] if variant.mirrored else side
+
+
 def expected(read: Read, variant: Variant) -> tuple[int, str | None, frozenset[str]]:
     side = read.side
     if variant.mirrored and side:
@@ -70,17 +75,23 @@ def run(reads: list[Read], scorer: CpuScorer, folds: dict, scorers: dict[str, Cp
     for read in reads:
         study = read_study(read.image)
         subject_scorer = (scorers or {}).get(read.subject, scorer)
+        as_read: dict = {}
         for variant in VARIANTS:
             with fold_segmenter(subject_scorer, folds, read.subject):
                 res = subject_scorer.score(posed(study, variant))
             aspects, side, affected = expected(read, variant)
             called = {(c.region, c.side) for c in res.score.calls if c.affected}
             truth = {(r, side) for r in affected}
+            calls = {(c.region, as_read_side(c.side, variant)): c for c in res.score.calls}
+            as_read = as_read or calls
+            changed = [k for k, c in calls.items() if c.affected != as_read[k].affected]
             rows.append({"study": read.study, "variant": variant.name, "expert": aspects, "expert_side": side,
                          "auto": res.score.aspects, "auto_side": res.score.symptomatic_side,
                          "within_1": abs(res.score.aspects - aspects) <= 1,
                          "side_ok": side is None or res.score.symptomatic_side == side,
-                         "found": len(called & truth), "false": sorted(f"{s} {r}" for r, s in called - truth)})
+                         "found": len(called & truth), "false": sorted(f"{s} {r}" for r, s in called - truth),
+                         "changed": sorted(f"{s} {r}" for r, s in changed),
+                         "changed_borderline": sum(calls[k].borderline or as_read[k].borderline for k in changed)})
             print(f"{read.study} {variant.name}: expert {aspects} {side or ''} auto {res.score.aspects} "
                   f"{res.score.symptomatic_side or ''} ({', '.join(res.score.affected) or 'none'})", flush=True)
     return rows
@@ -91,18 +102,24 @@ def summary(rows: list[dict]) -> dict:
     return {"scorings": n, "within_1": sum(r["within_1"] for r in rows) / n,
             "side_correct": sum(r["side_ok"] for r in rows) / n,
             "false_regions_per_scoring": sum(len(r["false"]) for r in rows) / n,
+            "calls_changed": sum(len(r["changed"]) for r in rows),
+            "calls_changed_borderline": sum(r["changed_borderline"] for r in rows),
             "score_range_per_study": {s: [min(r["auto"] for r in rows if r["study"] == s),
                                           max(r["auto"] for r in rows if r["study"] == s)]
                                       for s in dict.fromkeys(r["study"] for r in rows)}}
 
 
 def table_text(rows: list[dict], total: dict) -> str:
-    lines = ["| study | variant | expert | runtime | found | false regions |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| study | variant | expert | runtime | found | false regions | calls changed from as read |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['study']} | {r['variant']} | {r['expert']} {r['expert_side'] or ''} | "
-                     f"{r['auto']} {r['auto_side'] or ''} | {r['found']} | {', '.join(r['false']) or '-'} |")
+                     f"{r['auto']} {r['auto_side'] or ''} | {r['found']} | {', '.join(r['false']) or '-'} | "
+                     f"{', '.join(r['changed']) or '-'} |")
     lines.append("")
     lines.append(f"within +-1: {total['within_1']:.2f}; side correct: {total['side_correct']:.2f}; "
                  f"false regions per scoring: {total['false_regions_per_scoring']:.2f}; "
                  f"score range per study: {total['score_range_per_study']}")
+    lines.append(f"calls changed from the study as read: {total['calls_changed']}, of which reported borderline "
+                 f"in either scoring: {total['calls_changed_borderline']}")
     return "\n".join(lines)

@@ -257,6 +257,8 @@ def test_stability_variants_move_the_head_not_the_geometry():
     read = Read("s", "s", ROOT, None, 8, "left", frozenset({"L", "I"}))
     assert expected(read, Variant("m", mirrored=True))[1] == "right"
     assert expected(read, Variant("y", yaw_deg=8.0))[1] == "left"
+    from export.stability import as_read_side
+    assert as_read_side("left", Variant("m", mirrored=True)) == "right" and as_read_side("left", Variant("y")) == "left"
 
 
 @pytest.mark.slow
@@ -276,6 +278,9 @@ def test_stability_mode_scores_every_variant_of_a_reads_file(tmp_path):
     assert len(rows) == 5 and got["summary"]["scorings"] == 5
     assert rows["mirrored"]["expert_side"] == "right" and rows["as read"]["expert_side"] == "left"
     assert all(r["side_ok"] for r in rows.values())
+    assert rows["as read"]["changed"] == [] and rows["as read"]["changed_borderline"] == 0
+    assert got["summary"]["calls_changed"] == sum(len(r["changed"]) for r in rows.values())
+    assert 0 <= got["summary"]["calls_changed_borderline"] <= got["summary"]["calls_changed"]
     assert (tmp_path / "eval" / "table.txt").read_text().startswith("| study | variant |")
 
 
