@@ -83,7 +83,7 @@ def run(reads: list[Read], scorer: CpuScorer, folds: dict, scorers: dict[str, Cp
             called = {(c.region, c.side) for c in res.score.calls if c.affected}
             truth = {(r, side) for r in affected}
             calls = {(c.region, as_read_side(c.side, variant)): c for c in res.score.calls}
-            as_read = as_read or calls
+            as_read = as_read or calls          # VARIANTS[0] is the study as read
             changed = [k for k, c in calls.items() if c.affected != as_read[k].affected]
             rows.append({"study": read.study, "variant": variant.name, "expert": aspects, "expert_side": side,
                          "auto": res.score.aspects, "auto_side": res.score.symptomatic_side,
