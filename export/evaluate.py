@@ -125,16 +125,23 @@ def region_table(evidence: np.ndarray, calls: np.ndarray, truth: np.ndarray) -> 
 
 def borderline_summary(rows: list[Scored], rule: DensityRuleCard) -> dict:
     """How often the runtime's borderline calls (runtime.score.borderline_calls) are wrong, against its
-    firm ones: what the report's flag is worth. Region-sides that could not be measured are left out."""
-    counts = {"borderline": 0, "borderline_wrong": 0, "firm": 0, "firm_wrong": 0}
+    firm ones, and the same per study for the > 6 / <= 6 decision (runtime.score.Score.dichotomy_firm):
+    what the report's flags are worth. Region-sides that could not be measured are left out."""
+    counts = dict.fromkeys(("borderline", "borderline_wrong", "firm", "firm_wrong", "dichotomy_unsure",
+                            "dichotomy_unsure_wrong", "dichotomy_firm", "dichotomy_firm_wrong"), 0)
     for r in rows:
         own = r.rule or rule
+        truth = r.truth.astype(bool)
         measured = ~np.isnan(r.difference_hu)
-        wrong = (rule_calls(r.difference_hu, r.probability, own) > 0) != r.truth.astype(bool)
-        near = borderline_calls(r.difference_hu, r.probability, own)
-        for key, pick in (("borderline", near & measured), ("firm", ~near & measured)):
+        calls = rule_calls(r.difference_hu, r.probability, own) > 0
+        near = borderline_calls(r.difference_hu, r.probability, own) & measured
+        for key, pick in (("borderline", near), ("firm", ~near & measured)):
             counts[key] += int(pick.sum())
-            counts[f"{key}_wrong"] += int((pick & wrong).sum())
+            counts[f"{key}_wrong"] += int((pick & (calls != truth)).sum())
+        above = [int(aspects_of(t)) > DICHOTOMY_CUT for t in (calls | near, calls & ~near, calls, truth)]
+        key = "dichotomy_firm" if above[0] == above[1] else "dichotomy_unsure"
+        counts[key] += 1
+        counts[f"{key}_wrong"] += int(above[2] != above[3])
     return counts
 
 
@@ -199,6 +206,9 @@ def table_text(result: dict) -> str:
         b = result["borderline"]
         lines.append(f"runtime's borderline calls: {b['borderline']} region-sides, {b['borderline_wrong']} wrong; "
                      f"firm: {b['firm']}, {b['firm_wrong']} wrong")
+        lines.append(f"  > 6 / <= 6 that borderline calls could change: {b['dichotomy_unsure']} studies, "
+                     f"{b['dichotomy_unsure_wrong']} wrong; firm: {b['dichotomy_firm']}, "
+                     f"{b['dichotomy_firm_wrong']} wrong")
     if "by_lesion_contrast" in result:
         lines.append("runtime by lesion contrast: studies, dichotomised right, region sensitivity (95 % Wilson)")
         for band, b in result["by_lesion_contrast"].items():

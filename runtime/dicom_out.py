@@ -240,6 +240,9 @@ def make_sr(result: StudyResult):
             hd.sr.QualitativeEvaluation(
                 name=hd.sr.CodedConcept("ASPECTS-GT6", "99ASPECTSRT", "ASPECTS above 6"),
                 value=codes.SCT.Yes if s.above_cut else codes.SCT.No),
+            hd.sr.QualitativeEvaluation(      # runtime.score.Score.dichotomy_firm
+                name=hd.sr.CodedConcept("ASPECTS-GT6-FIRM", "99ASPECTSRT", "Dichotomy holds over borderline calls"),
+                value=codes.SCT.Yes if s.dichotomy_firm else codes.SCT.No),
             hd.sr.QualitativeEvaluation(
                 name=hd.sr.CodedConcept("ASPECTS-SIDE", "99ASPECTSRT", "Symptomatic hemisphere"),
                 value=(codes.SCT.Left if s.symptomatic_side == "left" else codes.SCT.Right

@@ -140,6 +140,8 @@ def report_dict(result: StudyResult, images: dict) -> dict:
         "aspects_right": s.right,
         "symptomatic_side": s.symptomatic_side,
         "dichotomised": ">6" if s.above_cut else "<=6",
+        "aspects_range": [s.lowest, s.highest],        # as the borderline calls fall
+        "dichotomy_firm": s.dichotomy_firm,
         "affected_regions": list(s.affected),
         "regions": [{"region": c.region, "side": c.side, "affected": c.affected, "assessed": c.assessed,
                      "decided_by": c.decided_by, "borderline": c.borderline,
@@ -221,7 +223,8 @@ def render_slice(result: StudyResult, z: int, level: str, source: int | None = N
     side = f", {s.symptomatic_side} hemisphere" if s.symptomatic_side else ""
     ref = _source_ref(result, source)
     where = f"source image {ref['instance_number']}" if ref else f"model slice {z}"
-    title = f"ASPECTS {s.aspects}{side} ({'>6' if s.above_cut else '<=6'})  |  {level} level, {where}"
+    spread = f" [{s.lowest}-{s.highest}]" if s.lowest != s.highest else ""
+    title = f"ASPECTS {s.aspects}{spread}{side} ({'>6' if s.above_cut else '<=6'})  |  {level} level, {where}"
     big = _font(18)
     draw.text((8, 6), title, fill=(255, 255, 255), font=big, stroke_width=2, stroke_fill=(0, 0, 0))
     h, w = labels.shape

@@ -57,6 +57,13 @@ class Score:
     symptomatic_side: str | None
     above_cut: bool              # ASPECTS > 6
     calls: tuple[RegionCall, ...]
+    lowest: int                  # the score with every borderline call turned to affected
+    highest: int                 # ... and with every borderline call turned the other way
+
+    @property
+    def dichotomy_firm(self) -> bool:
+        """Whether > 6 vs <= 6 holds however the borderline calls fall."""
+        return (self.lowest > DICHOTOMY_CUT) == (self.highest > DICHOTOMY_CUT)
 
     @property
     def affected(self) -> tuple[str, ...]:
@@ -180,7 +187,7 @@ def aspects_of(affected) -> np.ndarray:
 
 
 def score(calls: tuple[RegionCall, ...]) -> Score:
-    table = np.array([[c.affected for c in calls if c.region == name] for name in REGION_NAMES])
+    table = _table(calls, "affected")
     left, right = (int(v) for v in aspects_per_side(table))
     if left == right == 10:
         side = None
@@ -189,8 +196,15 @@ def score(calls: tuple[RegionCall, ...]) -> Score:
     else:   # equal deductions on both sides: the side with the stronger evidence
         side = max(SIDES, key=lambda s: _evidence(calls, s))
     aspects = min(left, right)
+    near = _table(calls, "borderline")
     return Score(left=left, right=right, aspects=aspects, symptomatic_side=side,
-                 above_cut=aspects > DICHOTOMY_CUT, calls=calls)
+                 above_cut=aspects > DICHOTOMY_CUT, calls=calls,
+                 lowest=int(aspects_of(table | near)), highest=int(aspects_of(table & ~near)))
+
+
+def _table(calls: tuple[RegionCall, ...], attr: str) -> np.ndarray:
+    """(10 regions, 2 sides) of one boolean field of the calls (table order, left before right)."""
+    return np.array([[bool(getattr(c, attr)) for c in calls if c.region == name] for name in REGION_NAMES])
 
 
 def _evidence(calls: tuple[RegionCall, ...], side: str) -> float:

@@ -37,6 +37,8 @@ def test_default_study_report(demo_report):
     assert 0 <= doc["aspects"] <= 10 and doc["aspects"] == min(doc["aspects_left"], doc["aspects_right"])
     assert doc["dichotomised"] == (">6" if doc["aspects"] > 6 else "<=6")
     assert len(doc["regions"]) == 20 and {r["side"] for r in doc["regions"]} == {"left", "right"}
+    lo, hi = doc["aspects_range"]
+    assert lo <= doc["aspects"] <= hi and doc["dichotomy_firm"] == ((lo > 6) == (hi > 6))
     near = [f"{r['side']} {r['region']}" for r in doc["regions"] if r["borderline"]]
     assert all(f"{n} (" in run.stdout for n in near) and ("borderline" in run.stdout) == bool(near)
     assert list(doc["timings_s"]) == list(STAGES)

@@ -160,7 +160,9 @@ def test_borderline_summary_counts_wrong_calls_on_each_side_of_the_flag():
     truth[3, 0] = True
     row = Scored("s", truth, np.zeros((10, 2)), diffs, np.zeros((10, 2), bool))
     # C's twin (right C, +1.9 HU) is far from any call: firm.
-    assert borderline_summary([row], rule) == {"borderline": 1, "borderline_wrong": 1, "firm": 17, "firm_wrong": 0}
+    assert borderline_summary([row], rule) == {"borderline": 1, "borderline_wrong": 1, "firm": 17, "firm_wrong": 0,
+                                               "dichotomy_unsure": 0, "dichotomy_unsure_wrong": 0,
+                                               "dichotomy_firm": 1, "dichotomy_firm_wrong": 0}
 
 
 def test_kept_studies_are_keyed_by_the_models_they_were_scored_with(scorer, tmp_path):

@@ -62,6 +62,22 @@ def test_score_per_hemisphere_and_dichotomy():
     assert (s.aspects, s.symptomatic_side) == (10, None)
 
 
+def test_score_range_covers_the_borderline_calls_both_ways():
+    from dataclasses import replace
+    calls = {(c.region, c.side): c for c in _calls(affected_left=("L", "I", "M2"), p=0.99)}
+    # Firm calls: no range. (p 0.99 is 5.3 in logit above the 0.5 threshold, far beyond the margin.)
+    s = score(tuple(calls.values()))
+    assert (s.aspects, s.lowest, s.highest, s.dichotomy_firm) == (7, 7, 7, True)
+    # One borderline call and one borderline miss on the left: 6 to 8 as they fall, across the cut.
+    calls["M2", "left"] = replace(calls["M2", "left"], borderline=True)
+    calls["M3", "left"] = replace(calls["M3", "left"], borderline=True)
+    s = score(tuple(calls.values()))
+    assert (s.aspects, s.lowest, s.highest, s.dichotomy_firm) == (7, 6, 8, False)
+    # A borderline region on the other side only lowers the range if it would become the worse side.
+    calls["C", "right"] = replace(calls["C", "right"], borderline=True)
+    assert score(tuple(calls.values())).lowest == 6
+
+
 def test_threshold_is_inclusive_and_unassessed_regions_do_not_deduct():
     probs = {n: (0.5, 0.49) for n in REGION_NAMES}
     calls = make_calls(probs, {n: n != "M6" for n in REGION_NAMES}, {n: 0.5 for n in REGION_NAMES})
