@@ -35,7 +35,15 @@ from runtime.modelcard import DEFAULT_MODEL_DIR, DensityRuleCard, update_card
 from runtime.read import read_study
 from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL, label_id
 from runtime.resample import ModelGrid, to_study_grid
-from runtime.score import DICHOTOMY_CUT, aspects_of, borderline_calls, density_calls, network_calls, rule_calls
+from runtime.score import (
+    above_cut,
+    aspects_of,
+    borderline_calls,
+    density_calls,
+    network_calls,
+    rule_calls,
+    score_range,
+)
 from runtime.segment import segment
 
 from . import metrics as M
@@ -138,16 +146,16 @@ def borderline_summary(rows: list[Scored], rule: DensityRuleCard) -> dict:
         for key, pick in (("borderline", near), ("firm", ~near & measured)):
             counts[key] += int(pick.sum())
             counts[f"{key}_wrong"] += int((pick & (calls != truth)).sum())
-        above = [int(aspects_of(t)) > DICHOTOMY_CUT for t in (calls | near, calls & ~near, calls, truth)]
-        key = "dichotomy_firm" if above[0] == above[1] else "dichotomy_unsure"
+        lowest, highest = score_range(calls, near)
+        key = "dichotomy_firm" if above_cut(lowest) == above_cut(highest) else "dichotomy_unsure"
         counts[key] += 1
-        counts[f"{key}_wrong"] += int(above[2] != above[3])
+        counts[f"{key}_wrong"] += int(above_cut(aspects_of(calls)) != above_cut(aspects_of(truth)))
     return counts
 
 
 def score_agreement(pred: np.ndarray, truth: np.ndarray) -> dict:
     pred, truth = np.asarray(pred, float), np.asarray(truth, float)
-    dich = M.confusion(pred <= DICHOTOMY_CUT, truth <= DICHOTOMY_CUT)    # "positive" = ASPECTS <= 6 (large infarct)
+    dich = M.confusion(~above_cut(pred), ~above_cut(truth))    # "positive" = ASPECTS <= 6 (large infarct)
     return {"dichotomised_le6": dich, "mae": float(np.abs(pred - truth).mean()),
             "exact_agreement": float((pred == truth).mean()),
             "within_1": float((np.abs(pred - truth) <= 1).mean()),
@@ -382,7 +390,7 @@ def by_lesion_contrast(rows: list[Scored], scorer: CpuScorer) -> dict:
     for name, lo, hi in CONTRAST_BANDS:
         pick = drops == 0 if hi == 0 else (drops > lo) & (drops <= hi)
         hits, total = int((calls[pick] & truth[pick]).sum()), int(truth[pick].sum())
-        right = int(((auto[pick] <= DICHOTOMY_CUT) == (true[pick] <= DICHOTOMY_CUT)).sum())
+        right = int((above_cut(auto[pick]) == above_cut(true[pick])).sum())
         out[name] = {"studies": int(pick.sum()), "dichotomised_correct": right,
                      "dichotomised_accuracy_ci": M.wilson(right, int(pick.sum())),
                      "region_sensitivity": hits / total if total else float("nan"),
@@ -535,7 +543,7 @@ def rule_check(rows: list[Scored], rule: DensityRuleCard) -> dict:
     truth = np.array([r.truth for r in rows]).astype(bool)
     calls = np.array([rule_calls(r.difference_hu, r.probability, rule) > 0 for r in rows])
     auto, true = aspects_of(calls), aspects_of(truth)
-    right = int(((auto <= DICHOTOMY_CUT) == (true <= DICHOTOMY_CUT)).sum())
+    right = int((above_cut(auto) == above_cut(true)).sum())
     return {"studies": len(rows), "sensitivity": _r(calls[truth].mean()),
             "specificity": _r(1 - calls[~truth].mean()),
             "false_regions_per_study": _r((calls & ~truth).sum() / len(rows)),

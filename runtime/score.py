@@ -63,15 +63,11 @@ class Score:
     @property
     def dichotomy_firm(self) -> bool:
         """Whether > 6 vs <= 6 holds however the borderline calls fall."""
-        return (self.lowest > DICHOTOMY_CUT) == (self.highest > DICHOTOMY_CUT)
+        return bool(above_cut(self.lowest) == above_cut(self.highest))
 
     @property
     def affected(self) -> tuple[str, ...]:
         return tuple(f"{c.side} {c.region}" for c in self.calls if c.affected)
-
-    @property
-    def borderline(self) -> tuple[str, ...]:
-        return tuple(f"{c.side} {c.region}" for c in self.calls if c.borderline)
 
     @property
     def not_assessed(self) -> tuple[str, ...]:
@@ -186,6 +182,18 @@ def aspects_of(affected) -> np.ndarray:
     return aspects_per_side(affected).min(axis=-1)
 
 
+def above_cut(scores):
+    """The dichotomy, once: ASPECTS > 6 (element-wise on arrays)."""
+    return np.asarray(scores) > DICHOTOMY_CUT
+
+
+def score_range(affected, borderline) -> tuple[np.ndarray, np.ndarray]:
+    """(lowest, highest) reported ASPECTS with every borderline call turned affected, then turned
+    the other way; (..., regions, sides) tables."""
+    affected, borderline = np.asarray(affected, bool), np.asarray(borderline, bool)
+    return aspects_of(affected | borderline), aspects_of(affected & ~borderline)
+
+
 def score(calls: tuple[RegionCall, ...]) -> Score:
     table = _table(calls, "affected")
     left, right = (int(v) for v in aspects_per_side(table))
@@ -196,10 +204,9 @@ def score(calls: tuple[RegionCall, ...]) -> Score:
     else:   # equal deductions on both sides: the side with the stronger evidence
         side = max(SIDES, key=lambda s: _evidence(calls, s))
     aspects = min(left, right)
-    near = _table(calls, "borderline")
+    lowest, highest = score_range(table, _table(calls, "borderline"))
     return Score(left=left, right=right, aspects=aspects, symptomatic_side=side,
-                 above_cut=aspects > DICHOTOMY_CUT, calls=calls,
-                 lowest=int(aspects_of(table | near)), highest=int(aspects_of(table & ~near)))
+                 above_cut=bool(above_cut(aspects)), calls=calls, lowest=int(lowest), highest=int(highest))
 
 
 def _table(calls: tuple[RegionCall, ...], attr: str) -> np.ndarray:
