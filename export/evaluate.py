@@ -317,12 +317,14 @@ def _threshold(scorer: CpuScorer, region: str) -> float:
     raise KeyError(region)
 
 
-def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache: Path) -> list[Scored]:
+def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache: Path,
+                      elderly: bool = False) -> list[Scored]:
     """The whole runtime, file in to score out, on synthetic studies in real-world scanner poses.
     Each scored study is kept in `cache` (one .npz per seed) with its model-grid HU and labels, so an
     interrupted run resumes and a changed density measure is re-measured without re-synthesis; a
     study kept under another atlas or other networks is scored again (`models_fingerprint`).
-    A study the runtime refuses is reported and left out."""
+    A study the runtime refuses is reported and left out. `elderly`: the same studies (the same
+    truth) in atrophic heads with sulci of their own (`synth.draw_spec`)."""
     from . import synth
     phantom = synth.load_phantom(shared)
     rows = []
@@ -336,7 +338,7 @@ def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache
                 if row is not None:
                     rows.append(row)
                 continue
-            spec = synth.draw_spec(seed0 + i, pose="scanner")
+            spec = synth.draw_spec(seed0 + i, pose="scanner", elderly=elderly)
             case = synth.make_case(phantom, spec)
             grid, shape = synth.scanner_grid(spec)
             hu, _ = synth.render(phantom, case, grid, shape, with_labels=False)
@@ -626,6 +628,8 @@ def main(argv=None) -> None:
                    help="real, stability: a model folder per subject, e.g. build/realtex/models_{subject} "
                         "(its networks never saw that subject)")
     p.add_argument("--no-cards", action="store_true", help="do not copy the headline numbers into the cards")
+    p.add_argument("--elderly", action="store_true",
+                   help="studies, calibrate: the same synthetic studies in atrophic heads with sulci of their own")
     p.add_argument("--truth", choices=("mni", "expert"), default="mni",
                    help="studies: ground truth in the MNI atlas regions (as drawn) or the experts' (shipped atlas)")
     args = p.parse_args(argv)
@@ -633,11 +637,12 @@ def main(argv=None) -> None:
     if args.mode == "calibrate":
         if scorer.models.classify_density is None:
             raise SystemExit(f"error: {args.models} has no density rule card to calibrate")
-        kept = (args.out or Path("build/eval/calibrate")) / "studies"
-        result = calibrate(synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0, kept))
+        default_out = Path("build/eval/calibrate_elderly" if args.elderly else "build/eval/calibrate")
+        kept = (args.out or default_out) / "studies"
+        result = calibrate(synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0, kept, args.elderly))
         if args.check:
             first = CALIBRATION_SEED0 + args.n
-            rows = synthetic_studies(args.shared, scorer, args.check, first, kept)
+            rows = synthetic_studies(args.shared, scorer, args.check, first, kept, args.elderly)
             calibrated = replace(scorer.models.classify_density, **{k: result[k] for k in CALIBRATED})
             result["check"] = {"seeds": f"{first}-{first + args.check - 1}", **rule_check(rows, calibrated)}
         update_card(args.models / "density_rule.json", {k: result[k] for k in CALIBRATED},
@@ -651,7 +656,8 @@ def main(argv=None) -> None:
     if args.mode == "cases":
         result = eval_cases(args.data or Path("build/data/test"), scorer)
     elif args.mode == "studies":
-        rows = synthetic_studies(args.shared, scorer, args.n, STUDY_SEED0, Path("build/eval/studies/studies"))
+        kept = Path("build/eval/studies_elderly/studies" if args.elderly else "build/eval/studies/studies")
+        rows = synthetic_studies(args.shared, scorer, args.n, STUDY_SEED0, kept, args.elderly)
         if args.truth == "expert":
             rows = in_expert_regions(rows, args.shared, args.models / "region_atlas.npz")
         result = summarise(rows, scorer, dice_against="the synthetic ground truth (MNI atlas regions), every slice")
@@ -660,7 +666,8 @@ def main(argv=None) -> None:
         rows = real_studies(args.data or args.shared / "real", args.reads, args.label_order, scorer, args.loo,
                             args.shared, args.fold_models)
         result = summarise(rows, scorer)
-    mode = f"{args.mode}_loo" if args.loo else f"{args.mode}_expert_truth" if args.truth == "expert" else args.mode
+    mode = (f"{args.mode}_loo" if args.loo else f"{args.mode}_expert_truth" if args.truth == "expert"
+            else f"{args.mode}_elderly" if args.elderly else args.mode)
     out = args.out or Path("build/eval") / mode
     if args.no_cards:
         write_tables(out, result, table_text(result))

@@ -7,7 +7,8 @@ originals live). Each case draws: head size and a smooth non-rigid deformation,
 a rigid pose, early ischemic change in chosen regions (hypodensity 1-8 HU, loss
 of grey-white contrast, sulcal effacement), confounders (old infarcts, chronic
 small-vessel hypodensity, bilateral change), beam-hardening-like bias near the
-skull, correlated scanner noise, and a slice thickness of 3-9 mm.
+skull, correlated scanner noise, and a slice thickness of 3-9 mm. An elderly head (`elderly=True`,
+for evaluation) also has its own sulci and widened CSF spaces, a little different on each side.
 
 The ground truth follows the paper's rule: a region is affected when the
 ischemic core covers >= 10 % of it.
@@ -15,7 +16,7 @@ ischemic core covers >= 10 % of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,9 @@ class CaseSpec:
     bias_hu: float
     slice_mm: float
     inplane_mm: float = 0.45                   # scanner pixel size (0.4-0.5 mm)
+    sulcus_mm: float = 0.0                     # half-width of the head's own sulci (0: template only)
+    csf_widening_mm: float = 0.0               # ventricles, fissures and cisterns widened by atrophy
+    atrophy_asymmetry: float = 0.0             # left widths x (1 + a), right x (1 - a)
 
 
 @dataclass(frozen=True)
@@ -128,9 +132,11 @@ def _cormack_to_hu(c: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- case drawing
 
-def draw_spec(seed: int, pose: str = "residual", lesion_rate: float = 0.7) -> CaseSpec:
+def draw_spec(seed: int, pose: str = "residual", lesion_rate: float = 0.7, elderly: bool = False) -> CaseSpec:
     """`pose='residual'`: what is left after the runtime aligns (training in model space);
-    `pose='scanner'`: a patient on the table (up to 15 degrees, 20 mm)."""
+    `pose='scanner'`: a patient on the table (up to 15 degrees, 20 mm).
+    `elderly`: the same case (every other field, lesion and the pathology's random streams
+    unchanged) in an atrophic head with sulci of its own."""
     rng = np.random.default_rng(seed)
     if pose == "scanner":
         rot = tuple(rng.uniform(-15, 15, 3))
@@ -150,11 +156,16 @@ def draw_spec(seed: int, pose: str = "residual", lesion_rate: float = 0.7) -> Ca
     thickness = float(rng.choice([3.0, 4.0, 5.0, 5.0, 5.0, 6.0, 7.5, 9.0]))
     # Keyword arguments are evaluated left to right: inplane_mm stays the last draw, so adding it
     # left every earlier field (and the training data) unchanged.
-    return CaseSpec(seed=seed, scale=tuple(rng.uniform(0.9, 1.1, 3)), warp_mm=float(rng.uniform(0.5, 3.0)),
+    spec = CaseSpec(seed=seed, scale=tuple(rng.uniform(0.9, 1.1, 3)), warp_mm=float(rng.uniform(0.5, 3.0)),
                     rotation_deg=rot, shift_mm=shift, lesions=tuple(lesions), old_infarct=old,
                     leukoaraiosis=float(rng.uniform(2, 6)) if rng.random() < 0.2 else 0.0,
                     noise_hu=float(rng.uniform(2.0, 5.0)), bias_hu=float(rng.uniform(0, 8)),
                     slice_mm=thickness, inplane_mm=float(rng.uniform(0.4, 0.5)))
+    if not elderly:
+        return spec
+    # Drawn after every other field, so an elderly case is its young twin plus atrophy.
+    return replace(spec, sulcus_mm=float(rng.uniform(0.4, 1.5)), csf_widening_mm=float(rng.uniform(0.0, 3.0)),
+                   atrophy_asymmetry=float(rng.uniform(-0.2, 0.2)))
 
 
 def draw_lesion(rng: np.random.Generator, side: str, max_regions: int = 10) -> Lesion:
@@ -179,6 +190,8 @@ def make_case(phantom: Phantom, spec: CaseSpec) -> Case:
     brain = phantom.labels > 0
     # Anatomical texture so no two brains share exact intensities.
     hu += np.where(brain, _smooth_noise(rng, hu.shape, 3.0, 1.5), 0).astype(np.float32)
+    if spec.sulcus_mm or spec.csf_widening_mm:
+        hu = _atrophy(hu, phantom, spec)
     core = np.zeros(hu.shape, bool)
     blob = _smooth_noise(rng, hu.shape, 6.0, 1.0)
     for lesion in spec.lesions:
@@ -217,6 +230,43 @@ def make_case(phantom: Phantom, spec: CaseSpec) -> Case:
     hu += spec.bias_hu * np.exp(-phantom.skull_dist / 6.0) * brain   # beam hardening next to the inner table
     return Case(spec=spec, affected={k: a for k, (a, _) in truth.items()},
                 core_fraction={k: f for k, (_, f) in truth.items()}, hu=hu.astype(np.float32), core=core)
+
+
+CSF_HU = 7.0
+SULCAL_DEPTH_MM = 14.0
+
+
+def _atrophy(hu: np.ndarray, phantom: Phantom, spec: CaseSpec) -> np.ndarray:
+    """Sulci of this head's own and atrophic CSF spaces, as CSF fractions (partial volume at 1 mm).
+
+    The template is an average of many heads, so its cortex has no sulci; every real head has its
+    own, and they differ between the sides. Sulci are the zero-sheets of a smooth random field on
+    the brain's surface, reaching SULCAL_DEPTH_MM in from it and widest at it.
+    The template's ventricles, fissures and cisterns are widened by `csf_widening_mm`. Both widths
+    vary smoothly over the head and by side (`atrophy_asymmetry`). Its own random stream leaves
+    the rest of the case as drawn."""
+    rng = np.random.default_rng(spec.seed + 3)
+    brain = phantom.labels > 0
+    left = _side_mask(hu.shape, phantom, "left")
+    scale = np.where(left, 1 + spec.atrophy_asymmetry, 1 - spec.atrophy_asymmetry)
+    scale = scale * np.clip(1 + _smooth_noise(rng, hu.shape, 12.0, 0.3), 0.4, None)
+    # The field is read where the voxel's outward line meets the brain's surface, so its zero-sheets
+    # run straight in from the surface, as sulci do, and the gyri between them keep their width.
+    depth = phantom.skull_dist
+    shell = brain & (depth < SULCAL_DEPTH_MM)
+    outward = np.stack(np.gradient(ndimage.gaussian_filter(depth, 2.0)))
+    outward /= np.linalg.norm(outward, axis=0) + 1e-6
+    at_surface = np.stack(np.nonzero(shell)).astype(np.float32) - depth[shell] * outward[:, shell]
+    field = np.zeros(hu.shape, np.float32)
+    field[shell] = ndimage.map_coordinates(_smooth_noise(rng, hu.shape, 5.0, 1.0), at_surface, order=1)
+    slope = np.linalg.norm(np.stack(np.gradient(field)), axis=0) + 1e-3
+    width = spec.sulcus_mm * scale * np.clip(1.0 - depth / SULCAL_DEPTH_MM, 0.0, 1.0) ** 0.5
+    sulcus = np.clip(width + 0.5 - np.abs(field) / slope, 0.0, 1.0) * np.clip(width / 0.5, 0.0, 1.0) * shell
+    spaces = brain & (phantom.hu < 12)
+    widened = ndimage.distance_transform_edt(~spaces)
+    widening = np.clip(spec.csf_widening_mm * scale - widened + 1.0, 0.0, 1.0)
+    fraction = np.where(brain, np.maximum(sulcus, widening), 0.0).astype(np.float32)
+    return hu + fraction * (CSF_HU + rng.normal(0, 1.5, hu.shape).astype(np.float32) - hu)
 
 
 def truth_in_regions(core: np.ndarray, region_labels: np.ndarray) -> dict[str, tuple[tuple, tuple]]:

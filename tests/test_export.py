@@ -158,6 +158,32 @@ def test_synthetic_lesion_ground_truth_follows_the_ten_percent_rule(phantom):
     assert np.abs(diff[far]).max() < 1e-3
 
 
+def test_elderly_twin_keeps_the_case_and_adds_sulci(phantom):
+    """An elderly case is its young twin (same draws, same lesion, same truth) in an atrophic head:
+    more CSF, in sulci that run in from the surface and differ between the sides."""
+    from export import synth
+    young_spec = synth.draw_spec(200011, pose="scanner")
+    old_spec = synth.draw_spec(200011, pose="scanner", elderly=True)
+    assert old_spec.lesions == young_spec.lesions and old_spec.rotation_deg == young_spec.rotation_deg
+    assert old_spec.sulcus_mm > 0 and young_spec.sulcus_mm == 0
+    young, old = synth.make_case(phantom, young_spec), synth.make_case(phantom, old_spec)
+    assert old.affected == young.affected and np.array_equal(old.core, young.core)
+    brain = phantom.labels > 0
+    new_csf = brain & (old.hu < 15) & (young.hu >= 15)
+    assert new_csf.sum() > 0.03 * brain.sum()
+    # Sulci sit in the cortex; the deep white matter is untouched.
+    deep = brain & (phantom.skull_dist > synth.SULCAL_DEPTH_MM + 4)
+    sulcal = new_csf & (phantom.skull_dist < synth.SULCAL_DEPTH_MM)
+    assert sulcal.sum() > 0.5 * new_csf.sum()
+    from scipy import ndimage
+    away = ~ndimage.binary_dilation((brain & (phantom.hu < 12)) | old.core, iterations=6)
+    assert np.abs(old.hu - young.hu)[deep & away].max() < 1e-3
+    # Each side has sulci of its own: the mirror of the left cortex's CSF is not the right's.
+    mirrored = sulcal[:, :, ::-1]
+    overlap = (sulcal & mirrored).sum() / sulcal.sum()
+    assert overlap < 0.5
+
+
 def test_phantom_covers_the_whole_head(phantom):
     """No part of the skull may touch the canonical grid's border (a cut-off head)."""
     bone = phantom.hu > 300
