@@ -83,6 +83,9 @@ def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.nda
     if alignment.symmetry < LOW_SYMMETRY:
         warnings.append(f"head symmetry after alignment is low ({alignment.symmetry:.2f}): check the alignment "
                         "in the key-slice images before trusting the score")
+    if seg.registration_retried:
+        warnings.append(f"the region atlas fitted only at a second, coarser try (template similarity "
+                        f"{seg.template_ncc:.2f}): check the regions in the key-slice images before trusting the score")
     if final.not_assessed:
         warnings.append(f"regions not found, not scored: {', '.join(final.not_assessed)}")
     missing = [s for s in STAGES if s not in timings]

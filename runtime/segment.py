@@ -31,6 +31,7 @@ MIN_COMPONENT_FRACTION = 0.05
 class Segmentation:
     labels: np.ndarray                      # uint8 (z, y, x) runtime.regions label ids on the model grid
     template_ncc: float | None = None       # atlas segmenter: how well the registered template fits
+    registration_retried: bool = False      # atlas segmenter: the first fit was implausible (runtime.atlas)
 
 
 class Segmenter(Protocol):
