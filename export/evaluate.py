@@ -633,6 +633,8 @@ def main(argv=None) -> None:
     p.add_argument("--truth", choices=("mni", "expert"), default="mni",
                    help="studies: ground truth in the MNI atlas regions (as drawn) or the experts' (shipped atlas)")
     args = p.parse_args(argv)
+    if args.elderly and args.mode not in ("studies", "calibrate"):
+        p.error("--elderly makes synthetic studies: it applies to studies and calibrate only")
     scorer = CpuScorer(args.models)
     if args.mode == "calibrate":
         if scorer.models.classify_density is None:
@@ -640,6 +642,7 @@ def main(argv=None) -> None:
         default_out = Path("build/eval/calibrate_elderly" if args.elderly else "build/eval/calibrate")
         kept = (args.out or default_out) / "studies"
         result = calibrate(synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0, kept, args.elderly))
+        result["elderly_heads"] = args.elderly      # provenance: which synthetic heads chose the thresholds
         if args.check:
             first = CALIBRATION_SEED0 + args.n
             rows = synthetic_studies(args.shared, scorer, args.check, first, kept, args.elderly)

@@ -325,3 +325,13 @@ def test_cases_mode_reports_the_networks_on_model_space_cases(shared_data, tmp_p
     assert metrics["cases"] == 2 and 0.0 < metrics["dice"]["mean"] <= 1.0
     assert set(metrics["dice"]["per_region"]) == set(REGION_NAMES)
     assert "region Dice against the synthetic ground truth" in run.stdout
+
+
+def test_elderly_is_refused_where_no_synthetic_study_is_made(capsys):
+    """`--elderly` changes the synthetic heads; on real files it would only mislabel the output folder
+    and the cards' key, so it is one clear usage error."""
+    from export.evaluate import main
+    with pytest.raises(SystemExit) as exc:
+        main(["real", "--elderly"])
+    assert exc.value.code == 2
+    assert "error: --elderly makes synthetic studies" in capsys.readouterr().err
