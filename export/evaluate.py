@@ -4,6 +4,7 @@
     python -m export.evaluate studies --shared ../shared/data --n 24    # whole runtime, synthetic studies
     python -m export.evaluate real    --data ../shared/data/real --reads export/datasets/dev/reads.csv --loo
     python -m export.evaluate calibrate --shared ../shared/data --n 40 --check 60  # the rule's thresholds
+    python -m export.evaluate calibrate --troughs ...  # first the measure's sulcus filter, young + elderly
     python -m export.evaluate stability --loo                          # real studies turned and mirrored
 
 `real` takes any folder of studies with a reads file (CSV: study, subject,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -63,6 +65,7 @@ CALIBRATION_SEED0 = 300_000      # calibration studies: never the evaluation stu
 MAX_FALSE_REGIONS_PER_STUDY = 0.1
 CALIBRATED = ("threshold_hu", "neighbour_threshold_hu", "network_probability", "network_threshold_hu")
 NETWORK_PROBABILITIES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)    # tried for the DA-Net's one hop (runtime.score)
+TROUGHS = tuple((r, t) for r in (1.0, 2.0, 3.0) for t in (1.0, 2.0, 3.0, 4.0))   # (trough_mm, trough_hu) tried
 METHODS = ("runtime", "network", "density")
 
 
@@ -429,21 +432,29 @@ def _save_row(path: Path, row: Scored, res, models: str) -> None:
 
 def _load_row(path: Path, scorer: CpuScorer) -> Scored | None:
     """A kept study, its density differences measured again with the current measure."""
+    rows = _load_rows(path, [scorer.models.classify_density])
+    return rows[0] if rows else None
+
+
+def _load_rows(path: Path, rules: Sequence[DensityRuleCard | None]) -> list[Scored]:
+    """A kept study measured by each of `rules` (one load for all); [] for a refused study."""
     with np.load(path) as d:
         if "refused" in d:
-            return None
+            return []
         dice = float(d["dice"])
-        difference = d["difference_hu"]
-        if "hu" in d:
-            difference = remeasure(d["hu"].astype(np.float32), d["labels"], tuple(d["spacing"]), scorer)
-        return Scored(str(d["study"]), d["truth"], d["probability"], difference, d["called"],
-                      None if np.isnan(dice) else dice)
+        if "hu" not in d:        # kept before studies carried their HU: only the measure of that day
+            differences = [d["difference_hu"]] * len(rules)
+        else:
+            hu, labels = d["hu"].astype(np.float32), d["labels"]
+            differences = [remeasure(hu, labels, tuple(d["spacing"]), rule) for rule in rules]
+        return [Scored(str(d["study"]), d["truth"], d["probability"], difference, d["called"],
+                       None if np.isnan(dice) else dice) for difference in differences]
 
 
-def remeasure(hu: np.ndarray, labels: np.ndarray, spacing: tuple, scorer: CpuScorer) -> np.ndarray:
-    """(10, 2) density differences of a kept study by runtime.density, as the runtime measures now."""
+def remeasure(hu: np.ndarray, labels: np.ndarray, spacing: tuple, rule: DensityRuleCard | None) -> np.ndarray:
+    """(10, 2) density differences of a kept study by runtime.density, as `rule` measures."""
     grid = ModelGrid(shape=labels.shape, spacing=spacing, origin=(0.0, 0.0, 0.0), slab=1)
-    return difference_table(measure(hu, labels, grid, scorer.models.classify_density).regions)
+    return difference_table(measure(hu, labels, grid, rule).regions)
 
 
 def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: CpuScorer, loo: bool,
@@ -539,6 +550,49 @@ def calibrate(rows: list[Scored]) -> dict:
             "youden_threshold_hu": round(M.best_threshold(ev, y), 2)}
 
 
+def choose_troughs(young: list[Path], elderly: list[Path], rule: DensityRuleCard) -> dict:
+    """The measure's sulcus filter (runtime.density.troughs): each TROUGHS pair, and none, calibrated
+    by `calibrate` on the young calibration studies alone (as the card's procedure is), then counted
+    on those and on their elderly twins together. The fewest region errors (false plus missed) wins;
+    ties go to the deeper trough (fewer voxels left out; none is the deepest), then the smaller
+    radius. The elderly twins are what makes a filter worth having: young synthetic heads have no
+    sulci, real stroke patients do."""
+    candidates = [(0.0, 0.0), *TROUGHS]
+    rules = [replace(rule, trough_mm=r, trough_hu=t) for r, t in candidates]
+    young_rows = list(zip(*[rows for path in young if (rows := _load_rows(path, rules))]))
+    elderly_rows = list(zip(*[rows for path in elderly if (rows := _load_rows(path, rules))]))
+    tried = []
+    for (r, t), ys, es in zip(candidates, young_rows, elderly_rows):
+        calibrated = replace(rule, **{k: v for k, v in calibrate(list(ys)).items() if k in CALIBRATED})
+        truth = np.array([row.truth for row in (*ys, *es)]).astype(bool)
+        calls = np.array([rule_calls(row.difference_hu, row.probability, calibrated) > 0 for row in (*ys, *es)])
+        false, missed = int((calls & ~truth).sum()), int((truth & ~calls).sum())
+        tried.append({"trough_mm": r, "trough_hu": t, "errors": false + missed, "false_regions": false,
+                      "missed_regions": missed, **{k: getattr(calibrated, k) for k in CALIBRATED}})
+
+    def order(v: dict) -> tuple:
+        depth = v["trough_hu"] if v["trough_mm"] else np.inf
+        return v["errors"], -depth, v["trough_mm"]
+
+    best = min(tried, key=order)
+    return {"trough_mm": best["trough_mm"], "trough_hu": best["trough_hu"], "young_studies": len(young_rows[0]),
+            "elderly_studies": len(elderly_rows[0]), "tried": tried}
+
+
+def calibrate_troughs(args, scorer: CpuScorer, kept: Path, rule: DensityRuleCard) -> dict:
+    """`calibrate --troughs`: score (or reuse) the young calibration studies and their elderly twins,
+    choose the filter, and write it into the card before the thresholds are calibrated."""
+    kept_elderly = args.out / "studies_elderly" if args.out else Path("build/eval/calibrate_elderly/studies")
+    synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0, kept, elderly=False)
+    synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0, kept_elderly, elderly=True)
+    seeds = range(CALIBRATION_SEED0, CALIBRATION_SEED0 + args.n)
+    troughs = choose_troughs([kept / f"study_{s}.npz" for s in seeds],
+                             [kept_elderly / f"study_{s}.npz" for s in seeds], rule)
+    update_card(args.models / "density_rule.json", {k: troughs[k] for k in ("trough_mm", "trough_hu")})
+    write_manifest(args.models)
+    return troughs
+
+
 def rule_check(rows: list[Scored], rule: DensityRuleCard) -> dict:
     """A calibrated rule on studies its calibration never saw: picking the lowest threshold that passes
     a noisy count flatters the calibration studies, and a card must say what holds beyond them."""
@@ -594,6 +648,32 @@ def headline(result: dict) -> dict:
     return out
 
 
+def calibrate_run(args, scorer: CpuScorer) -> None:
+    """export.evaluate calibrate: the rule's values (and with --troughs first the measure's filter)
+    from synthetic studies, written into the density rule card with their provenance."""
+    rule = scorer.models.classify_density
+    if rule is None:
+        raise SystemExit(f"error: {args.models} has no density rule card to calibrate")
+    default_out = Path("build/eval/calibrate_elderly" if args.elderly else "build/eval/calibrate")
+    kept = (args.out or default_out) / "studies"
+    troughs = calibrate_troughs(args, scorer, kept, rule) if args.troughs else None
+    if troughs is not None:
+        scorer = CpuScorer(args.models, threads=scorer.threads)      # the card now carries the filter
+    result = calibrate(synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0, kept, args.elderly))
+    result["elderly_heads"] = args.elderly      # provenance: which synthetic heads chose the thresholds
+    if troughs is not None:
+        result["troughs"] = troughs
+    if args.check:
+        first = CALIBRATION_SEED0 + args.n
+        rows = synthetic_studies(args.shared, scorer, args.check, first, kept, args.elderly)
+        calibrated = replace(rule, **{k: result[k] for k in CALIBRATED})
+        result["check"] = {"seeds": f"{first}-{first + args.check - 1}", **rule_check(rows, calibrated)}
+    update_card(args.models / "density_rule.json", {k: result[k] for k in CALIBRATED},
+                metrics={"calibration": {k: _r(v) if isinstance(v, float) else v for k, v in result.items()}})
+    write_manifest(args.models)
+    print(json.dumps(result, indent=2, default=float))
+
+
 def stability_run(args, scorer: CpuScorer) -> None:
     """export.stability on a reads file; results to build/eval/stability/ (not into the cards)."""
     from . import stability
@@ -630,28 +710,20 @@ def main(argv=None) -> None:
     p.add_argument("--no-cards", action="store_true", help="do not copy the headline numbers into the cards")
     p.add_argument("--elderly", action="store_true",
                    help="studies, calibrate: the same synthetic studies in atrophic heads with sulci of their own")
+    p.add_argument("--troughs", action="store_true",
+                   help="calibrate: first choose the measure's sulcus filter on the young calibration studies "
+                        "and their elderly twins (runtime.density.troughs), then the thresholds")
     p.add_argument("--truth", choices=("mni", "expert"), default="mni",
                    help="studies: ground truth in the MNI atlas regions (as drawn) or the experts' (shipped atlas)")
     args = p.parse_args(argv)
     if args.elderly and args.mode not in ("studies", "calibrate"):
         p.error("--elderly makes synthetic studies: it applies to studies and calibrate only")
+    if args.troughs and (args.mode != "calibrate" or args.elderly):
+        p.error("--troughs chooses the measure on young and elderly calibration studies: calibrate only, "
+                "without --elderly")
     scorer = CpuScorer(args.models)
     if args.mode == "calibrate":
-        if scorer.models.classify_density is None:
-            raise SystemExit(f"error: {args.models} has no density rule card to calibrate")
-        default_out = Path("build/eval/calibrate_elderly" if args.elderly else "build/eval/calibrate")
-        kept = (args.out or default_out) / "studies"
-        result = calibrate(synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0, kept, args.elderly))
-        result["elderly_heads"] = args.elderly      # provenance: which synthetic heads chose the thresholds
-        if args.check:
-            first = CALIBRATION_SEED0 + args.n
-            rows = synthetic_studies(args.shared, scorer, args.check, first, kept, args.elderly)
-            calibrated = replace(scorer.models.classify_density, **{k: result[k] for k in CALIBRATED})
-            result["check"] = {"seeds": f"{first}-{first + args.check - 1}", **rule_check(rows, calibrated)}
-        update_card(args.models / "density_rule.json", {k: result[k] for k in CALIBRATED},
-                    metrics={"calibration": {k: _r(v) if isinstance(v, float) else v for k, v in result.items()}})
-        write_manifest(args.models)
-        print(json.dumps(result, indent=2, default=float))
+        calibrate_run(args, scorer)
         return
     if args.mode == "stability":
         stability_run(args, scorer)

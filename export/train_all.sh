@@ -28,11 +28,14 @@ bash export/train_realtex.sh "$SHARED" sub002 sub003 sub005 all
 cp build/realtex/models_all/danet_* build/realtex/models_all/training_log.jsonl engines/
 cp build/realtex/models_all/pytorch/danet_* engines/pytorch/
 python -m export.manifest engines
-# the rule's four values (40 synthetic scanner-pose studies, about 10 minutes; 60 more that only check
-# them, about 15), then every evaluation
-python -m export.evaluate calibrate --shared "$SHARED" --models engines --n 40 --check 60
-# each leave-one-out folder's rule calibrated the same way with its own DA-Net (about 10 minutes each)
+# the measure's sulcus filter (40 synthetic scanner-pose studies and their elderly twins, about 30 minutes),
+# then the rule's four values on the young 40 (60 more only check them, about 15 minutes), then every evaluation
+python -m export.evaluate calibrate --shared "$SHARED" --models engines --n 40 --check 60 --troughs
+# each leave-one-out folder's rule: the shipped measure, its values calibrated the same way with the
+# folder's own DA-Net (about 10 minutes each)
 for S in sub002 sub003 sub005; do
+  cp engines/density_rule.json "build/realtex/models_$S/"
+  python -m export.manifest "build/realtex/models_$S"
   python -m export.evaluate calibrate --shared "$SHARED" --models "build/realtex/models_$S" --n 40 \
       --out "build/eval/calibrate_$S"
 done

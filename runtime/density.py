@@ -11,8 +11,13 @@ than its mirror twin. Per region and side:
 Only parenchyma (the card's parenchyma_hu) counts: CSF, calcification and bone would swamp
 a few-HU signal. It is eroded in-plane by the card's erode_mm first: a voxel next to CSF is
 partly CSF (partial volume), and a region that the registration shifts by a millimetre
-towards a ventricle or a sulcus would otherwise read darker than its twin. The measure
-needs no training, so it transfers to real CT by construction; the rule that turns it into
+towards a ventricle or a sulcus would otherwise read darker than its twin. A sulcus cut
+obliquely by a thick slab is averaged into the voxels beside it instead: a band a few HU to
+15 HU darker than the tissue on both sides, inside the window, and more of it on the more
+atrophic side. Where the card sets trough_mm, a voxel that an in-plane closing of that radius
+raises by trough_hu or more (a thin dark trough between brighter tissue) is left out too. An
+ischemic lesion is a broad darkening with no brighter tissue on both sides, so it stays. The
+measure needs no training, so it transfers to real CT by construction; the rule that turns it into
 calls lives in runtime.score.
 """
 
@@ -64,6 +69,8 @@ def measure(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid, rule: DensityRu
         inplane = np.zeros((1, 3, 3), bool)
         inplane[0] = ndimage.generate_binary_structure(2, 1)
         parenchyma = ndimage.binary_erosion(parenchyma, structure=inplane, iterations=steps)
+    if rule is not None and rule.trough_mm > 0:
+        parenchyma &= ~troughs(hu, labels, grid, rule.trough_mm, rule.trough_hu)
     mirrored_ok = parenchyma[:, :, ::-1]
     asymmetry = np.where(parenchyma & mirrored_ok, smooth - smooth[:, :, ::-1], 0.0).astype(np.float32)
     darker = asymmetry <= -hypodense_hu
@@ -83,6 +90,16 @@ def measure(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid, rule: DensityRu
             out.append(RegionDensity(region=name, side=side, mean_hu=_round(mean), twin_mean_hu=_round(twin_mean),
                                      difference_hu=_round(diff), hypodense_ml=round(hypodense[name, side], 3)))
     return DensityMap(regions=tuple(out), asymmetry_hu=asymmetry)
+
+
+def troughs(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid, radius_mm: float, depth_hu: float) -> np.ndarray:
+    """Voxels at least depth_hu darker than an in-plane closing (square, radius_mm) of the lightly
+    smoothed brain. Outside the brain counts as dark, so the skull never fills the brain's edge."""
+    inside = np.where(labels > 0, hu, 0.0).astype(np.float32)
+    sigma = SMOOTH_MM / np.asarray(grid.spacing[:2])
+    smooth = ndimage.gaussian_filter(inside, (0, sigma[1], sigma[0]))
+    size = (1, *(2 * int(round(radius_mm / s)) + 1 for s in (grid.spacing[1], grid.spacing[0])))
+    return ndimage.grey_closing(smooth, size=size) - smooth >= depth_hu
 
 
 def difference_table(regions: tuple[RegionDensity, ...]) -> np.ndarray:

@@ -205,6 +205,8 @@ class DensityRuleCard:
     hypodense_hu: float
     neighbour_threshold_hu: float          # == threshold_hu: no pooling
     erode_mm: float                        # parenchyma eroded in-plane before measuring: off the CSF border
+    trough_mm: float = 0.0                 # thin dark troughs (sulci in a thick slab) left out: closing radius
+    trough_hu: float = 0.0                 # ... and how much darker than the closing a voxel must be
     network_probability: float | None = None   # None: the DA-Net never decides beside the rule
     network_threshold_hu: float = 0.0
     card_sha256: str = ""
@@ -229,6 +231,7 @@ def load_rule_card(path: Path) -> DensityRuleCard:
                                hypodense_hu=float(d["hypodense_hu"]),
                                neighbour_threshold_hu=float(d.get("neighbour_threshold_hu", d["threshold_hu"])),
                                erode_mm=float(d.get("erode_mm", 0.0)),
+                               trough_mm=float(d.get("trough_mm", 0.0)), trough_hu=float(d.get("trough_hu", 0.0)),
                                network_probability=_optional_float(d.get("network_probability")),
                                network_threshold_hu=float(d.get("network_threshold_hu", 0.0)),
                                card_sha256=digest, raw=d)
@@ -236,6 +239,7 @@ def load_rule_card(path: Path) -> DensityRuleCard:
         raise ModelError(f"model card {path} is malformed ({type(exc).__name__}: {exc})") from None
     if not (0.0 < card.neighbour_threshold_hu <= card.threshold_hu < 20.0 and card.hypodense_hu > 0
             and card.parenchyma_hu[0] < card.parenchyma_hu[1] and 0.0 <= card.erode_mm <= 5.0
+            and 0.0 <= card.trough_mm <= 10.0 and (card.trough_mm == 0.0 or card.trough_hu > 0.0)
             and (card.network_probability is None or (0.0 < card.network_probability < 1.0
                                                      and 0.0 <= card.network_threshold_hu <= card.threshold_hu))):
         raise ModelError(f"model card {path}: density rule values out of range")

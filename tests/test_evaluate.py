@@ -16,6 +16,7 @@ from export.evaluate import (
     borderline_summary,
     by_lesion_contrast,
     calibrate,
+    choose_troughs,
     method_scores,
     rule_check,
     summarise,
@@ -335,3 +336,46 @@ def test_elderly_is_refused_where_no_synthetic_study_is_made(capsys):
         main(["real", "--elderly"])
     assert exc.value.code == 2
     assert "error: --elderly makes synthetic studies" in capsys.readouterr().err
+
+
+def test_trough_filter_is_chosen_where_sulci_make_false_regions(tmp_path):
+    """Kept calibration studies, young and elderly twins: half have a 4 HU lesion in the right C; the
+    elderly twins also have sulcal bands in the left C. Without a filter, calibrated on the young
+    studies, every elderly twin without a lesion gets a false left C; the chosen filter removes them and keeps every
+    lesion."""
+    from runtime.modelcard import load_model_set
+    from tests.test_patches_score import _sulcus_grid
+    rule = load_model_set().classify_density
+    young, elderly = [], []
+    for i in range(6):
+        grid, hu, labels = _sulcus_grid()
+        truth = np.zeros((10, 2), bool)
+        if i % 2 == 0:
+            hu[labels == label_id(0, "right")] -= 4.0
+            truth[0, 1] = True
+        for folder, bands in (("young", ()), ("elderly", (69, 79, 89))):
+            h = hu.copy()
+            for x in bands:
+                h[:, 12:48, x:x + 3] = 22.0
+            path = tmp_path / folder / f"study_{i}.npz"
+            path.parent.mkdir(exist_ok=True)
+            np.savez(path, study=f"synthetic_{i}", truth=truth, probability=np.full((10, 2), 0.5),
+                     difference_hu=np.zeros((10, 2)), called=np.zeros((10, 2), bool), dice=np.nan,
+                     hu=h, labels=labels, spacing=np.asarray(grid.spacing), models="test")
+            (young if folder == "young" else elderly).append(path)
+    result = choose_troughs(young, elderly, rule)
+    tried = {(v["trough_mm"], v["trough_hu"]): v for v in result["tried"]}
+    chosen = tried[result["trough_mm"], result["trough_hu"]]
+    assert tried[0.0, 0.0]["false_regions"] == 3 and tried[0.0, 0.0]["missed_regions"] == 0
+    assert result["trough_mm"] > 0 and chosen["false_regions"] == 0 and chosen["missed_regions"] == 0
+    assert chosen["errors"] == min(v["errors"] for v in result["tried"])
+    assert result["young_studies"] == 6 and result["elderly_studies"] == 6
+
+
+def test_troughs_is_a_calibrate_option(capsys):
+    from export.evaluate import main
+    for argv in (["studies", "--troughs"], ["calibrate", "--troughs", "--elderly"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert "error: --troughs chooses the measure" in capsys.readouterr().err

@@ -89,6 +89,19 @@ def test_rule_card_with_the_network_hop_out_of_range_is_refused(tmp_path, edit):
     assert load_rule_card(path).network_probability is None
 
 
+@pytest.mark.parametrize("edit", [{"trough_mm": 3.0, "trough_hu": 0.0}, {"trough_mm": -1.0},
+                                  {"trough_mm": 12.0, "trough_hu": 2.0}])
+def test_rule_card_with_the_trough_filter_out_of_range_is_refused(tmp_path, edit):
+    """A filter with no depth would leave out every voxel a closing touches."""
+    path = tmp_path / "density_rule.json"
+    doc = {**json.loads((DEFAULT_MODEL_DIR / "density_rule.json").read_text()), **edit}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="out of range"):
+        load_rule_card(path)
+    path.write_text(json.dumps({**doc, "trough_mm": 0.0, "trough_hu": 0.0}))     # no filter: valid
+    assert load_rule_card(path).trough_mm == 0.0
+
+
 def test_shipped_manifest_is_pinned(monkeypatch):
     import runtime.modelcard as modelcard
     load_model_set()                                            # the shipped set matches its pin

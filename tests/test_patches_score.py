@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from runtime.patches import build_batch
 from runtime.regions import REGION_LABELS, REGION_NAMES, classes_from_labels, label_id, labels_from_classes, swap_sides
@@ -220,3 +221,42 @@ def test_density_measure_keeps_off_the_csf_border():
     eroded = {(r.region, r.side): r.difference_hu for r in measure(hu, labels, grid, rule).regions}
     assert plain["C", "right"] < -0.4
     assert abs(eroded["C", "right"]) < 0.05
+
+
+def _sulcus_grid():
+    """Two mirrored regions (15 x 20 mm) in a slab of 32 HU brain."""
+    from runtime.regions import BRAIN_LABEL
+    from runtime.resample import ModelGrid
+    grid = ModelGrid(shape=(3, 60, 120), spacing=(0.5, 0.5, 5.0), origin=(0.0, 0.0, 0.0), slab=1)
+    hu = np.full(grid.shape, 32.0, np.float32)
+    labels = np.full(grid.shape, BRAIN_LABEL, np.uint8)
+    labels[:, 10:50, 65:95] = label_id(0, "left")
+    labels[:, 10:50, 25:55] = label_id(0, "right")      # mirror of x 64..94
+    return grid, hu, labels
+
+
+def test_density_measure_leaves_out_sulcal_troughs():
+    """Sulci averaged into a thick slab: 1.5 mm bands 10 HU darker, 5 mm apart, inside the parenchyma
+    window, on one side only. Without the trough filter that side reads darker than its twin; with the card's
+    filter the two sides read alike, and a broad lesion across the whole region still reads at its
+    full drop."""
+    from dataclasses import replace
+
+    from runtime.density import measure
+    from runtime.modelcard import load_model_set
+    rule = load_model_set().classify_density
+    assert rule.trough_mm > 0 and rule.trough_hu > 0
+    grid, hu, labels = _sulcus_grid()
+    for x in (29, 39, 49):
+        hu[:, 12:48, x:x + 3] = 22.0                      # three bands in the right region
+
+    def right_c(h, card):
+        return {(r.region, r.side): r.difference_hu for r in measure(h, labels, grid, card).regions}["C", "right"]
+
+    no_filter = replace(rule, trough_mm=0.0, trough_hu=0.0)
+    assert right_c(hu, no_filter) < -0.8
+    assert abs(right_c(hu, rule)) < 0.1
+    lesion = np.where(labels == label_id(0, "right"), hu - 4.0, hu)
+    lesion_only = np.where(labels == label_id(0, "right"), 28.0, 32.0).astype(np.float32)
+    assert right_c(lesion_only, rule) == pytest.approx(-4.0, abs=0.05)
+    assert right_c(lesion, rule) == pytest.approx(-4.0, abs=0.1)
