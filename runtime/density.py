@@ -16,8 +16,9 @@ obliquely by a thick slab is averaged into the voxels beside it instead: a band 
 15 HU darker than the tissue on both sides, inside the window, and more of it on the more
 atrophic side. Where the card sets trough_mm, a voxel that an in-plane closing of that radius
 raises by trough_hu or more (a thin dark trough between brighter tissue) is left out too. An
-ischemic lesion is a broad darkening with no brighter tissue on both sides, so it stays. The
-measure needs no training, so it transfers to real CT by construction; the rule that turns it into
+ischemic lesion is a broad darkening with no brighter tissue on both sides, so it stays; and a
+partial-volume voxel carries only its tissue fraction of the lesion's drop, so leaving it out
+sharpens the lesion (engines/README.md, "The sulcus filter"). The measure needs no training, so it transfers to real CT by construction; the rule that turns it into
 calls lives in runtime.score.
 """
 
