@@ -76,30 +76,25 @@ def test_edited_card_content_is_refused(model_copy):
         load_model_set(model_copy)
 
 
-@pytest.mark.parametrize("edit", [{"network_probability": 1.5}, {"network_probability": 0.0},
-                                  {"network_threshold_hu": -0.1}, {"network_threshold_hu": 5.0}])
-def test_rule_card_with_the_network_hop_out_of_range_is_refused(tmp_path, edit):
+NO_HOP = {"network_probability": None, "network_threshold_hu": 0.0}     # no hop: its threshold is not read
+NO_FILTER = {"trough_mm": 0.0, "trough_hu": 0.0}
+
+
+@pytest.mark.parametrize("edit, valid", [
+    ({"network_probability": 1.5}, NO_HOP), ({"network_probability": 0.0}, NO_HOP),
+    ({"network_threshold_hu": -0.1}, NO_HOP), ({"network_threshold_hu": 5.0}, NO_HOP),
+    ({"trough_mm": 3.0, "trough_hu": 0.0}, NO_FILTER),     # no depth: every voxel a closing touches
+    ({"trough_mm": -1.0}, NO_FILTER), ({"trough_mm": 12.0, "trough_hu": 2.0}, NO_FILTER)])
+def test_rule_card_values_out_of_range_are_refused(tmp_path, edit, valid):
+    """The DA-Net's hop and the trough filter: refused out of range, read when switched off."""
     path = tmp_path / "density_rule.json"
     doc = {**json.loads((DEFAULT_MODEL_DIR / "density_rule.json").read_text()), **edit}
     path.write_text(json.dumps(doc))
     with pytest.raises(ModelError, match="out of range"):
         load_rule_card(path)
-    doc["network_probability"] = None                      # no hop: the network threshold is not read
-    path.write_text(json.dumps({**doc, "network_threshold_hu": 0.0}))
-    assert load_rule_card(path).network_probability is None
-
-
-@pytest.mark.parametrize("edit", [{"trough_mm": 3.0, "trough_hu": 0.0}, {"trough_mm": -1.0},
-                                  {"trough_mm": 12.0, "trough_hu": 2.0}])
-def test_rule_card_with_the_trough_filter_out_of_range_is_refused(tmp_path, edit):
-    """A filter with no depth would leave out every voxel a closing touches."""
-    path = tmp_path / "density_rule.json"
-    doc = {**json.loads((DEFAULT_MODEL_DIR / "density_rule.json").read_text()), **edit}
-    path.write_text(json.dumps(doc))
-    with pytest.raises(ModelError, match="out of range"):
-        load_rule_card(path)
-    path.write_text(json.dumps({**doc, "trough_mm": 0.0, "trough_hu": 0.0}))     # no filter: valid
-    assert load_rule_card(path).trough_mm == 0.0
+    path.write_text(json.dumps({**doc, **valid}))
+    card = load_rule_card(path)
+    assert all(getattr(card, k) == v for k, v in valid.items())
 
 
 def test_shipped_manifest_is_pinned(monkeypatch):
