@@ -18,8 +18,9 @@ atrophic side. Where the card sets trough_mm, a voxel that an in-plane closing o
 raises by trough_hu or more (a thin dark trough between brighter tissue) is left out too. An
 ischemic lesion is a broad darkening with no brighter tissue on both sides, so it stays; and a
 partial-volume voxel carries only its tissue fraction of the lesion's drop, so leaving it out
-sharpens the lesion (engines/README.md, "The sulcus filter"). The measure needs no training, so it transfers to real CT by construction; the rule that turns it into
-calls lives in runtime.score.
+sharpens the lesion (engines/README.md, "The sulcus filter"). The measure needs no training,
+so it transfers to real CT by construction; the rule that turns it into calls lives in
+runtime.score.
 """
 
 from __future__ import annotations
