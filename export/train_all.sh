@@ -28,7 +28,7 @@ bash export/train_realtex.sh "$SHARED" sub002 sub003 sub005 all
 cp build/realtex/models_all/danet_* build/realtex/models_all/training_log.jsonl engines/
 cp build/realtex/models_all/pytorch/danet_* engines/pytorch/
 python -m export.manifest engines
-# the measure's sulcus filter (40 synthetic scanner-pose studies and their elderly twins, about 30 minutes),
+# the measure's sulcus filter (40 synthetic scanner-pose studies and their elderly twins, about 40 minutes),
 # then the rule's four values on the young 40 (60 more only check them, about 15 minutes), then every evaluation
 python -m export.evaluate calibrate --shared "$SHARED" --models engines --n 40 --check 60 --troughs
 # each leave-one-out folder's rule: the shipped measure, its values calibrated the same way with the
