@@ -657,8 +657,9 @@ def calibrate_run(args, scorer: CpuScorer) -> None:
     default_out = Path("build/eval/calibrate_elderly" if args.elderly else "build/eval/calibrate")
     kept = (args.out or default_out) / "studies"
     troughs = calibrate_troughs(args, scorer, kept, rule) if args.troughs else None
-    if troughs is not None:
-        scorer = CpuScorer(args.models, threads=scorer.threads)      # the card now carries the filter
+    if troughs is not None:                                           # the card now carries the filter
+        scorer = CpuScorer(args.models, threads=scorer.threads)
+        rule = replace(rule, trough_mm=troughs["trough_mm"], trough_hu=troughs["trough_hu"])
     result = calibrate(synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0, kept, args.elderly))
     result["elderly_heads"] = args.elderly      # provenance: which synthetic heads chose the thresholds
     if troughs is not None:

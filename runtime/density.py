@@ -62,8 +62,7 @@ def measure(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid, rule: DensityRu
     parenchyma_hu = rule.parenchyma_hu if rule else DEFAULT_PARENCHYMA_HU
     hypodense_hu = rule.hypodense_hu if rule else DEFAULT_HYPODENSE_HU
     erode_mm = rule.erode_mm if rule else 0.0
-    sigma = SMOOTH_MM / np.asarray(grid.spacing[:2])
-    smooth = ndimage.gaussian_filter(hu, (0, sigma[1], sigma[0]))
+    smooth = _smooth_inplane(hu, grid)
     lo, hi = parenchyma_hu
     parenchyma = (hu >= lo) & (hu <= hi)
     steps = int(round(erode_mm / grid.spacing[0]))
@@ -97,11 +96,15 @@ def measure(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid, rule: DensityRu
 def troughs(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid, radius_mm: float, depth_hu: float) -> np.ndarray:
     """Voxels at least depth_hu darker than an in-plane closing (square, radius_mm) of the lightly
     smoothed brain. Outside the brain counts as dark, so the skull never fills the brain's edge."""
-    inside = np.where(labels > 0, hu, 0.0).astype(np.float32)
-    sigma = SMOOTH_MM / np.asarray(grid.spacing[:2])
-    smooth = ndimage.gaussian_filter(inside, (0, sigma[1], sigma[0]))
+    smooth = _smooth_inplane(np.where(labels > 0, hu, 0.0).astype(np.float32), grid)
     size = (1, *(2 * int(round(radius_mm / s)) + 1 for s in (grid.spacing[1], grid.spacing[0])))
     return ndimage.grey_closing(smooth, size=size) - smooth >= depth_hu
+
+
+def _smooth_inplane(volume: np.ndarray, grid: ModelGrid) -> np.ndarray:
+    """The light in-plane smoothing (SMOOTH_MM) both the mirror comparison and the trough filter see."""
+    sigma = SMOOTH_MM / np.asarray(grid.spacing[:2])
+    return ndimage.gaussian_filter(volume, (0, sigma[1], sigma[0]))
 
 
 def difference_table(regions: tuple[RegionDensity, ...]) -> np.ndarray:
