@@ -36,7 +36,7 @@ from runtime.errors import AspectsError
 from runtime.modelcard import DEFAULT_MODEL_DIR, DensityRuleCard, update_card
 from runtime.read import read_study
 from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL, label_id
-from runtime.resample import ModelGrid, to_study_grid
+from runtime.resample import ModelGrid, to_study_grid, window
 from runtime.score import (
     above_cut,
     aspects_of,
@@ -325,7 +325,8 @@ def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache
     """The whole runtime, file in to score out, on synthetic studies in real-world scanner poses.
     Each scored study is kept in `cache` (one .npz per seed) with its model-grid HU and labels, so an
     interrupted run resumes and a changed density measure is re-measured without re-synthesis; a
-    study kept under another atlas or other networks is scored again (`models_fingerprint`).
+    study kept under other networks is re-classified from them (`_current`), one kept under another
+    atlas is scored again (`models_fingerprint`).
     A study the runtime refuses is reported and left out. `elderly`: the same studies (the same
     truth) in atrophic heads with sulci of their own (`synth.draw_spec`)."""
     from . import synth
@@ -336,7 +337,7 @@ def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
             kept = cache / f"study_{seed0 + i}.npz"
-            if kept.exists() and _kept_fingerprint(kept) == models:
+            if kept.exists() and _current(kept, scorer, models):
                 row = _load_row(kept, scorer)
                 if row is not None:
                     rows.append(row)
@@ -417,6 +418,40 @@ def models_fingerprint(scorer: CpuScorer) -> str:
 def _kept_fingerprint(path: Path) -> str | None:
     with np.load(path) as d:
         return str(d["models"]) if "models" in d else None
+
+
+def _current(path: Path, scorer: CpuScorer, models: str) -> bool:
+    """Whether a kept study holds for `models`, after re-classifying it where only the networks
+    changed (a fold's DA-Net, a retrained one): its labels come from the same atlas, so both
+    DA-Nets run again on its kept HU and labels, about a second against half a minute for
+    synthesis and the whole runtime. The kept HU is float16 (steps of 0.03 HU at brain density,
+    under a thousandth of the networks' window), so the probabilities are the runtime's within that.
+    A study kept under another atlas, or scored without one, is not current: it is made again."""
+    kept = _kept_fingerprint(path)
+    if kept == models:
+        return True
+    atlas = models.split(",")[0]
+    if kept is None or atlas == "no-atlas" or kept.split(",")[0] != atlas:
+        return False
+    with np.load(path) as d:
+        record = dict(d)
+    if "refused" not in record:          # refusals come before the networks (read, strip, atlas fit)
+        hu, labels = record["hu"].astype(np.float32), record["labels"]
+        results, batches = scorer.classify(window(hu, labels > 0, *scorer.models.window), labels, {})
+        probability = np.zeros((len(REGION_NAMES), len(SIDES)))
+        for batch, result in zip(batches, results):
+            for b, name in enumerate(batch.regions):
+                if batch.assessable[b]:
+                    probability[REGION_NAMES.index(name)] = result.probability[b]
+        rule = scorer.models.classify_density
+        record["probability"] = probability
+        record["called"] = (rule_calls(record["difference_hu"], probability, rule) > 0 if rule is not None
+                            else probability >= np.array([[_threshold(scorer, n)] for n in REGION_NAMES]))
+    record["models"] = models
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **record)
+    tmp.replace(path)
+    return True
 
 
 def _save_row(path: Path, row: Scored, res, models: str) -> None:

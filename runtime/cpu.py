@@ -9,13 +9,15 @@ import time
 from contextlib import contextmanager
 from typing import Callable
 
+import numpy as np
+
 from .align import align
 from .atlas import AtlasSegmenter, load_atlas
-from .classify import classify
+from .classify import Classification, classify
 from .density import measure
 from .engine import Engine, cpu_engine, engine_version
 from .modelcard import DEFAULT_MODEL_DIR, ModelSet, load_model_set
-from .patches import build_batch
+from .patches import PatchBatch, build_batch
 from .preprocess import preprocess
 from .read import Study, read_study, validate_study
 from .result import CLASSIFIER_ROLES, StudyResult, check_brain_volume, score_study, study_result
@@ -54,20 +56,27 @@ class CpuScorer:
         with self._stage(timings, "segment"):
             seg = self.segmenter.segment(prep)
             labels = seg.labels
-        batches, results = [], []
-        for role in CLASSIFIER_ROLES:
-            engine = self.engines[role]
-            with self._stage(timings, "batch"):
-                batch = build_batch(prep.image, labels, engine.card.regions, engine.card.crop)
-            with self._stage(timings, "classify"):
-                results.append(classify(engine, batch))
-            batches.append(batch)
+        results, batches = self.classify(prep.image, labels, timings)
         with self._stage(timings, "score"):
             densities = measure(prep.hu, labels, prep.grid, self.models.classify_density)
             final = score_study(batches, results, densities, self.models)
         timings["total"] = time.perf_counter() - t0
         return study_result(study, alignment, prep.grid, prep.hu, seg, densities, brain_ml, final, timings,
-                            self.models, self.device_label, tuple(results), tuple(batches))
+                            self.models, self.device_label, results, batches)
+
+    def classify(self, image: np.ndarray, labels: np.ndarray, timings: dict[str, float]
+                 ) -> tuple[tuple[Classification, ...], tuple[PatchBatch, ...]]:
+        """Both DA-Nets on one windowed grid and its labels. Also what re-classifies a kept
+        evaluation study when only the networks changed (export.evaluate)."""
+        batches, results = [], []
+        for role in CLASSIFIER_ROLES:
+            engine = self.engines[role]
+            with self._stage(timings, "batch"):
+                batch = build_batch(image, labels, engine.card.regions, engine.card.crop)
+            with self._stage(timings, "classify"):
+                results.append(classify(engine, batch))
+            batches.append(batch)
+        return tuple(results), tuple(batches)
 
 
     def _stage(self, timings: dict[str, float], stage: str):

@@ -179,6 +179,27 @@ def test_kept_studies_are_keyed_by_the_models_they_were_scored_with(scorer, tmp_
     assert _kept_fingerprint(tmp_path / "new.npz") == models
 
 
+def test_kept_study_under_other_networks_is_reclassified_not_made_again(scorer, demo_result, tmp_path):
+    """Only the networks changed (a fold's DA-Net): the kept study's DA-Net probabilities are computed
+    again from its kept HU and labels and match the whole runtime's; under another atlas its labels
+    no longer hold, so it is not current and stays as it was, to be made again."""
+    from export.evaluate import _current, _save_row, models_fingerprint, scored
+    models = models_fingerprint(scorer)
+    row = scored("demo", demo_result, np.zeros((10, 2), bool))
+    other_networks = models.rsplit(",", 1)[0] + "," + "0" * 64
+    _save_row(tmp_path / "kept.npz", replace(row, probability=np.full((10, 2), 0.5)), demo_result, other_networks)
+    assert _current(tmp_path / "kept.npz", scorer, models)
+    with np.load(tmp_path / "kept.npz") as d:
+        assert str(d["models"]) == models
+        np.testing.assert_allclose(d["probability"], row.probability, atol=1e-3)
+        np.testing.assert_array_equal(d["called"], row.called)
+    other_atlas = "0" * 64 + "," + models.split(",", 1)[1]
+    _save_row(tmp_path / "old.npz", row, demo_result, other_atlas)
+    assert not _current(tmp_path / "old.npz", scorer, models)
+    with np.load(tmp_path / "old.npz") as d:
+        assert str(d["models"]) == other_atlas
+
+
 def _calibration_rows(n=30, seed=0):
     """Three-region strokes on half the studies, 3 HU deep; a fourth region beside them 1 HU deep
     that only the DA-Net (p 0.9) sees; the DA-Net also fires (p 0.9) at random elsewhere."""
