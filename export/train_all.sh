@@ -32,10 +32,11 @@ python -m export.manifest engines
 # then the rule's four values on the young 40 (60 more only check them, about 15 minutes), then every evaluation
 python -m export.evaluate calibrate --shared "$SHARED" --models engines --n 40 --check 60 --troughs
 # each leave-one-out folder's rule: the shipped measure, its values calibrated the same way with the
-# folder's own DA-Net (about 10 minutes each)
+# folder's own DA-Net, on copies of the same kept studies re-classified by that DA-Net (a few minutes each)
 for S in sub002 sub003 sub005; do
   cp engines/density_rule.json "build/realtex/models_$S/"
   python -m export.manifest "build/realtex/models_$S"
+  mkdir -p "build/eval/calibrate_$S/studies" && cp build/eval/calibrate/studies/*.npz "build/eval/calibrate_$S/studies/"
   python -m export.evaluate calibrate --shared "$SHARED" --models "build/realtex/models_$S" --n 40 \
       --out "build/eval/calibrate_$S"
 done
