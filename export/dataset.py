@@ -7,6 +7,7 @@ patch pairs are cut at 0.5 mm by the runtime's own batch builder, so training
 sees exactly what inference sees. One compressed .npz per case.
 
     python -m export.dataset --shared ../shared/data --out build/data/train --seeds 0:300
+    python -m export.dataset --elderly --out build/data/train_elderly --seeds 260:360
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ def phantom_centre(phantom: synth.Phantom) -> np.ndarray:
     return np.array([0.0, c[1], c[2]])
 
 
-def make_one(seed: int, shared: Path, out_dir: Path) -> dict:
+def make_one(seed: int, shared: Path, out_dir: Path, elderly: bool = False) -> dict:
+    """`elderly`: the case in an atrophic head with sulci of its own (synth.draw_spec)."""
     global _PHANTOM
     if _PHANTOM is None:
         _PHANTOM = synth.load_phantom(shared)
     phantom = _PHANTOM
-    spec = synth.draw_spec(seed, pose="residual")
+    spec = synth.draw_spec(seed, pose="residual", elderly=elderly)
     case = synth.make_case(phantom, spec)
     a1, shape1 = model_space_grid(spec, phantom_centre(phantom), FINE_STRIDE)
     hu1, labels1 = synth.render(phantom, case, a1, shape1, noise=False, slab_mm=a1[2, 2])
@@ -84,7 +86,7 @@ def make_one(seed: int, shared: Path, out_dir: Path) -> dict:
         pairs=pairs.astype(np.float16), hypo=(hypo[:, :, 0] > 0.5), affected=affected,
         fractions=np.array([case.core_fraction[r] for r in REGION_NAMES], np.float32))
     return {"seed": seed, "aspects": case.aspects, "affected": affected.sum(axis=0).tolist(),
-            "slice_mm": spec.slice_mm}
+            "slice_mm": spec.slice_mm, "elderly": elderly}
 
 
 def _noise(rng, shape, sigma):
@@ -99,11 +101,12 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seeds", default="0:300", help="start:stop")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--elderly", action="store_true", help="atrophic heads with sulci of their own")
     args = p.parse_args(argv)
     start, stop = (int(v) for v in args.seeds.split(":"))
     args.out.mkdir(parents=True, exist_ok=True)
     todo = [s for s in range(start, stop) if not (args.out / f"case_{s:05d}.npz").exists()]
-    work = partial(make_one, shared=args.shared, out_dir=args.out)
+    work = partial(make_one, shared=args.shared, out_dir=args.out, elderly=args.elderly)
     with mp.get_context("fork").Pool(args.workers) as pool:
         for i, info in enumerate(pool.imap_unordered(work, todo)):
             log_case(args.out, info, i, len(todo))

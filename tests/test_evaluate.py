@@ -349,6 +349,24 @@ def test_cases_mode_reports_the_networks_on_model_space_cases(shared_data, tmp_p
     assert "region Dice against the synthetic ground truth" in run.stdout
 
 
+@pytest.mark.slow
+def test_dataset_elderly_case_is_its_young_twin_in_an_atrophic_head(shared_data, tmp_path):
+    """`export.dataset --elderly`: the same lesion truth as the young case of that seed, other voxels,
+    and the index says which head it was drawn in."""
+    made = {}
+    for name, extra in (("young", []), ("elderly", ["--elderly"])):
+        run = subprocess.run([sys.executable, "-m", "export.dataset", "--shared", str(shared_data), "--out",
+                              str(tmp_path / name), "--seeds", "100001:100002", "--workers", "1", *extra],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+        (info,) = [json.loads(line) for line in (tmp_path / name / "index.jsonl").read_text().splitlines()]
+        assert info["elderly"] == (name == "elderly")
+        with np.load(tmp_path / name / "case_100001.npz") as d:
+            made[name] = {k: d[k] for k in ("affected", "image1")}
+    assert np.array_equal(made["young"]["affected"], made["elderly"]["affected"])
+    assert not np.array_equal(made["young"]["image1"], made["elderly"]["image1"])
+
+
 def test_elderly_is_refused_where_no_synthetic_study_is_made(capsys):
     """`--elderly` changes the synthetic heads; on real files it would only mislabel the output folder
     and the cards' key, so it is one clear usage error."""
