@@ -7,6 +7,8 @@
     python -m export.evaluate calibrate --troughs ...  # first the measure's sulcus filter, young + elderly
     python -m export.evaluate stability --loo                          # real studies turned and mirrored
 
+The calibrate mode lives in export.calibrate, the kept synthetic studies in export.studies.
+
 `real` takes any folder of studies with a reads file (CSV: study, subject,
 image, map, aspects, side, affected) and, for expert region maps, a label-order
 file; `--loo` scores each subject with an atlas built without its own map.
@@ -23,32 +25,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from runtime.cpu import CpuScorer
-from runtime.density import difference_table, measure
-from runtime.errors import AspectsError
 from runtime.modelcard import DEFAULT_MODEL_DIR, DensityRuleCard, update_card
 from runtime.read import read_study
-from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL, label_id
-from runtime.resample import ModelGrid, to_study_grid, window
-from runtime.score import (
-    above_cut,
-    aspects_of,
-    borderline_calls,
-    density_calls,
-    network_calls,
-    rule_calls,
-    score_range,
-)
+from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL
+from runtime.resample import to_study_grid
+from runtime.score import above_cut, aspects_of, borderline_calls, density_calls, rule_calls, score_range
 from runtime.segment import segment
 
 from . import metrics as M
+from .calibrate import calibrate_run
 from .manifest import write_manifest
 from .realdata import (
     DEV_SET,
@@ -59,48 +50,16 @@ from .realdata import (
     load_reads,
     read_expert_map,
 )
+from .studies import STUDY_SEED0, Scored, card_threshold, scored, seed_of, synthetic_studies
 
-STUDY_SEED0 = 200_000
-CALIBRATION_SEED0 = 300_000      # calibration studies: never the evaluation studies' seeds
-MAX_FALSE_REGIONS_PER_STUDY = 0.1
-CALIBRATED = ("threshold_hu", "neighbour_threshold_hu", "network_probability", "network_threshold_hu")
-NETWORK_PROBABILITIES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)    # tried for the DA-Net's one hop (runtime.score)
-TROUGHS = tuple((r, t) for r in (1.0, 2.0, 3.0) for t in (1.0, 2.0, 3.0, 4.0))   # (trough_mm, trough_hu) tried
 METHODS = ("runtime", "network", "density")
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One study as the evaluation sees it; arrays are (10 regions, 2 sides [left, right])."""
-    study: str
-    truth: np.ndarray
-    probability: np.ndarray       # DA-Net
-    difference_hu: np.ndarray     # region minus mirror twin; NaN where not measurable
-    called: np.ndarray            # the runtime's calls
-    dice: float | None = None
-    dice_regions: dict | None = None
-    network_threshold: np.ndarray | None = None   # (10,) the DA-Net cards' thresholds the study was scored with
-    rule: DensityRuleCard | None = None           # the rule it was scored with, where not the evaluated set's
-
-
-def scored(study: str, res, truth: np.ndarray, dice=None, dice_regions=None) -> Scored:
-    shape = (len(REGION_NAMES), len(SIDES))
-    p, d, c = np.zeros(shape), np.full(shape, np.nan), np.zeros(shape, bool)
-    for call in res.score.calls:
-        i, s = REGION_NAMES.index(call.region), SIDES.index(call.side)
-        p[i, s] = call.probability or 0.0
-        d[i, s] = np.nan if call.difference_hu is None else call.difference_hu
-        c[i, s] = call.affected
-    thr = {name: k.threshold for k in res.classifications for name in k.regions}
-    network_threshold = np.array([thr[n] for n in REGION_NAMES]) if len(thr) == len(REGION_NAMES) else None
-    return Scored(study, truth, p, d, c, dice, dice_regions, network_threshold)
 
 
 def method_scores(rows: list[Scored], method: str, scorer: CpuScorer) -> tuple[np.ndarray, np.ndarray]:
     """(continuous evidence, calls), each (studies, 10, 2), for one method."""
     rule = scorer.models.classify_density
     if method == "network":
-        default = np.array([_threshold(scorer, n) for n in REGION_NAMES])
+        default = np.array([card_threshold(scorer, n) for n in REGION_NAMES])
         thr = np.array([default if r.network_threshold is None else r.network_threshold for r in rows])[:, :, None]
         ev = np.array([r.probability for r in rows])
         return ev, ev >= thr
@@ -119,7 +78,7 @@ def _evidence(row: Scored) -> dict:
     can see which region moved a score."""
     return {f"{side} {name}": {"truth": bool(row.truth[i, s]), "called": bool(row.called[i, s]),
                                "probability": round(float(row.probability[i, s]), 4),
-                               "difference_hu": _r(row.difference_hu[i, s])}
+                               "difference_hu": M.rounded(row.difference_hu[i, s])}
             for i, name in enumerate(REGION_NAMES) for s, side in enumerate(SIDES)}
 
 
@@ -276,14 +235,6 @@ def dice_summary(cases: list[tuple[float, dict]], against: str) -> dict:
             "per_region": {k: float(np.mean(v)) for k, v in per_region.items()}}
 
 
-def mean_dice(pred: np.ndarray, truth: np.ndarray) -> tuple[float, dict]:
-    """Mean over the region-sides present in either map."""
-    per = {f"{side} {name}": M.dice(pred, truth, label_id(r, side))
-           for r, name in enumerate(REGION_NAMES) for side in SIDES}
-    per = {k: v for k, v in per.items() if not np.isnan(v)}
-    return float(np.mean(list(per.values()))), per
-
-
 # ---------------------------------------------------------------- modes
 
 def eval_cases(data: Path, scorer: CpuScorer) -> dict:
@@ -295,7 +246,7 @@ def eval_cases(data: Path, scorer: CpuScorer) -> dict:
         with np.load(f) as d:
             image05 = d["image1"].astype(np.float32).repeat(2, axis=1).repeat(2, axis=2)
             seg = segment(image05, scorer.engines["segment_coarse"], scorer.engines["segment_fine"])
-            dices.append(mean_dice(seg.labels[:, ::2, ::2], d["labels1"]))
+            dices.append(M.mean_dice(seg.labels[:, ::2, ::2], d["labels1"]))
             p = np.zeros((10, 2))
             for role, idx in cls.items():
                 eng = scorer.engines[role]
@@ -304,65 +255,13 @@ def eval_cases(data: Path, scorer: CpuScorer) -> dict:
             probs.append(p)
             truths.append(d["affected"])
     p_all, t_all = np.array(probs), np.array(truths)
-    thr = np.array([_threshold(scorer, n) for n in REGION_NAMES])[None, :, None]
+    thr = np.array([card_threshold(scorer, n) for n in REGION_NAMES])[None, :, None]
     calls = p_all >= thr
     auto, true = aspects_of(calls), aspects_of(t_all)
     return {"cases": len(files), "dice": dice_summary(dices, "the synthetic ground truth (model space, every slice)"),
             "methods": {"network": {"regions": region_table(p_all, calls, t_all),
                                     "score": score_agreement(auto, true), "scores": auto.tolist()}},
             "studies": {}, "_pred": auto.tolist(), "_true": true.tolist()}
-
-
-def _threshold(scorer: CpuScorer, region: str) -> float:
-    for c in scorer.models.cards:
-        if region in c.regions:
-            return c.threshold
-    raise KeyError(region)
-
-
-def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache: Path,
-                      elderly: bool = False) -> list[Scored]:
-    """The whole runtime, file in to score out, on synthetic studies in real-world scanner poses.
-    Each scored study is kept in `cache` (one .npz per seed) with its model-grid HU and labels, so an
-    interrupted run resumes and a changed density measure is re-measured without re-synthesis; a
-    study kept under other networks is re-classified from them (`_current`), one kept under another
-    atlas is scored again (`models_fingerprint`).
-    A study the runtime refuses is reported and left out. `elderly`: the same studies (the same
-    truth) in atrophic heads with sulci of their own (`synth.draw_spec`)."""
-    from . import synth
-    phantom = synth.load_phantom(shared)
-    rows = []
-    cache.mkdir(parents=True, exist_ok=True)
-    models = models_fingerprint(scorer)
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(n):
-            kept = cache / f"study_{seed0 + i}.npz"
-            if kept.exists() and _current(kept, scorer, models):
-                row = _load_row(kept, scorer)
-                if row is not None:
-                    rows.append(row)
-                continue
-            spec = synth.draw_spec(seed0 + i, pose="scanner", elderly=elderly)
-            case = synth.make_case(phantom, spec)
-            grid, shape = synth.scanner_grid(spec)
-            hu, _ = synth.render(phantom, case, grid, shape, with_labels=False)
-            path = Path(tmp) / f"study_{i:03d}.nii.gz"
-            synth.write_study(path, hu, grid)
-            truth = np.array([case.affected[r] for r in REGION_NAMES])
-            try:
-                res = scorer.score(path)
-            except AspectsError as exc:
-                print(f"study {i}: refused by the runtime ({exc})", flush=True)
-                np.savez(kept, refused=str(exc), models=models)
-                continue
-            # Ground-truth labels on the runtime's own model grid, through its recovered pose.
-            to_world = res.alignment.matrix @ res.grid.index_to_model
-            dice = mean_dice(res.labels, synth.render_labels(phantom, case, to_world, res.grid.shape))[0]
-            rows.append(scored(f"synthetic_{seed0 + i}", res, truth, dice))
-            _save_row(kept, rows[-1], res, models)
-            print(f"study {i}: true {case.aspects} auto {res.score.aspects} dice {dice:.3f} "
-                  f"{res.timings_s['total']:.1f}s", flush=True)
-    return rows
 
 
 def in_expert_regions(rows: list[Scored], shared: Path, atlas_npz: Path) -> list[Scored]:
@@ -373,7 +272,7 @@ def in_expert_regions(rows: list[Scored], shared: Path, atlas_npz: Path) -> list
     regions = synth.expert_regions(phantom, atlas_npz)
     out = []
     for row in rows:
-        case = synth.make_case(phantom, synth.draw_spec(_seed(row), pose="scanner"))
+        case = synth.make_case(phantom, synth.draw_spec(seed_of(row), pose="scanner"))
         truth = synth.truth_in_regions(case.core, regions)
         out.append(replace(row, truth=np.array([truth[r][0] for r in REGION_NAMES])))
     return out
@@ -390,7 +289,7 @@ def by_lesion_contrast(rows: list[Scored], scorer: CpuScorer) -> dict:
     _, calls = method_scores(rows, "runtime", scorer)
     truth = np.array([r.truth for r in rows]).astype(bool)
     auto, true = aspects_of(calls), aspects_of(truth)
-    drops = np.array([max((lesion.drop_hu for lesion in synth.draw_spec(_seed(r), pose="scanner").lesions),
+    drops = np.array([max((lesion.drop_hu for lesion in synth.draw_spec(seed_of(r), pose="scanner").lesions),
                           default=0.0) for r in rows])
     out = {}
     for name, lo, hi in CONTRAST_BANDS:
@@ -402,94 +301,6 @@ def by_lesion_contrast(rows: list[Scored], scorer: CpuScorer) -> dict:
                      "region_sensitivity": hits / total if total else float("nan"),
                      "region_sensitivity_ci": M.wilson(hits, total)}
     return out
-
-
-def _seed(row: Scored) -> int:
-    return int(row.study.rsplit("_", 1)[1])
-
-
-def models_fingerprint(scorer: CpuScorer) -> str:
-    """What a kept study depends on: its labels on the atlas's file, its probabilities on the
-    networks' (not the rule, whose measure and thresholds are re-applied to the kept HU)."""
-    atlas = scorer.models.segment_atlas
-    return ",".join([atlas.sha256 if atlas else "no-atlas"] + [c.sha256 for c in scorer.models.cards])
-
-
-def _kept_fingerprint(path: Path) -> str | None:
-    with np.load(path) as d:
-        return str(d["models"]) if "models" in d else None
-
-
-def _current(path: Path, scorer: CpuScorer, models: str) -> bool:
-    """Whether a kept study holds for `models`, after re-classifying it where only the networks
-    changed (a fold's DA-Net, a retrained one): its labels come from the same atlas, so both
-    DA-Nets run again on its kept HU and labels, about a second against half a minute for
-    synthesis and the whole runtime. The kept HU is float16 (steps of 0.03 HU at brain density,
-    under a thousandth of the networks' window), so the probabilities are the runtime's within that.
-    A study kept under another atlas, or scored without one, is not current: it is made again."""
-    kept = _kept_fingerprint(path)
-    if kept == models:
-        return True
-    atlas = models.split(",")[0]
-    if kept is None or atlas == "no-atlas" or kept.split(",")[0] != atlas:
-        return False
-    with np.load(path) as d:
-        record = dict(d)
-    if "refused" not in record:          # refusals come before the networks (read, strip, atlas fit)
-        hu, labels = record["hu"].astype(np.float32), record["labels"]
-        results, batches = scorer.classify(window(hu, labels > 0, *scorer.models.window), labels, {})
-        probability = np.zeros((len(REGION_NAMES), len(SIDES)))
-        for batch, result in zip(batches, results):
-            for b, name in enumerate(batch.regions):
-                if batch.assessable[b]:
-                    probability[REGION_NAMES.index(name)] = result.probability[b]
-        rule = scorer.models.classify_density
-        record["probability"] = probability
-        record["called"] = (rule_calls(record["difference_hu"], probability, rule) > 0 if rule is not None
-                            else probability >= np.array([[_threshold(scorer, n)] for n in REGION_NAMES]))
-    record["models"] = models
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **record)
-    tmp.replace(path)
-    return True
-
-
-def _save_row(path: Path, row: Scored, res, models: str) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    brain = res.labels > 0
-    np.savez_compressed(tmp, study=row.study, truth=row.truth, probability=row.probability,
-                        difference_hu=row.difference_hu, called=row.called,
-                        dice=np.nan if row.dice is None else row.dice,
-                        hu=np.where(brain, res.hu, 0).astype(np.float16), labels=res.labels,
-                        spacing=np.asarray(res.grid.spacing), models=models)
-    tmp.replace(path)
-
-
-def _load_row(path: Path, scorer: CpuScorer) -> Scored | None:
-    """A kept study, its density differences measured again with the current measure."""
-    rows = _load_rows(path, [scorer.models.classify_density])
-    return rows[0] if rows else None
-
-
-def _load_rows(path: Path, rules: Sequence[DensityRuleCard | None]) -> list[Scored]:
-    """A kept study measured by each of `rules` (one load for all); [] for a refused study."""
-    with np.load(path) as d:
-        if "refused" in d:
-            return []
-        dice = float(d["dice"])
-        if "hu" not in d:        # kept before studies carried their HU: only the measure of that day
-            differences = [d["difference_hu"]] * len(rules)
-        else:
-            hu, labels = d["hu"].astype(np.float32), d["labels"]
-            differences = [remeasure(hu, labels, tuple(d["spacing"]), rule) for rule in rules]
-        return [Scored(str(d["study"]), d["truth"], d["probability"], difference, d["called"],
-                       None if np.isnan(dice) else dice) for difference in differences]
-
-
-def remeasure(hu: np.ndarray, labels: np.ndarray, spacing: tuple, rule: DensityRuleCard | None) -> np.ndarray:
-    """(10, 2) density differences of a kept study by runtime.density, as `rule` measures."""
-    grid = ModelGrid(shape=labels.shape, spacing=spacing, origin=(0.0, 0.0, 0.0), slab=1)
-    return difference_table(measure(hu, labels, grid, rule).regions)
 
 
 def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: CpuScorer, loo: bool,
@@ -514,7 +325,7 @@ def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: 
             expert = read_expert_map(read.map, order)
             ours = to_study_grid(study, res.alignment, res.grid, res.labels)
             zs = labelled_slices(expert)
-            dice, per = mean_dice(ours[zs], expert[zs])
+            dice, per = M.mean_dice(ours[zs], expert[zs])
         rows.append(replace(scored(read.study, res, read.truth(), dice, per),
                             rule=subject_scorer.models.classify_density))
         print(f"{read.study}: expert {read.aspects} auto {res.score.aspects} "
@@ -533,114 +344,6 @@ def fold_scorers(reads, fold_models: str | None, scorer: CpuScorer) -> dict[str,
         if folder.is_dir():
             scorers[subject] = CpuScorer(folder, threads=scorer.threads)
     return scorers
-
-
-def calibrate(rows: list[Scored]) -> dict:
-    """The runtime rule's thresholds, from synthetic studies the runtime scored end to end (studies
-    no other step saw), each step within MAX_FALSE_REGIONS_PER_STUDY false regions per study for the
-    whole rule so far:
-    1. the lowest density threshold, in 0.1 HU steps;
-    2. the lowest neighbour threshold;
-    3. the DA-Net's hop beside a clear density call: the pair of NETWORK_PROBABILITIES and HU (0.1 HU
-       steps up to the neighbour threshold) with the most true calls; ties go to the higher
-       probability, then the higher HU (the stricter pair); no hop when no pair within the limit
-       adds a true call.
-    Every false region costs a point of ASPECTS, so specificity comes first; Youden's J (reported
-    too) sits where the synthetic heads' small normal asymmetry allows, well below what real heads show."""
-    diffs = np.array([r.difference_hu for r in rows])
-    probs = np.array([r.probability for r in rows])
-    truth = np.array([r.truth for r in rows]).astype(bool)
-    ev, y = -np.nan_to_num(diffs).ravel(), truth.ravel().astype(int)
-    candidates = np.round(np.arange(0.5, 6.01, 0.1), 1)
-
-    def false_rate(calls: np.ndarray) -> float:
-        return float((calls & ~truth).sum() / len(rows))
-
-    t = float(next(c for c in candidates if false_rate(density_calls(diffs, c, c)) <= MAX_FALSE_REGIONS_PER_STUDY))
-    t2 = float(next(c for c in candidates
-                    if c <= t and false_rate(density_calls(diffs, t, c)) <= MAX_FALSE_REGIONS_PER_STUDY))
-    density, clear = density_calls(diffs, t, t2), density_calls(diffs, t, t)
-
-    def hop(p: float, h: float) -> np.ndarray:      # what the DA-Net adds to the density calls
-        return network_calls(diffs, probs, clear, p, h) & ~density
-
-    pairs = [(p, float(h)) for p in NETWORK_PROBABILITIES for h in np.round(np.arange(0.0, t2 + 1e-9, 0.1), 1)]
-    within = [(int((hop(p, h) & truth).sum()), p, h) for p, h in pairs
-              if false_rate(density | hop(p, h)) <= MAX_FALSE_REGIONS_PER_STUDY]
-    found, p_net, t_net = max(within, default=(0, None, 0.0))
-    if not found:                # a hop that finds nothing on the calibration studies only adds risk
-        p_net, t_net = None, 0.0
-    calls = density if p_net is None else density | hop(p_net, t_net)
-    return {"threshold_hu": t, "neighbour_threshold_hu": t2, "network_probability": p_net,
-            "network_threshold_hu": t_net,
-            "rule": f"lowest threshold, then lowest neighbour threshold, then the DA-Net pair with the most true "
-                    f"calls, each with <= {MAX_FALSE_REGIONS_PER_STUDY} false regions per study on synthetic "
-                    "scanner-pose studies",
-            "studies": len(rows), "region_sides": int(len(y)), "positives": int(y.sum()), "auc": M.auc(ev, y),
-            "sensitivity": float(calls[truth].mean()), "specificity": float(1 - calls[~truth].mean()),
-            "false_regions_per_study": false_rate(calls),
-            "sensitivity_density_only": float(density[truth].mean()),
-            "false_regions_per_study_density_only": false_rate(density),
-            "sensitivity_without_neighbours": float((ev[y == 1] >= t).mean()),
-            "youden_threshold_hu": round(M.best_threshold(ev, y), 2)}
-
-
-def choose_troughs(young: list[Path], elderly: list[Path], rule: DensityRuleCard) -> dict:
-    """The measure's sulcus filter (runtime.density.troughs): each TROUGHS pair, and none, calibrated
-    by `calibrate` on the young calibration studies alone (as the card's procedure is), then counted
-    on those and on their elderly twins together. The fewest region errors (false plus missed) wins;
-    ties go to the deeper trough (fewer voxels left out; none is the deepest), then the smaller
-    radius. The elderly twins are what makes a filter worth having: young synthetic heads have no
-    sulci, real stroke patients do."""
-    candidates = [(0.0, 0.0), *TROUGHS]
-    rules = [replace(rule, trough_mm=r, trough_hu=t) for r, t in candidates]
-    young_rows = list(zip(*[rows for path in young if (rows := _load_rows(path, rules))]))
-    elderly_rows = list(zip(*[rows for path in elderly if (rows := _load_rows(path, rules))]))
-    tried = []
-    for (r, t), ys, es in zip(candidates, young_rows, elderly_rows):
-        calibrated = replace(rule, **{k: v for k, v in calibrate(list(ys)).items() if k in CALIBRATED})
-        truth = np.array([row.truth for row in (*ys, *es)]).astype(bool)
-        calls = np.array([rule_calls(row.difference_hu, row.probability, calibrated) > 0 for row in (*ys, *es)])
-        false, missed = int((calls & ~truth).sum()), int((truth & ~calls).sum())
-        tried.append({"trough_mm": r, "trough_hu": t, "errors": false + missed, "false_regions": false,
-                      "missed_regions": missed, **{k: getattr(calibrated, k) for k in CALIBRATED}})
-
-    def order(v: dict) -> tuple:
-        depth = v["trough_hu"] if v["trough_mm"] else np.inf
-        return v["errors"], -depth, v["trough_mm"]
-
-    best = min(tried, key=order)
-    return {"trough_mm": best["trough_mm"], "trough_hu": best["trough_hu"], "young_studies": len(young_rows[0]),
-            "elderly_studies": len(elderly_rows[0]), "tried": tried}
-
-
-def calibrate_troughs(args, scorer: CpuScorer, kept: Path, rule: DensityRuleCard) -> dict:
-    """`calibrate --troughs`: score (or reuse) the young calibration studies and their elderly twins,
-    choose the filter, and write it into the card before the thresholds are calibrated."""
-    kept_elderly = args.out / "studies_elderly" if args.out else Path("build/eval/calibrate_elderly/studies")
-    synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0, kept, elderly=False)
-    synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0, kept_elderly, elderly=True)
-    seeds = range(CALIBRATION_SEED0, CALIBRATION_SEED0 + args.n)
-    troughs = choose_troughs([kept / f"study_{s}.npz" for s in seeds],
-                             [kept_elderly / f"study_{s}.npz" for s in seeds], rule)
-    update_card(args.models / "density_rule.json", {k: troughs[k] for k in ("trough_mm", "trough_hu")})
-    write_manifest(args.models)
-    return troughs
-
-
-def rule_check(rows: list[Scored], rule: DensityRuleCard) -> dict:
-    """A calibrated rule on studies its calibration never saw: picking the lowest threshold that passes
-    a noisy count flatters the calibration studies, and a card must say what holds beyond them."""
-    truth = np.array([r.truth for r in rows]).astype(bool)
-    calls = np.array([rule_calls(r.difference_hu, r.probability, rule) > 0 for r in rows])
-    auto, true = aspects_of(calls), aspects_of(truth)
-    right = int((above_cut(auto) == above_cut(true)).sum())
-    return {"studies": len(rows), "sensitivity": _r(calls[truth].mean()),
-            "specificity": _r(1 - calls[~truth].mean()),
-            "false_regions_per_study": _r((calls & ~truth).sum() / len(rows)),
-            "dichotomised_accuracy": _r(right / len(rows)),
-            "dichotomised_accuracy_ci": [_r(v) for v in M.wilson(right, len(rows))],
-            "mae": _r(np.abs(auto - true).mean())}
 
 
 def write_tables(out: Path, metrics: dict, table: str) -> None:
@@ -672,42 +375,16 @@ def headline(result: dict) -> dict:
             out["dice_per_region"] = {k: round(v, 3) for k, v in result["dice"]["per_region"].items()}
     for method, m in result["methods"].items():
         regions, sc = m["regions"], m["score"]
-        out[method] = {**{g: {k: _r(regions[g][k]) for k in ("sensitivity", "specificity", "auc")}
+        out[method] = {**{g: {k: M.rounded(regions[g][k]) for k in ("sensitivity", "specificity", "auc")}
                           for g in ("subcortical", "cortical", "all")},
-                       "dichotomised_accuracy": _r(sc["dichotomised_le6"]["accuracy"]),
-                       "dichotomised_accuracy_ci": [_r(v) for v in sc["dichotomised_le6"]["accuracy_ci"]],
-                       "dichotomised_specificity": _r(sc["dichotomised_le6"]["specificity"]),
-                       "mae": _r(sc["mae"]), "within_1": _r(sc["within_1"]), "icc": _r(sc["icc_2_1"])}
+                       "dichotomised_accuracy": M.rounded(sc["dichotomised_le6"]["accuracy"]),
+                       "dichotomised_accuracy_ci": [M.rounded(v) for v in sc["dichotomised_le6"]["accuracy_ci"]],
+                       "dichotomised_specificity": M.rounded(sc["dichotomised_le6"]["specificity"]),
+                       "mae": M.rounded(sc["mae"]), "within_1": M.rounded(sc["within_1"]),
+                       "icc": M.rounded(sc["icc_2_1"])}
     if result.get("studies"):      # scores only: the per-region evidence stays in metrics.json
         out["studies"] = {k: {"true": v["true"], "auto": v["auto"]} for k, v in result["studies"].items()}
     return out
-
-
-def calibrate_run(args, scorer: CpuScorer) -> None:
-    """export.evaluate calibrate: the rule's values (and with --troughs first the measure's filter)
-    from synthetic studies, written into the density rule card with their provenance."""
-    rule = scorer.models.classify_density
-    if rule is None:
-        raise SystemExit(f"error: {args.models} has no density rule card to calibrate")
-    default_out = Path("build/eval/calibrate_elderly" if args.elderly else "build/eval/calibrate")
-    kept = (args.out or default_out) / "studies"
-    troughs = calibrate_troughs(args, scorer, kept, rule) if args.troughs else None
-    if troughs is not None:                                           # the card now carries the filter
-        scorer = CpuScorer(args.models, threads=scorer.threads)
-        rule = replace(rule, trough_mm=troughs["trough_mm"], trough_hu=troughs["trough_hu"])
-    result = calibrate(synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0, kept, args.elderly))
-    result["elderly_heads"] = args.elderly      # provenance: which synthetic heads chose the thresholds
-    if troughs is not None:
-        result["troughs"] = troughs
-    if args.check:
-        first = CALIBRATION_SEED0 + args.n
-        rows = synthetic_studies(args.shared, scorer, args.check, first, kept, args.elderly)
-        calibrated = replace(rule, **{k: result[k] for k in CALIBRATED})
-        result["check"] = {"seeds": f"{first}-{first + args.check - 1}", **rule_check(rows, calibrated)}
-    update_card(args.models / "density_rule.json", {k: result[k] for k in CALIBRATED},
-                metrics={"calibration": {k: _r(v) if isinstance(v, float) else v for k, v in result.items()}})
-    write_manifest(args.models)
-    print(json.dumps(result, indent=2, default=float))
 
 
 def stability_run(args, scorer: CpuScorer) -> None:
@@ -720,10 +397,6 @@ def stability_run(args, scorer: CpuScorer) -> None:
     text = stability.table_text(rows, total)
     write_tables(args.out or Path("build/eval/stability"), {"rows": rows, "summary": total}, text)
     print(text)
-
-
-def _r(v):
-    return None if v is None or (isinstance(v, float) and np.isnan(v)) else round(float(v), 4)
 
 
 def main(argv=None) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from runtime.regions import REGION_NAMES, SIDES, label_id
+
 
 def auc(p: np.ndarray, y: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with tie correction)."""
@@ -46,6 +48,19 @@ def dice(pred: np.ndarray, truth: np.ndarray, label: int) -> float:
     p, t = pred == label, truth == label
     denom = int(p.sum()) + int(t.sum())
     return 2.0 * float((p & t).sum()) / denom if denom else float("nan")
+
+
+def mean_dice(pred: np.ndarray, truth: np.ndarray) -> tuple[float, dict]:
+    """Mean Dice over the region-sides present in either map, and each region-side's."""
+    per = {f"{side} {name}": dice(pred, truth, label_id(r, side))
+           for r, name in enumerate(REGION_NAMES) for side in SIDES}
+    per = {k: v for k, v in per.items() if not np.isnan(v)}
+    return float(np.mean(list(per.values()))), per
+
+
+def rounded(v) -> float | None:
+    """4 decimals for a card or metrics.json; None for a missing value (JSON has no NaN)."""
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else round(float(v), 4)
 
 
 def icc_2_1(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""The real-data evaluation (export.evaluate real / calibrate) and its reads and label-order files."""
+"""The evaluation (export.evaluate): its metrics and tables, its modes, the reads and label-order files."""
 
 from __future__ import annotations
 
@@ -11,20 +11,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from export.evaluate import (
-    Scored,
-    borderline_summary,
-    by_lesion_contrast,
-    calibrate,
-    choose_troughs,
-    method_scores,
-    rule_check,
-    summarise,
-    table_text,
-)
+from export.evaluate import borderline_summary, by_lesion_contrast, method_scores, summarise, table_text
 from export.realdata import DEV_SET, load_label_order, load_reads
+from export.studies import Scored
 from runtime.regions import REGION_NAMES, SUBCORTICAL, label_id
-from runtime.score import density_calls, network_calls
 from tests.conftest import ROOT, SHARED_DATA
 
 
@@ -70,7 +60,7 @@ class _Scorer:
 
 
 def test_summary_metrics_are_the_papers(monkeypatch):
-    monkeypatch.setattr("export.evaluate._threshold", lambda scorer, region: 0.5)
+    monkeypatch.setattr("export.evaluate.card_threshold", lambda scorer, region: 0.5)
     rows = [_row("a", [0, 1], [0, 1]), _row("b", [], [4]), _row("c", range(6), range(6))]
     result = summarise(rows, _Scorer())
     net = result["methods"]["network"]
@@ -83,7 +73,7 @@ def test_summary_metrics_are_the_papers(monkeypatch):
 
 def test_synthetic_studies_are_grouped_by_their_lesions_drop(monkeypatch):
     from export import synth
-    monkeypatch.setattr("export.evaluate._threshold", lambda scorer, region: 0.5)
+    monkeypatch.setattr("export.evaluate.card_threshold", lambda scorer, region: 0.5)
 
     def drop(seed):
         return max((x.drop_hu for x in synth.draw_spec(seed, pose="scanner").lesions), default=0.0)
@@ -105,7 +95,7 @@ def test_synthetic_studies_are_grouped_by_their_lesions_drop(monkeypatch):
 
 def test_network_calls_use_the_thresholds_each_study_was_scored_with(monkeypatch):
     """A leave-one-out fold's DA-Net has its own card threshold; its studies are called with it."""
-    monkeypatch.setattr("export.evaluate._threshold", lambda scorer, region: 0.5)
+    monkeypatch.setattr("export.evaluate.card_threshold", lambda scorer, region: 0.5)
     truth = np.zeros((10, 2), bool)
     p = np.full((10, 2), 0.3)
     own = replace(Scored("fold", truth, p, np.zeros((10, 2)), np.zeros((10, 2), bool)),
@@ -131,24 +121,6 @@ def test_runtime_calls_use_the_rule_each_study_was_scored_with():
     assert not calls[0, 5, 0] and calls[1, 5, 0]
 
 
-def test_rule_check_counts_the_calibrated_rules_calls_on_further_studies():
-    from runtime.modelcard import load_model_set
-    rule = replace(load_model_set().classify_density, threshold_hu=2.0, neighbour_threshold_hu=2.0,
-                   network_probability=None)
-    p = np.zeros((10, 2))
-    normal = np.zeros((10, 2))
-    normal[0, 1] = -2.5                                             # right C: a false region
-    stroke = np.zeros((10, 2))
-    stroke[[2, 3, 5, 6], 0] = -3.0                                 # four left regions: ASPECTS 6
-    truth = np.zeros((10, 2), bool)
-    truth[[2, 3, 5, 6, 7], 0] = True                                # five affected: ASPECTS 5
-    rows = [Scored("normal", np.zeros((10, 2), bool), p, normal, np.zeros((10, 2), bool)),
-            Scored("stroke", truth, p, stroke, np.zeros((10, 2), bool))]
-    check = rule_check(rows, rule)
-    assert check["false_regions_per_study"] == 0.5 and check["sensitivity"] == 0.8
-    assert check["dichotomised_accuracy"] == 1.0 and check["mae"] == 1.0 and check["studies"] == 2   # 9 v 10, 6 v 5
-
-
 def test_borderline_summary_counts_wrong_calls_on_each_side_of_the_flag():
     from runtime.modelcard import load_model_set
     rule = replace(load_model_set().classify_density, threshold_hu=1.8, neighbour_threshold_hu=1.8,
@@ -164,89 +136,6 @@ def test_borderline_summary_counts_wrong_calls_on_each_side_of_the_flag():
     assert borderline_summary([row], rule) == {"borderline": 1, "borderline_wrong": 1, "firm": 17, "firm_wrong": 0,
                                                "dichotomy_unsure": 0, "dichotomy_unsure_wrong": 0,
                                                "dichotomy_firm": 1, "dichotomy_firm_wrong": 0}
-
-
-def test_kept_studies_are_keyed_by_the_models_they_were_scored_with(scorer, tmp_path):
-    """A kept synthetic study is reused only under the atlas and networks that scored it: labels from
-    an earlier atlas once went unnoticed, and the rule's DA-Net hop reads the kept probabilities."""
-    from export.evaluate import _kept_fingerprint, models_fingerprint
-    models = models_fingerprint(scorer)
-    assert scorer.models.segment_atlas.sha256 in models
-    assert all(card.sha256 in models for card in scorer.models.cards)
-    np.savez(tmp_path / "old.npz", truth=np.zeros((10, 2)))
-    np.savez(tmp_path / "new.npz", truth=np.zeros((10, 2)), models=models)
-    assert _kept_fingerprint(tmp_path / "old.npz") is None
-    assert _kept_fingerprint(tmp_path / "new.npz") == models
-
-
-def test_kept_study_under_other_networks_is_reclassified_not_made_again(scorer, demo_result, tmp_path):
-    """Only the networks changed (a fold's DA-Net): the kept study's DA-Net probabilities are computed
-    again from its kept HU and labels and match the whole runtime's; under another atlas its labels
-    no longer hold, so it is not current and stays as it was, to be made again."""
-    from export.evaluate import _current, _save_row, models_fingerprint, scored
-    models = models_fingerprint(scorer)
-    row = scored("demo", demo_result, np.zeros((10, 2), bool))
-    other_networks = models.rsplit(",", 1)[0] + "," + "0" * 64
-    _save_row(tmp_path / "kept.npz", replace(row, probability=np.full((10, 2), 0.5)), demo_result, other_networks)
-    assert _current(tmp_path / "kept.npz", scorer, models)
-    with np.load(tmp_path / "kept.npz") as d:
-        assert str(d["models"]) == models
-        np.testing.assert_allclose(d["probability"], row.probability, atol=1e-3)
-        np.testing.assert_array_equal(d["called"], row.called)
-    other_atlas = "0" * 64 + "," + models.split(",", 1)[1]
-    _save_row(tmp_path / "old.npz", row, demo_result, other_atlas)
-    assert not _current(tmp_path / "old.npz", scorer, models)
-    with np.load(tmp_path / "old.npz") as d:
-        assert str(d["models"]) == other_atlas
-
-
-def _calibration_rows(n=30, seed=0):
-    """Three-region strokes on half the studies, 3 HU deep; a fourth region beside them 1 HU deep
-    that only the DA-Net (p 0.9) sees; the DA-Net also fires (p 0.9) at random elsewhere."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        truth = np.zeros((10, 2), bool)
-        truth[:3, 0] = truth[4, 0] = i % 2 == 0          # C, L, IC and M1 (beside C) on the left
-        diff = rng.normal(0, 0.8, (10, 2)) - 3.0 * truth
-        diff[4, 0] = rng.normal(0, 0.3) - 1.0 * truth[4, 0]
-        prob = np.where(truth, 0.9, np.where(rng.random((10, 2)) < 0.2, 0.9, 0.1))
-        rows.append(Scored(f"s{i}", truth, prob, diff, np.zeros((10, 2), bool)))
-    return rows
-
-
-def test_calibration_keeps_false_regions_per_study_below_the_limit():
-    rows = _calibration_rows()
-    result = calibrate(rows)
-    t, t2 = result["threshold_hu"], result["neighbour_threshold_hu"]
-    diffs = np.array([r.difference_hu for r in rows])
-    probs = np.array([r.probability for r in rows])
-    truth = np.array([r.truth for r in rows])
-
-    def false_per_study(calls):
-        return (calls & ~truth).sum() / len(rows)
-
-    def rule(a, b):
-        return density_calls(diffs, a, b)
-
-    assert t2 <= t
-    assert false_per_study(rule(t, t)) <= 0.1 < false_per_study(rule(t - 0.1, t - 0.1))   # lowest that holds
-    assert false_per_study(rule(t, t2)) <= 0.1                                           # the whole rule too ...
-    assert t2 == pytest.approx(0.5) or false_per_study(rule(t, t2 - 0.1)) > 0.1          # ... at the lowest one
-    # The DA-Net's hop: within the limit, and finds the region beside the strokes that density misses.
-    p_net, t_net = result["network_probability"], result["network_threshold_hu"]
-    calls = rule(t, t2) | network_calls(diffs, probs, rule(t, t), p_net, t_net)
-    assert false_per_study(calls) <= 0.1 and result["false_regions_per_study"] == pytest.approx(false_per_study(calls))
-    assert result["sensitivity"] == pytest.approx(float(calls[truth].mean()))
-    assert result["sensitivity"] > result["sensitivity_density_only"]
-    assert calls[::2, 4, 0].mean() > rule(t, t2)[::2, 4, 0].mean()
-
-
-def test_calibration_leaves_the_network_out_when_it_only_adds_false_regions():
-    rows = [replace(r, probability=np.where(r.truth, 0.1, 0.99)) for r in _calibration_rows()]
-    result = calibrate(rows)
-    assert result["network_probability"] is None
-    assert result["sensitivity"] == result["sensitivity_density_only"]
 
 
 @pytest.mark.slow
@@ -375,46 +264,3 @@ def test_elderly_is_refused_where_no_synthetic_study_is_made(capsys):
         main(["real", "--elderly"])
     assert exc.value.code == 2
     assert "error: --elderly makes synthetic studies" in capsys.readouterr().err
-
-
-def test_trough_filter_is_chosen_where_sulci_make_false_regions(tmp_path):
-    """Kept calibration studies, young and elderly twins: half have a 4 HU lesion in the right C; the
-    elderly twins also have sulcal bands in the left C. Without a filter, calibrated on the young
-    studies, every elderly twin without a lesion gets a false left C; the chosen filter removes them and keeps every
-    lesion."""
-    from runtime.modelcard import load_model_set
-    from tests.test_patches_score import _sulcus_grid
-    rule = load_model_set().classify_density
-    young, elderly = [], []
-    for i in range(6):
-        grid, hu, labels = _sulcus_grid()
-        truth = np.zeros((10, 2), bool)
-        if i % 2 == 0:
-            hu[labels == label_id(0, "right")] -= 4.0
-            truth[0, 1] = True
-        for folder, bands in (("young", ()), ("elderly", (69, 79, 89))):
-            h = hu.copy()
-            for x in bands:
-                h[:, 12:48, x:x + 3] = 22.0
-            path = tmp_path / folder / f"study_{i}.npz"
-            path.parent.mkdir(exist_ok=True)
-            np.savez(path, study=f"synthetic_{i}", truth=truth, probability=np.full((10, 2), 0.5),
-                     difference_hu=np.zeros((10, 2)), called=np.zeros((10, 2), bool), dice=np.nan,
-                     hu=h, labels=labels, spacing=np.asarray(grid.spacing), models="test")
-            (young if folder == "young" else elderly).append(path)
-    result = choose_troughs(young, elderly, rule)
-    tried = {(v["trough_mm"], v["trough_hu"]): v for v in result["tried"]}
-    chosen = tried[result["trough_mm"], result["trough_hu"]]
-    assert tried[0.0, 0.0]["false_regions"] == 3 and tried[0.0, 0.0]["missed_regions"] == 0
-    assert result["trough_mm"] > 0 and chosen["false_regions"] == 0 and chosen["missed_regions"] == 0
-    assert chosen["errors"] == min(v["errors"] for v in result["tried"])
-    assert result["young_studies"] == 6 and result["elderly_studies"] == 6
-
-
-def test_troughs_is_a_calibrate_option(capsys):
-    from export.evaluate import main
-    for argv in (["studies", "--troughs"], ["calibrate", "--troughs", "--elderly"]):
-        with pytest.raises(SystemExit) as exc:
-            main(argv)
-        assert exc.value.code == 2
-        assert "error: --troughs chooses the measure" in capsys.readouterr().err

@@ -1,0 +1,41 @@
+"""Kept synthetic studies (export.studies): reused only under the models that scored them."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from export.studies import is_current, kept_fingerprint, models_fingerprint, save_row, scored
+
+
+def test_kept_studies_are_keyed_by_the_models_they_were_scored_with(scorer, tmp_path):
+    """A kept synthetic study is reused only under the atlas and networks that scored it: labels from
+    an earlier atlas once went unnoticed, and the rule's DA-Net hop reads the kept probabilities."""
+    models = models_fingerprint(scorer)
+    assert scorer.models.segment_atlas.sha256 in models
+    assert all(card.sha256 in models for card in scorer.models.cards)
+    np.savez(tmp_path / "old.npz", truth=np.zeros((10, 2)))
+    np.savez(tmp_path / "new.npz", truth=np.zeros((10, 2)), models=models)
+    assert kept_fingerprint(tmp_path / "old.npz") is None
+    assert kept_fingerprint(tmp_path / "new.npz") == models
+
+
+def test_kept_study_under_other_networks_is_reclassified_not_made_again(scorer, demo_result, tmp_path):
+    """Only the networks changed (a fold's DA-Net): the kept study's DA-Net probabilities are computed
+    again from its kept HU and labels and match the whole runtime's; under another atlas its labels
+    no longer hold, so it is not current and stays as it was, to be made again."""
+    models = models_fingerprint(scorer)
+    row = scored("demo", demo_result, np.zeros((10, 2), bool))
+    other_networks = models.rsplit(",", 1)[0] + "," + "0" * 64
+    save_row(tmp_path / "kept.npz", replace(row, probability=np.full((10, 2), 0.5)), demo_result, other_networks)
+    assert is_current(tmp_path / "kept.npz", scorer, models)
+    with np.load(tmp_path / "kept.npz") as d:
+        assert str(d["models"]) == models
+        np.testing.assert_allclose(d["probability"], row.probability, atol=1e-3)
+        np.testing.assert_array_equal(d["called"], row.called)
+    other_atlas = "0" * 64 + "," + models.split(",", 1)[1]
+    save_row(tmp_path / "old.npz", row, demo_result, other_atlas)
+    assert not is_current(tmp_path / "old.npz", scorer, models)
+    with np.load(tmp_path / "old.npz") as d:
+        assert str(d["models"]) == other_atlas
