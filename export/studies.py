@@ -44,6 +44,7 @@ class Scored:
 
 
 def scored(study: str, res, truth: np.ndarray, dice=None, dice_regions=None) -> Scored:
+    """The row of one runtime result (`CpuScorer.score`), with the DA-Net thresholds it was called with."""
     shape = (len(REGION_NAMES), len(SIDES))
     p, d, c = np.zeros(shape), np.full(shape, np.nan), np.zeros(shape, bool)
     for call in res.score.calls:
@@ -57,6 +58,7 @@ def scored(study: str, res, truth: np.ndarray, dice=None, dice_regions=None) -> 
 
 
 def card_threshold(scorer: CpuScorer, region: str) -> float:
+    """The DA-Net card's threshold for a region: what the network alone calls it at."""
     for c in scorer.models.cards:
         if region in c.regions:
             return c.threshold
