@@ -115,6 +115,20 @@ def test_wilson_interval_against_published_values():
     assert c["sensitivity_ci"] == M.wilson(1, 1) and c["accuracy_ci"] == M.wilson(2, 3)
 
 
+def test_mean_dice_counts_only_region_sides_in_either_map():
+    from runtime.regions import label_id
+    left_l, right_l = label_id(1, "left"), label_id(1, "right")
+    truth = np.zeros((1, 4, 4), np.uint8)
+    truth[0, :2, :2] = left_l                              # 4 voxels
+    pred = np.zeros_like(truth)
+    pred[0, :2, :1] = left_l                               # 2 of them: Dice 2*2 / (2+4)
+    pred[0, 3, 3] = right_l                                # a region-side only the prediction has: Dice 0
+    mean, per = M.mean_dice(pred, truth)
+    assert per == {"left L": pytest.approx(2 / 3), "right L": 0.0}
+    assert mean == pytest.approx(1 / 3)
+    assert M.rounded(0.123456) == 0.1235 and M.rounded(float("nan")) is None and M.rounded(None) is None
+
+
 def test_ctp_rule_marks_regions_with_core_over_ten_percent():
     from export.ctp_label import region_labels
     from runtime.regions import label_id
