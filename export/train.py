@@ -280,7 +280,7 @@ def danet_losses(prob, cam, y, hypo, pos_weight: float):
     rank_pos = F.relu(0.5 - (aff - other))[one_side].mean() if one_side.any() else prob.sum() * 0
     neg = (y == 0).all(dim=1)
     rank_neg = F.relu(prob[neg] - 0.2).mean() if neg.any() else prob.sum() * 0
-    return bce + 0.5 * attention + 0.5 * (rank_pos + rank_neg), {"bce": float(bce), "cam": float(attention)}
+    return bce + 0.5 * attention + 0.5 * (rank_pos + rank_neg), {"bce": bce.item(), "cam": attention.item()}
 
 
 def train_classifier(group: str, cases: list[dict], val: list[dict], cfg: TrainConfig, paper: bool,
