@@ -231,7 +231,7 @@ def train_segmenter(stage: str, cases: list[dict], val: list[dict], cfg: TrainCo
         opt.step()
         sched.step()
         if it % 50 == 0 or it == cfg.iterations - 1:
-            _log(run_log, {"stage": stage, "it": it, "loss": round(float(loss), 4), "s": round(time.time() - t0, 1)})
+            _log(run_log, {"stage": stage, "it": it, "loss": round(loss.item(), 4), "s": round(time.time() - t0, 1)})
     model.eval()
     dices = []
     with torch.no_grad():
@@ -312,7 +312,7 @@ def train_classifier(group: str, cases: list[dict], val: list[dict], cfg: TrainC
         opt.step()
         sched.step()
         if it % 25 == 0 or it == cfg.iterations - 1:
-            _log(run_log, {"stage": group, "it": it, "loss": round(float(loss), 4), **parts,
+            _log(run_log, {"stage": group, "it": it, "loss": round(loss.item(), 4), **parts,
                            "s": round(time.time() - t0, 1)})
     model.eval()
     p_val, y_val = predict_pairs(model, val, region_idx)
