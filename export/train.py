@@ -268,7 +268,9 @@ def classifier_batch(cases: list[dict], region_idx: tuple[int, ...], rng: np.ran
 
 
 def danet_losses(prob, cam, y, hypo, pos_weight: float):
-    """Class-balanced BCE + CAM attention (weighted MSE to the hypodense core) + the rank loss."""
+    """Class-balanced BCE + CAM attention (weighted MSE to the hypodense core) + the rank loss.
+    The parts come back as detached tensors, read only when a step is logged: reading them every
+    step would wait for the device on every step of a GPU training."""
     w = torch.where(y > 0.5, torch.full_like(y, pos_weight), torch.ones_like(y))
     bce = F.binary_cross_entropy(prob.clamp(1e-6, 1 - 1e-6), y, weight=w)
     target = F.adaptive_avg_pool3d(hypo, cam.shape[-3:])
@@ -280,7 +282,7 @@ def danet_losses(prob, cam, y, hypo, pos_weight: float):
     rank_pos = F.relu(0.5 - (aff - other))[one_side].mean() if one_side.any() else prob.sum() * 0
     neg = (y == 0).all(dim=1)
     rank_neg = F.relu(prob[neg] - 0.2).mean() if neg.any() else prob.sum() * 0
-    return bce + 0.5 * attention + 0.5 * (rank_pos + rank_neg), {"bce": bce.item(), "cam": attention.item()}
+    return bce + 0.5 * attention + 0.5 * (rank_pos + rank_neg), {"bce": bce.detach(), "cam": attention.detach()}
 
 
 def train_classifier(group: str, cases: list[dict], val: list[dict], cfg: TrainConfig, paper: bool,
@@ -312,7 +314,8 @@ def train_classifier(group: str, cases: list[dict], val: list[dict], cfg: TrainC
         opt.step()
         sched.step()
         if it % 25 == 0 or it == cfg.iterations - 1:
-            _log(run_log, {"stage": group, "it": it, "loss": round(loss.item(), 4), **parts,
+            _log(run_log, {"stage": group, "it": it, "loss": round(loss.item(), 4),
+                           **{k: v.item() for k, v in parts.items()},
                            "s": round(time.time() - t0, 1)})
     model.eval()
     p_val, y_val = predict_pairs(model, val, region_idx)
