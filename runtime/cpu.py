@@ -78,7 +78,6 @@ class CpuScorer:
             batches.append(batch)
         return tuple(results), tuple(batches)
 
-
     def _stage(self, timings: dict[str, float], stage: str):
         if self.on_stage is not None:
             self.on_stage(stage)
