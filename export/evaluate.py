@@ -185,6 +185,16 @@ def table_text(result: dict) -> str:
             lines.append(f"  {band:12s} {b['studies']:3d} {b['dichotomised_correct']:3d} "
                          f"{_ci(b['dichotomised_accuracy_ci'])}  {_f(b['region_sensitivity'])} "
                          f"{_ci(b['region_sensitivity_ci'])}")
+    if "by_expected_shift" in result:
+        lines.append("runtime by expected shift (lesion core's share of the region x its drop, the runtime's "
+                     "regions): affected region-sides, found, sensitivity (95 % Wilson), "
+                     "median HU darker than the mirror")
+        for band, b in result["by_expected_shift"]["bands"].items():
+            lines.append(f"  {band:9s} {b['region_sides']:4d} {b['found']:4d} {_f(b['region_sensitivity'])} "
+                         f"{_ci(b['region_sensitivity_ci'])}  {_f(b['darker_hu_median'])}")
+        ratio = result["by_expected_shift"]["measured_over_expected"]
+        lines.append(f"  measured / expected where >= {SHIFT_RATIO_FROM_HU} HU: "
+                     + ", ".join(f"{name} {v:.2f}" for name, v in ratio.items()))
     for study, v in result["studies"].items():
         lines.append(f"  {study}: true {v['true']} auto {v['auto']}")
     return "\n".join(lines)
@@ -301,6 +311,49 @@ def by_lesion_contrast(rows: list[Scored], scorer: CpuScorer) -> dict:
                      "region_sensitivity": hits / total if total else float("nan"),
                      "region_sensitivity_ci": M.wilson(hits, total)}
     return out
+
+
+SHIFT_BANDS = (("< 1 HU", 0.0, 1.0), ("1-1.5 HU", 1.0, 1.5), ("1.5-2 HU", 1.5, 2.0), ("2-3 HU", 2.0, 3.0),
+               (">= 3 HU", 3.0, np.inf))
+SHIFT_RATIO_FROM_HU = 1.5       # measured / expected only where the lesion should move the mean this far
+
+
+def by_expected_shift(rows: list[Scored], scorer: CpuScorer, shared: Path, atlas_npz: Path) -> dict:
+    """Each affected region-side of the synthetic studies by the shift its lesion should give the
+    region's mean HU: the lesion core's share of the region, in the experts' drawing (the runtime's
+    regions), times the lesion's drop (the strongest on that side). The truth counts a region at 10 %
+    whatever the drop, so the bands say where the detection limit sits against real heads' normal
+    asymmetry; measured over expected, per region, says where the measure loses a lesion
+    (engines/README.md, "Where the measure loses a lesion")."""
+    from . import synth
+    phantom = synth.load_phantom(shared)
+    drawing = synth.expert_regions(phantom, atlas_npz)
+    _, calls = method_scores(rows, "runtime", scorer)
+    items: list[tuple[float, bool, float, str]] = []      # (expected HU, found, HU darker, region)
+    for row, called in zip(rows, calls):
+        spec = synth.draw_spec(seed_of(row), pose="scanner")
+        fractions = synth.truth_in_regions(synth.make_case(phantom, spec).core, drawing)
+        for s, side in enumerate(SIDES):
+            drop = max((lesion.drop_hu for lesion in spec.lesions if lesion.side == side), default=0.0)
+            for r in np.flatnonzero(row.truth[:, s]):
+                name = REGION_NAMES[r]
+                items.append((fractions[name][1][s] * drop, bool(called[r, s]), -row.difference_hu[r, s], name))
+    expected = np.array([i[0] for i in items], float)
+    found = np.array([i[1] for i in items], bool)
+    darker = np.array([i[2] for i in items], float)
+    region = np.array([i[3] for i in items], str)
+    bands = {}
+    for band, lo, hi in SHIFT_BANDS:
+        pick = (expected >= lo) & (expected < hi)
+        hits, total = int(found[pick].sum()), int(pick.sum())
+        bands[band] = {"region_sides": total, "found": hits,
+                       "region_sensitivity": hits / total if total else float("nan"),
+                       "region_sensitivity_ci": M.wilson(hits, total),
+                       "darker_hu_median": float(np.nanmedian(darker[pick])) if total else float("nan")}
+    strong = expected >= SHIFT_RATIO_FROM_HU
+    ratio = {name: float(np.nanmedian(darker[strong & (region == name)] / expected[strong & (region == name)]))
+             for name in REGION_NAMES if (strong & (region == name)).any()}
+    return {"bands": bands, "measured_over_expected": ratio}
 
 
 def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: CpuScorer, loo: bool,
@@ -446,6 +499,7 @@ def main(argv=None) -> None:
             rows = in_expert_regions(rows, args.shared, args.models / "region_atlas.npz")
         result = summarise(rows, scorer, dice_against="the synthetic ground truth (MNI atlas regions), every slice")
         result["by_lesion_contrast"] = by_lesion_contrast(rows, scorer)
+        result["by_expected_shift"] = by_expected_shift(rows, scorer, args.shared, args.models / "region_atlas.npz")
     else:
         rows = real_studies(args.data or args.shared / "real", args.reads, args.label_order, scorer, args.loo,
                             args.shared, args.fold_models)

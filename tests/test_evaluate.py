@@ -11,7 +11,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from export.evaluate import borderline_summary, by_lesion_contrast, method_scores, summarise, table_text
+from export.evaluate import (
+    borderline_summary,
+    by_expected_shift,
+    by_lesion_contrast,
+    method_scores,
+    summarise,
+    table_text,
+)
 from export.realdata import DEV_SET, load_label_order, load_reads
 from export.studies import Scored
 from runtime.regions import REGION_NAMES, SUBCORTICAL, label_id
@@ -91,6 +98,34 @@ def test_synthetic_studies_are_grouped_by_their_lesions_drop(monkeypatch):
     assert bands["drop < 2 HU"]["region_sensitivity"] == pytest.approx(1 / 5)
     assert bands["drop 4-8 HU"]["region_sensitivity"] == 1.0 and bands["drop 2-4 HU"]["studies"] == 0
     assert "drop < 2 HU" in table_text({**summarise(rows, _Scorer()), "by_lesion_contrast": bands})
+
+
+def test_affected_regions_are_grouped_by_the_shift_their_lesion_should_give(monkeypatch, shared_data):
+    """Each affected region-side lands in one band, found as called; measured over expected is what
+    the study's differences say it is (here half of what the lesion's share and drop predict)."""
+    from export import synth
+    monkeypatch.setattr("export.evaluate.card_threshold", lambda scorer, region: 0.5)
+    seed = next(s for s in range(200_000, 200_100)
+                if any(x.drop_hu > 4 and len(x.regions) >= 3 for x in synth.draw_spec(s, pose="scanner").lesions))
+    spec = synth.draw_spec(seed, pose="scanner")
+    phantom = synth.load_phantom(shared_data)
+    case = synth.make_case(phantom, spec)
+    fractions = synth.truth_in_regions(case.core, synth.expert_regions(phantom, ROOT / "engines" / "region_atlas.npz"))
+    truth = np.array([case.affected[n] for n in REGION_NAMES])
+    expected = np.zeros((10, 2))
+    for s, side in enumerate(("left", "right")):
+        drop = max((x.drop_hu for x in spec.lesions if x.side == side), default=0.0)
+        expected[:, s] = [fractions[n][1][s] * drop for n in REGION_NAMES]
+    called = truth & (np.arange(10) % 2 == 0)[:, None]        # every other affected region found
+    row = Scored(f"synthetic_{seed}", truth, called.astype(float), -0.5 * expected, called)
+    shift = by_expected_shift([row], _Scorer(), shared_data, ROOT / "engines" / "region_atlas.npz")
+    bands = shift["bands"].values()
+    assert sum(b["region_sides"] for b in bands) == truth.sum()
+    assert sum(b["found"] for b in bands) == called.sum()
+    strong = {REGION_NAMES[r] for r, s in zip(*np.nonzero(truth & (expected >= 1.5)))}
+    assert strong and set(shift["measured_over_expected"]) == strong
+    assert all(v == pytest.approx(0.5) for v in shift["measured_over_expected"].values())
+    assert "by expected shift" in table_text({**summarise([row], _Scorer()), "by_expected_shift": shift})
 
 
 def test_network_calls_use_the_thresholds_each_study_was_scored_with(monkeypatch):
