@@ -274,18 +274,25 @@ def eval_cases(data: Path, scorer: CpuScorer) -> dict:
             "studies": {}, "_pred": auto.tolist(), "_true": true.tolist()}
 
 
-def in_expert_regions(rows: list[Scored], shared: Path, atlas_npz: Path) -> list[Scored]:
-    """The same studies with their truth taken in the experts' region convention (the shipped atlas's
-    regions on the phantom) instead of the MNI atlas's: the paper's 10 % rule on the same lesions."""
+def lesions_in_expert_regions(rows: list[Scored], shared: Path, atlas_npz: Path) -> list[tuple]:
+    """Per synthetic study: its spec, and each region's ((left, right) affected, (left, right) lesion
+    core fraction) in the experts' region convention (the shipped atlas's regions on the phantom),
+    the paper's 10 % rule on the same lesions. Remaking each study's case takes about a second."""
     from . import synth
     phantom = synth.load_phantom(shared)
     regions = synth.expert_regions(phantom, atlas_npz)
     out = []
     for row in rows:
-        case = synth.make_case(phantom, synth.draw_spec(seed_of(row), pose="scanner"))
-        truth = synth.truth_in_regions(case.core, regions)
-        out.append(replace(row, truth=np.array([truth[r][0] for r in REGION_NAMES])))
+        spec = synth.draw_spec(seed_of(row), pose="scanner")
+        out.append((spec, synth.truth_in_regions(synth.make_case(phantom, spec).core, regions)))
     return out
+
+
+def in_expert_regions(rows: list[Scored], lesions: list[tuple]) -> list[Scored]:
+    """The same studies with their truth taken in the experts' region convention instead of the MNI
+    atlas's (`lesions_in_expert_regions`)."""
+    return [replace(row, truth=np.array([fractions[r][0] for r in REGION_NAMES]))
+            for row, (_, fractions) in zip(rows, lesions)]
 
 
 CONTRAST_BANDS = (("no lesion", 0.0, 0.0), ("drop < 2 HU", 0.0, 2.0), ("drop 2-4 HU", 2.0, 4.0),
@@ -318,21 +325,16 @@ SHIFT_BANDS = (("< 1 HU", 0.0, 1.0), ("1-1.5 HU", 1.0, 1.5), ("1.5-2 HU", 1.5, 2
 SHIFT_RATIO_FROM_HU = 1.5       # measured / expected only where the lesion should move the mean this far
 
 
-def by_expected_shift(rows: list[Scored], scorer: CpuScorer, shared: Path, atlas_npz: Path) -> dict:
+def by_expected_shift(rows: list[Scored], scorer: CpuScorer, lesions: list[tuple]) -> dict:
     """Each affected region-side of the synthetic studies by the shift its lesion should give the
     region's mean HU: the lesion core's share of the region, in the experts' drawing (the runtime's
     regions), times the lesion's drop (the strongest on that side). The truth counts a region at 10 %
     whatever the drop, so the bands say where the detection limit sits against real heads' normal
     asymmetry; measured over expected, per region, says where the measure loses a lesion
-    (engines/README.md, "Where the measure loses a lesion")."""
-    from . import synth
-    phantom = synth.load_phantom(shared)
-    drawing = synth.expert_regions(phantom, atlas_npz)
+    (engines/README.md, "Where the measure loses a lesion"). `lesions`: `lesions_in_expert_regions`."""
     _, calls = method_scores(rows, "runtime", scorer)
     items: list[tuple[float, bool, float, str]] = []      # (expected HU, found, HU darker, region)
-    for row, called in zip(rows, calls):
-        spec = synth.draw_spec(seed_of(row), pose="scanner")
-        fractions = synth.truth_in_regions(synth.make_case(phantom, spec).core, drawing)
+    for row, called, (spec, fractions) in zip(rows, calls, lesions):
         for s, side in enumerate(SIDES):
             drop = max((lesion.drop_hu for lesion in spec.lesions if lesion.side == side), default=0.0)
             for r in np.flatnonzero(row.truth[:, s]):
@@ -495,11 +497,12 @@ def main(argv=None) -> None:
     elif args.mode == "studies":
         kept = Path("build/eval/studies_elderly/studies" if args.elderly else "build/eval/studies/studies")
         rows = synthetic_studies(args.shared, scorer, args.n, STUDY_SEED0, kept, args.elderly)
+        lesions = lesions_in_expert_regions(rows, args.shared, args.models / "region_atlas.npz")
         if args.truth == "expert":
-            rows = in_expert_regions(rows, args.shared, args.models / "region_atlas.npz")
+            rows = in_expert_regions(rows, lesions)
         result = summarise(rows, scorer, dice_against="the synthetic ground truth (MNI atlas regions), every slice")
         result["by_lesion_contrast"] = by_lesion_contrast(rows, scorer)
-        result["by_expected_shift"] = by_expected_shift(rows, scorer, args.shared, args.models / "region_atlas.npz")
+        result["by_expected_shift"] = by_expected_shift(rows, scorer, lesions)
     else:
         rows = real_studies(args.data or args.shared / "real", args.reads, args.label_order, scorer, args.loo,
                             args.shared, args.fold_models)

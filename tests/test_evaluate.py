@@ -15,6 +15,7 @@ from export.evaluate import (
     borderline_summary,
     by_expected_shift,
     by_lesion_contrast,
+    lesions_in_expert_regions,
     method_scores,
     summarise,
     table_text,
@@ -118,7 +119,8 @@ def test_affected_regions_are_grouped_by_the_shift_their_lesion_should_give(monk
         expected[:, s] = [fractions[n][1][s] * drop for n in REGION_NAMES]
     called = truth & (np.arange(10) % 2 == 0)[:, None]        # every other affected region found
     row = Scored(f"synthetic_{seed}", truth, called.astype(float), -0.5 * expected, called)
-    shift = by_expected_shift([row], _Scorer(), shared_data, ROOT / "engines" / "region_atlas.npz")
+    lesions = lesions_in_expert_regions([row], shared_data, ROOT / "engines" / "region_atlas.npz")
+    shift = by_expected_shift([row], _Scorer(), lesions)
     bands = shift["bands"].values()
     assert sum(b["region_sides"] for b in bands) == truth.sum()
     assert sum(b["found"] for b in bands) == called.sum()
