@@ -353,8 +353,11 @@ def by_expected_shift(rows: list[Scored], scorer: CpuScorer, lesions: list[tuple
                        "region_sensitivity_ci": M.wilson(hits, total),
                        "darker_hu_median": float(np.nanmedian(darker[pick])) if total else float("nan")}
     strong = expected >= SHIFT_RATIO_FROM_HU
-    ratio = {name: float(np.nanmedian(darker[strong & (region == name)] / expected[strong & (region == name)]))
-             for name in REGION_NAMES if (strong & (region == name)).any()}
+    ratio = {}
+    for name in REGION_NAMES:
+        pick = strong & (region == name)
+        if pick.any():
+            ratio[name] = float(np.nanmedian(darker[pick] / expected[pick]))
     return {"bands": bands, "measured_over_expected": ratio}
 
 
