@@ -331,7 +331,7 @@ def by_expected_shift(rows: list[Scored], scorer: CpuScorer, lesions: list[tuple
     regions), times the lesion's drop (the strongest on that side). The truth counts a region at 10 %
     whatever the drop, so the bands say where the detection limit sits against real heads' normal
     asymmetry; measured over expected, per region, says where the measure loses a lesion
-    (engines/README.md, "Where the measure loses a lesion"). `lesions`: `lesions_in_expert_regions`."""
+    (engines/EXPERIMENTS.md, "Where the measure loses a lesion"). `lesions`: `lesions_in_expert_regions`."""
     _, calls = method_scores(rows, "runtime", scorer)
     items: list[tuple[float, bool, float, str]] = []      # (expected HU, found, HU darker, region)
     for row, called, (spec, fractions) in zip(rows, calls, lesions):
