@@ -1,4 +1,4 @@
-"""Does a real study's score hold when the head is posed or mirrored differently?
+"""Does a real study's score hold when the head is posed, mirrored or reconstructed differently?
 
     python -m export.evaluate stability --loo    # the development set, leave-one-subject-out atlases
 
@@ -8,7 +8,11 @@ to resample on 0.4 mm pixels; tilt is not made, since 5 mm slices cannot be
 re-sliced faithfully), and mirrored left to right (the stroke, and every normal
 asymmetry, moves to the other hemisphere: the truth's side swaps). Nothing is
 fitted: the variants only ask whether the runtime's answer depends on the pose
-or on which hemisphere the atlas sees first. Results go to build/eval/stability/.
+or on which hemisphere the atlas sees first. Two more stand in for another scanner: a softer
+reconstruction kernel (in-plane Gaussian blur) and a noisier one (lower dose or sharper kernel:
+added noise, correlated in-plane like a reconstruction's, from a fixed seed), since the studies
+that will check generalisation come from scanners the development set did not.
+Results go to build/eval/stability/.
 The command line is export.evaluate's.
 """
 
@@ -26,6 +30,7 @@ from runtime.regions import SIDES
 from .realdata import Read, fold_segmenter
 
 AIR_HU = -1000.0
+NOISE_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -33,21 +38,34 @@ class Variant:
     name: str
     yaw_deg: float = 0.0
     mirrored: bool = False
+    blur_mm: float = 0.0       # in-plane Gaussian sigma: a softer kernel
+    noise_hu: float = 0.0      # SD of the noise added to the head: a lower dose or a sharper kernel
 
 
 VARIANTS = (Variant("as read"), Variant("yaw -12", yaw_deg=-12.0), Variant("yaw +12", yaw_deg=12.0),
-            Variant("mirrored", mirrored=True), Variant("mirrored, yaw +8", yaw_deg=8.0, mirrored=True))
+            Variant("mirrored", mirrored=True), Variant("mirrored, yaw +8", yaw_deg=8.0, mirrored=True),
+            Variant("softer kernel", blur_mm=0.75), Variant("noisier", noise_hu=3.0))
 
 
-def posed(study: Study, variant: Variant) -> Study:
+def varied(study: Study, variant: Variant) -> Study:
     """The study's voxels turned in-plane about the slice centre and/or mirrored along the voxel axis
-    closest to patient left-right; the geometry (affine) is kept, so the head moves in the scanner."""
+    closest to patient left-right, blurred or made noisier; the geometry (affine) is kept, so the
+    head moves in the scanner."""
     hu = study.hu
     if variant.mirrored:
         hu = np.flip(hu, axis=_left_right_axis(study.affine))
     if variant.yaw_deg:
         hu = ndimage.rotate(hu, variant.yaw_deg, axes=(2, 1), reshape=False, order=1, mode="constant",
                             cval=AIR_HU)
+    sx, sy, _ = study.spacing
+    if variant.blur_mm:
+        hu = ndimage.gaussian_filter(hu, sigma=(0.0, variant.blur_mm / sy, variant.blur_mm / sx))
+    if variant.noise_hu:
+        # White noise blurred by 0.5 mm in-plane, then scaled back to the SD asked for; air stays air,
+        # so the head's outline (alignment, skull strip) is the study's own.
+        noise = np.random.default_rng(NOISE_SEED).standard_normal(hu.shape).astype(np.float32)
+        noise = ndimage.gaussian_filter(noise, sigma=(0.0, 0.5 / sy, 0.5 / sx))
+        hu = np.where(hu > -500.0, hu + noise * (variant.noise_hu / noise.std()), hu)
     return replace(study, hu=np.ascontiguousarray(hu, dtype=np.float32), source=f"{study.source} ({variant.name})")
 
 
@@ -78,7 +96,7 @@ def run(reads: list[Read], scorer: CpuScorer, folds: dict, scorers: dict[str, Cp
         as_read: dict = {}
         for variant in VARIANTS:
             with fold_segmenter(subject_scorer, folds, read.subject):
-                res = subject_scorer.score(posed(study, variant))
+                res = subject_scorer.score(varied(study, variant))
             aspects, side, affected = expected(read, variant)
             called = {(c.region, c.side) for c in res.score.calls if c.affected}
             truth = {(r, side) for r in affected}

@@ -192,28 +192,50 @@ def test_real_evaluation_runs_on_a_reads_file(real_data, tmp_path):
 
 def test_stability_variants_move_the_head_not_the_geometry():
     from export.realdata import Read
-    from export.stability import Variant, expected, posed
+    from export.stability import Variant, expected, varied
     from runtime.read import Study
     hu = np.zeros((3, 40, 40), np.float32)
     hu[:, 15:25, 5:12] = 30.0                                   # a block on the image's low-x side
     affine = np.diag([0.5, 0.5, 5.0, 1.0])                      # i along patient x
     study = Study(hu=hu, affine=affine, source="block")
-    mirrored = posed(study, Variant("m", mirrored=True))
+    mirrored = varied(study, Variant("m", mirrored=True))
     np.testing.assert_array_equal(mirrored.hu, hu[:, :, ::-1])
     np.testing.assert_array_equal(mirrored.affine, affine)
-    turned = posed(study, Variant("y", yaw_deg=45.0))
+    turned = varied(study, Variant("y", yaw_deg=45.0))
     assert turned.hu.shape == hu.shape and turned.hu[:, 0, 0].max() <= -999   # corners brought in as air
     assert abs(float((turned.hu > 15).sum()) - float((hu > 15).sum())) < 0.1 * (hu > 15).sum()
     read = Read("s", "s", ROOT, None, 8, "left", frozenset({"L", "I"}))
+    assert expected(read, Variant("b", blur_mm=0.75))[1] == "left"
     assert expected(read, Variant("m", mirrored=True))[1] == "right"
     assert expected(read, Variant("y", yaw_deg=8.0))[1] == "left"
     from export.stability import as_read_side
     assert as_read_side("left", Variant("m", mirrored=True)) == "right" and as_read_side("left", Variant("y")) == "left"
 
 
+def test_stability_reconstruction_variants_change_texture_not_density():
+    """A softer kernel and a noisier scan keep every region's mean HU and the air around the head; the
+    noise is the SD asked for, the same on every run, and the blur lowers the noise."""
+    from export.stability import Variant, varied
+    from runtime.read import Study
+    rng = np.random.default_rng(1)
+    hu = np.full((4, 64, 64), -1000.0, np.float32)
+    hu[:, 12:52, 12:52] = 30.0 + rng.normal(0.0, 4.0, (4, 40, 40))     # a noisy square "head"
+    study = Study(hu=hu, affine=np.diag([0.5, 0.5, 5.0, 1.0]), source="square")
+    inner = (slice(None), slice(20, 44), slice(20, 44))
+    softer = varied(study, Variant("s", blur_mm=0.75)).hu
+    assert softer[inner].std() < 0.6 * hu[inner].std()
+    assert abs(float(softer[inner].mean() - hu[inner].mean())) < 0.1
+    noisy = varied(study, Variant("n", noise_hu=3.0)).hu
+    added = (noisy - hu)[:, 12:52, 12:52]
+    assert abs(float(added.std()) - 3.0) < 0.3 and abs(float(added.mean())) < 0.3
+    assert np.all(noisy[hu < -500] == hu[hu < -500])
+    np.testing.assert_array_equal(noisy, varied(study, Variant("n", noise_hu=3.0)).hu)
+
+
 @pytest.mark.slow
 def test_stability_mode_scores_every_variant_of_a_reads_file(tmp_path):
-    """The bundled demo as a one-study reads file: five variants, the mirrored ones on the other side."""
+    """The bundled demo as a one-study reads file: every variant, the mirrored ones on the other side."""
+    from export.stability import VARIANTS
     from tests.conftest import DEMO_STUDY
     truth = json.loads(DEMO_STUDY.with_name("default_study_truth.json").read_text())
     reads = tmp_path / "reads.csv"
@@ -225,7 +247,7 @@ def test_stability_mode_scores_every_variant_of_a_reads_file(tmp_path):
     assert run.returncode == 0, run.stderr
     got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     rows = {r["variant"]: r for r in got["rows"]}
-    assert len(rows) == 5 and got["summary"]["scorings"] == 5
+    assert set(rows) == {v.name for v in VARIANTS} and got["summary"]["scorings"] == len(VARIANTS)
     assert rows["mirrored"]["expert_side"] == "right" and rows["as read"]["expert_side"] == "left"
     assert all(r["side_ok"] for r in rows.values())
     assert rows["as read"]["changed"] == [] and rows["as read"]["changed_borderline"] == 0

@@ -30,11 +30,11 @@ def test_real_study_runs_every_stage(real_data, scorer, tmp_path, sub):
 
 def test_mirrored_real_stroke_is_scored_on_the_other_side(real_data, scorer):
     """sub003 (expert: right L) mirrored left to right: the same score, on the left."""
-    from export.stability import Variant, posed
+    from export.stability import Variant, varied
     from runtime.read import read_study
     study = read_study(real_data / "sub003_im.nii.gz")
     as_read = scorer.score(study).score
-    mirrored = scorer.score(posed(study, Variant("mirrored", mirrored=True))).score
+    mirrored = scorer.score(varied(study, Variant("mirrored", mirrored=True))).score
     assert as_read.symptomatic_side == "right" and mirrored.symptomatic_side == "left"
     assert abs(as_read.aspects - mirrored.aspects) <= 1
     assert "left L" in mirrored.affected
