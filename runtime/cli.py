@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from .engine import CPU_ENGINES
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_json)
+    _TERM_RECEIVED.clear()
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         with quiet_native_stderr():
@@ -112,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
     except Exception as exc:  # last line of defence: a one-line message, never a traceback
+        if _TERM_RECEIVED.is_set():
+            # The signal landed inside a C extension's import, which reports it as its own failure
+            # (ImportError: initialization failed): still a termination, not an internal error.
+            print("error: terminated; nothing was written", file=sys.stderr)
+            return 143
         if args.debug:
             raise
         print(f"error: internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it",
@@ -131,7 +138,11 @@ class Terminated(BaseException):
     """SIGTERM, raised where the program is, so every `with` block cleans up on the way out."""
 
 
+_TERM_RECEIVED = threading.Event()
+
+
 def _terminated(signum, frame):
+    _TERM_RECEIVED.set()
     raise Terminated()
 
 

@@ -1,245 +1,16 @@
-"""Read one head CT study: a DICOM series folder, NIfTI, MHA or NRRD.
-
-Output is a `Study`: HU voxels as float32 (z, y, x) plus the exact 4x4 that maps
-voxel index (i, j, k) to patient LPS millimetres. Keeping the geometry as one
-affine lets gantry tilt (a sheared grid) be carried to the resampler instead
-of being silently squashed into an orthogonal image.
-"""
+"""A DICOM series: a folder (or a zip of one) of classic or enhanced CT images, one series chosen,
+stacked into one volume with its exact geometry (gantry tilt, uneven spacing)."""
 
 from __future__ import annotations
 
-import gzip
-import os
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import AbsurdSize, InconsistentSeries, NoSeries, NotAHead, TooFewSlices, UnreadableInput, WrongModality
-
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
-MIN_SLICES = 8
-MIN_Z_COVERAGE_MM = 40.0
-MAX_INPLANE_VOXELS = 2048
-MAX_SLICES = 2000
-INPLANE_SPACING_MM = (0.1, 3.0)
-SLICE_SPACING_MM = (0.2, 12.0)
-MAX_GANTRY_TILT_DEG = 30.0
-
-
-@dataclass(frozen=True)
-class Study:
-    hu: np.ndarray                 # float32, (z, y, x), Hounsfield units
-    affine: np.ndarray             # 4x4, voxel index (i, j, k) -> patient LPS mm
-    source: str
-    metadata: dict = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-    # DICOM input: the header (no pixels) of every source image in stack order, for outputs that
-    # reference and overlay them (runtime.dicom_out). Empty for volume files and Enhanced CT.
-    source_images: tuple = field(default=(), repr=False, compare=False)
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        """Voxel size (x, y, z) in mm; z is the distance between slice planes. With gantry tilt the
-        slice-to-slice vector is longer than that (5.11 mm for 5 mm slices at 12 degrees): the
-        planes, not the vector, set the slice thickness the model grid keeps."""
-        a = self.affine[:3, :3]
-        sx, sy = (float(v) for v in np.linalg.norm(a[:, :2], axis=0))
-        normal = np.cross(a[:, 0], a[:, 1])
-        norm = float(np.linalg.norm(normal))
-        sz = abs(float(a[:, 2] @ normal)) / norm if norm > 0 else 0.0
-        return sx, sy, sz
-
-
-def read_study(path: str | os.PathLike) -> Study:
-    """Read and validate a study; raises an AspectsError subclass on bad input."""
-    p = Path(path)
-    if not p.exists():
-        raise UnreadableInput(f"{p}: no such file or folder")
-    if p.is_dir():
-        study = _read_dicom_folder(p)
-    elif p.name.lower().endswith(".zip"):
-        study = _read_zip(p)
-    else:
-        # A volume file, or a single DICOM file under any name.
-        study = _read_volume_file(p)
-    validate_study(study)
-    return study
-
-
-def _read_zip(p: Path) -> Study:
-    """A zipped series: unpacked into a private folder (size- and name-checked first), read as a folder."""
-    import shutil
-    import tempfile
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(p) as z:
-            members = [m for m in z.infolist() if not m.is_dir()]
-            if len(members) > ZIP_MAX_FILES or sum(m.file_size for m in members) > ZIP_MAX_BYTES:
-                raise AbsurdSize(f"{p}: archive of {len(members)} files, "
-                                 f"{sum(m.file_size for m in members) / 1e9:.1f} GB unpacked: not a head CT series")
-            tmp = Path(tempfile.mkdtemp(prefix="aspects-zip-"))
-            try:
-                for i, m in enumerate(members):
-                    # Never trust member names: every file gets a plain name of our own inside tmp.
-                    with z.open(m) as src, open(tmp / f"{i:06d}", "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                study = _read_dicom_folder(tmp)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise UnreadableInput(f"{p}: cannot read the zip archive ({exc})") from None
-    return Study(hu=study.hu, affine=study.affine, source=str(p), metadata=study.metadata,
-                 warnings=study.warnings, source_images=study.source_images)
-
-
-# MetaImage's modality field: anything but CT (or unknown) is refused.
-_MHA_NOT_CT = {"MET_MOD_MR": "MR", "MET_MOD_NM": "NM", "MET_MOD_US": "US"}
-_NIFTI_FLOAT = {16: "<f4", 64: "<f8"}      # NIfTI datatype codes that can hold NaN or infinity
-_NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4"}
-
-
-def _read_volume_file(p: Path) -> Study:
-    """Header first: size, spacing and modality are checked before a single pixel is read, so an
-    absurd or hostile file costs milliseconds, not the time to decompress it."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(p))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise UnreadableInput(f"{p}: cannot read image ({_first_line(exc)})") from None
-    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
-        raise UnreadableInput(f"{p}: expected a 3-D scalar volume, got {reader.GetDimension()}-D "
-                              f"with {reader.GetNumberOfComponents()} component(s)")
-    meta = {k: reader.GetMetaData(k).strip() for k in reader.GetMetaDataKeys()}
-    modality = meta.get("0008|0060", "") or _MHA_NOT_CT.get(meta.get("Modality", ""), "")
-    if modality and modality.upper() != "CT":
-        raise WrongModality(f"{p}: modality is {modality}, this runtime scores CT only")
-    _check_dims(reader.GetSize(), p)
-    nifti = _nifti_header(p)
-    data = _check_nifti(p, nifti) if nifti is not None else None
-    if nifti is not None and data is not None and nifti.datatype in _NIFTI_DTYPES:
-        # The checks already decompressed every voxel: use those bytes rather than decompress again.
-        hu = _nifti_voxels(data, nifti)
-        affine = _affine(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
-    else:
-        try:
-            image = reader.Execute()
-        except RuntimeError as exc:
-            raise UnreadableInput(f"{p}: cannot read image ({_first_line(exc)})") from None
-        hu = sitk.GetArrayFromImage(image).astype(np.float32)
-        affine = _sitk_affine(image)
-    return Study(hu=hu, affine=affine, source=str(p),
-                 metadata={"format": p.suffix.lstrip(".") or "dicom", "modality": modality or "unknown"})
-
-
-@dataclass(frozen=True)
-class _NiftiHeader:
-    dims: tuple[int, ...]
-    datatype: int
-    bitpix: int
-    pixdim: tuple[float, ...]
-    vox_offset: int
-    byte_order: str
-    scl_slope: float
-    scl_inter: float
-
-
-def _nifti_header(p: Path) -> _NiftiHeader | None:
-    """The NIfTI-1 fields ITK papers over (it turns a zero pixdim into 1 and NaN voxels into 0)."""
-    name = p.name.lower()
-    if not name.endswith((".nii", ".nii.gz")):
-        return None
-    try:
-        with (gzip.open(p, "rb") if name.endswith(".gz") else open(p, "rb")) as f:
-            header = f.read(352)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise UnreadableInput(f"{p}: file is truncated or corrupt ({exc})") from None
-    if len(header) < 348:
-        raise UnreadableInput(f"{p}: file is too short to be NIfTI")
-    order = "<" if int(np.frombuffer(header[:4], "<i4")[0]) == 348 else ">"
-    dims = np.frombuffer(header[40:56], f"{order}i2")
-    n = int(dims[0])
-    if not 0 < n < 8:
-        raise UnreadableInput(f"{p}: NIfTI header has {n} dimensions")
-    return _NiftiHeader(dims=tuple(int(d) for d in dims[1:1 + n]),
-                        datatype=int(np.frombuffer(header[70:72], f"{order}i2")[0]),
-                        bitpix=int(np.frombuffer(header[72:74], f"{order}i2")[0]),
-                        pixdim=tuple(float(v) for v in np.frombuffer(header[76:108], f"{order}f4")[1:1 + n]),
-                        vox_offset=int(np.frombuffer(header[108:112], f"{order}f4")[0]), byte_order=order,
-                        scl_slope=float(np.frombuffer(header[112:116], f"{order}f4")[0]),
-                        scl_inter=float(np.frombuffer(header[116:120], f"{order}f4")[0]))
-
-
-def _nifti_voxels(data: bytearray, h: _NiftiHeader) -> np.ndarray:
-    """float32 (z, y, x) from the voxel bytes (x varies fastest, as ITK reads them), with the
-    header's intensity scaling where it sets one (slope 0 means none)."""
-    nx, ny, nz = h.dims[:3]
-    hu = np.frombuffer(data, f"{h.byte_order}{_NIFTI_DTYPES[h.datatype]}", count=nx * ny * nz).reshape(nz, ny, nx)
-    hu = hu.astype(np.float32)
-    if np.isfinite(h.scl_slope) and h.scl_slope != 0 and (h.scl_slope, h.scl_inter) != (1.0, 0.0):
-        hu = hu * np.float32(h.scl_slope) + np.float32(h.scl_inter)
-    return hu
-
-
-def _check_nifti(p: Path, h: _NiftiHeader) -> bytearray | None:
-    """Zero or non-finite voxel sizes, a truncated file and NaN/infinite voxels are refused here.
-    Returns the voxel bytes where it had to read them all (a .gz file, or float data)."""
-    if any(not np.isfinite(v) or v <= 0 for v in h.pixdim[:3]):
-        raise AbsurdSize(f"{p}: voxel size {h.pixdim[:3]} mm in the header (zero, negative or not a number)")
-    need = h.vox_offset + int(np.prod(h.dims, dtype=np.int64)) * h.bitpix // 8
-    gz = p.name.lower().endswith(".gz")
-    if not gz and p.stat().st_size < need:
-        raise UnreadableInput(f"{p}: file is truncated ({p.stat().st_size} of {need} bytes)")
-    if not gz and h.datatype not in _NIFTI_FLOAT:
-        return None
-    # Read exactly the bytes the header promises (never more: a gzip bomb stops here), checking that
-    # they are all there and, for float data, finite.
-    data = bytearray(need - h.vox_offset)
-    view = memoryview(data)
-    try:
-        with (gzip.open(p, "rb") if gz else open(p, "rb")) as f:
-            f.seek(h.vox_offset)
-            got = 0
-            dtype = _NIFTI_FLOAT.get(h.datatype)
-            while got < len(data):
-                n = f.readinto(view[got:got + (1 << 22)])
-                if not n:
-                    break
-                if dtype is not None:
-                    chunk = view[got:got + n]
-                    usable = n - n % np.dtype(dtype).itemsize
-                    if not np.isfinite(np.frombuffer(chunk[:usable], dtype)).all():
-                        raise UnreadableInput(f"{p}: volume contains NaN or infinite values")
-                got += n
-    except (OSError, EOFError, zlib.error) as exc:
-        raise UnreadableInput(f"{p}: file is truncated or corrupt ({exc})") from None
-    if got < len(data):
-        raise UnreadableInput(f"{p}: file is truncated ({got} of {len(data)} data bytes)")
-    return data
-
-
-def _sitk_affine(image: sitk.Image) -> np.ndarray:
-    return _affine(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
-
-
-def _affine(direction, spacing, origin) -> np.ndarray:
-    a = np.eye(4)
-    a[:3, :3] = np.asarray(direction).reshape(3, 3) @ np.diag(spacing)
-    a[:3, 3] = origin
-    return a
-
-
-def _check_dims(size, where) -> None:
-    nx, ny, nz = size
-    if min(nx, ny) < 32 or max(nx, ny) > MAX_INPLANE_VOXELS or nz > MAX_SLICES:
-        raise AbsurdSize(f"{where}: volume of {nx}x{ny}x{nz} voxels is not a head CT size")
-
-
-# ---------------------------------------------------------------- DICOM
+from ..errors import AbsurdSize, InconsistentSeries, NoSeries, TooFewSlices, UnreadableInput, WrongModality
+from .study import MAX_GANTRY_TILT_DEG, MIN_SLICES, Study, check_dims, first_line
 
 # Pixel values scanners store outside the scan circle: not Hounsfield units, and no reason to refuse.
 PADDING_BELOW_HU = -1024.0
@@ -381,7 +152,7 @@ def _enhanced_planes(path: str, ds, frames: int) -> list[_Slice]:
     return planes
 
 
-def _read_dicom_folder(folder: Path) -> Study:
+def read_dicom_folder(folder: Path) -> Study:
     files = sorted(str(f) for f in folder.rglob("*") if f.is_file())
     if not files:
         raise NoSeries(f"{folder}: folder is empty")
@@ -470,7 +241,7 @@ def _stack_series(slices: list[_Slice], folder: Path, n_series: int, n_ignored: 
     if any(not np.allclose(h.row_dir, first.row_dir, atol=1e-3) or not np.allclose(h.col_dir, first.col_dir, atol=1e-3)
            for h in slices):
         raise InconsistentSeries(f"{folder}: slices with different orientations in one series")
-    _check_dims((first.cols, first.rows, len(slices)), folder)
+    check_dims((first.cols, first.rows, len(slices)), folder)
     normal = np.cross(first.row_dir, first.col_dir)
     slices = sorted(slices, key=lambda h: float(h.position @ normal))
     along = np.array([h.position @ normal for h in slices])
@@ -551,7 +322,7 @@ def _pixels(h: _Slice) -> np.ndarray:
             stored = np.asarray(ds.pixel_array, dtype=np.float32).reshape(-1, h.rows, h.cols)[h.frame or 0]
             hu = stored * h.slope + h.intercept
     except Exception as exc:  # pydicom and SimpleITK raise many types on a damaged file
-        raise UnreadableInput(f"{h.path}: cannot decode pixel data ({_first_line(exc)})") from None
+        raise UnreadableInput(f"{h.path}: cannot decode pixel data ({first_line(exc)})") from None
     if h.padding is not None:
         hu[np.isclose(hu, h.padding * h.slope + h.intercept)] = PADDING_BELOW_HU
     return np.maximum(hu, PADDING_BELOW_HU)
@@ -578,51 +349,28 @@ def _tilt_degrees(affine: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(cos, -1, 1))))
 
 
-def _first_line(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[-1][:160] if lines else type(exc).__name__
+def read_zip(p: Path) -> Study:
+    """A zipped series: unpacked into a private folder (size- and name-checked first), read as a folder."""
+    import shutil
+    import tempfile
+    import zipfile
 
-
-# ---------------------------------------------------------------- validation
-
-def validate_study(study: Study) -> None:
-    """Refuse volumes that are not a scoreable head CT, before any compute is spent."""
-    sx, sy, sz = study.spacing
-    nz, ny, nx = study.hu.shape
-    if not (INPLANE_SPACING_MM[0] <= min(sx, sy) and max(sx, sy) <= INPLANE_SPACING_MM[1]):
-        raise AbsurdSize(f"{study.source}: in-plane voxel size {sx:.3g}x{sy:.3g} mm is not a head CT's")
-    if not SLICE_SPACING_MM[0] <= sz <= SLICE_SPACING_MM[1]:
-        raise AbsurdSize(f"{study.source}: slice spacing {sz:.3g} mm is not a head CT's")
-    _check_dims((nx, ny, nz), study.source)
-    if nz < MIN_SLICES or nz * sz < MIN_Z_COVERAGE_MM:
-        raise TooFewSlices(f"{study.source}: {nz} slices covering {nz * sz:.0f} mm; need at least "
-                           f"{MIN_SLICES} slices and {MIN_Z_COVERAGE_MM:.0f} mm of head")
-    hu = study.hu
-    if not np.isfinite(hu).all():
-        raise UnreadableInput(f"{study.source}: volume contains NaN or infinite values")
-    lo, hi = float(hu.min()), float(hu.max())
-    if hi - lo < 100:
-        raise NotAHead(f"{study.source}: volume is empty or flat (values {lo:.0f}..{hi:.0f})")
-    if lo < -3000 or hi > 40000:
-        raise NotAHead(f"{study.source}: values {lo:.0f}..{hi:.0f} are not Hounsfield units")
-    voxel_ml = sx * sy * sz / 1000.0
-    bone_ml = float((hu > 300).sum()) * voxel_ml
-    brainlike_ml = float(((hu > 15) & (hu < 60)).sum()) * voxel_ml
-    if bone_ml < 5:
-        raise NotAHead(f"{study.source}: no skull found ({bone_ml:.1f} mL above 300 HU); is this a head CT?")
-    if brainlike_ml < 150:
-        raise NotAHead(f"{study.source}: too little brain-density tissue ({brainlike_ml:.0f} mL); is this a head CT?")
-    width_mm = _bone_width_mm(hu, sx)
-    if width_mm > 230:
-        raise NotAHead(f"{study.source}: bony anatomy {width_mm:.0f} mm wide is a body, not a head")
-
-
-def _bone_width_mm(hu: np.ndarray, sx: float) -> float:
-    """Median left-right extent of bone per slice: skulls are ~130-170 mm, chests and pelves 250+.
-
-    Bone, not soft tissue, so the head holder and table do not count.
-    """
-    cols = np.asarray((hu > 300).any(axis=1))       # (z, x)
-    widths = [(idx[-1] - idx[0] + 1) * sx for idx in (np.flatnonzero(cols[z]) for z in range(cols.shape[0]))
-              if idx.size > 1]
-    return float(np.median(widths)) if widths else 0.0
+    try:
+        with zipfile.ZipFile(p) as z:
+            members = [m for m in z.infolist() if not m.is_dir()]
+            if len(members) > ZIP_MAX_FILES or sum(m.file_size for m in members) > ZIP_MAX_BYTES:
+                raise AbsurdSize(f"{p}: archive of {len(members)} files, "
+                                 f"{sum(m.file_size for m in members) / 1e9:.1f} GB unpacked: not a head CT series")
+            tmp = Path(tempfile.mkdtemp(prefix="aspects-zip-"))
+            try:
+                for i, m in enumerate(members):
+                    # Never trust member names: every file gets a plain name of our own inside tmp.
+                    with z.open(m) as src, open(tmp / f"{i:06d}", "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                study = read_dicom_folder(tmp)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise UnreadableInput(f"{p}: cannot read the zip archive ({exc})") from None
+    return Study(hu=study.hu, affine=study.affine, source=str(p), metadata=study.metadata,
+                 warnings=study.warnings, source_images=study.source_images)

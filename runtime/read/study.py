@@ -1,0 +1,102 @@
+"""The study every reader returns, the limits of a scoreable head CT, and the check against them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import AbsurdSize, NotAHead, TooFewSlices, UnreadableInput
+
+MIN_SLICES = 8
+MIN_Z_COVERAGE_MM = 40.0
+MAX_INPLANE_VOXELS = 2048
+MAX_SLICES = 2000
+INPLANE_SPACING_MM = (0.1, 3.0)
+SLICE_SPACING_MM = (0.2, 12.0)
+MAX_GANTRY_TILT_DEG = 30.0
+
+
+@dataclass(frozen=True)
+class Study:
+    hu: np.ndarray                 # float32, (z, y, x), Hounsfield units
+    affine: np.ndarray             # 4x4, voxel index (i, j, k) -> patient LPS mm
+    source: str
+    metadata: dict = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    # DICOM input: the header (no pixels) of every source image in stack order, for outputs that
+    # reference and overlay them (runtime.dicom_out). Empty for volume files and Enhanced CT.
+    source_images: tuple = field(default=(), repr=False, compare=False)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size (x, y, z) in mm; z is the distance between slice planes. With gantry tilt the
+        slice-to-slice vector is longer than that (5.11 mm for 5 mm slices at 12 degrees): the
+        planes, not the vector, set the slice thickness the model grid keeps."""
+        a = self.affine[:3, :3]
+        sx, sy = (float(v) for v in np.linalg.norm(a[:, :2], axis=0))
+        normal = np.cross(a[:, 0], a[:, 1])
+        norm = float(np.linalg.norm(normal))
+        sz = abs(float(a[:, 2] @ normal)) / norm if norm > 0 else 0.0
+        return sx, sy, sz
+
+
+def affine_of(direction, spacing, origin) -> np.ndarray:
+    a = np.eye(4)
+    a[:3, :3] = np.asarray(direction).reshape(3, 3) @ np.diag(spacing)
+    a[:3, 3] = origin
+    return a
+
+
+def check_dims(size, where) -> None:
+    nx, ny, nz = size
+    if min(nx, ny) < 32 or max(nx, ny) > MAX_INPLANE_VOXELS or nz > MAX_SLICES:
+        raise AbsurdSize(f"{where}: volume of {nx}x{ny}x{nz} voxels is not a head CT size")
+
+
+def first_line(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1][:160] if lines else type(exc).__name__
+
+
+def validate_study(study: Study) -> None:
+    """Refuse volumes that are not a scoreable head CT, before any compute is spent."""
+    sx, sy, sz = study.spacing
+    nz, ny, nx = study.hu.shape
+    if not (INPLANE_SPACING_MM[0] <= min(sx, sy) and max(sx, sy) <= INPLANE_SPACING_MM[1]):
+        raise AbsurdSize(f"{study.source}: in-plane voxel size {sx:.3g}x{sy:.3g} mm is not a head CT's")
+    if not SLICE_SPACING_MM[0] <= sz <= SLICE_SPACING_MM[1]:
+        raise AbsurdSize(f"{study.source}: slice spacing {sz:.3g} mm is not a head CT's")
+    check_dims((nx, ny, nz), study.source)
+    if nz < MIN_SLICES or nz * sz < MIN_Z_COVERAGE_MM:
+        raise TooFewSlices(f"{study.source}: {nz} slices covering {nz * sz:.0f} mm; need at least "
+                           f"{MIN_SLICES} slices and {MIN_Z_COVERAGE_MM:.0f} mm of head")
+    hu = study.hu
+    if not np.isfinite(hu).all():
+        raise UnreadableInput(f"{study.source}: volume contains NaN or infinite values")
+    lo, hi = float(hu.min()), float(hu.max())
+    if hi - lo < 100:
+        raise NotAHead(f"{study.source}: volume is empty or flat (values {lo:.0f}..{hi:.0f})")
+    if lo < -3000 or hi > 40000:
+        raise NotAHead(f"{study.source}: values {lo:.0f}..{hi:.0f} are not Hounsfield units")
+    voxel_ml = sx * sy * sz / 1000.0
+    bone_ml = float((hu > 300).sum()) * voxel_ml
+    brainlike_ml = float(((hu > 15) & (hu < 60)).sum()) * voxel_ml
+    if bone_ml < 5:
+        raise NotAHead(f"{study.source}: no skull found ({bone_ml:.1f} mL above 300 HU); is this a head CT?")
+    if brainlike_ml < 150:
+        raise NotAHead(f"{study.source}: too little brain-density tissue ({brainlike_ml:.0f} mL); is this a head CT?")
+    width_mm = _bone_width_mm(hu, sx)
+    if width_mm > 230:
+        raise NotAHead(f"{study.source}: bony anatomy {width_mm:.0f} mm wide is a body, not a head")
+
+
+def _bone_width_mm(hu: np.ndarray, sx: float) -> float:
+    """Median left-right extent of bone per slice: skulls are ~130-170 mm, chests and pelves 250+.
+
+    Bone, not soft tissue, so the head holder and table do not count.
+    """
+    cols = np.asarray((hu > 300).any(axis=1))       # (z, x)
+    widths = [(idx[-1] - idx[0] + 1) * sx for idx in (np.flatnonzero(cols[z]) for z in range(cols.shape[0]))
+              if idx.size > 1]
+    return float(np.median(widths)) if widths else 0.0

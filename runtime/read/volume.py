@@ -1,0 +1,143 @@
+"""A single volume file (NIfTI, MHA/MHD, NRRD, or one DICOM file under any name), header first."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import AbsurdSize, UnreadableInput, WrongModality
+from .study import Study, affine_of, check_dims, first_line
+
+# MetaImage's modality field: anything but CT (or unknown) is refused.
+_MHA_NOT_CT = {"MET_MOD_MR": "MR", "MET_MOD_NM": "NM", "MET_MOD_US": "US"}
+_NIFTI_FLOAT = {16: "<f4", 64: "<f8"}      # NIfTI datatype codes that can hold NaN or infinity
+_NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4"}
+
+
+def read_volume_file(p: Path) -> Study:
+    """Header first: size, spacing and modality are checked before a single pixel is read, so an
+    absurd or hostile file costs milliseconds, not the time to decompress it."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise UnreadableInput(f"{p}: cannot read image ({first_line(exc)})") from None
+    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
+        raise UnreadableInput(f"{p}: expected a 3-D scalar volume, got {reader.GetDimension()}-D "
+                              f"with {reader.GetNumberOfComponents()} component(s)")
+    meta = {k: reader.GetMetaData(k).strip() for k in reader.GetMetaDataKeys()}
+    modality = meta.get("0008|0060", "") or _MHA_NOT_CT.get(meta.get("Modality", ""), "")
+    if modality and modality.upper() != "CT":
+        raise WrongModality(f"{p}: modality is {modality}, this runtime scores CT only")
+    check_dims(reader.GetSize(), p)
+    nifti = _nifti_header(p)
+    data = _check_nifti(p, nifti) if nifti is not None else None
+    if nifti is not None and data is not None and nifti.datatype in _NIFTI_DTYPES:
+        # The checks already decompressed every voxel: use those bytes rather than decompress again.
+        hu = _nifti_voxels(data, nifti)
+        affine = affine_of(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
+    else:
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise UnreadableInput(f"{p}: cannot read image ({first_line(exc)})") from None
+        hu = sitk.GetArrayFromImage(image).astype(np.float32)
+        affine = sitk_affine(image)
+    return Study(hu=hu, affine=affine, source=str(p),
+                 metadata={"format": p.suffix.lstrip(".") or "dicom", "modality": modality or "unknown"})
+
+
+@dataclass(frozen=True)
+class _NiftiHeader:
+    dims: tuple[int, ...]
+    datatype: int
+    bitpix: int
+    pixdim: tuple[float, ...]
+    vox_offset: int
+    byte_order: str
+    scl_slope: float
+    scl_inter: float
+
+
+def _nifti_header(p: Path) -> _NiftiHeader | None:
+    """The NIfTI-1 fields ITK papers over (it turns a zero pixdim into 1 and NaN voxels into 0)."""
+    name = p.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        with (gzip.open(p, "rb") if name.endswith(".gz") else open(p, "rb")) as f:
+            header = f.read(352)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UnreadableInput(f"{p}: file is truncated or corrupt ({exc})") from None
+    if len(header) < 348:
+        raise UnreadableInput(f"{p}: file is too short to be NIfTI")
+    order = "<" if int(np.frombuffer(header[:4], "<i4")[0]) == 348 else ">"
+    dims = np.frombuffer(header[40:56], f"{order}i2")
+    n = int(dims[0])
+    if not 0 < n < 8:
+        raise UnreadableInput(f"{p}: NIfTI header has {n} dimensions")
+    return _NiftiHeader(dims=tuple(int(d) for d in dims[1:1 + n]),
+                        datatype=int(np.frombuffer(header[70:72], f"{order}i2")[0]),
+                        bitpix=int(np.frombuffer(header[72:74], f"{order}i2")[0]),
+                        pixdim=tuple(float(v) for v in np.frombuffer(header[76:108], f"{order}f4")[1:1 + n]),
+                        vox_offset=int(np.frombuffer(header[108:112], f"{order}f4")[0]), byte_order=order,
+                        scl_slope=float(np.frombuffer(header[112:116], f"{order}f4")[0]),
+                        scl_inter=float(np.frombuffer(header[116:120], f"{order}f4")[0]))
+
+
+def _nifti_voxels(data: bytearray, h: _NiftiHeader) -> np.ndarray:
+    """float32 (z, y, x) from the voxel bytes (x varies fastest, as ITK reads them), with the
+    header's intensity scaling where it sets one (slope 0 means none)."""
+    nx, ny, nz = h.dims[:3]
+    hu = np.frombuffer(data, f"{h.byte_order}{_NIFTI_DTYPES[h.datatype]}", count=nx * ny * nz).reshape(nz, ny, nx)
+    hu = hu.astype(np.float32)
+    if np.isfinite(h.scl_slope) and h.scl_slope != 0 and (h.scl_slope, h.scl_inter) != (1.0, 0.0):
+        hu = hu * np.float32(h.scl_slope) + np.float32(h.scl_inter)
+    return hu
+
+
+def _check_nifti(p: Path, h: _NiftiHeader) -> bytearray | None:
+    """Zero or non-finite voxel sizes, a truncated file and NaN/infinite voxels are refused here.
+    Returns the voxel bytes where it had to read them all (a .gz file, or float data)."""
+    if any(not np.isfinite(v) or v <= 0 for v in h.pixdim[:3]):
+        raise AbsurdSize(f"{p}: voxel size {h.pixdim[:3]} mm in the header (zero, negative or not a number)")
+    need = h.vox_offset + int(np.prod(h.dims, dtype=np.int64)) * h.bitpix // 8
+    gz = p.name.lower().endswith(".gz")
+    if not gz and p.stat().st_size < need:
+        raise UnreadableInput(f"{p}: file is truncated ({p.stat().st_size} of {need} bytes)")
+    if not gz and h.datatype not in _NIFTI_FLOAT:
+        return None
+    # Read exactly the bytes the header promises (never more: a gzip bomb stops here), checking that
+    # they are all there and, for float data, finite.
+    data = bytearray(need - h.vox_offset)
+    view = memoryview(data)
+    try:
+        with (gzip.open(p, "rb") if gz else open(p, "rb")) as f:
+            f.seek(h.vox_offset)
+            got = 0
+            dtype = _NIFTI_FLOAT.get(h.datatype)
+            while got < len(data):
+                n = f.readinto(view[got:got + (1 << 22)])
+                if not n:
+                    break
+                if dtype is not None:
+                    chunk = view[got:got + n]
+                    usable = n - n % np.dtype(dtype).itemsize
+                    if not np.isfinite(np.frombuffer(chunk[:usable], dtype)).all():
+                        raise UnreadableInput(f"{p}: volume contains NaN or infinite values")
+                got += n
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UnreadableInput(f"{p}: file is truncated or corrupt ({exc})") from None
+    if got < len(data):
+        raise UnreadableInput(f"{p}: file is truncated ({got} of {len(data)} data bytes)")
+    return data
+
+
+def sitk_affine(image: sitk.Image) -> np.ndarray:
+    return affine_of(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
