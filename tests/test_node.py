@@ -260,6 +260,41 @@ def test_kill_mid_transfer_and_mid_scoring_then_restart_scores_each_study_once(t
     assert all(not p.exists() for p in leftovers)
 
 
+def test_a_sender_pausing_longer_than_the_quiet_period_is_one_study(tmp_path):
+    """A study is not complete while the association carrying it is open, however long the sender
+    pauses between images; once it is released, the quiet period alone decides."""
+    folder = tmp_path / "study"
+    study_uid = small_head_series(folder, "PAUSE")
+    paths = sorted(p for p in folder.iterdir() if p.is_file())
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
+                        quiet_seconds=0.3, outputs=("json",), workers=1)
+    node = Node(config).start()
+    try:
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+        from pynetdicom import AE
+        datasets = [pydicom.dcmread(p) for p in paths]
+        ae = AE(ae_title="SCANNER")
+        for sop, ts in {(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}:
+            ae.add_requested_context(sop, sorted({ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian}))
+        assoc = ae.associate(LOOPBACK, node.port, ae_title="ASPECTS")
+        assert assoc.is_established
+        try:
+            half = len(datasets) // 2
+            statuses = [getattr(assoc.send_c_store(d), "Status", -1) for d in datasets[:half]]
+            time.sleep(2.0)                                   # more than six quiet periods
+            assert not list((config.spool / "jobs").iterdir()), "promoted while its association was open"
+            statuses += [getattr(assoc.send_c_store(d), "Status", -1) for d in datasets[half:]]
+        finally:
+            assoc.release()
+        assert statuses == [0] * len(datasets)
+        wait_for(lambda: len(outcomes(config.spool)) == 1, 300, "the study scored")
+        time.sleep(1.0)                                       # time for a second job, were there one
+    finally:
+        node.stop()
+    got = outcomes(config.spool)
+    assert [o["study_instance_uid"] for o in got] == [study_uid] and got[0]["exit_code"] == 0, got
+
+
 # ---------------------------------------------------------------- load
 
 @pytest.mark.slow

@@ -52,6 +52,9 @@ TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExp
                      JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless]
 STATUS_STORED, STATUS_OUT_OF_RESOURCES, STATUS_CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 SEND_BACKOFF_S = 2.0
+# An association silent this long is dropped (pynetdicom's own default, made explicit), which also
+# ends the hold its studies had: a hung sender delays a study by at most this, never forever.
+IDLE_ASSOCIATION_S = 60.0
 
 
 class Node:
@@ -69,6 +72,10 @@ class Node:
         self._threads: list[threading.Thread] = []
         self._server = None
         self._load_error: Exception | None = None
+        # Studies that an open association has stored images of: not complete while it stays open,
+        # however long the sender pauses between images.
+        self._receiving: dict[object, set[str]] = {}
+        self._receiving_lock = threading.Lock()
 
     @property
     def port(self) -> int:
@@ -113,17 +120,21 @@ class Node:
         from pynetdicom import AE, evt
 
         ae = AE(ae_title=self.config.ae_title)
+        ae.network_timeout = IDLE_ASSOCIATION_S
         for sop_class in (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE):
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         ae.add_supported_context(VERIFICATION)
         if self.config.allowed_calling_aes:
             ae.require_calling_aet = list(self.config.allowed_calling_aes)
         return ae.start_server((self.config.host, self.config.port), block=False,
-                               evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+                               evt_handlers=[(evt.EVT_C_STORE, self._on_store),
+                                             (evt.EVT_CONN_CLOSE, self._on_close)])
 
     def _on_store(self, event) -> int:
         try:
             study = event.dataset.StudyInstanceUID
+            with self._receiving_lock:
+                self._receiving.setdefault(event.assoc, set()).add(str(study))
             self.spool.store(study, event.request.AffectedSOPInstanceUID, event.encoded_dataset())
         except (AttributeError, KeyError, BadIdentifier) as exc:
             log.error("refused an image from %s: %s", event.assoc.requestor.ae_title, exc)
@@ -133,13 +144,25 @@ class Node:
             return STATUS_OUT_OF_RESOURCES
         return STATUS_STORED
 
+    def _on_close(self, event) -> None:
+        """Released, aborted or timed out: the association's studies wait only for their quiet period."""
+        with self._receiving_lock:
+            self._receiving.pop(event.assoc, None)
+
+    def _being_received(self) -> set[str]:
+        with self._receiving_lock:
+            return set().union(*self._receiving.values())
+
     # ------------------------------------------------------------ jobs
 
     def _schedule(self) -> None:
         poll = min(1.0, max(0.05, self.config.quiet_seconds / 4))
         while not self.stopping.wait(poll):
             try:
+                held = self._being_received()
                 for study in self.spool.quiet_studies(self.config.quiet_seconds):
+                    if study in held:
+                        continue
                     job = self.spool.promote(study)
                     if job is not None:
                         log.info("study %s complete: job %s", study, job)
