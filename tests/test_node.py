@@ -45,17 +45,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def send_folder(folder: Path, port: int, calling: str = "SCANNER", files: list[Path] | None = None) -> list[int]:
-    """One association, every file of `folder` (or `files`) by C-STORE; the statuses returned."""
+def associate(datasets: list, port: int, calling: str = "SCANNER"):
+    """An association to the node with a presentation context for every dataset's class and syntax."""
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
-    paths = files if files is not None else sorted(p for p in folder.iterdir() if p.is_file())
-    datasets = [pydicom.dcmread(p) for p in paths]
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     for sop, ts in {(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}:
         ae.add_requested_context(sop, sorted({ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian}))
-    assoc = ae.associate(LOOPBACK, port, ae_title="ASPECTS")
+    return ae.associate(LOOPBACK, port, ae_title="ASPECTS")
+
+
+def send_folder(folder: Path, port: int, calling: str = "SCANNER", files: list[Path] | None = None) -> list[int]:
+    """One association, every file of `folder` (or `files`) by C-STORE; the statuses returned."""
+    paths = files if files is not None else sorted(p for p in folder.iterdir() if p.is_file())
+    datasets = [pydicom.dcmread(p) for p in paths]
+    assoc = associate(datasets, port, calling)
     if not assoc.is_established:
         return []
     try:
@@ -270,13 +275,8 @@ def test_a_sender_pausing_longer_than_the_quiet_period_is_one_study(tmp_path):
                         quiet_seconds=0.3, outputs=("json",), workers=1)
     node = Node(config).start()
     try:
-        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-        from pynetdicom import AE
         datasets = [pydicom.dcmread(p) for p in paths]
-        ae = AE(ae_title="SCANNER")
-        for sop, ts in {(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}:
-            ae.add_requested_context(sop, sorted({ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian}))
-        assoc = ae.associate(LOOPBACK, node.port, ae_title="ASPECTS")
+        assoc = associate(datasets, node.port)
         assert assoc.is_established
         try:
             half = len(datasets) // 2

@@ -3,7 +3,7 @@ stacked into one volume with its exact geometry (gantry tilt, uneven spacing).""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -372,5 +372,4 @@ def read_zip(p: Path) -> Study:
                 shutil.rmtree(tmp, ignore_errors=True)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise UnreadableInput(f"{p}: cannot read the zip archive ({exc})") from None
-    return Study(hu=study.hu, affine=study.affine, source=str(p), metadata=study.metadata,
-                 warnings=study.warnings, source_images=study.source_images)
+    return replace(study, source=str(p))

@@ -41,13 +41,6 @@ class Study:
         return sx, sy, sz
 
 
-def affine_of(direction, spacing, origin) -> np.ndarray:
-    a = np.eye(4)
-    a[:3, :3] = np.asarray(direction).reshape(3, 3) @ np.diag(spacing)
-    a[:3, 3] = origin
-    return a
-
-
 def check_dims(size, where) -> None:
     nx, ny, nz = size
     if min(nx, ny) < 32 or max(nx, ny) > MAX_INPLANE_VOXELS or nz > MAX_SLICES:

@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import AbsurdSize, UnreadableInput, WrongModality
-from .study import Study, affine_of, check_dims, first_line
+from .study import Study, check_dims, first_line
 
 # MetaImage's modality field: anything but CT (or unknown) is refused.
 _MHA_NOT_CT = {"MET_MOD_MR": "MR", "MET_MOD_NM": "NM", "MET_MOD_US": "US"}
@@ -41,14 +41,14 @@ def read_volume_file(p: Path) -> Study:
     if nifti is not None and data is not None and nifti.datatype in _NIFTI_DTYPES:
         # The checks already decompressed every voxel: use those bytes rather than decompress again.
         hu = _nifti_voxels(data, nifti)
-        affine = affine_of(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
+        affine = _affine(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
     else:
         try:
             image = reader.Execute()
         except RuntimeError as exc:
             raise UnreadableInput(f"{p}: cannot read image ({first_line(exc)})") from None
         hu = sitk.GetArrayFromImage(image).astype(np.float32)
-        affine = sitk_affine(image)
+        affine = _sitk_affine(image)
     return Study(hu=hu, affine=affine, source=str(p),
                  metadata={"format": p.suffix.lstrip(".") or "dicom", "modality": modality or "unknown"})
 
@@ -139,5 +139,12 @@ def _check_nifti(p: Path, h: _NiftiHeader) -> bytearray | None:
     return data
 
 
-def sitk_affine(image: sitk.Image) -> np.ndarray:
-    return affine_of(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
+def _sitk_affine(image: sitk.Image) -> np.ndarray:
+    return _affine(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
+
+
+def _affine(direction, spacing, origin) -> np.ndarray:
+    a = np.eye(4)
+    a[:3, :3] = np.asarray(direction).reshape(3, 3) @ np.diag(spacing)
+    a[:3, 3] = origin
+    return a
