@@ -79,6 +79,37 @@ def test_nifti_roundtrip(tmp_path):
     np.testing.assert_allclose(study.spacing, SPACING)
 
 
+def test_a_head_stored_slices_first_is_the_same_axial_study(tmp_path):
+    """A (z, y, x) array saved as if it were (x, y, z), with an affine that says so: the same head.
+    Every stage after the reader takes array axis 0 as the slice axis, so the reader reorders the
+    voxels (no resampling); before, this file was refused as "not a head CT size"."""
+    hu = head_phantom()
+    hu[3, 10, 20] = 1234.0
+    axial = read_study(_nifti(tmp_path / "axial.nii.gz", hu))
+    img = sitk.GetImageFromArray(hu.astype(np.int16))
+    img.SetSpacing(SPACING)
+    stored = tmp_path / "lip.nii.gz"
+    sitk.WriteImage(sitk.DICOMOrient(img, "LIP"), str(stored))    # voxel axes: left, inferior, posterior
+    assert sitk.ReadImage(str(stored)).GetSize()[1] == hu.shape[0]   # the slices run along the file's j
+    study = read_study(stored)
+    assert study.hu.shape == hu.shape
+    np.testing.assert_allclose(study.spacing, SPACING, atol=1e-6)
+    assert any("reordered" in w for w in study.warnings) and not axial.warnings
+
+    def world(s, zyx):
+        return (s.affine @ [zyx[2], zyx[1], zyx[0], 1.0])[:3]
+
+    marker = np.unravel_index(np.argmax(study.hu), study.hu.shape)
+    np.testing.assert_allclose(world(study, marker), world(axial, (3, 10, 20)), atol=1e-6)
+    np.testing.assert_array_equal(np.sort(study.hu, axis=None), np.sort(axial.hu, axis=None))
+
+
+def test_a_coronal_reconstruction_is_refused_as_not_axial(tmp_path):
+    hu = head_phantom(shape=(120, 40, 160), spacing=(1.0, 5.0, 1.0))    # 5 mm slices front to back
+    with pytest.raises(errors.InconsistentSeries, match="coronal or sagittal"):
+        read_study(_nifti(tmp_path / "cor.nii.gz", hu, spacing=(1.0, 5.0, 1.0)))
+
+
 @pytest.mark.parametrize("case, error", [
     ("missing", errors.UnreadableInput),
     ("empty_folder", errors.NoSeries),

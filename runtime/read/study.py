@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import AbsurdSize, NotAHead, TooFewSlices, UnreadableInput
+from ..errors import AbsurdSize, InconsistentSeries, NotAHead, TooFewSlices, UnreadableInput
 
 MIN_SLICES = 8
 MIN_Z_COVERAGE_MM = 40.0
@@ -56,6 +56,10 @@ def validate_study(study: Study) -> None:
     """Refuse volumes that are not a scoreable head CT, before any compute is spent."""
     sx, sy, sz = study.spacing
     nz, ny, nx = study.hu.shape
+    if _reformat(sx, sy, sz):
+        raise InconsistentSeries(f"{study.source}: not an axial series ({sx:.3g} x {sy:.3g} mm voxels across the "
+                                 f"head-to-foot axis, {sz:.3g} mm along it): a coronal or sagittal reconstruction; "
+                                 "score the axial series")
     if not (INPLANE_SPACING_MM[0] <= min(sx, sy) and max(sx, sy) <= INPLANE_SPACING_MM[1]):
         raise AbsurdSize(f"{study.source}: in-plane voxel size {sx:.3g}x{sy:.3g} mm is not a head CT's")
     if not SLICE_SPACING_MM[0] <= sz <= SLICE_SPACING_MM[1]:
@@ -82,6 +86,13 @@ def validate_study(study: Study) -> None:
     width_mm = _bone_width_mm(hu, sx)
     if width_mm > 230:
         raise NotAHead(f"{study.source}: bony anatomy {width_mm:.0f} mm wide is a body, not a head")
+
+
+def _reformat(sx: float, sy: float, sz: float) -> bool:
+    """Thick slices standing on end: one axis across the head-to-foot axis is coarser than a CT
+    pixel, the other and the head-to-foot axis are pixel-sized (a coronal or sagittal MPR)."""
+    lo, hi = INPLANE_SPACING_MM
+    return max(sx, sy) > hi and lo <= min(sx, sy) <= hi and lo <= sz <= hi
 
 
 def _bone_width_mm(hu: np.ndarray, sx: float) -> float:

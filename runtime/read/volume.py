@@ -35,22 +35,48 @@ def read_volume_file(p: Path) -> Study:
     modality = meta.get("0008|0060", "") or _MHA_NOT_CT.get(meta.get("Modality", ""), "")
     if modality and modality.upper() != "CT":
         raise WrongModality(f"{p}: modality is {modality}, this runtime scores CT only")
-    check_dims(reader.GetSize(), p)
+    direction = reader.GetDirection()
+    order = axial_order(direction)
+    check_dims(tuple(reader.GetSize()[a] for a in order), p)
     nifti = _nifti_header(p)
     data = _check_nifti(p, nifti) if nifti is not None else None
     if nifti is not None and data is not None and nifti.datatype in _NIFTI_DTYPES:
         # The checks already decompressed every voxel: use those bytes rather than decompress again.
         hu = _nifti_voxels(data, nifti)
-        affine = _affine(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
     else:
         try:
             image = reader.Execute()
         except RuntimeError as exc:
             raise UnreadableInput(f"{p}: cannot read image ({first_line(exc)})") from None
         hu = sitk.GetArrayFromImage(image).astype(np.float32)
-        affine = _sitk_affine(image)
-    return Study(hu=hu, affine=affine, source=str(p),
+    hu, affine = reorder_axes(hu, _affine(direction, reader.GetSpacing(), reader.GetOrigin()), order)
+    warnings = () if order == (0, 1, 2) else (
+        f"the volume is stored with its head-to-foot axis as voxel axis {'ijk'[order[2]]}: "
+        "its voxels were reordered into axial slices (exactly, no resampling)",)
+    return Study(hu=hu, affine=affine, source=str(p), warnings=warnings,
                  metadata={"format": p.suffix.lstrip(".") or "dicom", "modality": modality or "unknown"})
+
+
+def axial_order(direction) -> tuple[int, int, int]:
+    """The voxel axes (i, j, k) reordered so that the last is the one closest to head-to-foot.
+    Every stage after the reader takes array axis 0 as the slice axis (its spacing sets the slab
+    averaging and the slice checks), so a head written with its slices along another axis (a
+    (z, y, x) array saved as if it were (x, y, z), with a correct affine) must be put in that order
+    first. The in-plane axes keep their order; an axis within 1e-3 of the best stays where it is."""
+    head_foot = np.abs(np.asarray(direction, float).reshape(3, 3)[2])    # LPS z of each axis's direction
+    k = 2 if head_foot[2] >= head_foot.max() - 1e-3 else int(np.argmax(head_foot))
+    i, j = (a for a in range(3) if a != k)
+    return i, j, k
+
+
+def reorder_axes(hu: np.ndarray, affine: np.ndarray, order: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The same voxels and the same patient geometry with voxel axes (i, j, k) in `order`; hu is
+    (z, y, x) = (k, j, i), so index axis a is array axis 2 - a."""
+    if order == (0, 1, 2):
+        return hu, affine
+    out = affine.copy()
+    out[:3, :3] = affine[:3, list(order)]
+    return np.ascontiguousarray(hu.transpose([2 - a for a in reversed(order)])), out
 
 
 @dataclass(frozen=True)
@@ -137,10 +163,6 @@ def _check_nifti(p: Path, h: _NiftiHeader) -> bytearray | None:
     if got < len(data):
         raise UnreadableInput(f"{p}: file is truncated ({got} of {len(data)} data bytes)")
     return data
-
-
-def _sitk_affine(image: sitk.Image) -> np.ndarray:
-    return _affine(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
 
 
 def _affine(direction, spacing, origin) -> np.ndarray:
