@@ -73,6 +73,20 @@ def upside_down(d: Path) -> list[str]:
     return [str(_demo_variant(d / "zflip.nii.gz", hu[::-1]))]
 
 
+def slices_along_j(d: Path) -> list[str]:
+    """The demo's voxels written left, inferior, posterior: the slice axis is the file's second."""
+    _, img = _demo_volume()
+    path = d / "lip.nii.gz"
+    sitk.WriteImage(sitk.DICOMOrient(img, "LIP"), str(path))
+    return [str(path)]
+
+
+def coronal_reformat(d: Path) -> list[str]:
+    """5 mm slices front to back, 1 mm pixels across them."""
+    return [str(_nifti(d / "coronal.nii.gz", head_phantom(shape=(120, 40, 160), spacing=(1.0, 5.0, 1.0)),
+                       spacing=(1.0, 5.0, 1.0)))]
+
+
 def prone_under_supine_header(d: Path) -> list[str]:
     hu, _ = _demo_volume()
     return [str(_demo_variant(d / "prone.nii.gz", hu[:, ::-1, ::-1]))]
@@ -246,6 +260,8 @@ CASES: tuple[Case, ...] = (
     Case("damaged last slice of a series", 3, damaged_last_slice),
     Case("slice cut off inside its pixel data", 3, cut_inside_pixels),
     Case("two patients in one folder", 7, two_patients),
+    Case("volume stored with its slices along the second voxel axis", 0, slices_along_j, scores=True),
+    Case("coronal reconstruction", 7, coronal_reformat),
     Case("NaN voxel in NIfTI", 3, nan_nifti),
     Case("infinite voxel in NIfTI", 3, inf_nifti),
     Case("2049 x 2049 x 300 header", 9, huge_header),
