@@ -79,7 +79,8 @@ def test_nifti_roundtrip(tmp_path):
     np.testing.assert_allclose(study.spacing, SPACING)
 
 
-def test_a_head_stored_slices_first_is_the_same_axial_study(tmp_path):
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])      # NIfTI's own voxel path and ITK's
+def test_a_head_stored_slices_first_is_the_same_axial_study(tmp_path, suffix):
     """A (z, y, x) array saved as if it were (x, y, z), with an affine that says so: the same head.
     Every stage after the reader takes array axis 0 as the slice axis, so the reader reorders the
     voxels (no resampling); before, this file was refused as "not a head CT size"."""
@@ -88,7 +89,7 @@ def test_a_head_stored_slices_first_is_the_same_axial_study(tmp_path):
     axial = read_study(_nifti(tmp_path / "axial.nii.gz", hu))
     img = sitk.GetImageFromArray(hu.astype(np.int16))
     img.SetSpacing(SPACING)
-    stored = tmp_path / "lip.nii.gz"
+    stored = tmp_path / f"lip{suffix}"
     sitk.WriteImage(sitk.DICOMOrient(img, "LIP"), str(stored))    # voxel axes: left, inferior, posterior
     assert sitk.ReadImage(str(stored)).GetSize()[1] == hu.shape[0]   # the slices run along the file's j
     study = read_study(stored)
