@@ -5,7 +5,7 @@
     python -m export.evaluate real    --data ../shared/data/real --reads export/datasets/dev/reads.csv --loo
     python -m export.evaluate calibrate --shared ../shared/data --n 40 --check 60  # the rule's thresholds
     python -m export.evaluate calibrate --troughs ...  # first the measure's sulcus filter, young + elderly
-    python -m export.evaluate stability --loo     # real studies turned, mirrored, softer and noisier
+    python -m export.evaluate stability --loo     # real studies turned, mirrored, softer, noisier, HU +-4
 
 The calibrate mode lives in export.calibrate, the kept synthetic studies in export.studies.
 

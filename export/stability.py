@@ -8,10 +8,12 @@ to resample on 0.4 mm pixels; tilt is not made, since 5 mm slices cannot be
 re-sliced faithfully), and mirrored left to right (the stroke, and every normal
 asymmetry, moves to the other hemisphere: the truth's side swaps). Nothing is
 fitted: the variants only ask whether the runtime's answer depends on the pose
-or on which hemisphere the atlas sees first. Two more stand in for another scanner: a softer
-reconstruction kernel (in-plane Gaussian blur) and a noisier one (lower dose or sharper kernel:
-added noise, correlated in-plane like a reconstruction's, from a fixed seed), since the studies
-that will check generalisation come from scanners the development set did not.
+or on which hemisphere the atlas sees first. Four more stand in for another scanner: a softer
+reconstruction kernel (in-plane Gaussian blur), a noisier one (lower dose or sharper kernel:
+added noise, correlated in-plane like a reconstruction's, from a fixed seed), and CT numbers
+4 HU high or low (the usual tolerance on water; the density rule's parenchyma window is in
+absolute HU), since the studies that will check generalisation come from scanners the
+development set did not.
 Results go to build/eval/stability/.
 The command line is export.evaluate's.
 """
@@ -40,11 +42,13 @@ class Variant:
     mirrored: bool = False
     blur_mm: float = 0.0       # in-plane Gaussian sigma: a softer kernel
     noise_hu: float = 0.0      # SD of the noise added to the head: a lower dose or a sharper kernel
+    offset_hu: float = 0.0     # every voxel shifted: a scanner's CT numbers off by its calibration tolerance
 
 
 VARIANTS = (Variant("as read"), Variant("yaw -12", yaw_deg=-12.0), Variant("yaw +12", yaw_deg=12.0),
             Variant("mirrored", mirrored=True), Variant("mirrored, yaw +8", yaw_deg=8.0, mirrored=True),
-            Variant("softer kernel", blur_mm=0.75), Variant("noisier", noise_hu=3.0))
+            Variant("softer kernel", blur_mm=0.75), Variant("noisier", noise_hu=3.0),
+            Variant("HU +4", offset_hu=4.0), Variant("HU -4", offset_hu=-4.0))
 
 
 def varied(study: Study, variant: Variant) -> Study:
@@ -66,6 +70,8 @@ def varied(study: Study, variant: Variant) -> Study:
         noise = np.random.default_rng(NOISE_SEED).standard_normal(hu.shape).astype(np.float32)
         noise = ndimage.gaussian_filter(noise, sigma=(0.0, 0.5 / sy, 0.5 / sx))
         hu = np.where(hu > -500.0, hu + noise * (variant.noise_hu / noise.std()), hu)
+    if variant.offset_hu:
+        hu = hu + np.float32(variant.offset_hu)
     return replace(study, hu=np.ascontiguousarray(hu, dtype=np.float32), source=f"{study.source} ({variant.name})")
 
 

@@ -214,7 +214,8 @@ def test_stability_variants_move_the_head_not_the_geometry():
 
 def test_stability_reconstruction_variants_change_texture_not_density():
     """A softer kernel and a noisier scan keep every region's mean HU and the air around the head; the
-    noise is the SD asked for, the same on every run, and the blur lowers the noise."""
+    noise is the SD asked for, the same on every run, and the blur lowers the noise. An offset
+    scanner shifts every voxel by its offset."""
     from export.stability import Variant, varied
     from runtime.read import Study
     rng = np.random.default_rng(1)
@@ -230,6 +231,7 @@ def test_stability_reconstruction_variants_change_texture_not_density():
     assert abs(float(added.std()) - 3.0) < 0.3 and abs(float(added.mean())) < 0.3
     assert np.all(noisy[hu < -500] == hu[hu < -500])
     np.testing.assert_array_equal(noisy, varied(study, Variant("n", noise_hu=3.0)).hu)
+    np.testing.assert_allclose(varied(study, Variant("o", offset_hu=-4.0)).hu, hu - 4.0)
 
 
 @pytest.mark.slow
