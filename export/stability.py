@@ -11,8 +11,8 @@ fitted: the variants only ask whether the runtime's answer depends on the pose
 or on which hemisphere the atlas sees first. Four more stand in for another scanner: a softer
 reconstruction kernel (in-plane Gaussian blur), a noisier one (lower dose or sharper kernel:
 added noise, correlated in-plane like a reconstruction's, from a fixed seed), and CT numbers
-4 HU high or low (the usual tolerance on water; the density rule's parenchyma window is in
-absolute HU), since the studies that will check generalisation come from scanners the
+4 HU high or low (the usual tolerance on water; the parenchyma window, the atlas fit and the
+DA-Net all see absolute HU), since the studies that will check generalisation come from scanners the
 development set did not.
 Results go to build/eval/stability/.
 The command line is export.evaluate's.
