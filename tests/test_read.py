@@ -86,11 +86,10 @@ def test_a_head_stored_slices_first_is_the_same_axial_study(tmp_path, suffix):
     voxels (no resampling); before, this file was refused as "not a head CT size"."""
     hu = head_phantom()
     hu[3, 10, 20] = 1234.0
-    axial = read_study(_nifti(tmp_path / "axial.nii.gz", hu))
-    img = sitk.GetImageFromArray(hu.astype(np.int16))
-    img.SetSpacing(SPACING)
+    axial_file = _nifti(tmp_path / "axial.nii.gz", hu)
+    axial = read_study(axial_file)
     stored = tmp_path / f"lip{suffix}"
-    sitk.WriteImage(sitk.DICOMOrient(img, "LIP"), str(stored))    # voxel axes: left, inferior, posterior
+    sitk.WriteImage(sitk.DICOMOrient(sitk.ReadImage(str(axial_file)), "LIP"), str(stored))   # left, inferior, posterior
     assert sitk.ReadImage(str(stored)).GetSize()[1] == hu.shape[0]   # the slices run along the file's j
     study = read_study(stored)
     assert study.hu.shape == hu.shape
