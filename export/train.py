@@ -72,6 +72,7 @@ class TrainConfig:
     batch: int = 2
     threads: int = 2
     val_fraction: float = 0.1
+    hu_offset: float = 5.0         # DA-Net: each pair's CT numbers shifted by up to this many HU
 
 
 def set_seed(seed: int, threads: int) -> None:
@@ -267,6 +268,15 @@ def classifier_batch(cases: list[dict], region_idx: tuple[int, ...], rng: np.ran
     return x, hypo, y
 
 
+def shift_hu(ct: torch.Tensor, brain: torch.Tensor, offsets_hu: np.ndarray) -> torch.Tensor:
+    """Windowed crop pairs (n, side, z, y, x) with each pair's CT numbers moved by its own offset, both
+    sides alike. Scanners' CT numbers differ by a few HU (water within +-4 HU); without this the
+    DA-Net learnt the development heads' absolute level with their asymmetry, and lost or doubled its
+    calls on a head read 2 HU higher or lower (engines/README, "CT numbers of another scanner")."""
+    step = torch.from_numpy(np.asarray(offsets_hu, np.float32) * (2.0 / WINDOW[1])).view(-1, 1, 1, 1, 1)
+    return torch.where(brain, (ct + step).clamp(-1.0, 1.0), ct)
+
+
 def danet_losses(prob, cam, y, hypo, pos_weight: float):
     """Class-balanced BCE + CAM attention (weighted MSE to the hypodense core) + the rank loss.
     The parts come back as detached tensors, read only when a step is logged: reading them every
@@ -306,6 +316,7 @@ def train_classifier(group: str, cases: list[dict], val: list[dict], cfg: TrainC
         swap = torch.from_numpy(rng.random(cfg.batch) < 0.5)
         x[swap], hypo[swap], y[swap] = x[swap].flip(1), hypo[swap].flip(1), y[swap].flip(1)
         brain = x[:, :, 0] > -1
+        x[:, :, 0] = shift_hu(x[:, :, 0], brain, rng.uniform(-cfg.hu_offset, cfg.hu_offset, cfg.batch))
         x[:, :, 0] += brain * torch.randn_like(x[:, :, 0]) * float(rng.uniform(0, 0.06))
         prob, cam = model(x)
         loss, parts = danet_losses(prob, cam, y, hypo, pos_weight)

@@ -237,6 +237,30 @@ def test_trainers_write_cards_the_runtime_loads(tmp_path):
     assert (tmp_path / "MANIFEST.json").exists()
 
 
+def test_hu_offset_moves_both_sides_of_a_pair_alike_and_only_inside_the_brain():
+    """The DA-Net's offset augmentation: one offset per pair, in HU through the stroke window, so the
+    asymmetry the network should read is kept exactly and only the level moves."""
+    import torch
+
+    from export.config import WINDOW
+    from export.train import shift_hu
+    rng = np.random.default_rng(1)
+    ct = torch.from_numpy(rng.uniform(-0.9, 0.9, (3, 2, 4, 5, 6)).astype(np.float32))
+    ct[:, :, 0] = -1.0                                            # outside the brain
+    brain = ct > -1
+    shifted = shift_hu(ct, brain, np.array([3.0, -3.0, 0.0]))
+    step = 3.0 * 2.0 / WINDOW[1]
+    inside = (ct[0] + step < 1) & brain[0]
+    np.testing.assert_allclose((shifted[0] - ct[0])[inside], step, atol=1e-6)
+    np.testing.assert_allclose((shifted[1] - ct[1])[brain[1] & (ct[1] - step > -1)], -step, atol=1e-6)
+    np.testing.assert_array_equal(shifted[2], ct[2])
+    np.testing.assert_array_equal(shifted[:, :, 0], -1.0)          # air stays air
+    assert shifted.max() <= 1.0 and shifted.min() >= -1.0
+    left_right = (shifted[:, 0] - shifted[:, 1])[(ct[:, 0].abs() < 0.8) & (ct[:, 1].abs() < 0.8) & brain[:, 0]]
+    np.testing.assert_allclose(left_right, (ct[:, 0] - ct[:, 1])[(ct[:, 0].abs() < 0.8) & (ct[:, 1].abs() < 0.8)
+                                                                 & brain[:, 0]], atol=1e-6)
+
+
 def test_truth_in_any_region_map_follows_the_ten_percent_rule():
     """The same core judged on two region maps (MNI or the experts' drawing): 10 % of a region."""
     from export.synth import truth_in_regions
