@@ -72,7 +72,7 @@ class TrainConfig:
     batch: int = 2
     threads: int = 2
     val_fraction: float = 0.1
-    hu_offset: float = 5.0         # DA-Net: each pair's CT numbers shifted by up to this many HU
+    hu_offset: float = 0.0         # DA-Net: each pair's CT numbers shifted by up to this many HU
 
 
 def set_seed(seed: int, threads: int) -> None:
@@ -376,6 +376,8 @@ def main(argv=None) -> None:
     p.add_argument("--stages", default=None, help="comma list: coarse,fine or subcortical,cortical")
     p.add_argument("--provenance", default=PROVENANCE,
                    help="the cards' data provenance (default: synthetic studies only)")
+    p.add_argument("--hu-offset", type=float, default=0.0,
+                   help="classify: shift each crop pair's CT numbers by a random offset of up to this many HU")
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="continue each stage from its checkpoint in OUT/pytorch (a new phase, new seed)")
     args = p.parse_args(argv)
@@ -387,7 +389,7 @@ def main(argv=None) -> None:
         cases = load_cases(args.data, ("image1", "labels1"))
         stages, stem, train_fn = args.stages or "coarse,fine", "vbnet_{}", train_segmenter
     else:
-        cfg = TrainConfig(iterations=args.iterations or 400, lr=args.lr or 1e-3, batch=8)
+        cfg = TrainConfig(iterations=args.iterations or 400, lr=args.lr or 1e-3, batch=8, hu_offset=args.hu_offset)
         cases = load_cases(args.data, ("pairs", "hypo", "affected"))
         stages, stem, train_fn = args.stages or "subcortical,cortical", "danet_{}", train_classifier
     # The split always uses the base seed, so a continued phase validates on the same held-back cases.

@@ -67,7 +67,8 @@ def test_borderline_flags_are_the_rule_at_the_reported_evidence(demo_result, sco
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="known defect: the shipped DA-Net reads absolute HU, not only the asymmetry: "
                    "CT numbers 2 HU higher take the demo's M3 and M5 hop away (engines/README, 'CT numbers "
-                   "of another scanner'); fixing it needs the DA-Net retrained with offset augmentation")
+                   "of another scanner'); a DA-Net trained with offsets fixes it and is not shipped yet "
+                   "(engines/EXPERIMENTS.md, 'The DA-Net trained with CT-number offsets')")
 def test_a_scanner_reading_2_hu_higher_gives_the_same_score(demo_study, demo_result, scorer):
     shifted = scorer.score(replace(demo_study, hu=demo_study.hu + np.float32(2.0)))
     assert shifted.score.aspects == demo_result.score.aspects
