@@ -316,7 +316,8 @@ def train_classifier(group: str, cases: list[dict], val: list[dict], cfg: TrainC
         swap = torch.from_numpy(rng.random(cfg.batch) < 0.5)
         x[swap], hypo[swap], y[swap] = x[swap].flip(1), hypo[swap].flip(1), y[swap].flip(1)
         brain = x[:, :, 0] > -1
-        x[:, :, 0] = shift_hu(x[:, :, 0], brain, rng.uniform(-cfg.hu_offset, cfg.hu_offset, cfg.batch))
+        if cfg.hu_offset:              # drawn only when asked, so a phase without it keeps its random stream
+            x[:, :, 0] = shift_hu(x[:, :, 0], brain, rng.uniform(-cfg.hu_offset, cfg.hu_offset, cfg.batch))
         x[:, :, 0] += brain * torch.randn_like(x[:, :, 0]) * float(rng.uniform(0, 0.06))
         prob, cam = model(x)
         loss, parts = danet_losses(prob, cam, y, hypo, pos_weight)
