@@ -124,6 +124,15 @@ def calibrate_troughs(args, scorer: CpuScorer, kept: Path, rule: DensityRuleCard
     return troughs
 
 
+def kept_troughs(card: Path) -> dict | None:
+    """Without --troughs the card's filter stays, and so must the record of how it was chosen: the
+    thresholds' calibration replaces the card's whole calibration entry."""
+    earlier = json.loads(card.read_text()).get("metrics", {}).get("calibration", {}).get("troughs")
+    if earlier is None:
+        return None
+    return {**earlier, "chosen": "by an earlier `calibrate --troughs` run, kept: this run chose the thresholds only"}
+
+
 def rule_check(rows: list[Scored], rule: DensityRuleCard) -> dict:
     """A calibrated rule on studies its calibration never saw: picking the lowest threshold that passes
     a noisy count flatters the calibration studies, and a card must say what holds beyond them."""
@@ -153,8 +162,9 @@ def calibrate_run(args, scorer: CpuScorer) -> None:
         rule = replace(rule, trough_mm=troughs["trough_mm"], trough_hu=troughs["trough_hu"])
     result = calibrate(synthetic_studies(args.shared, scorer, args.n, CALIBRATION_SEED0, kept, args.elderly))
     result["elderly_heads"] = args.elderly      # provenance: which synthetic heads chose the thresholds
-    if troughs is not None:
-        result["troughs"] = troughs
+    kept_filter = troughs if troughs is not None else kept_troughs(args.models / "density_rule.json")
+    if kept_filter is not None:
+        result["troughs"] = kept_filter
     if args.check:
         first = CALIBRATION_SEED0 + args.n
         rows = synthetic_studies(args.shared, scorer, args.check, first, kept, args.elderly)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -121,3 +122,14 @@ def test_troughs_is_a_calibrate_option(capsys):
             main(argv)
         assert exc.value.code == 2
         assert "error: --troughs chooses the measure" in capsys.readouterr().err
+
+
+def test_a_calibration_without_troughs_keeps_the_record_of_the_cards_filter(tmp_path):
+    from export.calibrate import kept_troughs
+    card = tmp_path / "density_rule.json"
+    chosen = {"trough_mm": 3.0, "trough_hu": 2.0, "young_studies": 39, "tried": [{"errors": 90}]}
+    card.write_text(json.dumps({"metrics": {"calibration": {"threshold_hu": 2.1, "troughs": chosen}}}))
+    kept = kept_troughs(card)
+    assert kept is not None and {k: kept[k] for k in chosen} == chosen and "earlier" in kept["chosen"]
+    card.write_text(json.dumps({"metrics": {"calibration": {"threshold_hu": 2.1}}}))
+    assert kept_troughs(card) is None
