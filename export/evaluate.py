@@ -404,6 +404,10 @@ def fold_scorers(reads, fold_models: str | None, scorer: CpuScorer) -> dict[str,
     return scorers
 
 
+def loo_mode(mode: str, fold_models: str | None) -> str:
+    return f"{mode}_loo" if fold_models else f"{mode}_loo_atlas"
+
+
 def write_tables(out: Path, metrics: dict, table: str) -> None:
     """An evaluation's two files: metrics.json for machines, table.txt for people."""
     out.mkdir(parents=True, exist_ok=True)
@@ -464,7 +468,9 @@ def main(argv=None) -> None:
     p.add_argument("--data", type=Path, default=None, help="cases: the .npz folder; real: the studies' folder")
     p.add_argument("--reads", type=Path, default=DEV_SET / "reads.csv")
     p.add_argument("--label-order", type=Path, default=DEV_SET / "label_order.json")
-    p.add_argument("--loo", action="store_true", help="real, stability: leave-one-subject-out atlases")
+    p.add_argument("--loo", action="store_true",
+                   help="real, stability: leave-one-subject-out atlases (the cards' real_loo with --fold-models, "
+                        "else real_loo_atlas)")
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
     p.add_argument("--n", type=int, default=24)
     p.add_argument("--check", type=int, default=0,
@@ -510,8 +516,10 @@ def main(argv=None) -> None:
         rows = real_studies(args.data or args.shared / "real", args.reads, args.label_order, scorer, args.loo,
                             args.shared, args.fold_models)
         result = summarise(rows, scorer)
-    mode = (f"{args.mode}_loo" if args.loo else f"{args.mode}_expert_truth" if args.truth == "expert"
-            else f"{args.mode}_elderly" if args.elderly else args.mode)
+    # A card's "real_loo" means nothing in the set saw the subject; without fold models only the atlas
+    # was left out, and the shipped networks saw every development subject.
+    mode = (loo_mode(args.mode, args.fold_models) if args.loo else f"{args.mode}_expert_truth"
+            if args.truth == "expert" else f"{args.mode}_elderly" if args.elderly else args.mode)
     out = args.out or Path("build/eval") / mode
     if args.no_cards:
         write_tables(out, result, table_text(result))

@@ -9,12 +9,13 @@ cd "$(dirname "$0")/.."
 SHARED=${1:-../shared/data}
 python -m export.dataset --shared "$SHARED" --out build/data/train --seeds 0:260
 python -m export.dataset --shared "$SHARED" --out build/data/test --seeds 100000:100060
-# phase 1 (about 55 minutes)
+# phase 1 (about 55 minutes). Every DA-Net phase shifts each training pair's CT numbers by up to 5 HU
+# (--hu-offset): without it the DA-Net learnt absolute HU and another scanner's calibration moved its calls.
 python -m export.train segment --data build/data/train --out engines
-python -m export.train classify --data build/data/train --out engines
+python -m export.train classify --hu-offset 5 --data build/data/train --out engines
 # phase 2: the fine VB-Net was still improving (about 45 minutes), DA-Net a little further (10 minutes)
 python -m export.train segment --continue --stages fine --iterations 1500 --lr 2e-3 --data build/data/train --out engines
-python -m export.train classify --continue --iterations 300 --lr 5e-4 --data build/data/train --out engines
+python -m export.train classify --continue --iterations 300 --lr 5e-4 --hu-offset 5 --data build/data/train --out engines
 # phase 3: the fine VB-Net at a lower rate (about 30 minutes)
 python -m export.train segment --continue --stages fine --iterations 1000 --lr 1e-3 --data build/data/train --out engines
 # the region atlas from the expert maps (about 1 minute); the real-texture phase prepares its cases with it

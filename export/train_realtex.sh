@@ -39,7 +39,7 @@ for S in $RUNS; do
   # Every folder starts from the synthetic-trained DA-Net, never from a shipped real-textured one
   # (which saw every development subject).
   cp engines/pytorch/synthetic/danet_*.pt "build/realtex/models_$S/pytorch/"
-  python -m export.train classify --continue --iterations 300 --lr 5e-4 \
+  python -m export.train classify --continue --iterations 300 --lr 5e-4 --hu-offset 5 \
       --data "$MIX" --out "build/realtex/models_$S" \
       --provenance "Continued from the synthetic-trained DA-Net (earlier_phases) on $CASES real-textured cases \
 (export.realtexture) mixed with $SYNTHETIC_CASES synthetic training cases (export.dataset seeds 0-$((SYNTHETIC_CASES - 1))). \
@@ -47,6 +47,7 @@ Real-textured: the native and symmetry-aligned files of $WHICH (public release s
 each prepared by the runtime itself (alignment, skull strip, model grid, expert-convention atlas regions), \
 with early-ischaemic lesions (2-8 HU darker, grey-white contrast lost, contiguous territories; truth by the \
 paper's 10 % rule on the runtime's regions) added to their own voxels, and the experts' reads kept as \
-positives. Not for clinical use."
+positives. Every phase shifts each training pair's CT numbers by a random offset of up to 5 HU (--hu-offset), \
+so that another scanner's calibration does not move its calls. Not for clinical use."
   python -m export.manifest "build/realtex/models_$S"
 done

@@ -65,12 +65,20 @@ def test_borderline_flags_are_the_rule_at_the_reported_evidence(demo_result, sco
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known defect: the shipped DA-Net reads absolute HU, not only the asymmetry: "
-                   "CT numbers 2 HU higher take the demo's M3 and M5 hop away (engines/README, 'CT numbers "
-                   "of another scanner'); a DA-Net trained with offsets fixes it and is not shipped yet "
-                   "(engines/EXPERIMENTS.md, 'The DA-Net trained with CT-number offsets')")
 def test_a_scanner_reading_2_hu_higher_gives_the_same_score(demo_study, demo_result, scorer):
+    """Another scanner's calibration may sit a few HU off. The DA-Net trained with random CT-number offsets
+    in every phase reads mostly the asymmetry, not the level (engines/README, "CT numbers of another
+    scanner"; the one trained without them took the demo from 7 to 9 here)."""
     shifted = scorer.score(replace(demo_study, hu=demo_study.hu + np.float32(2.0)))
     assert shifted.score.aspects == demo_result.score.aspects
     for a, b in zip(demo_result.score.calls, shifted.score.calls, strict=True):
         assert a.probability is None or abs(a.probability - b.probability) < 0.2, (a, b)
+
+
+@pytest.mark.slow
+def test_a_scanner_reading_2_hu_lower_moves_the_score_by_at_most_one(demo_study, demo_result, scorer):
+    """The bar the offset-trained DA-Net was shipped on: no score moves by more than 1 at +-2 HU. Lower
+    CT numbers raise every probability a little, so a borderline region may pass the rule's 0.9."""
+    shifted = scorer.score(replace(demo_study, hu=demo_study.hu - np.float32(2.0)))
+    assert abs(shifted.score.aspects - demo_result.score.aspects) <= 1
+    assert shifted.score.symptomatic_side == demo_result.score.symptomatic_side

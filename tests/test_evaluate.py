@@ -325,3 +325,11 @@ def test_elderly_is_refused_where_no_synthetic_study_is_made(capsys):
         main(["real", "--elderly"])
     assert exc.value.code == 2
     assert "error: --elderly makes synthetic studies" in capsys.readouterr().err
+
+
+def test_real_loo_card_key_says_whether_the_networks_were_left_out_too():
+    """Without fold models the shipped networks saw every development subject: their figures must not
+    be filed under the key that means nothing in the set saw the subject."""
+    from export.evaluate import loo_mode
+    assert loo_mode("real", "build/realtex/models_{subject}") == "real_loo"
+    assert loo_mode("real", None) == "real_loo_atlas"
