@@ -99,9 +99,13 @@ def split(cases: list, fraction: float, seed: int) -> tuple[list, list]:
     return [cases[i] for i in idx[n_val:]], [cases[i] for i in idx[:n_val]]
 
 
-def _schedule(opt, cfg: TrainConfig):
-    step = max(1, cfg.iterations // 6)
-    return torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=cfg.lr_decay)
+def _optimiser(model: VBNet | DANet, cfg: TrainConfig
+               ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.StepLR, np.random.Generator]:
+    """Adam with six decay steps per phase, and the phase's sample stream: seeded by the phase (not the
+    run), so a phase resumed with --continue draws fresh batches rather than repeating the last."""
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, cfg.iterations // 6), gamma=cfg.lr_decay)
+    return opt, sched, np.random.default_rng(cfg.seed)
 
 
 def _log(run_log: Path, record: dict) -> None:
@@ -205,9 +209,7 @@ def train_segmenter(stage: str, cases: list[dict], val: list[dict], cfg: TrainCo
     history = _initial_weights(model, init)
     cfg = _phase_seed(cfg, history)
     sample = coarse_sample if stage == "coarse" else fine_sample
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = _schedule(opt, cfg)
-    rng = np.random.default_rng(cfg.seed)
+    opt, sched, rng = _optimiser(model, cfg)
     t0 = time.time()
     for it in range(cfg.iterations):
         model.train()
@@ -306,9 +308,7 @@ def train_classifier(group: str, cases: list[dict], val: list[dict], cfg: TrainC
     cfg = _phase_seed(cfg, history)
     labels = np.concatenate([c["affected"][list(region_idx)].ravel() for c in cases])
     pos_weight = float((labels == 0).sum() / max(1, (labels == 1).sum()))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = _schedule(opt, cfg)
-    rng = np.random.default_rng(cfg.seed)
+    opt, sched, rng = _optimiser(model, cfg)
     t0 = time.time()
     for it in range(cfg.iterations):
         model.train()
