@@ -40,6 +40,7 @@ from runtime.segment import segment
 
 from . import metrics as M
 from .calibrate import calibrate_run
+from .folds import complete_folder
 from .manifest import write_manifest
 from .realdata import (
     DEV_SET,
@@ -393,14 +394,16 @@ def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: 
 
 
 def fold_scorers(reads, fold_models: str | None, scorer: CpuScorer) -> dict[str, CpuScorer]:
-    """A scorer per subject from `fold_models` ('{subject}' in the path), where that folder exists."""
+    """A scorer per subject from `fold_models` ('{subject}' in the path), where that folder exists:
+    a complete model folder, or a kept fold (export.folds) merged onto the scorer's own set."""
     if not fold_models:
         return {}
     scorers = {}
     for subject in sorted({r.subject for r in reads}):
         folder = Path(fold_models.format(subject=subject))
         if folder.is_dir():
-            scorers[subject] = CpuScorer(folder, threads=scorer.threads)
+            shipped = scorer.models.segment_coarse.path.parent
+            scorers[subject] = CpuScorer(complete_folder(folder, shipped), threads=scorer.threads)
     return scorers
 
 
@@ -478,8 +481,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="results folder (default build/eval/<mode>); calibrate keeps its scored studies there")
     p.add_argument("--fold-models", default=None,
-                   help="real, stability: a model folder per subject, e.g. build/realtex/models_{subject} "
-                        "(its networks never saw that subject)")
+                   help="real, stability: a model folder per subject, e.g. engines/folds/{subject} "
+                        "(its networks never saw that subject; a kept fold is merged onto --models)")
     p.add_argument("--no-cards", action="store_true", help="do not copy the headline numbers into the cards")
     p.add_argument("--elderly", action="store_true",
                    help="studies, calibrate: the same synthetic studies in atrophic heads with sulci of their own")

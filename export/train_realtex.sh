@@ -9,6 +9,7 @@
 #   bash export/train_realtex.sh [path/to/shared/data] [sub002 sub003 sub005 all]
 #   (export/train_all.sh then calibrates each folder's rule with its own DA-Net, and evaluates)
 #   python -m export.evaluate real --loo --fold-models 'build/realtex/models_{subject}' --no-cards
+#   (kept with the shipped set by `python -m export.folds`, as engines/folds/<subject>)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${1:-../shared/data}
