@@ -41,7 +41,7 @@ from runtime.segment import segment
 from . import metrics as M
 from .calibrate import calibrate_run
 from .folds import complete_folder
-from .manifest import write_manifest
+from .manifest import cards, write_manifest
 from .realdata import (
     DEV_SET,
     atlas_folds,
@@ -399,10 +399,10 @@ def fold_scorers(reads, fold_models: str | None, scorer: CpuScorer) -> dict[str,
     if not fold_models:
         return {}
     scorers = {}
+    shipped = scorer.models.segment_coarse.path.parent
     for subject in sorted({r.subject for r in reads}):
         folder = Path(fold_models.format(subject=subject))
         if folder.is_dir():
-            shipped = scorer.models.segment_coarse.path.parent
             scorers[subject] = CpuScorer(complete_folder(folder, shipped), threads=scorer.threads)
     return scorers
 
@@ -423,10 +423,7 @@ def write_results(mode: str, result: dict, out: Path, model_dir: Path) -> None:
     if result.get("_pred") and len(result["_pred"]) > 1:
         plots(np.array(result["_pred"]), np.array(result["_true"]), out, mode)
     # Copy the headline numbers into every card so a deployed model carries its own evidence.
-    for card_path in sorted(model_dir.glob("*.json")):
-        card = json.loads(card_path.read_text())
-        if "role" not in card:
-            continue
+    for card_path, card in cards(model_dir).items():
         held = {**card.get("metrics", {}).get("held_out", {}), mode: headline(result)}
         update_card(card_path, {}, metrics={"held_out": held})
     write_manifest(model_dir)

@@ -24,7 +24,7 @@ from runtime.modelcard import MANIFEST, RULE_ROLE, file_sha256, load_manifest
 from runtime.result import CLASSIFIER_ROLES
 from runtime.shipped import DEFAULT_MODEL_DIR
 
-from .manifest import write_manifest
+from .manifest import cards, model_files, write_manifest
 
 FOLD_ROLES = (*CLASSIFIER_ROLES, RULE_ROLE)     # what a fold's training and calibration change
 
@@ -35,17 +35,14 @@ def extract(trained: Path, out: Path) -> list[str]:
     if out.exists():
         raise SystemExit(f"error: {out} exists; a kept fold is never overwritten")
     trained_files = load_manifest(trained)      # a folder without a manifest is not a finished fold
-    cards = [p for p in sorted(trained.glob("*.json")) if json.loads(p.read_text()).get("role") in FOLD_ROLES]
-    if {json.loads(p.read_text())["role"] for p in cards} != set(FOLD_ROLES):
+    kept_cards = {p: d for p, d in cards(trained).items() if d["role"] in FOLD_ROLES}
+    if {d["role"] for d in kept_cards.values()} != set(FOLD_ROLES):
         raise SystemExit(f"error: {trained} lacks a card for one of {', '.join(FOLD_ROLES)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))   # complete, or not there
-    for card in cards:
-        shutil.copy2(card, staging / card.name)
-        doc = json.loads(card.read_text())
-        for key in ("onnx", "onnx_fp16", "file"):
-            if doc.get(key):
-                shutil.copy2(trained / doc[key], staging / doc[key])
+    for card_path, card in kept_cards.items():
+        for name in (card_path.name, *model_files(card)):
+            shutil.copy2(trained / name, staging / name)
     write_manifest(staging)
     kept = load_manifest(staging)
     if any(trained_files.get(name) != digest for name, digest in kept.items()):

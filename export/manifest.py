@@ -21,19 +21,24 @@ from runtime.shipped import DEFAULT_MODEL_DIR
 SHIPPED_PY = Path(__file__).resolve().parent.parent / "runtime" / "shipped.py"
 
 
+def cards(model_dir: Path) -> dict[Path, dict]:
+    """The folder's model cards (JSON files with a role), each with its content."""
+    docs = {p: json.loads(p.read_text()) for p in sorted(model_dir.glob("*.json")) if p.name != MANIFEST}
+    return {p: d for p, d in docs.items() if "role" in d}
+
+
+def model_files(card: dict) -> list[str]:
+    """The files a card names (its graphs, or the atlas's arrays), relative to its folder."""
+    return [card[key] for key in ("onnx", "onnx_fp16", "file") if card.get(key)]
+
+
 def write_manifest(model_dir: Path) -> str:
     """Returns the manifest's sha256."""
     files = {}
-    for card_path in sorted(model_dir.glob("*.json")):
-        if card_path.name == MANIFEST:
-            continue
-        card = json.loads(card_path.read_text())
-        if "role" not in card:
-            continue
+    for card_path, card in cards(model_dir).items():
         files[card_path.name] = file_sha256(card_path)
-        for key in ("onnx", "onnx_fp16", "file"):
-            if card.get(key):
-                files[card[key]] = file_sha256(model_dir / card[key])
+        for name in model_files(card):
+            files[name] = file_sha256(model_dir / name)
     path = model_dir / MANIFEST
     path.write_text(json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
     digest = file_sha256(path)
