@@ -8,6 +8,8 @@ re-measured from the kept HU, and changed networks re-classify it, without synth
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,7 +73,7 @@ def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache
     Each scored study is kept in `cache` (one .npz per seed) with its model-grid HU and labels, so an
     interrupted run resumes and a changed density measure is re-measured without re-synthesis; a
     study kept under other networks is re-classified from them (`is_current`), one kept under another
-    atlas is scored again (`models_fingerprint`).
+    atlas, grid or code that makes HU and labels is made again (`models_fingerprint`).
     A study the runtime refuses is reported and left out. `elderly`: the same studies (the same
     truth) in atrophic heads with sulci of their own (`synth.draw_spec`)."""
     from . import synth
@@ -114,11 +116,35 @@ def seed_of(row: Scored) -> int:
     return int(row.study.rsplit("_", 1)[1])
 
 
+# The modules a kept study's HU and labels come from, synthesis to atlas labels (a package: all its
+# files). Once a change there went unnoticed: the kept studies were scored as if the old code had made them.
+KEPT_CODE = ("export.synth", "runtime.read", "runtime.align", "runtime.preprocess", "runtime.resample",
+             "runtime.strip", "runtime.atlas", "runtime.segment", "runtime.volume", "runtime.regions")
+
+
+def code_fingerprint(modules: Sequence[str] = KEPT_CODE) -> str:
+    """A digest of the source of `modules`: any edit, even a comment, counts as a change."""
+    digest = hashlib.sha256()
+    for name in modules:
+        path = Path(importlib.import_module(name).__file__ or "")
+        for source in sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]:
+            digest.update(f"{name}/{source.name}".encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
 def models_fingerprint(scorer: CpuScorer) -> str:
-    """What a kept study depends on: its labels on the atlas's file, its probabilities on the
-    networks' (not the rule, whose measure and thresholds are re-applied to the kept HU)."""
-    atlas = scorer.models.segment_atlas
-    return ",".join([atlas.sha256 if atlas else "no-atlas"] + [c.sha256 for c in scorer.models.cards])
+    """What a kept study depends on: its HU and labels on the atlas's file, the grid and the code that
+    made them (`code_fingerprint`); its probabilities on the networks' files (not on the window or
+    the rule, which are applied again to the kept HU)."""
+    models = scorer.models
+    atlas = models.segment_atlas
+    if atlas is None:
+        labels = "no-atlas"
+    else:
+        making = hashlib.sha256(f"{models.grid!r}{code_fingerprint()}".encode())
+        labels = f"{atlas.sha256}+{making.hexdigest()[:16]}"
+    return ",".join([labels] + [c.sha256 for c in models.cards])
 
 
 def kept_fingerprint(path: Path) -> str | None:
@@ -132,12 +158,13 @@ def is_current(path: Path, scorer: CpuScorer, models: str) -> bool:
     DA-Nets run again on its kept HU and labels, about a second against half a minute for
     synthesis and the whole runtime. The kept HU is float16 (steps of 0.03 HU at brain density,
     under a thousandth of the networks' window), so the probabilities are the runtime's within that.
-    A study kept under another atlas, or scored without one, is not current: it is made again."""
+    A study kept under another atlas, grid or making code, or scored without an atlas, is not
+    current: it is made again."""
     kept = kept_fingerprint(path)
     if kept == models:
         return True
-    atlas = models.split(",")[0]
-    if kept is None or atlas == "no-atlas" or kept.split(",")[0] != atlas:
+    labels = models.split(",")[0]
+    if kept is None or labels == "no-atlas" or kept.split(",")[0] != labels:
         return False
     with np.load(path) as d:
         record = dict(d)

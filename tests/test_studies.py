@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from export.studies import is_current, kept_fingerprint, models_fingerprint, save_row, scored
+from export.studies import code_fingerprint, is_current, kept_fingerprint, models_fingerprint, save_row, scored
 
 
 def test_kept_studies_are_keyed_by_the_models_they_were_scored_with(scorer, tmp_path):
@@ -39,3 +39,33 @@ def test_kept_study_under_other_networks_is_reclassified_not_made_again(scorer, 
     assert not is_current(tmp_path / "old.npz", scorer, models)
     with np.load(tmp_path / "old.npz") as d:
         assert str(d["models"]) == other_atlas
+
+
+def test_a_change_in_the_code_that_made_a_kept_study_makes_it_again(scorer, demo_result, tmp_path, monkeypatch):
+    """The kept HU and labels come from synthesis, reading, alignment, resampling, the strip and the
+    atlas fit: a change to any of them (here a changed strip) leaves the atlas and networks as they
+    were, yet the kept study no longer is what the runtime makes, so it is not current."""
+    import export.studies as studies
+
+    models = models_fingerprint(scorer)
+    save_row(tmp_path / "kept.npz", scored("demo", demo_result, np.zeros((10, 2), bool)), demo_result, models)
+    assert is_current(tmp_path / "kept.npz", scorer, models)
+    monkeypatch.setattr(studies, "code_fingerprint", lambda: "a changed strip")
+    changed = models_fingerprint(scorer)
+    assert changed != models and changed.split(",")[1:] == models.split(",")[1:]
+    assert not is_current(tmp_path / "kept.npz", scorer, changed)
+    with np.load(tmp_path / "kept.npz") as d:
+        assert str(d["models"]) == models
+
+
+def test_code_fingerprint_follows_every_file_of_a_package(tmp_path, monkeypatch):
+    """A package (runtime.read) counts with all its files: an edit in any of them is a change."""
+    package = tmp_path / "kept_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "reader.py").write_text("SLOPE = 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = code_fingerprint(("kept_pkg",))
+    assert code_fingerprint(("kept_pkg",)) == before
+    (package / "reader.py").write_text("SLOPE = 1.0  # rescale slope\n")
+    assert code_fingerprint(("kept_pkg",)) != before
