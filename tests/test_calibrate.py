@@ -133,3 +133,18 @@ def test_a_calibration_without_troughs_keeps_the_record_of_the_cards_filter(tmp_
     assert kept is not None and {k: kept[k] for k in chosen} == chosen and "earlier" in kept["chosen"]
     card.write_text(json.dumps({"metrics": {"calibration": {"threshold_hu": 2.1}}}))
     assert kept_troughs(card) is None
+
+
+def test_the_documented_calibrate_command_makes_the_shipped_rules_studies():
+    """`calibrate --check 60`, as the README gives it, chooses the rule on the studies the shipped
+    card was chosen on (its check's seeds start right after them): the default once was the held-out
+    set's 24, and the command then made a different rule from the one shipped."""
+    from export.evaluate import parse_args
+    from export.studies import CALIBRATION_SEED0
+    from runtime.modelcard import DEFAULT_MODEL_DIR
+
+    card = json.loads((DEFAULT_MODEL_DIR / "density_rule.json").read_text())
+    first_checked = int(card["metrics"]["calibration"]["check"]["seeds"].split("-")[0])
+    assert parse_args(["calibrate", "--check", "60"]).n == first_checked - CALIBRATION_SEED0
+    assert parse_args(["studies"]).n == 24
+    assert parse_args(["calibrate", "--n", "10"]).n == 10
