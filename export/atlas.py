@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ import SimpleITK as sitk
 
 from runtime.align import align
 from runtime.atlas import RegionAtlas, grid_image, register, registration_image
+from runtime.errors import UsageError, exit_code_of
 from runtime.modelcard import AtlasCard, file_sha256, load_model_set, write_card
 from runtime.preprocess import preprocess
 from runtime.read import read_study
@@ -34,7 +36,7 @@ from runtime.regions import BRAIN_LABEL, REGION_NAMES, swap_sides
 from runtime.resample import resample
 
 from .manifest import write_manifest
-from .realdata import DEV_SET, Read, load_label_order, load_reads, read_expert_map
+from .realdata import DEV_SET, Read, expert_map_of, label_order_file, load_label_order, load_reads
 
 VERSION = "0.2.0"
 TEMPLATE_FILE = "template/scct_unsmooth_SS_0.01.nii.gz"
@@ -67,7 +69,7 @@ def map_in_template_space(read: Read, order: dict[int, int], template: sitk.Imag
     alignment = align(study)
     prep = preprocess(study, alignment, spec, window)
     transform = register(registration_image(prep), template)
-    expert = read_expert_map(read.expert_map(), order)
+    expert = expert_map_of(read, study, order)
     on_grid = resample(study, alignment, prep.grid, volume=expert, nearest=True)
     moving = grid_image(on_grid, prep.grid.spacing, prep.grid.origin)
     out = sitk.Resample(moving, label_reference(), transform.GetInverse(), sitk.sitkNearestNeighbor, 0,
@@ -140,16 +142,20 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
     p.add_argument("--reads", type=Path, default=DEV_SET / "reads.csv")
-    p.add_argument("--label-order", type=Path, default=DEV_SET / "label_order.json")
+    p.add_argument("--label-order", type=Path, default=None,
+                   help="the maps' label order (default: the development set's, for its reads file only)")
     p.add_argument("--out", type=Path, default=Path("engines"))
     args = p.parse_args(argv)
     models = load_model_set(args.out)
     reads = [r for r in load_reads(args.reads, args.shared / "real") if r.map is not None]
-    order = load_label_order(args.label_order)
+    order_file = label_order_file(args.reads, args.label_order)
+    if order_file is None:
+        raise UsageError(f"{args.reads} is not the development set: give its maps' --label-order file")
+    order = load_label_order(order_file)
     template = template_image(args.shared)
     maps = [map_in_template_space(r, order, template, models.grid, models.window) for r in reads]
     print(write_atlas(args.out, atlas_arrays(template, fuse(maps)), reads, args.shared))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code_of(main))

@@ -18,19 +18,24 @@ ranks the density difference) and for each rule alone (the DA-Net with its card
 thresholds, the contralateral density rule); dichotomised ASPECTS (<= 6);
 score MAE, exact and +-1 agreement, ICC(2,1), Spearman, Bland-Altman; region
 Dice on the slices the expert labelled. Results go to build/eval/<mode>/ and
-the headline numbers into each model card's held_out metrics.
+the headline numbers into each model card's held_out metrics (for `real`, only
+from the development set's reads file, the set the cards name). A reads file is
+checked whole, its images and maps found, before any study is scored; bad input
+ends in one `error:` line and the runtime's exit code for it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from runtime.cpu import CpuScorer
+from runtime.errors import UsageError, exit_code_of
 from runtime.modelcard import DEFAULT_MODEL_DIR, DensityRuleCard, update_card
 from runtime.read import read_study
 from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL
@@ -43,13 +48,15 @@ from .calibrate import calibrate_run
 from .folds import complete_folder
 from .manifest import cards, write_manifest
 from .realdata import (
-    DEV_SET,
+    DEV_READS,
+    about,
     atlas_folds,
+    expert_map_of,
     fold_segmenter,
+    label_order_file,
     labelled_slices,
     load_label_order,
     load_reads,
-    read_expert_map,
 )
 from .studies import STUDY_SEED0, Scored, card_threshold, scored, seed_of, synthetic_studies
 
@@ -369,19 +376,22 @@ def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: 
     that subject, e.g. export/train_realtex.sh); a subject without one is scored by `scorer`."""
     reads = load_reads(reads_csv, data)
     order = load_label_order(label_order) if label_order else None
-    if loo and order is None:
-        raise SystemExit("error: --loo builds its atlases from the expert maps: it needs their label-order file")
+    mapped = [r.study for r in reads if r.map is not None]
+    if order is None and (mapped or loo):
+        raise UsageError(f"{reads_csv}: " + (f"study {mapped[0]} has an expert region map" if mapped else
+                                             "--loo builds its atlases from the expert maps") +
+                         ": give the maps' --label-order file")
     folds = atlas_folds(reads, order, scorer, shared) if loo and order is not None else {}
     scorers = fold_scorers(reads, fold_models, scorer)
     rows = []
     for read in reads:
         subject_scorer = scorers.get(read.subject, scorer)
-        with fold_segmenter(subject_scorer, folds, read.subject):
-            res = subject_scorer.score(read.image)
-        dice, per = None, None
-        if read.map is not None and order is not None:
+        with about(read), fold_segmenter(subject_scorer, folds, read.subject):
             study = read_study(read.image)
-            expert = read_expert_map(read.map, order)
+            expert = expert_map_of(read, study, order) if read.map is not None and order is not None else None
+            res = subject_scorer.score(study)
+        dice, per = None, None
+        if expert is not None:
             ours = to_study_grid(study, res.alignment, res.grid, res.labels)
             zs = labelled_slices(expert)
             dice, per = M.mean_dice(ours[zs], expert[zs])
@@ -418,11 +428,14 @@ def write_tables(out: Path, metrics: dict, table: str) -> None:
     (out / "table.txt").write_text(table + "\n")
 
 
-def write_results(mode: str, result: dict, out: Path, model_dir: Path) -> None:
+def write_results(mode: str, result: dict, out: Path, model_dir: Path | None) -> None:
+    """Tables and plots to `out`; with a `model_dir`, the headline numbers into each of its cards
+    too, so that a deployed model carries its own evidence."""
     write_tables(out, result, table_text(result))
     if result.get("_pred") and len(result["_pred"]) > 1:
         plots(np.array(result["_pred"]), np.array(result["_true"]), out, mode)
-    # Copy the headline numbers into every card so a deployed model carries its own evidence.
+    if model_dir is None:
+        return
     for card_path, card in cards(model_dir).items():
         held = {**card.get("metrics", {}).get("held_out", {}), mode: headline(result)}
         update_card(card_path, {}, metrics={"held_out": held})
@@ -453,6 +466,8 @@ def stability_run(args, scorer: CpuScorer) -> None:
     """export.stability on a reads file; results to build/eval/stability/ (not into the cards)."""
     from . import stability
     reads = load_reads(args.reads, args.data or args.shared / "real")
+    if args.loo and args.label_order is None:
+        raise UsageError(f"{args.reads}: --loo builds its atlases from the expert maps: give their --label-order file")
     folds = atlas_folds(reads, load_label_order(args.label_order), scorer, args.shared) if args.loo else {}
     rows = stability.run(reads, scorer, folds, fold_scorers(reads, args.fold_models, scorer))
     total = stability.summary(rows)
@@ -471,8 +486,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("mode", choices=("cases", "studies", "real", "calibrate", "stability"))
     p.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
     p.add_argument("--data", type=Path, default=None, help="cases: the .npz folder; real: the studies' folder")
-    p.add_argument("--reads", type=Path, default=DEV_SET / "reads.csv")
-    p.add_argument("--label-order", type=Path, default=DEV_SET / "label_order.json")
+    p.add_argument("--reads", type=Path, default=DEV_READS,
+                   help="real, stability: the expert reads (default: the three development studies)")
+    p.add_argument("--label-order", type=Path, default=None,
+                   help="the expert maps' label order (default: the development set's, for its reads file only)")
     p.add_argument("--loo", action="store_true",
                    help="real, stability: leave-one-subject-out atlases (the cards' real_loo with --fold-models, "
                         "else real_loo_atlas)")
@@ -502,6 +519,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                 "without --elderly")
     if args.n is None:
         args.n = DEFAULT_STUDIES.get(args.mode, 0)
+    args.label_order = label_order_file(args.reads, args.label_order)
     return args
 
 
@@ -534,12 +552,13 @@ def main(argv=None) -> None:
     mode = (loo_mode(args.mode, args.fold_models) if args.loo else f"{args.mode}_expert_truth"
             if args.truth == "expert" else f"{args.mode}_elderly" if args.elderly else args.mode)
     out = args.out or Path("build/eval") / mode
-    if args.no_cards:
-        write_tables(out, result, table_text(result))
-    else:
-        write_results(mode, result, out, args.models)
+    # The cards' real rows are the development set's: another dataset's figures go to `out` only.
+    other_set = args.mode == "real" and args.reads.resolve() != DEV_READS
+    write_results(mode, result, out, None if args.no_cards or other_set else args.models)
     print(table_text(result))
+    if other_set and not args.no_cards:
+        print(f"\n{args.reads} is not the development set: the model cards were left as they are")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code_of(main))

@@ -6,6 +6,9 @@ traceback for these. Codes are stable: scanner integrations branch on them.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class AspectsError(Exception):
     exit_code = 1
@@ -84,3 +87,13 @@ class OutputUnwritable(AspectsError):
 class DeliveryFailed(AspectsError):
     """The results were written, but a destination did not take them (aspects serve)."""
     exit_code = 16
+
+
+def exit_code_of(main: Callable[[], object]) -> int:
+    """For the `python -m export.*` tools: an AspectsError ends in its `error:` line and exit code."""
+    try:
+        main()
+    except AspectsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -22,6 +24,7 @@ from export.evaluate import (
 )
 from export.realdata import DEV_SET, load_label_order, load_reads
 from export.studies import Scored
+from runtime.errors import NotAHead, UnreadableInput
 from runtime.regions import REGION_NAMES, SUBCORTICAL, label_id
 from tests.conftest import ROOT, SHARED_DATA
 
@@ -42,11 +45,103 @@ def test_shipped_dev_reads_and_label_order():
     assert order[13] == label_id(REGION_NAMES.index("L"), "left")
 
 
-def test_reads_file_errors_are_caught(tmp_path):
-    bad = tmp_path / "reads.csv"
-    bad.write_text("study,subject,image,map,aspects,side,affected\nx,x,x.nii.gz,,8,left,L\n")
-    with pytest.raises(SystemExit, match="ASPECTS 8 != 10 - 1"):
-        load_reads(bad, tmp_path)
+READS_HEADER = "study,subject,image,map,aspects,side,affected\n"
+
+
+@pytest.mark.parametrize("body, message", [
+    ("study,image\nx,x.nii.gz\n", "reads.csv: no column aspects"),
+    (READS_HEADER, "reads.csv: no reads in it"),
+    (READS_HEADER + ",x,x.nii.gz,,10,,\n", "line 2: a read needs a study name and an image"),
+    (READS_HEADER + "x,x,x.nii.gz,,ten,,\n", "line 2 (study x): ASPECTS 'ten' is not a whole number"),
+    (READS_HEADER + "x,x,x.nii.gz,,8,left,L\n", "line 2 (study x): ASPECTS 8 != 10 - 1 affected regions"),
+    (READS_HEADER + "x,x,x.nii.gz,,9,left,M9\n", "unknown regions ['M9']"),
+    (READS_HEADER + "x,x,x.nii.gz,,9,up,M1\n", "side must be left, right or empty"),
+    (READS_HEADER + "x,x,x.nii.gz,,9,,M1\n", "affected regions need the side they are on"),
+    (READS_HEADER + "x,x,x.nii.gz,,10,,\nx,x,x.nii.gz,,10,,\n", "line 3: study x is read twice"),
+    (READS_HEADER + "x,x,x.nii.gz,,10,,\ny,y,gone.nii.gz,,10,,\n", "study y: {tmp}/gone.nii.gz: no such file"),
+    (READS_HEADER + "x,x,x.nii.gz,gone.nii.gz,10,,\n", "study x: {tmp}/gone.nii.gz: no such file"),
+])
+def test_reads_file_is_checked_whole_before_any_study_is_scored(tmp_path, body, message):
+    """Every line is checked and every file found up front: a typo in the last line of a long set
+    must not end the evaluation an hour in."""
+    (tmp_path / "x.nii.gz").touch()
+    reads = tmp_path / "reads.csv"
+    reads.write_text(body)
+    with pytest.raises(UnreadableInput, match=re.escape(message.format(tmp=tmp_path))):
+        load_reads(reads, tmp_path)
+
+
+def test_reads_file_that_is_not_there_is_unreadable_input(tmp_path):
+    with pytest.raises(UnreadableInput, match="cannot read the reads file"):
+        load_reads(tmp_path / "reads.csv", tmp_path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"regions": ["C"', "cannot read the label-order file"),
+    ('{"regions": ["C", "IC", "L", "I", "M1", "M2", "M3", "M4", "M5", "M6"]}', "right_first_label"),
+    ('{"regions": ["C", "IC"], "right_first_label": 1, "left_first_label": 11}', "must name each of"),
+    ('{"regions": ["C", "IC", "L", "I", "M1", "M2", "M3", "M4", "M5", "M6"], "right_first_label": 1, '
+     '"left_first_label": 5}', "must not overlap (right 1-10, left 5-14)"),
+    ('{"regions": ["C", "IC", "L", "I", "M1", "M2", "M3", "M4", "M5", "M6"], "right_first_label": "one", '
+     '"left_first_label": 11}', "ValueError"),
+])
+def test_label_order_file_errors_are_one_line(tmp_path, text, message):
+    path = tmp_path / "order.json"
+    path.write_text(text)
+    with pytest.raises(UnreadableInput, match=re.escape(message)):
+        load_label_order(path)
+
+
+def test_maps_of_another_dataset_are_never_read_in_the_development_sets_label_order(tmp_path):
+    """The development maps number C, IC, L, I; another dataset's may not, and a silently wrong
+    order would give wrong Dice. Its label order is asked for, never assumed."""
+    from export.evaluate import parse_args
+    assert parse_args(["real"]).label_order == DEV_SET / "label_order.json"
+    assert parse_args(["real", "--reads", str(tmp_path / "reads.csv")]).label_order is None
+    given = tmp_path / "order.json"
+    assert parse_args(["real", "--reads", str(tmp_path / "reads.csv"), "--label-order", str(given)]).label_order \
+        == given
+
+
+def test_a_region_map_off_its_images_grid_is_refused(tmp_path):
+    import SimpleITK as sitk
+
+    from export.realdata import Read, expert_map_of
+    path = tmp_path / "map.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((30, 64, 64), np.uint8)), str(path))
+    read = Read("x", "x", tmp_path / "x.nii.gz", path, 10, None, frozenset())
+    order = load_label_order(DEV_SET / "label_order.json")
+    assert expert_map_of(read, SimpleNamespace(hu=np.zeros((30, 64, 64))), order).shape == (30, 64, 64)
+    with pytest.raises(UnreadableInput, match=r"\(64, 64, 30\) voxels, its image \(64, 64, 31\)"):
+        expert_map_of(read, SimpleNamespace(hu=np.zeros((31, 64, 64))), order)
+    path.write_bytes(b"not an image")
+    with pytest.raises(UnreadableInput, match="not a readable region map"):
+        expert_map_of(read, SimpleNamespace(hu=np.zeros((30, 64, 64))), order)
+
+
+def test_an_input_error_while_scoring_names_its_study_and_keeps_its_exit_code(tmp_path):
+    from export.realdata import Read, about
+    read = Read("sub9", "sub9", tmp_path / "x.nii.gz", None, 10, None, frozenset())
+    with pytest.raises(NotAHead, match="^study sub9: no brain found$") as exc:
+        with about(read):
+            raise NotAHead("no brain found")
+    assert exc.value.exit_code == NotAHead.exit_code
+
+
+@pytest.mark.parametrize("body, code, message", [
+    (READS_HEADER + "x,x,x.nii.gz,,ten,,\n", 3, "ASPECTS 'ten' is not a whole number"),
+    (READS_HEADER + "x,x,x.nii.gz,x.nii.gz,10,,\n", 2, "study x has an expert region map: give the maps' "
+                                                        "--label-order file"),
+])
+def test_bad_evaluation_input_ends_in_one_error_line_and_its_exit_code(tmp_path, body, code, message):
+    (tmp_path / "x.nii.gz").touch()
+    (tmp_path / "reads.csv").write_text(body)
+    run = subprocess.run([sys.executable, "-m", "export.evaluate", "real", "--data", str(tmp_path),
+                          "--reads", str(tmp_path / "reads.csv"), "--out", str(tmp_path / "eval")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == code
+    assert run.stderr.startswith("error: ") and message in run.stderr and run.stderr.count("\n") == 1
+    assert not (tmp_path / "eval").exists()
 
 
 def _row(name, truth_left, called_left, diff=None):
@@ -177,17 +272,25 @@ def test_borderline_summary_counts_wrong_calls_on_each_side_of_the_flag():
 
 @pytest.mark.slow
 def test_real_evaluation_runs_on_a_reads_file(real_data, tmp_path):
+    """Any folder with a reads file; its figures go to --out and never into the cards, which record
+    the development set's."""
     reads = tmp_path / "reads.csv"
     rows = [r for r in (DEV_SET / "reads.csv").read_text().splitlines() if r.startswith(("study,", "sub005,"))]
     reads.write_text("\n".join(rows) + "\n")
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "engines", models)
+    before = {p.name: p.read_bytes() for p in models.glob("*.json")}
     run = subprocess.run([sys.executable, "-m", "export.evaluate", "real", "--data", str(real_data),
-                          "--reads", str(reads), "--no-cards", "--out", str(tmp_path / "eval")],
+                          "--reads", str(reads), "--label-order", str(DEV_SET / "label_order.json"),
+                          "--models", str(models), "--out", str(tmp_path / "eval")],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["cases"] == 1 and 0.3 < metrics["dice"]["mean"] <= 1.0
     assert set(metrics["methods"]) == {"runtime", "network", "density"}
     assert "region Dice against the expert maps, on the expert's slices" in run.stdout
+    assert "is not the development set: the model cards were left as they are" in run.stdout
+    assert {p.name: p.read_bytes() for p in models.glob("*.json")} == before
 
 
 def test_stability_variants_move_the_head_not_the_geometry():
