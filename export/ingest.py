@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from runtime.align import align
+from runtime.errors import AspectsError, OutputExists, OutputUnwritable, UnreadableInput, exit_code_of
 from runtime.patches import build_batch, host_pairs
 from runtime.preprocess import preprocess
 from runtime.read import read_study
@@ -38,15 +42,44 @@ from .config import CLASSIFIER_CROP, FINE_STRIDE, WINDOW, grid_spec
 HYPODENSE_HU = (0.0, 70.0)     # the authors' attention target: the region's tissue in this range
 
 
+def affected_of(case: Path) -> set[str]:
+    """The case's labels.json: region-sides named "left M2", "right I", ..."""
+    try:
+        names = json.loads((case / "labels.json").read_text()).get("affected", [])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise UnreadableInput(f"{case}: labels.json must hold {{\"affected\": [...]}} ({exc})") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UnreadableInput(f"{case}: labels.json's affected must be a list of names like \"left M2\"")
+    unknown = set(names) - {f"{s} {r}" for s in ("left", "right") for r in REGION_NAMES}
+    if unknown:
+        raise UnreadableInput(f"{case}: unknown region names {sorted(unknown)} (e.g. \"left M2\", \"right IC\")")
+    return set(names)
+
+
+def case_folders(folder: Path) -> list[Path]:
+    """Every case, each with its three files and a readable labels.json, before any is ingested."""
+    if not folder.is_dir():
+        raise UnreadableInput(f"{folder}: no such folder")
+    cases = sorted(d for d in folder.iterdir() if (d / "image.nii.gz").exists())
+    if not cases:
+        raise UnreadableInput(f"{folder}: no case folders with image.nii.gz in it")
+    for case in cases:
+        if not (case / "regions.nii.gz").exists():
+            raise UnreadableInput(f"{case}: no regions.nii.gz beside its image")
+        affected_of(case)
+    return cases
+
+
 def ingest_case(folder: Path) -> dict:
     study = read_study(folder / "image.nii.gz")
-    regions = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "regions.nii.gz"))).astype(np.uint8)
+    try:
+        regions = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "regions.nii.gz"))).astype(np.uint8)
+    except RuntimeError as exc:
+        raise UnreadableInput(f"regions.nii.gz is not a readable label map ({exc})") from None
     if regions.shape != study.hu.shape:
-        raise ValueError(f"{folder}: regions {regions.shape} and image {study.hu.shape} differ")
-    affected_names = set(json.loads((folder / "labels.json").read_text()).get("affected", []))
-    unknown = affected_names - {f"{s} {r}" for s in ("left", "right") for r in REGION_NAMES}
-    if unknown:
-        raise ValueError(f"{folder}: unknown region names {sorted(unknown)}")
+        raise UnreadableInput(f"regions {regions.shape[::-1]} and image {study.hu.shape[::-1]} voxels differ: "
+                              f"the label map must lie on its image's grid")
+    affected_names = affected_of(folder)
     alignment = align(study)
     prep = preprocess(study, alignment, grid_spec(), WINDOW)
     hu, image = prep.hu, prep.image
@@ -66,16 +99,31 @@ def ingest_case(folder: Path) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder", type=Path)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="a new folder (a training folder holds one dataset)")
     args = p.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    cases = sorted(d for d in args.folder.iterdir() if (d / "image.nii.gz").exists())
-    if not cases:
-        raise SystemExit(f"error: no case folders with image.nii.gz in {args.folder}")
-    for i, d in enumerate(cases):
-        np.savez_compressed(args.out / f"case_{i:05d}.npz", **ingest_case(d))
-        print(f"{d.name} -> case_{i:05d}.npz")
+    cases = case_folders(args.folder)
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise OutputExists(f"{args.out} exists and is not empty: ingest into a new folder, so that training "
+                           f"never reads two datasets' cases as one")
+    # Cases are written to a hidden sibling and the folder appears whole, or not at all.
+    partial = args.out.parent / f".{args.out.name}.partial-{os.getpid()}"
+    try:
+        partial.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputUnwritable(f"{args.out.parent}: cannot write there ({exc.strerror})") from None
+    try:
+        for i, case in enumerate(cases):
+            try:
+                np.savez_compressed(partial / f"case_{i:05d}.npz", **ingest_case(case))
+            except AspectsError as exc:
+                raise type(exc)(f"case {case.name}: {exc}") from None
+            print(f"{case.name} -> case_{i:05d}.npz", flush=True)
+        if args.out.exists():
+            args.out.rmdir()
+        partial.rename(args.out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code_of(main))
