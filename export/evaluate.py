@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -421,19 +424,33 @@ def loo_mode(mode: str, fold_models: str | None) -> str:
     return f"{mode}_loo" if fold_models else f"{mode}_loo_atlas"
 
 
-def write_tables(out: Path, metrics: dict, table: str) -> None:
-    """An evaluation's two files: metrics.json for machines, table.txt for people."""
+RESULT_FILES = ("metrics.json", "table.txt", "bland_altman.png", "score_scatter.png")
+
+
+def write_tables(out: Path, metrics: dict, table: str, plot_title: str | None = None) -> None:
+    """An evaluation's files: metrics.json for machines, table.txt for people, the two plots where
+    there are scores to plot. Made aside, then put in place together, so that `out` never holds one
+    run's table beside another run's plots (other files there, such as kept studies, stay)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
-    (out / "table.txt").write_text(table + "\n")
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
+    try:
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+        (staging / "table.txt").write_text(table + "\n")
+        if plot_title and metrics.get("_pred") and len(metrics["_pred"]) > 1:
+            plots(np.array(metrics["_pred"]), np.array(metrics["_true"]), staging, plot_title)
+        for name in RESULT_FILES:
+            if (staging / name).exists():
+                os.replace(staging / name, out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_results(mode: str, result: dict, out: Path, model_dir: Path | None) -> None:
     """Tables and plots to `out`; with a `model_dir`, the headline numbers into each of its cards
     too, so that a deployed model carries its own evidence."""
-    write_tables(out, result, table_text(result))
-    if result.get("_pred") and len(result["_pred"]) > 1:
-        plots(np.array(result["_pred"]), np.array(result["_true"]), out, mode)
+    write_tables(out, result, table_text(result), plot_title=mode)
     if model_dir is None:
         return
     for card_path, card in cards(model_dir).items():

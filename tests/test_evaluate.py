@@ -436,3 +436,16 @@ def test_real_loo_card_key_says_whether_the_networks_were_left_out_too():
     from export.evaluate import loo_mode
     assert loo_mode("real", "build/realtex/models_{subject}") == "real_loo"
     assert loo_mode("real", None) == "real_loo_atlas"
+
+
+def test_an_evaluation_folder_holds_one_runs_files_only(tmp_path):
+    """A run with one study makes no plots: the last run's plots must not stay beside its table.
+    What else the folder keeps (the kept studies) stays."""
+    from export.evaluate import RESULT_FILES, write_tables
+    (tmp_path / "studies").mkdir()
+    write_tables(tmp_path, {"_pred": [7, 8, 9], "_true": [7, 9, 9]}, "first", plot_title="real")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*RESULT_FILES, "studies"])
+    write_tables(tmp_path, {"_pred": [7], "_true": [7]}, "second", plot_title="real")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "studies", "table.txt"]
+    assert (tmp_path / "table.txt").read_text() == "second\n"
+    assert json.loads((tmp_path / "metrics.json").read_text())["_pred"] == [7]
