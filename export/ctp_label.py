@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from runtime.regions import REGION_NAMES, SIDES, label_id
+from runtime.errors import OutputExists, OutputUnwritable, UnreadableInput, exit_code_of
+from runtime.regions import BRAIN_LABEL, REGION_LABELS, REGION_NAMES, SIDES, label_id
 from runtime.score import aspects_per_side
 
 RCBF_CORE = 0.30
@@ -47,6 +49,13 @@ def region_labels(cbf: np.ndarray, labels: np.ndarray) -> dict:
     return {"regions": out, "aspects_left": left, "aspects_right": right, "aspects": min(left, right)}
 
 
+def read_array(path: Path, what: str) -> np.ndarray:
+    try:
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    except RuntimeError as exc:
+        raise UnreadableInput(f"{path}: not a readable {what} ({str(exc).strip().splitlines()[-1]})") from None
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cbf", type=Path, required=True)
@@ -54,15 +63,24 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     if args.out.exists():
-        raise SystemExit(f"error: {args.out} exists; not overwriting it")
-    cbf = sitk.GetArrayFromImage(sitk.ReadImage(str(args.cbf)))
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(args.regions)))
+        raise OutputExists(f"{args.out} exists; not overwriting it")
+    cbf = read_array(args.cbf, "CBF map")
+    labels = read_array(args.regions, "region map")
     if cbf.shape != labels.shape:
-        raise SystemExit(f"error: CBF {cbf.shape} and region map {labels.shape} are on different grids")
+        raise UnreadableInput(f"CBF {cbf.shape[::-1]} and region map {labels.shape[::-1]} voxels: they must share "
+                              f"one grid")
+    if labels.min() < 0 or labels.max() > BRAIN_LABEL or not np.isin(labels, REGION_LABELS).any():
+        raise UnreadableInput(f"{args.regions}: no ASPECTS regions in runtime.regions numbering (1-10 right, "
+                              f"11-20 left, {BRAIN_LABEL} other brain)")
     result = region_labels(cbf, labels)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    partial = args.out.with_name(f".{args.out.name}.partial")
+    try:
+        partial.write_text(json.dumps(result, indent=2) + "\n")
+        partial.replace(args.out)
+    except OSError as exc:
+        raise OutputUnwritable(f"{args.out}: cannot write it ({exc.strerror})") from None
     print(f"ASPECTS from CTP: {result['aspects']}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code_of(main))

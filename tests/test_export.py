@@ -146,6 +146,33 @@ def test_ctp_rule_marks_regions_with_core_over_ten_percent():
     assert result["aspects"] == 9
 
 
+def test_ctp_command_writes_its_labels_once_and_refuses_bad_maps(tmp_path):
+    import SimpleITK as sitk
+
+    from export.ctp_label import main
+    from runtime.errors import OutputExists, UnreadableInput
+    from runtime.regions import label_id
+    labels = np.zeros((4, 20, 40), np.uint8)
+    labels[:, 5:15, 22:32] = label_id(1, "left")
+    labels[:, 5:15, 8:18] = label_id(1, "right")
+    paths = {name: tmp_path / f"{name}.nii.gz" for name in ("cbf", "regions", "empty", "small")}
+    sitk.WriteImage(sitk.GetImageFromArray(np.full(labels.shape, 50.0, np.float32)), str(paths["cbf"]))
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(paths["regions"]))
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros_like(labels)), str(paths["empty"]))
+    sitk.WriteImage(sitk.GetImageFromArray(labels[:2]), str(paths["small"]))
+    out = tmp_path / "labels.json"
+    main(["--cbf", str(paths["cbf"]), "--regions", str(paths["regions"]), "--out", str(out)])
+    assert json.loads(out.read_text())["aspects"] == 10
+    with pytest.raises(OutputExists):
+        main(["--cbf", str(paths["cbf"]), "--regions", str(paths["regions"]), "--out", str(out)])
+    for regions, message in ((paths["empty"], "no ASPECTS regions"), (paths["small"], "must share one grid"),
+                             (tmp_path / "gone.nii.gz", "not a readable region map")):
+        with pytest.raises(UnreadableInput, match=message):
+            main(["--cbf", str(paths["cbf"]), "--regions", str(regions), "--out", str(tmp_path / "x.json")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cbf.nii.gz", "empty.nii.gz", "labels.json",
+                                                          "regions.nii.gz", "small.nii.gz"]
+
+
 @pytest.fixture(scope="module")
 def phantom(shared_data):
     from export.synth import load_phantom
