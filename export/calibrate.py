@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.cpu import CpuScorer
+from runtime.errors import ModelError
 from runtime.modelcard import DensityRuleCard, update_card
 from runtime.score import above_cut, aspects_of, density_calls, network_calls, rule_calls
 
@@ -153,7 +154,7 @@ def calibrate_run(args, scorer: CpuScorer) -> None:
     from synthetic studies, written into the density rule card with their provenance."""
     rule = scorer.models.classify_density
     if rule is None:
-        raise SystemExit(f"error: {args.models} has no density rule card to calibrate")
+        raise ModelError(f"{args.models} has no density rule card to calibrate")
     default_out = Path("build/eval/calibrate_elderly" if args.elderly else "build/eval/calibrate")
     kept = (args.out or default_out) / "studies"
     troughs = calibrate_troughs(args, scorer, kept, rule) if args.troughs else None

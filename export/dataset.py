@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import sys
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from runtime.errors import exit_code_of
 from runtime.patches import build_batch, host_pairs
 from runtime.preprocess import preprocess_grid
 from runtime.regions import REGION_NAMES
@@ -28,6 +30,7 @@ from runtime.volume import block_mean
 
 from . import synth
 from .config import CLASSIFIER_CROP, FINE_STRIDE, GRID_SHAPE_XY, GRID_SPACING_MM, WINDOW, grid_spec
+from .npz import save_npz
 
 _PHANTOM: synth.Phantom | None = None
 GRID_SPEC = grid_spec()
@@ -81,7 +84,7 @@ def make_one(seed: int, shared: Path, out_dir: Path, elderly: bool = False) -> d
     hypo = host_pairs(build_batch(hypo05.astype(np.float32), labels05, REGION_NAMES, CLASSIFIER_CROP))
     image1 = block_mean(image05, 2)
     affected = np.array([case.affected[r] for r in REGION_NAMES], bool)          # (10, 2) left, right
-    np.savez_compressed(
+    save_npz(
         out_dir / f"case_{seed:05d}.npz", image1=image1.astype(np.float16), labels1=labels1,
         pairs=pairs.astype(np.float16), hypo=(hypo[:, :, 0] > 0.5), affected=affected,
         fractions=np.array([case.core_fraction[r] for r in REGION_NAMES], np.float32))
@@ -99,17 +102,28 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shared", type=Path, default=Path("../shared/data"), help="template + atlas folder")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seeds", default="0:300", help="start:stop")
+    p.add_argument("--seeds", type=seed_range, default="0:300", help="start:stop")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--elderly", action="store_true", help="atrophic heads with sulci of their own")
     args = p.parse_args(argv)
-    start, stop = (int(v) for v in args.seeds.split(":"))
+    start, stop = args.seeds
     args.out.mkdir(parents=True, exist_ok=True)
     todo = [s for s in range(start, stop) if not (args.out / f"case_{s:05d}.npz").exists()]
     work = partial(make_one, shared=args.shared, out_dir=args.out, elderly=args.elderly)
     with mp.get_context("fork").Pool(args.workers) as pool:
         for i, info in enumerate(pool.imap_unordered(work, todo)):
             log_case(args.out, info, i, len(todo))
+
+
+def seed_range(text: str) -> tuple[int, int]:
+    """--seeds start:stop, as argparse checks it (a bad value is a usage error, not a traceback)."""
+    try:
+        start, stop = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not start:stop (e.g. 0:300)") from None
+    if not 0 <= start < stop:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= start < stop")
+    return start, stop
 
 
 def log_case(out_dir: Path, info: dict, i: int, total: int) -> None:
@@ -121,4 +135,4 @@ def log_case(out_dir: Path, info: dict, i: int, total: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code_of(main))

@@ -16,10 +16,11 @@ import argparse
 import atexit
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
-from runtime.errors import ModelError
+from runtime.errors import ModelError, OutputExists, exit_code_of
 from runtime.modelcard import MANIFEST, RULE_ROLE, file_sha256, load_manifest
 from runtime.result import CLASSIFIER_ROLES
 from runtime.shipped import DEFAULT_MODEL_DIR
@@ -33,11 +34,11 @@ def extract(trained: Path, out: Path) -> list[str]:
     """Copy the DA-Net cards, their graphs and the density rule of `trained` into `out` (a new folder),
     with their manifest. Returns the names kept."""
     if out.exists():
-        raise SystemExit(f"error: {out} exists; a kept fold is never overwritten")
+        raise OutputExists(f"{out} exists; a kept fold is never overwritten")
     trained_files = load_manifest(trained)      # a folder without a manifest is not a finished fold
     kept_cards = {p: d for p, d in cards(trained).items() if d["role"] in FOLD_ROLES}
     if {d["role"] for d in kept_cards.values()} != set(FOLD_ROLES):
-        raise SystemExit(f"error: {trained} lacks a card for one of {', '.join(FOLD_ROLES)}")
+        raise ModelError(f"{trained} lacks a card for one of {', '.join(FOLD_ROLES)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))   # complete, or not there
     for card_path, card in kept_cards.items():
@@ -47,7 +48,7 @@ def extract(trained: Path, out: Path) -> list[str]:
     kept = load_manifest(staging)
     if any(trained_files.get(name) != digest for name, digest in kept.items()):
         shutil.rmtree(staging)
-        raise SystemExit(f"error: {trained}: a file does not match its {MANIFEST}")
+        raise ModelError(f"{trained}: a file does not match its {MANIFEST}")
     staging.chmod(0o755)
     staging.rename(out)
     return sorted(kept)
@@ -85,4 +86,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code_of(main))

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from runtime.errors import exit_code_of
 from runtime.regions import REGION_NAMES
 from runtime.shipped import DEFAULT_MODEL_DIR, DEFAULT_STUDY
 
@@ -96,4 +98,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code_of(main))

@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
+from runtime.errors import UnreadableInput, exit_code_of
 from runtime.modelcard import MANIFEST, file_sha256
 from runtime.shipped import DEFAULT_MODEL_DIR
 
@@ -53,8 +55,10 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
     args = p.parse_args(argv)
+    if not args.model_dir.is_dir():
+        raise UnreadableInput(f"{args.model_dir}: no such folder")
     print(write_manifest(args.model_dir))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code_of(main))

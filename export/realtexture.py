@@ -16,6 +16,7 @@ from the atlas built without SUBJECT's map, so a network trained on them never s
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from runtime.cpu import CpuScorer
+from runtime.errors import exit_code_of
 from runtime.patches import build_batch, host_pairs
 from runtime.regions import NEIGHBOURS, REGION_NAMES, SIDES, label_id
 from runtime.resample import window
@@ -30,6 +32,7 @@ from runtime.strip import brain_mask
 
 from .config import CLASSIFIER_CROP, WINDOW
 from .dataset import log_case
+from .npz import save_npz
 from .realdata import DEV_SET, atlas_folds, fold_segmenter, load_label_order, load_reads
 
 MIN_DROP_HU, MAX_DROP_HU = 2.0, 8.0      # 1 HU lesions are invisible in real noise: a label, not a sign
@@ -124,9 +127,8 @@ def make_case(bg: Background, seed: int, out_dir: Path) -> dict:
     image = window(hu, bg.brain, *WINDOW)
     pairs = host_pairs(build_batch(image, bg.labels, REGION_NAMES, CLASSIFIER_CROP))
     hypo = host_pairs(build_batch(core.astype(np.float32), bg.labels, REGION_NAMES, CLASSIFIER_CROP))
-    tmp = out_dir / f"case_{seed:06d}.tmp.npz"
-    np.savez_compressed(tmp, pairs=pairs.astype(np.float16), hypo=hypo[:, :, 0] > 0.5, affected=truth)
-    tmp.replace(out_dir / f"case_{seed:06d}.npz")
+    save_npz(out_dir / f"case_{seed:06d}.npz", pairs=pairs.astype(np.float16), hypo=hypo[:, :, 0] > 0.5,
+             affected=truth)
     return {"seed": seed, "background": bg.name, "affected": truth.sum(axis=0).tolist()}
 
 
@@ -154,4 +156,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code_of(main))

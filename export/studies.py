@@ -26,6 +26,7 @@ from runtime.resample import ModelGrid, window
 from runtime.score import rule_calls
 
 from .metrics import mean_dice
+from .npz import save_npz
 
 STUDY_SEED0 = 200_000
 CALIBRATION_SEED0 = 300_000      # calibration studies: never the evaluation studies' seeds
@@ -100,7 +101,7 @@ def synthetic_studies(shared: Path, scorer: CpuScorer, n: int, seed0: int, cache
                 res = scorer.score(path)
             except AspectsError as exc:
                 print(f"study {i}: refused by the runtime ({exc})", flush=True)
-                np.savez(kept, refused=str(exc), models=models)
+                save_npz(kept, refused=str(exc), models=models)
                 continue
             # Ground-truth labels on the runtime's own model grid, through its recovered pose.
             to_world = res.alignment.matrix @ res.grid.index_to_model
@@ -181,21 +182,16 @@ def is_current(path: Path, scorer: CpuScorer, models: str) -> bool:
         record["called"] = (rule_calls(record["difference_hu"], probability, rule) > 0 if rule is not None
                             else probability >= np.array([[card_threshold(scorer, n)] for n in REGION_NAMES]))
     record["models"] = models
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **record)
-    tmp.replace(path)
+    save_npz(path, **record)
     return True
 
 
 def save_row(path: Path, row: Scored, res, models: str) -> None:
-    tmp = path.with_suffix(".tmp.npz")
     brain = res.labels > 0
-    np.savez_compressed(tmp, study=row.study, truth=row.truth, probability=row.probability,
-                        difference_hu=row.difference_hu, called=row.called,
-                        dice=np.nan if row.dice is None else row.dice,
-                        hu=np.where(brain, res.hu, 0).astype(np.float16), labels=res.labels,
-                        spacing=np.asarray(res.grid.spacing), models=models)
-    tmp.replace(path)
+    save_npz(path, study=row.study, truth=row.truth, probability=row.probability,
+             difference_hu=row.difference_hu, called=row.called, dice=np.nan if row.dice is None else row.dice,
+             hu=np.where(brain, res.hu, 0).astype(np.float16), labels=res.labels,
+             spacing=np.asarray(res.grid.spacing), models=models)
 
 
 def load_row(path: Path, scorer: CpuScorer) -> Scored | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from runtime.errors import ModelError, UnreadableInput, exit_code_of
 from runtime.modelcard import CardDraft, ClassifierPart, ModelCard, SegmenterPart
 from runtime.regions import (
     CORTICAL,
@@ -85,7 +87,7 @@ def set_seed(seed: int, threads: int) -> None:
 def load_cases(folder: Path, keys: tuple[str, ...]) -> list[dict]:
     files = sorted(folder.glob("case_*.npz"))
     if not files:
-        raise SystemExit(f"{folder}: no case_*.npz files (make them with python -m export.dataset)")
+        raise UnreadableInput(f"{folder}: no case_*.npz files (make them with python -m export.dataset)")
     out = []
     for f in files:
         with np.load(f) as d:
@@ -128,7 +130,7 @@ def _initial_weights(model: VBNet | DANet, init: Path | None) -> list[dict]:
         return []
     ck = torch.load(init, map_location="cpu", weights_only=True)
     if ck["config"] != model.cfg.to_dict():
-        raise SystemExit(f"{init}: architecture {ck['config']} differs from {model.cfg.to_dict()}")
+        raise ModelError(f"{init}: architecture {ck['config']} differs from {model.cfg.to_dict()}")
     model.load_state_dict(ck["state_dict"])
     digest = hashlib.sha256(init.read_bytes()).hexdigest()
     return [*ck.get("training", []), {"continued_from": str(init), "sha256": digest}]
@@ -402,4 +404,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code_of(main))

@@ -12,7 +12,7 @@ import pytest
 
 from export.folds import FOLD_ROLES, complete_folder, extract
 from export.manifest import write_manifest
-from runtime.errors import ModelError
+from runtime.errors import ModelError, OutputExists
 from runtime.modelcard import DEFAULT_MODEL_DIR, MANIFEST, load_manifest, load_model_set
 from tests.conftest import ROOT
 
@@ -41,7 +41,7 @@ def test_a_kept_fold_holds_the_danets_and_the_rule_only(trained, tmp_path):
 
 def test_a_kept_fold_is_never_overwritten(trained, tmp_path):
     (tmp_path / "sub005").mkdir()
-    with pytest.raises(SystemExit, match="never overwritten"):
+    with pytest.raises(OutputExists, match="never overwritten"):
         extract(trained, tmp_path / "sub005")
 
 

@@ -183,3 +183,25 @@ def test_a_failed_write_keeps_the_users_own_folder(tmp_path, demo_result, monkey
     with pytest.raises(KeyboardInterrupt):
         write_report(demo_result, out)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("tool, args, code", [
+    ("export.evaluate", ["real", "--data", "{tmp}", "--reads", "{tmp}/reads.csv"], 3),
+    ("export.ingest", ["{tmp}/my_data", "--out", "{tmp}/out"], 3),
+    ("export.ctp_label", ["--cbf", "{tmp}/cbf.nii.gz", "--regions", "{tmp}/r.nii.gz", "--out", "{tmp}/o.json"], 3),
+    ("export.train", ["segment", "--data", "{tmp}/cases"], 3),
+    ("export.folds", ["{tmp}/trained", "{tmp}/fold"], 11),
+    ("export.manifest", ["{tmp}/models"], 3),
+    ("export.realtexture", ["--data", "{tmp}", "--out", "{tmp}/rt"], 3),
+    ("export.dataset", ["--out", "{tmp}/ds", "--seeds", "5"], 2),
+])
+def test_the_build_tools_answer_bad_input_with_one_error_line(tmp_path, tool, args, code):
+    """The `python -m export.*` tools take a user's own studies, reads and folders too: a missing one
+    is a line saying so and an exit code, never a traceback, and nothing is written."""
+    run = subprocess.run([sys.executable, "-m", tool, *(a.format(tmp=tmp_path) for a in args)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == code, run.stderr
+    assert "Traceback" not in run.stderr and (code == 2 or len(run.stderr.splitlines()) == 1)   # 2: argparse's usage
+    last = run.stderr.splitlines()[-1]
+    assert last.startswith(("error: ", "dataset.py: error: ")) and (str(tmp_path) in last or "'5'" in last)
+    assert list(tmp_path.iterdir()) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from export.studies import code_fingerprint, is_current, kept_fingerprint, models_fingerprint, save_row, scored
 
@@ -69,3 +70,20 @@ def test_code_fingerprint_follows_every_file_of_a_package(tmp_path, monkeypatch)
     assert code_fingerprint(("kept_pkg",)) == before
     (package / "reader.py").write_text("SLOPE = 1.0  # rescale slope\n")
     assert code_fingerprint(("kept_pkg",)) != before
+
+
+def test_a_file_cut_off_by_an_interrupt_never_appears_under_a_case_name(tmp_path, monkeypatch):
+    """Resumed runs skip the case files that exist: a half-written one must not be among them."""
+    from export import npz
+
+    def cut_off(f, **arrays):
+        f.write(b"PK\x03\x04")
+        raise KeyboardInterrupt
+
+    npz.save_npz(tmp_path / "case_00000.npz", a=np.arange(3))
+    monkeypatch.setattr(npz.np, "savez_compressed", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        npz.save_npz(tmp_path / "case_00001.npz", a=np.arange(3))
+    assert [p.name for p in tmp_path.glob("case_*.npz")] == ["case_00000.npz"]
+    with np.load(tmp_path / "case_00000.npz") as d:
+        assert d["a"].tolist() == [0, 1, 2]
