@@ -45,6 +45,7 @@ from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL
 from runtime.resample import to_study_grid
 from runtime.score import above_cut, aspects_of, borderline_calls, density_calls, rule_calls, score_range
 from runtime.segment import segment
+from runtime.shipped import INSTALLED_MODEL_DIR
 
 from . import metrics as M
 from .calibrate import calibrate_run
@@ -221,7 +222,11 @@ def _ci(interval) -> str:
 
 
 def plots(pred: np.ndarray, truth: np.ndarray, out: Path, title: str) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:    # a runtime-only install: the tables are the result, the plots an aid
+        print(f"no plots in {out}: they need matplotlib (pip install 'aspects-rt[train]')")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -569,12 +574,22 @@ def main(argv=None) -> None:
     mode = (loo_mode(args.mode, args.fold_models) if args.loo else f"{args.mode}_expert_truth"
             if args.truth == "expert" else f"{args.mode}_elderly" if args.elderly else args.mode)
     out = args.out or Path("build/eval") / mode
-    # The cards' real rows are the development set's: another dataset's figures go to `out` only.
-    other_set = args.mode == "real" and args.reads.resolve() != DEV_READS
-    write_results(mode, result, out, None if args.no_cards or other_set else args.models)
+    cards_dir, left_alone = card_folder(args)
+    write_results(mode, result, out, cards_dir)
     print(table_text(result))
-    if other_set and not args.no_cards:
-        print(f"\n{args.reads} is not the development set: the model cards were left as they are")
+    if left_alone:
+        print(f"\n{left_alone}: the model cards were left as they are")
+
+
+def card_folder(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The model folder whose cards take this run's headline numbers, or None and why not."""
+    if args.no_cards:
+        return None, ""
+    if args.mode == "real" and args.reads.resolve() != DEV_READS:
+        return None, f"{args.reads} is not the development set the cards record"
+    if args.models.resolve() == INSTALLED_MODEL_DIR.resolve():
+        return None, f"{args.models} is an installed model set, which only a new release changes"
+    return args.models, ""
 
 
 if __name__ == "__main__":

@@ -289,7 +289,7 @@ def test_real_evaluation_runs_on_a_reads_file(real_data, tmp_path):
     assert metrics["cases"] == 1 and 0.3 < metrics["dice"]["mean"] <= 1.0
     assert set(metrics["methods"]) == {"runtime", "network", "density"}
     assert "region Dice against the expert maps, on the expert's slices" in run.stdout
-    assert "is not the development set: the model cards were left as they are" in run.stdout
+    assert "is not the development set the cards record: the model cards were left as they are" in run.stdout
     assert {p.name: p.read_bytes() for p in models.glob("*.json")} == before
 
 
@@ -449,3 +449,16 @@ def test_an_evaluation_folder_holds_one_runs_files_only(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "studies", "table.txt"]
     assert (tmp_path / "table.txt").read_text() == "second\n"
     assert json.loads((tmp_path / "metrics.json").read_text())["_pred"] == [7]
+
+
+def test_cards_take_the_development_sets_figures_from_a_source_checkout_only(tmp_path):
+    """Another dataset's figures would be filed under the development set's key, and an installed
+    model set changes only with a release: in both cases the cards are left alone, and the run says so."""
+    from export.evaluate import card_folder, parse_args
+    from runtime.shipped import INSTALLED_MODEL_DIR
+    assert card_folder(parse_args(["real", "--models", str(tmp_path)])) == (tmp_path, "")
+    folder, why = card_folder(parse_args(["real", "--models", str(tmp_path), "--reads", str(tmp_path / "r.csv")]))
+    assert folder is None and "is not the development set" in why
+    folder, why = card_folder(parse_args(["real", "--models", str(INSTALLED_MODEL_DIR)]))
+    assert folder is None and "installed model set" in why
+    assert card_folder(parse_args(["real", "--models", str(tmp_path), "--no-cards"])) == (None, "")
