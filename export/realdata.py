@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.atlas import AtlasSegmenter
-from runtime.errors import AspectsError, UnreadableInput
+from runtime.errors import AspectsError, UnreadableInput, UsageError
 from runtime.read import Study
 from runtime.regions import REGION_NAMES, SIDES, label_id
 
@@ -181,6 +181,9 @@ def about(read: Read):
 def atlas_folds(reads: list[Read], order: dict[int, int], scorer: CpuScorer, shared: Path) -> dict:
     """Per subject: an atlas from every other subject's expert maps (leave-one-out)."""
     from .atlas import fuse, in_memory_atlas, map_in_template_space, template_image
+    if len({r.subject for r in reads if r.map is not None}) < 2:
+        raise UsageError("leave-one-out atlases are built from the other subjects' expert maps: "
+                         "the reads file needs maps of at least two subjects")
     template = template_image(shared)
     maps = {}
     for r in reads:

@@ -130,14 +130,16 @@ def test_an_input_error_while_scoring_names_its_study_and_keeps_its_exit_code(tm
 
 @pytest.mark.parametrize("body, code, message", [
     (READS_HEADER + "x,x,x.nii.gz,,ten,,\n", 3, "ASPECTS 'ten' is not a whole number"),
+    (READS_HEADER + "x,x,x.nii.gz,x.nii.gz,10,,\ny,y,x.nii.gz,,10,,\n", 2, "maps of at least two subjects"),
     (READS_HEADER + "x,x,x.nii.gz,x.nii.gz,10,,\n", 2, "study x has an expert region map: give the maps' "
                                                         "--label-order file"),
 ])
 def test_bad_evaluation_input_ends_in_one_error_line_and_its_exit_code(tmp_path, body, code, message):
     (tmp_path / "x.nii.gz").touch()
     (tmp_path / "reads.csv").write_text(body)
+    loo = ["--loo", "--label-order", str(DEV_SET / "label_order.json")] if "two subjects" in message else []
     run = subprocess.run([sys.executable, "-m", "export.evaluate", "real", "--data", str(tmp_path),
-                          "--reads", str(tmp_path / "reads.csv"), "--out", str(tmp_path / "eval")],
+                          "--reads", str(tmp_path / "reads.csv"), "--out", str(tmp_path / "eval"), *loo],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == code
     assert run.stderr.startswith("error: ") and message in run.stderr and run.stderr.count("\n") == 1
