@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("score", help="score one study and write report.json + key-slice PNGs")
     p.add_argument("path", nargs="*", help="DICOM series folder, .zip, NIfTI, MHA or NRRD; several for a batch "
                                            "(default: the bundled synthetic demo study)")
-    p.add_argument("--out", required=True, type=Path,
+    p.add_argument("--out", required=True, type=_path,
                    help="output folder (created; existing reports are never overwritten); a batch writes one "
                         "sub-folder per study and batch.json")
     p.add_argument("--outputs", default=None, metavar="LIST",
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                         "a volume file, whose DICOM outputs get new UIDs and reference a CT series made from it)")
     p.add_argument("--device", type=_device, default="cpu", metavar="{cpu,gpu,gpu:N}",
                    help="cpu (default), gpu (the first NVIDIA GPU) or gpu:N")
-    p.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR, help="folder of ONNX models and cards")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--models", type=_path, default=DEFAULT_MODEL_DIR, help="folder of ONNX models and cards")
+    p.add_argument("--threads", type=_count, default=None,
                    help="CPU cores for every stage (default: $ASPECTS_THREADS, else the cores this process may use)")
     p.add_argument("--engine", choices=CPU_ENGINES, default=None,
                    help="CPU inference engine (default: $ASPECTS_ENGINE, else onnxruntime; openvino needs the "
@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
 
     n = sub.add_parser("serve", help="a DICOM node: receive CT studies (C-STORE), score each once it is complete, "
                                      "send SEG, SR and key images on")
-    n.add_argument("--config", type=Path, default=None, help="TOML file with the settings below (flags win)")
-    n.add_argument("--spool", type=Path, default=None, help="folder for received images, jobs and outcomes")
-    n.add_argument("--output", type=Path, default=None, help="result folders, one per study (default: SPOOL/results)")
+    n.add_argument("--config", type=_path, default=None, help="TOML file with the settings below (flags win)")
+    n.add_argument("--spool", type=_path, default=None, help="folder for received images, jobs and outcomes")
+    n.add_argument("--output", type=_path, default=None, help="result folders, one per study (default: SPOOL/results)")
     n.add_argument("--ae-title", default=None, help="this node's AE title (default ASPECTS)")
     n.add_argument("--host", default=None, help="address to listen on (default 0.0.0.0)")
     n.add_argument("--port", type=int, default=None, help="TCP port (default 11112)")
@@ -52,36 +52,36 @@ def main(argv: list[str] | None = None) -> int:
                    help="accept associations only from this calling AE title (repeatable; default: any)")
     n.add_argument("--send", action="append", default=None, metavar="AE@HOST:PORT",
                    help="send the DICOM results here by C-STORE (repeatable)")
-    n.add_argument("--quiet", type=float, default=None, dest="quiet_seconds",
+    n.add_argument("--quiet", type=_seconds, default=None, dest="quiet_seconds",
                    help="seconds without a new image before a study counts as complete (default 10)")
-    n.add_argument("--workers", type=int, default=None, help="studies scored at once (default 1)")
+    n.add_argument("--workers", type=_count, default=None, help="studies scored at once (default 1)")
     n.add_argument("--outputs", default=None, metavar="LIST",
                    help="comma list of json, png, seg, sr, sc (default: all)")
 
     w = sub.add_parser("watch", help="score every study dropped into a folder, once each")
-    w.add_argument("inbox", type=Path, help="folder to watch (only read, never changed)")
-    w.add_argument("--out", required=True, type=Path, help="one report folder per study, and watch.jsonl")
-    w.add_argument("--quiet", type=float, default=10.0, help="seconds an entry must be unchanged (default 10)")
+    w.add_argument("inbox", type=_path, help="folder to watch (only read, never changed)")
+    w.add_argument("--out", required=True, type=_path, help="one report folder per study, and watch.jsonl")
+    w.add_argument("--quiet", type=_seconds, default=10.0, help="seconds an entry must be unchanged (default 10)")
     w.add_argument("--once", action="store_true", help="handle what is there now, then exit")
     w.add_argument("--outputs", default=None, metavar="LIST")
-    w.add_argument("--threads", type=int, default=None)
+    w.add_argument("--threads", type=_count, default=None)
     w.add_argument("--engine", choices=CPU_ENGINES, default=None)
 
     m = sub.add_parser("models", help="list the models and their cards")
-    m.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
+    m.add_argument("--models", type=_path, default=DEFAULT_MODEL_DIR)
 
     e = sub.add_parser("engines", help="TensorRT engines for this GPU: build them, or check them against ONNX")
     e.add_argument("action", choices=("build", "parity"),
                    help="build: (re)build every engine into the cache; parity: compare each engine with "
                         "ONNX Runtime fp32 and the GPU score with the CPU score on the bundled study")
-    e.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
+    e.add_argument("--models", type=_path, default=DEFAULT_MODEL_DIR)
     e.add_argument("--rebuild", action="store_true", help="build even when a valid cached engine exists")
     e.add_argument("--engine", choices=("tensorrt", "openvino"), default="tensorrt",
                    help="parity: check TensorRT on the GPU (default) or the OpenVINO CPU engine")
 
     parser.add_argument("--log-level", default="ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="log to stderr from this level (default ERROR: stderr carries only the error line)")
-    parser.add_argument("--log-json", type=Path, default=None, help="also log every record as JSON lines here")
+    parser.add_argument("--log-json", type=_path, default=None, help="also log every record as JSON lines here")
 
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_json)
@@ -126,6 +126,34 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _path(text: str) -> Path:
+    """An empty path (an unset shell variable, say) would mean the working folder: refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a folder or file")
+    return Path(text)
+
+
+def _count(text: str) -> int:
+    """Threads or workers: a whole number, at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: at least 1")
+    return n
+
+
+def _seconds(text: str) -> float:
+    try:
+        s = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= s < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: 0 or more seconds")
+    return s
 
 
 def _device(text: str) -> str:
@@ -273,6 +301,9 @@ def _watch(args) -> int:
 
     if not args.inbox.is_dir():
         raise UsageError(f"{args.inbox}: not a folder to watch")
+    if args.out.resolve().is_relative_to(args.inbox.resolve()):
+        raise UsageError(f"{args.out} is inside the watched folder {args.inbox}: the inbox is only read, and its "
+                         f"watcher would take its own reports for studies")
     outputs = _outputs_arg(args.outputs)
     scorer = make_scorer(threads=args.threads, engine=args.engine)
     print(f"watching {args.inbox} (quiet {args.quiet:g} s); reports in {args.out}", flush=True)

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .errors import DeviceUnavailable, ModelError
+from .errors import DeviceUnavailable, ModelError, UsageError
 from .modelcard import ModelCard, verify_file
 from .threads import resolve
 
@@ -35,7 +35,7 @@ def cpu_engine(card: ModelCard, name: str, threads: int | None = None) -> Engine
         return OnnxRuntimeEngine(card, threads)
     if name == "openvino":
         return OpenVinoEngine(card, threads)
-    raise ValueError(f"unknown CPU engine {name!r}; use one of {', '.join(CPU_ENGINES)}")
+    raise UsageError(f"unknown CPU engine {name!r} (--engine, or ${ENV}): use one of {', '.join(CPU_ENGINES)}")
 
 
 def engine_version(name: str) -> str:

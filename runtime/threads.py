@@ -15,6 +15,8 @@ from pathlib import Path
 import SimpleITK as sitk
 from threadpoolctl import threadpool_limits
 
+from .errors import UsageError
+
 ENV = "ASPECTS_THREADS"
 
 
@@ -43,11 +45,16 @@ def _cgroup_quota() -> int | None:
 
 def resolve(threads: int | None = None) -> int:
     """The setting: an explicit value, else $ASPECTS_THREADS, else the available cores."""
+    where = "thread count"
     if threads is None and os.environ.get(ENV):
-        threads = int(os.environ[ENV])
-    n = threads or available_cores()
+        where = f"${ENV}"
+        try:
+            threads = int(os.environ[ENV])
+        except ValueError:
+            raise UsageError(f"{where}={os.environ[ENV]!r}: a thread count is a whole number") from None
+    n = available_cores() if threads is None else threads
     if n < 1:
-        raise ValueError(f"thread count must be at least 1, not {n}")
+        raise UsageError(f"{where} {n}: at least 1")
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
     threadpool_limits(n)          # numpy/scipy BLAS (OpenBLAS, MKL); scipy.ndimage is single-threaded
     return n

@@ -95,6 +95,39 @@ def test_bad_inputs_exit_cleanly_with_distinct_codes(tmp_path):
         assert not (out / "report.json").exists()
 
 
+@pytest.mark.parametrize("args, env", [
+    (["score", "--out", ""], {}),                                   # an unset $OUT: not the working folder
+    (["score", "--out", "{tmp}/o", "--models", " "], {}),
+    (["score", "--out", "{tmp}/o", "--threads", "0"], {}),
+    (["score", "--out", "{tmp}/o", "--threads", "-3"], {}),
+    (["score", "--out", "{tmp}/o"], {"ASPECTS_THREADS": "abc"}),
+    (["score", "--out", "{tmp}/o"], {"ASPECTS_THREADS": "0"}),
+    (["score", "--out", "{tmp}/o"], {"ASPECTS_ENGINE": "tflite"}),
+    (["watch", "", "--out", "{tmp}/o", "--once"], {}),
+    (["watch", "{tmp}/inbox", "--out", "{tmp}/o", "--quiet", "-1", "--once"], {}),
+    (["watch", "{tmp}/inbox", "--out", "{tmp}/inbox/reports", "--once"], {}),
+    (["serve", "--spool", ""], {}),
+])
+def test_settings_that_would_misplace_or_misrun_a_job_are_usage_errors(tmp_path, monkeypatch, args, env):
+    """Exit 2 and one `error:` line, before anything is read or written: an empty path would put reports
+    in the working folder (or a spool in it), reports inside a watched inbox would be taken for
+    studies, and a bad thread or engine setting was an 'internal error'."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "study.nii.gz").write_bytes(DEFAULT_STUDY.read_bytes())
+    work = tmp_path / "cwd"
+    work.mkdir()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    run = aspects(*(a.format(tmp=tmp_path) for a in args), cwd=work)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines()[-1].split(": ")[0] in ("error", "aspects score", "aspects watch",
+                                                                   "aspects serve")
+    assert "Traceback" not in run.stderr and "internal error" not in run.stderr
+    assert list(work.iterdir()) == [] and not (tmp_path / "o").exists()
+    assert [p.name for p in inbox.iterdir()] == ["study.nii.gz"]
+
+
 def test_gpu_request_explains_itself(tmp_path):
     """Where the GPU path cannot run, `--device gpu` says why in one line and exits 12."""
     pytest.importorskip("onnxruntime")

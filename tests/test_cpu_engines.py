@@ -64,7 +64,9 @@ def test_missing_openvino_is_one_clear_error(monkeypatch):
 
 
 def test_unknown_engine_is_refused():
+    """$ASPECTS_ENGINE reaches here unchecked by argparse: a usage error, not an internal one."""
     from runtime.engine import cpu_engine
+    from runtime.errors import UsageError
     from runtime.modelcard import load_model_set
-    with pytest.raises(ValueError, match="unknown CPU engine"):
+    with pytest.raises(UsageError, match="unknown CPU engine 'tflite'"):
         cpu_engine(load_model_set().classify_cortical, "tflite")

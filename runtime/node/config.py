@@ -71,7 +71,7 @@ def load_config(path: Path | None, **flags) -> NodeConfig:
         if unknown:
             raise UsageError(f"config {path}: unknown settings {', '.join(sorted(unknown))}")
     values.update({k: v for k, v in flags.items() if v is not None})
-    if "spool" not in values:
+    if not str(values.get("spool") or "").strip():
         raise UsageError("the node needs a spool folder (--spool or spool = ... in the config)")
     dests = values.get("destinations", ())
     try:
