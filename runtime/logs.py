@@ -19,6 +19,8 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from .errors import OutputUnwritable
+
 log = logging.getLogger("aspects")
 
 
@@ -40,7 +42,10 @@ def configure_logging(level: str = "ERROR", json_path: Path | None = None) -> No
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(console)
     if json_path is not None:
-        handler = logging.FileHandler(json_path)
+        try:
+            handler = logging.FileHandler(json_path)
+        except OSError as exc:
+            raise OutputUnwritable(f"--log-json {json_path}: cannot write it ({exc.strerror})") from None
         handler.setFormatter(JsonLines())
         root.addHandler(handler)
 

@@ -128,6 +128,12 @@ def test_settings_that_would_misplace_or_misrun_a_job_are_usage_errors(tmp_path,
     assert [p.name for p in inbox.iterdir()] == ["study.nii.gz"]
 
 
+def test_an_unwritable_log_file_is_an_output_error(tmp_path):
+    run = aspects("--log-json", tmp_path / "missing" / "log.jsonl", "score", "--out", tmp_path / "o")
+    assert run.returncode == 15 and run.stderr.startswith("error: --log-json ") and "Traceback" not in run.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_gpu_request_explains_itself(tmp_path):
     """Where the GPU path cannot run, `--device gpu` says why in one line and exits 12."""
     pytest.importorskip("onnxruntime")
