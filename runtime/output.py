@@ -25,6 +25,18 @@ from .errors import OutputExists, OutputUnwritable
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".zip")
 
 
+def make_folder(path: Path) -> Path:
+    """Create a folder to write into (an output, a watcher's reports, a node's spool). A file in its
+    place, or a place that cannot be written, is the user's to fix: an output error, not a crash."""
+    if os.path.lexists(path) and not path.is_dir():
+        raise OutputExists(f"{path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputUnwritable(f"{path}: cannot create the folder ({exc.strerror})") from None
+    return path
+
+
 def study_stem(path: Path) -> str:
     """A report folder name for an input: its own name without a volume suffix."""
     stem = path.name
@@ -56,14 +68,12 @@ class OutputFolder:
 
     def claim(self) -> None:
         """Create, lock and check the folder; raises before any compute is spent."""
-        if os.path.lexists(self.path) and not self.path.is_dir():
-            raise OutputExists(f"{self.path}: exists and is not a folder")
+        self._created = not os.path.lexists(self.path)
+        make_folder(self.path)
         try:
-            self._created = not self.path.exists()
-            self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
-            raise OutputUnwritable(f"{self.path}: cannot create the output folder ({exc.strerror})") from None
+            raise OutputUnwritable(f"{self.path}: cannot open the output folder ({exc.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .errors import AspectsError
-from .output import study_stem
+from .output import make_folder, study_stem
 from .pipeline import Scorer
 from .report import write_report
 
@@ -30,7 +30,7 @@ def watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float = 10.0, outputs
     """Runs until `stop` is set (or, with `once`, until everything now in IN has been handled).
     Returns the number of studies scored or failed in this run."""
     stop = stop or threading.Event()
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     ledger = out / LEDGER
     done = _done(ledger)
     handled = 0

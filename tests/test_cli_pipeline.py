@@ -128,6 +128,22 @@ def test_settings_that_would_misplace_or_misrun_a_job_are_usage_errors(tmp_path,
     assert [p.name for p in inbox.iterdir()] == ["study.nii.gz"]
 
 
+@pytest.mark.parametrize("args", [
+    ["score", "--out", "{tmp}/afile"],
+    ["watch", "{tmp}/inbox", "--out", "{tmp}/afile", "--once"],
+    ["serve", "--spool", "{tmp}/afile"],
+    ["serve", "--spool", "{tmp}/spool", "--output", "{tmp}/afile"],
+])
+def test_a_file_where_a_folder_goes_is_an_output_error(tmp_path, args):
+    """Exit 10, as for `score`; the watcher and the node crashed with an internal error."""
+    (tmp_path / "afile").write_text("the user's file")
+    (tmp_path / "inbox").mkdir()
+    run = aspects(*(a.format(tmp=tmp_path) for a in args))
+    assert run.returncode == 10, run.stderr
+    assert run.stderr == f"error: {tmp_path / 'afile'}: exists and is not a folder\n"
+    assert (tmp_path / "afile").read_text() == "the user's file"
+
+
 def test_an_unwritable_log_file_is_an_output_error(tmp_path):
     run = aspects("--log-json", tmp_path / "missing" / "log.jsonl", "score", "--out", tmp_path / "o")
     assert run.returncode == 15 and run.stderr.startswith("error: --log-json ") and "Traceback" not in run.stderr

@@ -35,6 +35,7 @@ from pydicom.uid import (
 )
 
 from ..errors import AspectsError, DeliveryFailed
+from ..output import make_folder
 from ..pipeline import Scorer, make_scorer
 from ..report import write_report
 from ..threads import available_cores
@@ -63,9 +64,7 @@ class Node:
         self.config = config
         self.spool = Spool(config.spool)
         self.output = config.output
-        self.output.mkdir(parents=True, exist_ok=True)
-        self.staging = self.output / ".staging"
-        self.staging.mkdir(exist_ok=True)
+        self.staging = make_folder(make_folder(self.output) / ".staging")
         self.jobs: queue.Queue[str] = queue.Queue()
         self.stopping = threading.Event()
         self._factory = scorer_factory or (lambda threads: make_scorer(threads=threads))

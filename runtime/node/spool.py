@@ -21,6 +21,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..output import make_folder
+
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 PART = ".part-"
 
@@ -41,8 +43,9 @@ class Spool:
         self.root = Path(root)
         self.incoming, self.jobs = self.root / "incoming", self.root / "jobs"
         self.done, self.failed, self.failures = self.root / "done", self.root / "failed", self.root / "failures"
+        make_folder(self.root)
         for d in (self.incoming, self.jobs, self.done, self.failed, self.failures):
-            d.mkdir(parents=True, exist_ok=True)
+            make_folder(d)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
