@@ -28,7 +28,7 @@ import SimpleITK as sitk
 
 from runtime.align import align
 from runtime.atlas import RegionAtlas, grid_image, register, registration_image
-from runtime.errors import UsageError, exit_code_of
+from runtime.errors import UnreadableInput, UsageError, exit_code_of
 from runtime.modelcard import AtlasCard, file_sha256, load_model_set, write_card
 from runtime.preprocess import preprocess
 from runtime.read import read_study
@@ -45,6 +45,16 @@ LABEL_MM = 1.0
 # Template space: the MNI box, patient LPS, identity direction (runtime.atlas stores no direction).
 BOX_LPS = ((-90.0, -126.0, -72.0), (90.0, 90.0, 108.0))
 FILE = "region_atlas.npz"
+
+
+def shared_data(shared: Path) -> Path:
+    """The CT template and MNI region atlas that the synthetic heads and the region atlas are made
+    from: not shipped (../shared/data/SOURCES.md), so a missing one is the user's to fetch."""
+    for need in (TEMPLATE_FILE, TEMPLATE_FILE.replace(".nii.gz", "_Mask.nii.gz"), "atlas"):
+        if not (shared / need).exists():
+            raise UnreadableInput(f"{shared}: no {need} (the CT template and atlas are not shipped: put them "
+                                  f"there as SOURCES.md lists, or give --shared)")
+    return shared
 
 
 def template_image(shared: Path) -> sitk.Image:
@@ -146,6 +156,7 @@ def main(argv=None) -> None:
                    help="the maps' label order (default: the development set's, for its reads file only)")
     p.add_argument("--out", type=Path, default=Path("engines"))
     args = p.parse_args(argv)
+    shared_data(args.shared)
     models = load_model_set(args.out)
     reads = [r for r in load_reads(args.reads, args.shared / "real") if r.map is not None]
     order_file = label_order_file(args.reads, args.label_order)

@@ -29,6 +29,7 @@ from runtime.resample import ModelGrid, slab_plan
 from runtime.volume import block_mean
 
 from . import synth
+from .atlas import shared_data
 from .config import CLASSIFIER_CROP, FINE_STRIDE, GRID_SHAPE_XY, GRID_SPACING_MM, WINDOW, grid_spec
 from .npz import save_npz
 
@@ -107,6 +108,7 @@ def main(argv=None) -> None:
     p.add_argument("--elderly", action="store_true", help="atrophic heads with sulci of their own")
     args = p.parse_args(argv)
     start, stop = args.seeds
+    shared_data(args.shared)
     args.out.mkdir(parents=True, exist_ok=True)
     todo = [s for s in range(start, stop) if not (args.out / f"case_{s:05d}.npz").exists()]
     work = partial(make_one, shared=args.shared, out_dir=args.out, elderly=args.elderly)

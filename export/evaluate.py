@@ -48,6 +48,7 @@ from runtime.segment import segment
 from runtime.shipped import INSTALLED_MODEL_DIR
 
 from . import metrics as M
+from .atlas import shared_data
 from .calibrate import calibrate_run
 from .folds import complete_folder
 from .manifest import cards, write_manifest
@@ -503,6 +504,18 @@ def stability_run(args, scorer: CpuScorer) -> None:
 DEFAULT_STUDIES = {"studies": 24, "calibrate": 40}
 
 
+def _at_least(low: int):
+    def count(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"{n}: at least {low}")
+        return n
+    return count
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("mode", choices=("cases", "studies", "real", "calibrate", "stability"))
@@ -516,9 +529,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="real, stability: leave-one-subject-out atlases (the cards' real_loo with --fold-models, "
                         "else real_loo_atlas)")
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--n", type=_at_least(1), default=None,
                    help="synthetic studies to make (studies: 24, calibrate: 40, as recorded and shipped)")
-    p.add_argument("--check", type=int, default=0,
+    p.add_argument("--check", type=_at_least(0), default=0,
                    help="calibrate: score the rule on this many further calibration studies, never used to choose it")
     p.add_argument("--out", type=Path, default=None,
                    help="results folder (default build/eval/<mode>); calibrate keeps its scored studies there")
@@ -547,6 +560,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.mode in ("studies", "calibrate") or args.loo:
+        shared_data(args.shared)
     scorer = CpuScorer(args.models)
     if args.mode == "calibrate":
         calibrate_run(args, scorer)
