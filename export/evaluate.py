@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.cli import at_least
 from runtime.cpu import CpuScorer
 from runtime.errors import UsageError, exit_code_of
 from runtime.modelcard import DEFAULT_MODEL_DIR, DensityRuleCard, update_card
@@ -504,18 +505,6 @@ def stability_run(args, scorer: CpuScorer) -> None:
 DEFAULT_STUDIES = {"studies": 24, "calibrate": 40}
 
 
-def _at_least(low: int):
-    def count(text: str) -> int:
-        try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if n < low:
-            raise argparse.ArgumentTypeError(f"{n}: at least {low}")
-        return n
-    return count
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("mode", choices=("cases", "studies", "real", "calibrate", "stability"))
@@ -529,9 +518,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="real, stability: leave-one-subject-out atlases (the cards' real_loo with --fold-models, "
                         "else real_loo_atlas)")
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
-    p.add_argument("--n", type=_at_least(1), default=None,
+    p.add_argument("--n", type=at_least(1), default=None,
                    help="synthetic studies to make (studies: 24, calibrate: 40, as recorded and shipped)")
-    p.add_argument("--check", type=_at_least(0), default=0,
+    p.add_argument("--check", type=at_least(0), default=0,
                    help="calibrate: score the rule on this many further calibration studies, never used to choose it")
     p.add_argument("--out", type=Path, default=None,
                    help="results folder (default build/eval/<mode>); calibrate keeps its scored studies there")

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from .engine import CPU_ENGINES
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", type=_device, default="cpu", metavar="{cpu,gpu,gpu:N}",
                    help="cpu (default), gpu (the first NVIDIA GPU) or gpu:N")
     p.add_argument("--models", type=_path, default=DEFAULT_MODEL_DIR, help="folder of ONNX models and cards")
-    p.add_argument("--threads", type=_count, default=None,
+    p.add_argument("--threads", type=at_least(1), default=None,
                    help="CPU cores for every stage (default: $ASPECTS_THREADS, else the cores this process may use)")
     p.add_argument("--engine", choices=CPU_ENGINES, default=None,
                    help="CPU inference engine (default: $ASPECTS_ENGINE, else onnxruntime; openvino needs the "
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="send the DICOM results here by C-STORE (repeatable)")
     n.add_argument("--quiet", type=_seconds, default=None, dest="quiet_seconds",
                    help="seconds without a new image before a study counts as complete (default 10)")
-    n.add_argument("--workers", type=_count, default=None, help="studies scored at once (default 1)")
+    n.add_argument("--workers", type=at_least(1), default=None, help="studies scored at once (default 1)")
     n.add_argument("--outputs", default=None, metavar="LIST",
                    help="comma list of json, png, seg, sr, sc (default: all)")
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--quiet", type=_seconds, default=10.0, help="seconds an entry must be unchanged (default 10)")
     w.add_argument("--once", action="store_true", help="handle what is there now, then exit")
     w.add_argument("--outputs", default=None, metavar="LIST")
-    w.add_argument("--threads", type=_count, default=None)
+    w.add_argument("--threads", type=at_least(1), default=None)
     w.add_argument("--engine", choices=CPU_ENGINES, default=None)
 
     m = sub.add_parser("models", help="list the models and their cards")
@@ -139,15 +140,17 @@ def _path(text: str) -> Path:
     return Path(text)
 
 
-def _count(text: str) -> int:
-    """Threads or workers: a whole number, at least 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n}: at least 1")
-    return n
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= `low` (threads, workers, study counts)."""
+    def count(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"{n}: at least {low}")
+        return n
+    return count
 
 
 def _seconds(text: str) -> float:
