@@ -36,7 +36,7 @@ from runtime.regions import BRAIN_LABEL, REGION_NAMES, swap_sides
 from runtime.resample import resample
 
 from .manifest import write_manifest
-from .realdata import DEV_SET, Read, expert_map_of, label_order_file, load_label_order, load_reads
+from .realdata import DEV_READS, Read, expert_map_of, label_order_file, load_label_order, load_reads
 
 VERSION = "0.2.0"
 TEMPLATE_FILE = "template/scct_unsmooth_SS_0.01.nii.gz"
@@ -151,7 +151,7 @@ def write_atlas(out: Path, arrays: dict, reads: list[Read], shared: Path, metric
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
-    p.add_argument("--reads", type=Path, default=DEV_SET / "reads.csv")
+    p.add_argument("--reads", type=Path, default=DEV_READS)
     p.add_argument("--label-order", type=Path, default=None,
                    help="the maps' label order (default: the development set's, for its reads file only)")
     p.add_argument("--out", type=Path, default=Path("engines"))

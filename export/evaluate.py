@@ -39,7 +39,7 @@ import numpy as np
 
 from runtime.cli import at_least
 from runtime.cpu import CpuScorer
-from runtime.errors import UsageError, exit_code_of
+from runtime.errors import UsageError, exit_code_of, named
 from runtime.modelcard import DEFAULT_MODEL_DIR, DensityRuleCard, update_card
 from runtime.read import read_study
 from runtime.regions import CORTICAL, REGION_NAMES, SIDES, SUBCORTICAL
@@ -55,10 +55,10 @@ from .folds import complete_folder
 from .manifest import cards, write_manifest
 from .realdata import (
     DEV_READS,
-    about,
     atlas_folds,
     expert_map_of,
     fold_segmenter,
+    is_dev_set,
     label_order_file,
     labelled_slices,
     load_label_order,
@@ -387,18 +387,17 @@ def real_studies(data: Path, reads_csv: Path, label_order: Path | None, scorer: 
     reads = load_reads(reads_csv, data)
     order = load_label_order(label_order) if label_order else None
     mapped = [r.study for r in reads if r.map is not None]
-    if order is None and (mapped or loo):
-        raise UsageError(f"{reads_csv}: " + (f"study {mapped[0]} has an expert region map" if mapped else
-                                             "--loo builds its atlases from the expert maps") +
-                         ": give the maps' --label-order file")
-    folds = atlas_folds(reads, order, scorer, shared) if loo and order is not None else {}
+    if order is None and mapped:
+        raise UsageError(f"{reads_csv}: study {mapped[0]} has an expert region map: give the maps' "
+                         f"--label-order file")
+    folds = atlas_folds(reads, order, scorer, shared) if loo else {}
     scorers = fold_scorers(reads, fold_models, scorer)
     rows = []
     for read in reads:
         subject_scorer = scorers.get(read.subject, scorer)
-        with about(read), fold_segmenter(subject_scorer, folds, read.subject):
+        with named(f"study {read.study}"), fold_segmenter(subject_scorer, folds, read.subject):
             study = read_study(read.image)
-            expert = expert_map_of(read, study, order) if read.map is not None and order is not None else None
+            expert = expert_map_of(read, study, order) if order is not None and read.map is not None else None
             res = subject_scorer.score(study)
         dice, per = None, None
         if expert is not None:
@@ -490,9 +489,8 @@ def stability_run(args, scorer: CpuScorer) -> None:
     """export.stability on a reads file; results to build/eval/stability/ (not into the cards)."""
     from . import stability
     reads = load_reads(args.reads, args.data or args.shared / "real")
-    if args.loo and args.label_order is None:
-        raise UsageError(f"{args.reads}: --loo builds its atlases from the expert maps: give their --label-order file")
-    folds = atlas_folds(reads, load_label_order(args.label_order), scorer, args.shared) if args.loo else {}
+    order = load_label_order(args.label_order) if args.label_order else None
+    folds = atlas_folds(reads, order, scorer, args.shared) if args.loo else {}
     rows = stability.run(reads, scorer, folds, fold_scorers(reads, args.fold_models, scorer))
     total = stability.summary(rows)
     text = stability.table_text(rows, total)
@@ -589,7 +587,7 @@ def card_folder(args: argparse.Namespace) -> tuple[Path | None, str]:
     """The model folder whose cards take this run's headline numbers, or None and why not."""
     if args.no_cards:
         return None, ""
-    if args.mode == "real" and args.reads.resolve() != DEV_READS:
+    if args.mode == "real" and not is_dev_set(args.reads):
         return None, f"{args.reads} is not the development set the cards record"
     if args.models.resolve() == INSTALLED_MODEL_DIR.resolve():
         return None, f"{args.models} is an installed model set, which only a new release changes"

@@ -29,7 +29,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.align import align
-from runtime.errors import AspectsError, OutputExists, OutputUnwritable, UnreadableInput, exit_code_of
+from runtime.errors import OutputExists, UnreadableInput, exit_code_of, named
+from runtime.output import make_folder
 from runtime.patches import build_batch, host_pairs
 from runtime.preprocess import preprocess
 from runtime.read import read_study
@@ -107,16 +108,11 @@ def main(argv=None) -> None:
                            f"never reads two datasets' cases as one")
     # Cases are written to a hidden sibling and the folder appears whole, or not at all.
     partial = args.out.parent / f".{args.out.name}.partial-{os.getpid()}"
-    try:
-        partial.mkdir(parents=True)
-    except OSError as exc:
-        raise OutputUnwritable(f"{args.out.parent}: cannot write there ({exc.strerror})") from None
+    make_folder(partial)
     try:
         for i, case in enumerate(cases):
-            try:
+            with named(f"case {case.name}"):
                 np.savez_compressed(partial / f"case_{i:05d}.npz", **ingest_case(case))
-            except AspectsError as exc:
-                raise type(exc)(f"case {case.name}: {exc}") from None
             print(f"{case.name} -> case_{i:05d}.npz", flush=True)
         if args.out.exists():
             args.out.rmdir()

@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from runtime.atlas import AtlasSegmenter
-from runtime.errors import AspectsError, UnreadableInput, UsageError
+from runtime.errors import UnreadableInput, UsageError, named
 from runtime.read import Study
 from runtime.regions import REGION_NAMES, SIDES, label_id
 
@@ -78,7 +78,7 @@ def load_reads(reads_csv: Path, data: Path) -> list[Read]:
     rows: list[Read] = []
     for line, r in enumerate(table, start=2):
         read = parse_read(r, data, f"{reads_csv}, line {line}")
-        if any(read.study == seen.study for seen in rows):
+        if read.study in {seen.study for seen in rows}:
             raise UnreadableInput(f"{reads_csv}, line {line}: study {read.study} is read twice")
         rows.append(read)
     for read in rows:
@@ -113,12 +113,17 @@ def parse_read(r: dict, data: Path, where: str) -> Read:
                 side=side, affected=affected)
 
 
+def is_dev_set(reads_csv: Path) -> bool:
+    """Whether a reads file is the development set's own (the set the cards and its label order name)."""
+    return Path(reads_csv).resolve() == DEV_READS
+
+
 def label_order_file(reads_csv: Path, given: Path | None) -> Path | None:
     """The label-order file to read `reads_csv`'s maps with: the one given, else the development
     set's own, and only for the development set (another dataset's maps may number regions otherwise)."""
     if given is not None:
         return given
-    return DEV_SET / "label_order.json" if Path(reads_csv).resolve() == DEV_READS else None
+    return DEV_SET / "label_order.json" if is_dev_set(reads_csv) else None
 
 
 def load_label_order(path: Path) -> dict[int, int]:
@@ -169,18 +174,11 @@ def expert_map_of(read: Read, study: Study, order: dict[int, int]) -> np.ndarray
     return expert
 
 
-@contextmanager
-def about(read: Read):
-    """An input error met while handling a read names its study (and keeps its exit code)."""
-    try:
-        yield
-    except AspectsError as exc:
-        raise type(exc)(f"study {read.study}: {exc}") from None
-
-
-def atlas_folds(reads: list[Read], order: dict[int, int], scorer: CpuScorer, shared: Path) -> dict:
+def atlas_folds(reads: list[Read], order: dict[int, int] | None, scorer: CpuScorer, shared: Path) -> dict:
     """Per subject: an atlas from every other subject's expert maps (leave-one-out)."""
     from .atlas import fuse, in_memory_atlas, map_in_template_space, template_image
+    if order is None:
+        raise UsageError("leave-one-out atlases are built from the expert maps: give their --label-order file")
     if len({r.subject for r in reads if r.map is not None}) < 2:
         raise UsageError("leave-one-out atlases are built from the other subjects' expert maps: "
                          "the reads file needs maps of at least two subjects")
@@ -188,7 +186,7 @@ def atlas_folds(reads: list[Read], order: dict[int, int], scorer: CpuScorer, sha
     maps = {}
     for r in reads:
         if r.map is not None:
-            with about(r):
+            with named(f"study {r.study}"):
                 maps[r.study] = (r.subject, map_in_template_space(r, order, template, scorer.models.grid,
                                                                   scorer.models.window))
     return {s: in_memory_atlas(template, fuse([m for subj, m in maps.values() if subj != s]))

@@ -85,14 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-json", type=_path, default=None, help="also log every record as JSON lines here")
 
     args = parser.parse_args(argv)
-    try:
-        configure_logging(args.log_level, args.log_json)
-    except AspectsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
     _TERM_RECEIVED.clear()
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
+        configure_logging(args.log_level, args.log_json)
         with quiet_native_stderr():
             if args.command == "score":
                 return _score(args)

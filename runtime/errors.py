@@ -7,7 +7,8 @@ traceback for these. Codes are stable: scanner integrations branch on them.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class AspectsError(Exception):
@@ -97,3 +98,12 @@ def exit_code_of(main: Callable[[], object]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
+
+
+@contextmanager
+def named(what: str) -> Iterator[None]:
+    """An AspectsError raised inside names `what` (a study, a case of a batch), keeping its exit code."""
+    try:
+        yield
+    except AspectsError as exc:
+        raise type(exc)(f"{what}: {exc}") from None

@@ -120,10 +120,9 @@ def test_a_region_map_off_its_images_grid_is_refused(tmp_path):
 
 
 def test_an_input_error_while_scoring_names_its_study_and_keeps_its_exit_code(tmp_path):
-    from export.realdata import Read, about
-    read = Read("sub9", "sub9", tmp_path / "x.nii.gz", None, 10, None, frozenset())
+    from runtime.errors import named
     with pytest.raises(NotAHead, match="^study sub9: no brain found$") as exc:
-        with about(read):
+        with named("study sub9"):
             raise NotAHead("no brain found")
     assert exc.value.exit_code == NotAHead.exit_code
 
