@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -51,6 +52,39 @@ def test_dicom_picks_axial_ct_among_several_series(tmp_path):
 def test_dicom_missing_slice_is_refused(tmp_path):
     write_series(tmp_path / "s", head_phantom(), skip=(7,))
     with pytest.raises(errors.InconsistentSeries, match="missing"):
+        read_study(tmp_path / "s")
+
+
+def _edit_slices(folder, edit, which=slice(None)):
+    for f in sorted(folder.iterdir())[which]:
+        ds = pydicom.dcmread(f)
+        edit(ds)
+        ds.save_as(f)
+
+
+def _colour(ds):
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = np.zeros((ds.Rows, ds.Columns, 3), np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("edit, which, error, words", [
+    # Half the slices with another pixel size: the affine would give them the first slice's.
+    (lambda ds: setattr(ds, "PixelSpacing", ["0.8", "0.8"]), slice(10, None), errors.InconsistentSeries,
+     "different pixel spacings"),
+    # Direction cosines that are not unit vectors would scale the head (2 = twice as wide).
+    (lambda ds: setattr(ds, "ImageOrientationPatient", ["2", "0", "0", "0", "2", "0"]), slice(None),
+     errors.NoSeries, "not two orthogonal unit vectors"),
+    # One slice with no finite position used to be sorted into the stack somewhere.
+    (lambda ds: setattr(ds, "ImagePositionPatient", ["0", "0", "1e400"]), slice(4, 5), errors.UnreadableInput,
+     "not a finite number"),
+    # A colour screenshot filed into the series: its red channel was read as densities.
+    (_colour, slice(5, 6), errors.UnreadableInput, "colour image"),
+])
+def test_dicom_slices_with_impossible_geometry_or_pixels_are_refused(tmp_path, edit, which, error, words):
+    write_series(tmp_path / "s", head_phantom())
+    _edit_slices(tmp_path / "s", edit, which)
+    with pytest.raises(error, match=words):
         read_study(tmp_path / "s")
 
 

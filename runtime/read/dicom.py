@@ -79,6 +79,9 @@ def _read_headers(path: str) -> list[_Slice] | _Refused | None:
         if str(ds.get("SOPClassUID", "")) in CT_IMAGE_SOPS:
             return _Refused(path, series_uid, "damaged DICOM file (a CT image with no Rows/Columns: cut off?)")
         return None                          # not an image: DICOMDIR, SR, presentation state...
+    if str(ds.get("SamplesPerPixel", 1)) != "1":
+        return _Refused(path, series_uid, f"a colour image ({ds.get('PhotometricInterpretation', '?')}), "
+                                          "not CT densities")
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
@@ -109,6 +112,13 @@ def _plane(path, frame, ds, position, orientation, spacing, slope, intercept) ->
     sp = tuple(float(v) for v in spacing)
     if len(orient) != 6 or pos.shape != (3,) or len(sp) != 2:
         raise ValueError("ImagePositionPatient, ImageOrientationPatient or PixelSpacing malformed")
+    if not np.isfinite([*orient, *pos, *sp]).all():
+        raise ValueError("ImagePositionPatient, ImageOrientationPatient or PixelSpacing not a finite number")
+    row, col = np.array(orient[:3]), np.array(orient[3:])
+    # Direction cosines are unit and orthogonal by definition; anything else would scale or shear the
+    # head silently (a 2 instead of a 1 doubles its width).
+    if abs(np.linalg.norm(row) - 1) > 0.01 or abs(np.linalg.norm(col) - 1) > 0.01 or abs(row @ col) > 0.01:
+        raise ValueError(f"ImageOrientationPatient {orient} is not two orthogonal unit vectors")
     lossy = str(ds.get("LossyImageCompression", "00")) == "01" or \
         str(getattr(ds.file_meta, "TransferSyntaxUID", "")) in LOSSY_SYNTAXES
     padding = ds.get("PixelPaddingValue")
@@ -241,6 +251,10 @@ def _stack_series(slices: list[_Slice], folder: Path, n_series: int, n_ignored: 
     if any(not np.allclose(h.row_dir, first.row_dir, atol=1e-3) or not np.allclose(h.col_dir, first.col_dir, atol=1e-3)
            for h in slices):
         raise InconsistentSeries(f"{folder}: slices with different orientations in one series")
+    if any(not np.allclose(h.pixel_spacing, first.pixel_spacing, rtol=1e-3) for h in slices):
+        found = sorted({h.pixel_spacing for h in slices})
+        raise InconsistentSeries(f"{folder}: slices with different pixel spacings in one series "
+                                 f"({', '.join(f'{r:g} x {c:g} mm' for r, c in found)})")
     check_dims((first.cols, first.rows, len(slices)), folder)
     normal = np.cross(first.row_dir, first.col_dir)
     slices = sorted(slices, key=lambda h: float(h.position @ normal))
