@@ -72,6 +72,8 @@ def _colour(ds):
     # Half the slices with another pixel size: the affine would give them the first slice's.
     (lambda ds: setattr(ds, "PixelSpacing", ["0.8", "0.8"]), slice(10, None), errors.InconsistentSeries,
      "different pixel spacings"),
+    # A negative pixel size mirrors the columns: a left stroke was scored as a right one.
+    (lambda ds: setattr(ds, "PixelSpacing", ["1", "-1"]), slice(None), errors.NoSeries, "not two positive sizes"),
     # Direction cosines that are not unit vectors would scale the head (2 = twice as wide).
     (lambda ds: setattr(ds, "ImageOrientationPatient", ["2", "0", "0", "0", "2", "0"]), slice(None),
      errors.NoSeries, "not two orthogonal unit vectors"),
@@ -86,6 +88,23 @@ def test_dicom_slices_with_impossible_geometry_or_pixels_are_refused(tmp_path, e
     _edit_slices(tmp_path / "s", edit, which)
     with pytest.raises(error, match=words):
         read_study(tmp_path / "s")
+
+
+@pytest.mark.parametrize("field, value, error, words", [
+    ("ElementSpacing", "-1 1 5", errors.AbsurdSize, "zero, negative"),       # mirrored: the wrong side
+    ("TransformMatrix", "2 0 0 0 2 0 0 0 1", errors.UnreadableInput, "not a rotation"),
+    ("TransformMatrix", "1 0.5 0 0 1 0 0 0 1", errors.UnreadableInput, "not a rotation"),
+])
+def test_a_metaimage_header_that_mirrors_scales_or_shears_the_head_is_refused(tmp_path, field, value, error, words):
+    """ITK reads MetaImage geometry as written (NIfTI's reader refuses such matrices itself)."""
+    path = tmp_path / "h.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(head_phantom().astype(np.int16)), str(path))
+    text = path.read_bytes()
+    start = text.index(field.encode())
+    end = text.index(b"\n", start)
+    path.write_bytes(text[:start] + f"{field} = {value}".encode() + text[end:])
+    with pytest.raises(error, match=words):
+        read_study(path)
 
 
 def test_dicom_uneven_spacing_is_regridded(tmp_path):

@@ -114,6 +114,9 @@ def _plane(path, frame, ds, position, orientation, spacing, slope, intercept) ->
         raise ValueError("ImagePositionPatient, ImageOrientationPatient or PixelSpacing malformed")
     if not np.isfinite([*orient, *pos, *sp]).all():
         raise ValueError("ImagePositionPatient, ImageOrientationPatient or PixelSpacing not a finite number")
+    if min(sp) <= 0:
+        # A negative pixel size mirrors the image: a left stroke would be reported on the right.
+        raise ValueError(f"PixelSpacing {list(sp)} is not two positive sizes")
     row, col = np.array(orient[:3]), np.array(orient[3:])
     # Direction cosines are unit and orthogonal by definition; anything else would scale or shear the
     # head silently (a 2 instead of a 1 doubles its width).

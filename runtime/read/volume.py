@@ -36,6 +36,7 @@ def read_volume_file(p: Path) -> Study:
     if modality and modality.upper() != "CT":
         raise WrongModality(f"{p}: modality is {modality}, this runtime scores CT only")
     direction = reader.GetDirection()
+    check_geometry(p, reader.GetSpacing(), direction, reader.GetOrigin())
     order = axial_order(direction)
     check_dims(tuple(reader.GetSize()[a] for a in order), p)
     nifti = _nifti_header(p)
@@ -55,6 +56,24 @@ def read_volume_file(p: Path) -> Study:
         "its voxels were reordered into axial slices (exactly, no resampling)",)
     return Study(hu=hu, affine=affine, source=str(p), warnings=warnings,
                  metadata={"format": p.suffix.lstrip(".") or "dicom", "modality": modality or "unknown"})
+
+
+def check_geometry(p: Path, spacing, direction, origin) -> None:
+    """ITK takes a MetaImage's or NRRD's header as written. A negative voxel size mirrors the head
+    (a left stroke reported on the right), a direction matrix that is not a rotation scales or
+    shears it, and a non-finite origin puts it nowhere: each is refused before a voxel is read."""
+    sp, d, o = np.asarray(spacing, float), np.asarray(direction, float).reshape(3, 3), np.asarray(origin, float)
+    if not np.isfinite(sp).all() or sp.min() <= 0:
+        raise AbsurdSize(f"{p}: voxel size {_numbers(sp)} mm in the header (zero, negative or not a number)")
+    if not np.isfinite(d).all() or not np.allclose(d.T @ d, np.eye(3), atol=0.01):
+        raise UnreadableInput(f"{p}: the header's direction matrix {_numbers(d.ravel())} is not a rotation "
+                              "(its axes are not orthogonal unit vectors)")
+    if not np.isfinite(o).all():
+        raise UnreadableInput(f"{p}: the header's origin {_numbers(o)} is not a finite position")
+
+
+def _numbers(values) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
 
 
 def axial_order(direction) -> tuple[int, int, int]:
