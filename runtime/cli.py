@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--threads", type=at_least(1), default=None)
     w.add_argument("--engine", choices=CPU_ENGINES, default=None)
 
-    m = sub.add_parser("models", help="list the models and their cards")
+    m = sub.add_parser("models", help="list the models: role, version, file hash and what each was trained on")
     m.add_argument("--models", type=_path, default=DEFAULT_MODEL_DIR)
+    m.add_argument("--json", action="store_true", help="one JSON line per model with its whole card")
 
     e = sub.add_parser("engines", help="TensorRT engines for this GPU: build them, or check them against ONNX")
     e.add_argument("action", choices=("build", "parity"),
@@ -335,13 +336,22 @@ def _engines(args) -> int:
 
 
 def _models(args) -> int:
-    models = load_model_set(args.models)
-    for card in models.all_cards:
-        print(json.dumps({"role": card.role, "name": card.name, "version": card.version,
-                          "file": card.onnx.name if hasattr(card, "onnx") else None,
-                          "sha256": getattr(card, "sha256", None), "metrics": card.raw.get("metrics", {})}))
+    """A table a person can read (what runs, which file, trained on what); --json for programs."""
+    cards = load_model_set(args.models).all_cards
+    if args.json:
+        for card in cards:
+            print(json.dumps({**card.raw, "card_sha256": card.card_sha256}))
+        return 0
+    print(f"models in {args.models}")
+    for card in cards:
+        sha256 = getattr(card, "sha256", None)
+        file = f"{card.onnx.name} (sha256 {sha256[:12]})" if sha256 else "no file: the card is the model"
+        print(f"\n{card.role}: {card.name} {card.version}, {file}")
+        provenance = str(card.raw.get("provenance", "")).strip()
+        if provenance:
+            print(f"  {provenance.split('. ')[0].rstrip('.')}.")
+    print("\nwhole cards, with their metrics: aspects models --json")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -150,6 +150,23 @@ def test_an_unwritable_log_file_is_an_output_error(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_models_lists_what_runs_and_what_it_was_trained_on():
+    from runtime.modelcard import load_model_set
+    cards = load_model_set().all_cards
+    table = aspects("models")
+    assert table.returncode == 0 and table.stderr == ""
+    for card in cards:
+        assert f"{card.role}: {card.name} {card.version}" in table.stdout
+        if getattr(card, "sha256", None):
+            assert card.sha256[:12] in table.stdout
+    assert table.stdout.count("synthetic") >= 2                    # the provenance line of each network
+    lines = aspects("models", "--json").stdout.splitlines()
+    docs = [json.loads(line) for line in lines]
+    assert [d["role"] for d in docs] == [c.role for c in cards]
+    assert [d["card_sha256"] for d in docs] == [c.card_sha256 for c in cards]
+    assert all("provenance" in d and "metrics" in d for d in docs)
+
+
 def test_gpu_request_explains_itself(tmp_path):
     """Where the GPU path cannot run, `--device gpu` says why in one line and exits 12."""
     pytest.importorskip("onnxruntime")
