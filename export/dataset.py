@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.cli import at_least
 from runtime.errors import exit_code_of
 from runtime.patches import build_batch, host_pairs
 from runtime.preprocess import preprocess_grid
@@ -104,7 +105,7 @@ def main(argv=None) -> None:
     p.add_argument("--shared", type=Path, default=Path("../shared/data"), help="template + atlas folder")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seeds", type=seed_range, default="0:300", help="start:stop")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=at_least(1), default=2)
     p.add_argument("--elderly", action="store_true", help="atrophic heads with sulci of their own")
     args = p.parse_args(argv)
     start, stop = args.seeds

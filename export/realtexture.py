@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from runtime.cli import at_least
 from runtime.cpu import CpuScorer
 from runtime.errors import exit_code_of
 from runtime.patches import build_batch, host_pairs
@@ -136,8 +137,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--exclude", default=None, help="subject left out (its map too): leave-one-out training")
-    p.add_argument("--cases", type=int, default=160)
-    p.add_argument("--seed0", type=int, default=500_000)
+    p.add_argument("--cases", type=at_least(1), default=160)
+    p.add_argument("--seed0", type=at_least(0), default=500_000)
     p.add_argument("--data", type=Path, default=Path("../shared/data/real"))
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
     p.add_argument("--models", type=Path, default=Path("engines"))

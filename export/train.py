@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime.errors import ModelError, UnreadableInput, exit_code_of
+from runtime.cli import at_least, number_from
+from runtime.errors import ModelError, UnreadableInput, UsageError, exit_code_of
 from runtime.modelcard import CardDraft, ClassifierPart, ModelCard, SegmenterPart
 from runtime.regions import (
     CORTICAL,
@@ -120,7 +121,10 @@ def _checkpoint(model: VBNet | DANet, out_dir: Path, stem: str, history: list[di
     of a continued training phase. `history` is every phase that led to them, oldest first."""
     path = out_dir / CHECKPOINT_DIR / f"{stem}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "training": history}, path)
+    # Whole or not at all: a kill while saving must not cost the weights every later phase starts from.
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "training": history}, partial)
+    partial.replace(path)
     return {"file": f"{CHECKPOINT_DIR}/{path.name}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
@@ -373,32 +377,43 @@ def main(argv=None) -> None:
     p.add_argument("what", choices=("segment", "classify"))
     p.add_argument("--data", type=Path, default=Path("build/data/train"))
     p.add_argument("--out", type=Path, default=Path("engines"))
-    p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="initial learning rate")
+    p.add_argument("--iterations", type=at_least(1), default=None)
+    p.add_argument("--lr", type=number_from(0, inclusive=False), default=None, help="initial learning rate")
     p.add_argument("--paper-size", action="store_true", help="published network widths (GPU training)")
     p.add_argument("--stages", default=None, help="comma list: coarse,fine or subcortical,cortical")
     p.add_argument("--provenance", default=PROVENANCE,
                    help="the cards' data provenance (default: synthetic studies only)")
-    p.add_argument("--hu-offset", type=float, default=0.0,
+    p.add_argument("--hu-offset", type=number_from(0), default=0.0,
                    help="classify: shift each crop pair's CT numbers by a random offset of up to this many HU")
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="continue each stage from its checkpoint in OUT/pytorch (a new phase, new seed)")
     args = p.parse_args(argv)
+    known, stem = (("coarse", "fine"), "vbnet_{}") if args.what == "segment" else \
+        (("subcortical", "cortical"), "danet_{}")
+    stages = args.stages.split(",") if args.stages else list(known)
+    if any(s not in known for s in stages) or len(set(stages)) != len(stages):
+        p.error(f"--stages {args.stages}: a comma list of distinct stages from {', '.join(known)}")
+    # Every checkpoint a continued phase starts from is there before hours of training begin.
+    inits = {s: args.out / CHECKPOINT_DIR / f"{stem.format(s)}.pt" if args.resume else None for s in stages}
+    missing = [str(path) for path in inits.values() if path is not None and not path.is_file()]
+    if missing:
+        raise UsageError(f"--continue: no checkpoint {', '.join(missing)} to continue from "
+                         "(train a first phase without --continue)")
     run_log = args.out / "training_log.jsonl"
     args.out.mkdir(parents=True, exist_ok=True)
     train_fn: Callable[..., ModelCard]
     if args.what == "segment":
         cfg = TrainConfig(iterations=args.iterations or 1000, lr=args.lr or 4e-3, batch=1)
         cases = load_cases(args.data, ("image1", "labels1"))
-        stages, stem, train_fn = args.stages or "coarse,fine", "vbnet_{}", train_segmenter
+        train_fn = train_segmenter
     else:
         cfg = TrainConfig(iterations=args.iterations or 400, lr=args.lr or 1e-3, batch=8, hu_offset=args.hu_offset)
         cases = load_cases(args.data, ("pairs", "hypo", "affected"))
-        stages, stem, train_fn = args.stages or "subcortical,cortical", "danet_{}", train_classifier
+        train_fn = train_classifier
     # The split always uses the base seed, so a continued phase validates on the same held-back cases.
     train, val = split(cases, cfg.val_fraction, SEED)
-    for stage in stages.split(","):
-        init = args.out / CHECKPOINT_DIR / f"{stem.format(stage)}.pt" if args.resume else None
+    for stage in stages:
+        init = inits[stage]
         card = train_fn(stage, train, val, cfg, args.paper_size, args.out, run_log, init, args.provenance)
         print(stage, json.dumps(card.raw["metrics"]))
 

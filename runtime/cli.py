@@ -150,6 +150,19 @@ def at_least(low: int) -> Callable[[str], int]:
     return count
 
 
+def number_from(low: float, *, inclusive: bool = True) -> Callable[[str], float]:
+    """An argparse type: a finite number >= `low` (> `low` when not inclusive): rates, HU offsets."""
+    def number(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (x >= low if inclusive else x > low) or x == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text}: {'at least' if inclusive else 'more than'} {low:g}")
+        return x
+    return number
+
+
 def _seconds(text: str) -> float:
     try:
         s = float(text)

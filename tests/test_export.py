@@ -264,6 +264,37 @@ def test_trainers_write_cards_the_runtime_loads(tmp_path):
     assert (tmp_path / "MANIFEST.json").exists()
 
 
+def test_a_continued_phase_starts_from_the_saved_weights_with_its_own_seed(tmp_path):
+    """Long trainings run as phases that resume (`--continue`): the second phase loads the first's
+    checkpoint, draws a new sample stream, and its card and checkpoint record both phases."""
+    import torch
+
+    from export.config import CLASSIFIER_CROP
+    from export.npz import save_npz
+    from export.train import main
+    rng = np.random.default_rng(0)
+    (tmp_path / "cases").mkdir()
+    for i in range(3):
+        save_npz(tmp_path / "cases" / f"case_{i}.npz",
+                 pairs=rng.uniform(-1, 1, (10, 2, 2, *CLASSIFIER_CROP)).astype(np.float16),
+                 hypo=rng.random((10, 2, *CLASSIFIER_CROP)) > 0.9, affected=rng.random((10, 2)) > 0.7)
+    args = ["classify", "--data", str(tmp_path / "cases"), "--out", str(tmp_path / "m"), "--stages", "cortical",
+            "--iterations", "2"]
+    main(args)
+    checkpoint = tmp_path / "m" / "pytorch" / "danet_cortical.pt"
+    first = torch.load(checkpoint, weights_only=True)
+    main([*args, "--continue"])
+    second = torch.load(checkpoint, weights_only=True)
+    phases = [h for h in second["training"] if "iterations" in h]
+    assert len(phases) == 2 and phases[0]["seed"] != phases[1]["seed"]
+    assert [h for h in second["training"] if "continued_from" in h][0]["continued_from"] == str(checkpoint)
+    assert any(not torch.equal(first["state_dict"][k], second["state_dict"][k]) for k in first["state_dict"])
+    assert not list(checkpoint.parent.glob(".*partial"))
+    card = json.loads((tmp_path / "m" / "danet_cortical.json").read_text())
+    assert card["training"]["seed"] == phases[1]["seed"]
+    assert [h["seed"] for h in card["training"]["earlier_phases"] if "iterations" in h] == [phases[0]["seed"]]
+
+
 def test_hu_offset_moves_both_sides_of_a_pair_alike_and_only_inside_the_brain():
     """The DA-Net's offset augmentation: one offset per pair, in HU through the stroke window, so the
     asymmetry the network should read is kept exactly and only the level moves."""
