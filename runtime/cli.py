@@ -14,7 +14,7 @@ from pathlib import Path
 from .engine import CPU_ENGINES
 from .errors import AspectsError, DeviceUnavailable, UsageError
 from .logs import configure_logging, quiet_native_stderr
-from .modelcard import DEFAULT_MODEL_DIR, load_model_set
+from .modelcard import DEFAULT_MODEL_DIR, DensityRuleCard, load_model_set
 from .score import BORDERLINE_HU, BORDERLINE_LOGIT
 
 
@@ -357,8 +357,8 @@ def _models(args) -> int:
         return 0
     print(f"models in {args.models}")
     for card in cards:
-        sha256 = getattr(card, "sha256", None)
-        file = f"{card.onnx.name} (sha256 {sha256[:12]})" if sha256 else "no file: the card is the model"
+        file = "no file: the card is the model" if isinstance(card, DensityRuleCard) else \
+            f"{card.onnx.name} (sha256 {card.sha256[:12]})"
         print(f"\n{card.role}: {card.name} {card.version}, {file}")
         provenance = str(card.raw.get("provenance", "")).strip()
         if provenance:
