@@ -181,6 +181,18 @@ def zero_pixdim(d: Path) -> list[str]:
     return [str(path)]
 
 
+def qform_sform_disagree(d: Path) -> list[str]:
+    """Both orientations set, the sform with its first axis flipped: left and right depend on the reader."""
+    hu, _ = _demo_volume()
+    path = _nifti(d / "two_orientations.nii", hu, (0.43, 0.43, 5.0))
+    raw = bytearray(path.read_bytes())
+    srow_x = np.frombuffer(bytes(raw[280:296]), "<f4").copy()
+    srow_x[0] = -srow_x[0]
+    raw[280:296] = srow_x.tobytes()
+    path.write_bytes(bytes(raw))
+    return [str(path)]
+
+
 def mha_says_mr(d: Path) -> list[str]:
     hu, _ = _demo_volume()
     path = _nifti(d / "mr.mha", hu[:, ::2, ::2], (0.86, 0.86, 5.0))
@@ -266,6 +278,7 @@ CASES: tuple[Case, ...] = (
     Case("infinite voxel in NIfTI", 3, inf_nifti),
     Case("2049 x 2049 x 300 header", 9, huge_header),
     Case("zero pixdim in NIfTI", 9, zero_pixdim),
+    Case("NIfTI whose qform and sform disagree on left and right", 7, qform_sform_disagree),
     Case("MHA whose header says MR", 5, mha_says_mr),
     Case("DICOM without ImagePositionPatient", 4, missing_position),
     Case("output folder cannot be created", 15, unwritable_output),

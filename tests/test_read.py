@@ -107,6 +107,26 @@ def test_a_metaimage_header_that_mirrors_scales_or_shears_the_head_is_refused(tm
         read_study(path)
 
 
+def test_a_nifti_whose_two_orientations_flip_an_axis_is_refused(tmp_path):
+    """qform and sform both set: readers differ in which they trust, so a flip between them makes
+    the side a matter of the reader. An oblique head whose two agree reads as before."""
+    rotation = sitk.Euler3DTransform((0, 0, 0), 0.2, -0.1, 0.3).GetMatrix()
+    img = sitk.GetImageFromArray(head_phantom().astype(np.int16))
+    img.SetSpacing(SPACING)
+    img.SetDirection(rotation)
+    path = tmp_path / "oblique.nii"
+    sitk.WriteImage(img, str(path))
+    assert read_study(path).hu.shape == head_phantom().shape
+    raw = bytearray(path.read_bytes())
+    assert np.frombuffer(bytes(raw[252:256]), "<i2").tolist() == [1, 1]     # ITK writes both
+    srow = np.frombuffer(bytes(raw[280:328]), "<f4").reshape(3, 4).copy()
+    srow[:, 0] = -srow[:, 0]                                                # the sform's i axis flipped
+    raw[280:328] = srow.tobytes()
+    path.write_bytes(bytes(raw))
+    with pytest.raises(errors.InconsistentSeries, match="qform and sform point voxel axis i opposite ways"):
+        read_study(path)
+
+
 def test_dicom_uneven_spacing_is_regridded(tmp_path):
     hu = head_phantom()
     z = [k * 5.0 + (0.6 if k % 3 == 1 else 0.0) for k in range(hu.shape[0])]

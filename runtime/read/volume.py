@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import AbsurdSize, UnreadableInput, WrongModality
+from ..errors import AbsurdSize, InconsistentSeries, UnreadableInput, WrongModality
 from .study import Study, check_dims, first_line
 
 # MetaImage's modality field: anything but CT (or unknown) is refused.
@@ -108,6 +108,11 @@ class _NiftiHeader:
     byte_order: str
     scl_slope: float
     scl_inter: float
+    qform_code: int
+    sform_code: int
+    quatern_bcd: tuple[float, float, float]
+    qfac: float
+    srow: tuple[float, ...]            # srow_x, srow_y, srow_z: 12 numbers, row by row
 
 
 def _nifti_header(p: Path) -> _NiftiHeader | None:
@@ -133,7 +138,12 @@ def _nifti_header(p: Path) -> _NiftiHeader | None:
                         pixdim=tuple(float(v) for v in np.frombuffer(header[76:108], f"{order}f4")[1:1 + n]),
                         vox_offset=int(np.frombuffer(header[108:112], f"{order}f4")[0]), byte_order=order,
                         scl_slope=float(np.frombuffer(header[112:116], f"{order}f4")[0]),
-                        scl_inter=float(np.frombuffer(header[116:120], f"{order}f4")[0]))
+                        scl_inter=float(np.frombuffer(header[116:120], f"{order}f4")[0]),
+                        qform_code=int(np.frombuffer(header[252:254], f"{order}i2")[0]),
+                        sform_code=int(np.frombuffer(header[254:256], f"{order}i2")[0]),
+                        quatern_bcd=tuple(float(v) for v in np.frombuffer(header[256:268], f"{order}f4")),
+                        qfac=-1.0 if float(np.frombuffer(header[76:80], f"{order}f4")[0]) < 0 else 1.0,
+                        srow=tuple(float(v) for v in np.frombuffer(header[280:328], f"{order}f4")))
 
 
 def _nifti_voxels(data: bytearray, h: _NiftiHeader) -> np.ndarray:
@@ -147,11 +157,42 @@ def _nifti_voxels(data: bytearray, h: _NiftiHeader) -> np.ndarray:
     return hu
 
 
+def _qform_axes(h: _NiftiHeader) -> np.ndarray:
+    """The qform's voxel-axis directions (columns, RAS), from its quaternion (NIfTI-1 standard)."""
+    b, c, d = h.quatern_bcd
+    a = np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
+    r = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                  [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                  [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+    r[:, 2] *= h.qfac
+    return r
+
+
+def _check_orientations_agree(p: Path, h: _NiftiHeader) -> None:
+    """A NIfTI header may carry two orientations, qform and sform, and readers differ in which they
+    trust. Where both are set and one flips an axis of the other, which side is the patient's left
+    depends on the reader: refused, rather than a stroke scored on one of two sides."""
+    if h.qform_code <= 0 or h.sform_code <= 0:
+        return
+    s = np.array(h.srow).reshape(3, 4)[:, :3]
+    norms = np.linalg.norm(s, axis=0)
+    if not np.isfinite(s).all() or norms.min() <= 0:
+        return                                  # no usable sform: ITK reads the qform
+    agreement = np.sum(_qform_axes(h) * (s / norms), axis=0)
+    if agreement.min() < 0:
+        raise InconsistentSeries(f"{p}: the NIfTI header's qform and sform point voxel axis "
+                                 f"{'ijk'[int(np.argmin(agreement))]} opposite ways, so left and right depend on "
+                                 "the reader; write the file again with one orientation (both the same, or one "
+                                 "of qform_code and sform_code 0)")
+
+
 def _check_nifti(p: Path, h: _NiftiHeader) -> bytearray | None:
-    """Zero or non-finite voxel sizes, a truncated file and NaN/infinite voxels are refused here.
-    Returns the voxel bytes where it had to read them all (a .gz file, or float data)."""
+    """Zero or non-finite voxel sizes, orientations that disagree, a truncated file and NaN/infinite
+    voxels are refused here. Returns the voxel bytes where it had to read them all (a .gz file, or
+    float data)."""
     if any(not np.isfinite(v) or v <= 0 for v in h.pixdim[:3]):
         raise AbsurdSize(f"{p}: voxel size {h.pixdim[:3]} mm in the header (zero, negative or not a number)")
+    _check_orientations_agree(p, h)
     need = h.vox_offset + int(np.prod(h.dims, dtype=np.int64)) * h.bitpix // 8
     gz = p.name.lower().endswith(".gz")
     if not gz and p.stat().st_size < need:
