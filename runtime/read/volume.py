@@ -110,7 +110,7 @@ class _NiftiHeader:
     scl_inter: float
     qform_code: int
     sform_code: int
-    quatern_bcd: tuple[float, float, float]
+    quatern_bcd: tuple[float, ...]      # quatern_b, quatern_c, quatern_d
     qfac: float
     srow: tuple[float, ...]            # srow_x, srow_y, srow_z: 12 numbers, row by row
 
