@@ -366,5 +366,6 @@ def _models(args) -> int:
     print("\nwhole cards, with their metrics: aspects models --json")
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())

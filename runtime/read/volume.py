@@ -36,7 +36,7 @@ def read_volume_file(p: Path) -> Study:
     if modality and modality.upper() != "CT":
         raise WrongModality(f"{p}: modality is {modality}, this runtime scores CT only")
     direction = reader.GetDirection()
-    check_geometry(p, reader.GetSpacing(), direction, reader.GetOrigin())
+    _check_geometry(p, reader.GetSpacing(), direction, reader.GetOrigin())
     order = axial_order(direction)
     check_dims(tuple(reader.GetSize()[a] for a in order), p)
     nifti = _nifti_header(p)
@@ -58,7 +58,7 @@ def read_volume_file(p: Path) -> Study:
                  metadata={"format": p.suffix.lstrip(".") or "dicom", "modality": modality or "unknown"})
 
 
-def check_geometry(p: Path, spacing, direction, origin) -> None:
+def _check_geometry(p: Path, spacing, direction, origin) -> None:
     """ITK takes a MetaImage's or NRRD's header as written. A negative voxel size mirrors the head
     (a left stroke reported on the right), a direction matrix that is not a rotation scales or
     shears it, and a non-finite origin puts it nowhere: each is refused before a voxel is read."""
