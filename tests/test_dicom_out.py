@@ -132,3 +132,45 @@ def test_volume_input_dicom_outputs_reference_a_ct_series_made_from_it(demo_resu
                 [sorted((tmp_path / "ct").iterdir())[0]]:
             run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
             assert not [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("Error")], path.name
+
+
+def _segment_centres_lps(path) -> dict[str, np.ndarray]:
+    """Each segment's centre in patient LPS mm, from the SEG's own per-frame geometry."""
+    seg = pydicom.dcmread(path)
+    names = {s.SegmentNumber: s.SegmentLabel for s in seg.SegmentSequence}
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    iop = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    row_mm, col_mm = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    points: dict[str, list[np.ndarray]] = {}
+    for frame, group in zip(seg.pixel_array.reshape(-1, seg.Rows, seg.Columns), seg.PerFrameFunctionalGroupsSequence):
+        rows, cols = np.nonzero(frame)
+        origin = np.array(group.PlanePositionSequence[0].ImagePositionPatient, float)
+        name = names[group.SegmentIdentificationSequence[0].ReferencedSegmentNumber]
+        points.setdefault(name, []).append(origin + np.outer(cols * col_mm, iop[:3]) + np.outer(rows * row_mm, iop[3:]))
+    return {name: np.concatenate(p).mean(axis=0) for name, p in points.items()}
+
+
+def test_a_mirrored_encoding_puts_every_region_on_the_same_side_of_the_patient(tmp_path, scorer):
+    """The same head stored with its columns running right to left (row direction -x): the score,
+    the side and every SEG region land where they do for the plain encoding, in patient space. A
+    reader or writer that ignored the direction would swap left and right in the PACS."""
+    img = sitk.ReadImage(str(DEMO_STUDY))
+    sx, sy, sz = img.GetSpacing()
+    hu = sitk.GetArrayFromImage(img)[:, ::2, ::2]
+    ox, oy, oz = img.GetOrigin()
+    nx = hu.shape[2]
+    write_series(tmp_path / "plain", hu, spacing=(sx * 2, sy * 2, sz), origin=(ox, oy, oz))
+    write_series(tmp_path / "mirrored", np.ascontiguousarray(hu[:, :, ::-1]), spacing=(sx * 2, sy * 2, sz),
+                 origin=(ox + (nx - 1) * sx * 2, oy, oz), orientation=(-1, 0, 0, 0, 1, 0),
+                 z_positions=[-k * sz for k in range(hu.shape[0])])    # the normal is -z: keep slices in place
+    centres, calls = {}, {}
+    for name in ("plain", "mirrored"):
+        result = scorer.score(tmp_path / name)
+        calls[name] = (result.score.symptomatic_side, result.score.aspects, result.score.affected)
+        write_report(result, tmp_path / f"{name}_out", outputs=("seg",))
+        centres[name] = _segment_centres_lps(tmp_path / f"{name}_out" / "seg.dcm")
+    assert calls["plain"] == calls["mirrored"] and calls["plain"][0] == "left"     # the demo's truth: left
+    assert centres["plain"].keys() == centres["mirrored"].keys()
+    for region, centre in centres["plain"].items():
+        assert np.abs(centres["mirrored"][region] - centre).max() < 3.0, region
+    assert centres["plain"]["left L"][0] > centres["plain"]["right L"][0]       # LPS: +x is the patient's left
