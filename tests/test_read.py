@@ -187,6 +187,7 @@ def test_a_coronal_reconstruction_is_refused_as_not_axial(tmp_path):
     ("missing", errors.UnreadableInput),
     ("empty_folder", errors.NoSeries),
     ("junk_folder", errors.NoSeries),
+    ("folder_of_a_volume", errors.NoSeries),
     ("corrupt_file", errors.UnreadableInput),
     ("mr", errors.WrongModality),
     ("few_slices", errors.TooFewSlices),
@@ -207,6 +208,10 @@ def test_bad_input_is_refused_with_its_own_error(tmp_path, case, error):
         path = tmp_path / "junk"
         path.mkdir()
         (path / "notes.txt").write_text("not an image")
+    elif case == "folder_of_a_volume":
+        path = tmp_path / "vol"
+        path.mkdir()
+        _nifti(path / "head.nii.gz", hu)
     elif case == "corrupt_file":
         path = _nifti(tmp_path / "c.nii.gz", hu)
         data = path.read_bytes()
@@ -234,6 +239,8 @@ def test_bad_input_is_refused_with_its_own_error(tmp_path, case, error):
     with pytest.raises(error) as info:
         read_study(path)
     assert "\n" not in str(info.value)
+    if case == "folder_of_a_volume":              # the way out is named: the file, not its folder
+        assert "head.nii.gz: give the file itself" in str(info.value)
 
 
 def test_exit_codes_are_distinct():

@@ -17,6 +17,7 @@ PADDING_BELOW_HU = -1024.0
 LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
                   "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"}
 CT_IMAGE_SOPS = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")   # read as files (volume.py)
 ZIP_MAX_BYTES = 4 << 30
 ZIP_MAX_FILES = 20000
 
@@ -183,6 +184,10 @@ def read_dicom_folder(folder: Path) -> Study:
     if not planes:
         if refused:
             raise NoSeries(f"{folder}: no usable DICOM image series; {refused[0].path}: {refused[0].reason}")
+        volumes = [f for f in files if f.lower().endswith(VOLUME_SUFFIXES)]
+        if volumes:
+            raise NoSeries(f"{folder}: no DICOM series, but {len(volumes)} volume file(s) such as "
+                           f"{Path(volumes[0]).name}: give the file itself, not its folder")
         raise NoSeries(f"{folder}: no readable DICOM image series in {len(files)} file(s)")
     series: dict[str, list[_Slice]] = {}
     for h in planes:
