@@ -21,8 +21,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import OutputExists, OutputUnwritable
-
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".zip")
+from .read.volume import VOLUME_SUFFIXES
 
 
 def make_folder(path: Path) -> Path:
@@ -40,7 +39,7 @@ def make_folder(path: Path) -> Path:
 def study_stem(path: Path) -> str:
     """A report folder name for an input: its own name without a volume suffix."""
     stem = path.name
-    for suffix in VOLUME_SUFFIXES:
+    for suffix in (*VOLUME_SUFFIXES, ".zip"):
         if stem.lower().endswith(suffix):
             return stem[: -len(suffix)] or "study"
     return stem or "study"

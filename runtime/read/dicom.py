@@ -11,13 +11,13 @@ import SimpleITK as sitk
 
 from ..errors import AbsurdSize, InconsistentSeries, NoSeries, TooFewSlices, UnreadableInput, WrongModality
 from .study import MAX_GANTRY_TILT_DEG, MIN_SLICES, Study, check_dims, first_line
+from .volume import VOLUME_SUFFIXES
 
 # Pixel values scanners store outside the scan circle: not Hounsfield units, and no reason to refuse.
 PADDING_BELOW_HU = -1024.0
 LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
                   "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"}
 CT_IMAGE_SOPS = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")   # read as files (volume.py)
 ZIP_MAX_BYTES = 4 << 30
 ZIP_MAX_FILES = 20000
 

@@ -13,6 +13,8 @@ import SimpleITK as sitk
 from ..errors import AbsurdSize, InconsistentSeries, UnreadableInput, WrongModality
 from .study import Study, check_dims, first_line
 
+# The files read_volume_file is for (a DICOM folder is read by dicom.py, a .zip of one too).
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 # MetaImage's modality field: anything but CT (or unknown) is refused.
 _MHA_NOT_CT = {"MET_MOD_MR": "MR", "MET_MOD_NM": "NM", "MET_MOD_US": "US"}
 _NIFTI_FLOAT = {16: "<f4", 64: "<f8"}      # NIfTI datatype codes that can hold NaN or infinity
