@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from tests.dicom_util import head_phantom, write_series
+from tests.dicom_util import edit_slices, head_phantom, write_series
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DICOM = ROOT.parent / "shared" / "data" / "dicom"
@@ -131,14 +131,10 @@ def cut_inside_pixels(d: Path) -> list[str]:
 
 
 def lossy_flagged(d: Path) -> list[str]:
-    import pydicom
     hu, img = _demo_volume()
     sp = img.GetSpacing()
     write_series(d / "lossy", hu[:, ::2, ::2], spacing=(sp[0] * 2, sp[1] * 2, sp[2]))
-    for f in (d / "lossy").iterdir():
-        ds = pydicom.dcmread(f)
-        ds.LossyImageCompression = "01"
-        ds.save_as(f)
+    edit_slices(d / "lossy", lambda ds: setattr(ds, "LossyImageCompression", "01"))
     return [str(d / "lossy")]
 
 
@@ -202,12 +198,8 @@ def mha_says_mr(d: Path) -> list[str]:
 
 
 def missing_position(d: Path) -> list[str]:
-    import pydicom
     folder = _series(d)
-    for f in folder.iterdir():
-        ds = pydicom.dcmread(f)
-        del ds.ImagePositionPatient
-        ds.save_as(f)
+    edit_slices(folder, lambda ds: delattr(ds, "ImagePositionPatient"))
     return [str(folder)]
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pydicom
 import pytest
 import SimpleITK as sitk
 
 from runtime import errors
 from runtime.read import read_study
-from tests.dicom_util import head_phantom, write_series
+from tests.dicom_util import edit_slices, head_phantom, write_series
 
 SPACING = (1.0, 1.0, 5.0)
 
@@ -55,13 +54,6 @@ def test_dicom_missing_slice_is_refused(tmp_path):
         read_study(tmp_path / "s")
 
 
-def _edit_slices(folder, edit, which=slice(None)):
-    for f in sorted(folder.iterdir())[which]:
-        ds = pydicom.dcmread(f)
-        edit(ds)
-        ds.save_as(f)
-
-
 def _colour(ds):
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
@@ -85,7 +77,7 @@ def _colour(ds):
 ])
 def test_dicom_slices_with_impossible_geometry_or_pixels_are_refused(tmp_path, edit, which, error, words):
     write_series(tmp_path / "s", head_phantom())
-    _edit_slices(tmp_path / "s", edit, which)
+    edit_slices(tmp_path / "s", edit, which)
     with pytest.raises(error, match=words):
         read_study(tmp_path / "s")
 
