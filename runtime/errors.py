@@ -31,7 +31,7 @@ class NoSeries(AspectsError):
 
 
 class WrongModality(AspectsError):
-    """Not a CT series (MR, PET, a secondary capture...)."""
+    """Not a non-contrast CT series (MR, PET, a secondary capture, a CTA...)."""
     exit_code = 5
 
 

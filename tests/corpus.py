@@ -49,6 +49,14 @@ def _demo_volume() -> tuple[np.ndarray, sitk.Image]:
     return sitk.GetArrayFromImage(img).astype(np.float32), img
 
 
+def _demo_series(folder: Path, hu: np.ndarray | None = None, **kw) -> Path:
+    """The demo head (or a version of it) as a DICOM series at half its in-plane resolution."""
+    full, img = _demo_volume()
+    sp = img.GetSpacing()
+    write_series(folder, (full if hu is None else hu)[:, ::2, ::2], spacing=(sp[0] * 2, sp[1] * 2, sp[2]), **kw)
+    return folder
+
+
 def _demo_variant(path: Path, array: np.ndarray) -> Path:
     _, ref = _demo_volume()
     out = sitk.GetImageFromArray(np.ascontiguousarray(array))
@@ -131,11 +139,34 @@ def cut_inside_pixels(d: Path) -> list[str]:
 
 
 def lossy_flagged(d: Path) -> list[str]:
-    hu, img = _demo_volume()
-    sp = img.GetSpacing()
-    write_series(d / "lossy", hu[:, ::2, ::2], spacing=(sp[0] * 2, sp[1] * 2, sp[2]))
-    edit_slices(d / "lossy", lambda ds: setattr(ds, "LossyImageCompression", "01"))
+    edit_slices(_demo_series(d / "lossy"), lambda ds: setattr(ds, "LossyImageCompression", "01"))
     return [str(d / "lossy")]
+
+
+def _contrast_series(folder: Path, description: str, positions_mm: list[float]) -> None:
+    """A contrast study's series: the phantom head with bright vessels, its agent in the header."""
+    hu = head_phantom()
+    hu[:, 90:110, 70:74] = 350.0
+    slices = np.stack([hu[min(int(z // 5), len(hu) - 1)] for z in positions_mm])
+    write_series(folder, slices, spacing=(1.0, 1.0, 1.25), description=description, z_positions=positions_mm)
+    edit_slices(folder, lambda ds: setattr(ds, "ContrastBolusAgent", "Iohexol 350"))
+
+
+def stroke_protocol(d: Path) -> list[str]:
+    """NCCT, CTA (more slices) and perfusion (time points at the same positions) in one study."""
+    _demo_series(d / "study" / "ncct", description="CT HEAD W/O CONTRAST")
+    _contrast_series(d / "study" / "cta", "CTA HEAD 1.25mm", [1.25 * k for k in range(120)])
+    _contrast_series(d / "study" / "ctp", "CT PERFUSION", [40 + 5 * (k % 8) for k in range(160)])
+    return [str(d / "study")]
+
+
+def one_slice_file(d: Path) -> list[str]:
+    return [str(sorted(_series(d).iterdir())[7])]
+
+
+def contrast_only(d: Path) -> list[str]:
+    _contrast_series(d / "cta", "HEAD 1.25mm", [1.25 * k for k in range(64)])
+    return [str(d / "cta")]
 
 
 def two_patients(d: Path) -> list[str]:
@@ -218,20 +249,15 @@ def dangling_symlink(d: Path) -> list[str]:
 
 def padded_dicom(d: Path) -> list[str]:
     """Scanner padding at -3024 HU outside the scan circle (stored 0 with intercept -3024... as GE does)."""
-    hu, img = _demo_volume()
-    hu = hu[:, ::2, ::2]
+    hu, _ = _demo_volume()
     ny, nx = hu.shape[1:]
     yy, xx = np.mgrid[0:ny, 0:nx]
-    hu[:, np.hypot(yy - ny / 2, xx - nx / 2) > ny / 2 - 2] = -3024.0
-    sp = img.GetSpacing()
-    write_series(d / "padded", hu, spacing=(sp[0] * 2, sp[1] * 2, sp[2]), intercept=-3024.0)
-    return [str(d / "padded")]
+    hu[:, np.hypot(yy - ny / 2, xx - nx / 2) > ny / 2 - 4] = -3024.0
+    return [str(_demo_series(d / "padded", hu, intercept=-3024.0))]
 
 
 def zipped_series(d: Path) -> list[str]:
-    hu, img = _demo_volume()
-    sp = img.GetSpacing()
-    write_series(d / "s", hu[:, ::2, ::2], spacing=(sp[0] * 2, sp[1] * 2, sp[2]))
+    _demo_series(d / "s")
     path = d / "series.zip"
     with zipfile.ZipFile(path, "w") as z:
         for f in sorted((d / "s").iterdir()):
@@ -279,6 +305,9 @@ CASES: tuple[Case, ...] = (
     Case("zip of a series", 0, zipped_series, scores=True),
     Case("enhanced multi-frame CT", 0, enhanced_ct, scores=True),
     Case("lossy-compressed series (warned)", 0, lossy_flagged, scores=True),
+    Case("stroke protocol: NCCT, CTA and perfusion in one study", 0, stroke_protocol, scores=True),
+    Case("contrast-enhanced series only", 5, contrast_only),
+    Case("one image of a series given as the study", 6, one_slice_file),
     Case("GE head, 4 and 7 mm slices, 18.5 degree tilt", 0, ge_head_tilt, needs=SHARED_DICOM / "ge_head_tilt",
          scores=True),
     Case("Philips head phantom, several series", 8, philips_phantom,

@@ -127,6 +127,19 @@ def real_series(folder: Path, name: str, patient: str) -> str:
     return study_uid
 
 
+def cta_of(folder: Path, into: Path) -> None:
+    """The same study's CTA, sent with it as a stroke protocol does: twice the slices, its agent named."""
+    into.mkdir()
+    series_uid = pydicom.uid.generate_uid()
+    for i, path in enumerate(sorted(folder.iterdir())):
+        for half in (0, 1):
+            ds = pydicom.dcmread(path)
+            ds.SeriesInstanceUID, ds.SeriesDescription, ds.ContrastBolusAgent = series_uid, "CTA HEAD", "Iohexol"
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+            ds.ImagePositionPatient[2] = float(ds.ImagePositionPatient[2]) + half * float(ds.SliceThickness) / 2
+            ds.save_as(into / f"CTA{2 * i + half:04d}.dcm")
+
+
 # ---------------------------------------------------------------- configuration
 
 def test_config_file_then_flags(tmp_path):
@@ -177,6 +190,8 @@ def test_studies_sent_to_the_node_come_back_as_seg_sr_and_key_images(tmp_path, r
         studies[real_series(tmp_path / "sub003", "sub003_im", "REAL-3")] = tmp_path / "sub003"
     if not studies:
         studies[small_head_series(tmp_path / "demo", "DEMO-1")] = tmp_path / "demo"
+    # The last study comes as a stroke protocol: its CTA, with more images, must not be the one scored.
+    cta_of(list(studies.values())[-1], tmp_path / "cta")
     config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
                         allowed_calling_aes=("SCANNER",), quiet_seconds=1.0,
                         destinations=(Destination("PACS", LOOPBACK, receiver.port),))
@@ -189,7 +204,7 @@ def test_studies_sent_to_the_node_come_back_as_seg_sr_and_key_images(tmp_path, r
         assert assoc.is_established and assoc.send_c_echo().Status == 0
         assoc.release()
         assert send_folder(next(iter(studies.values())), node.port, calling="STRANGER") == []   # not allowed
-        for folder in studies.values():
+        for folder in [*studies.values(), tmp_path / "cta"]:
             assert _stored(send_folder(folder, node.port))
         wait_for(lambda: len(outcomes(config.spool)) == len(studies), 600, "every study scored")
     finally:
@@ -203,7 +218,7 @@ def test_studies_sent_to_the_node_come_back_as_seg_sr_and_key_images(tmp_path, r
         assert sorted(str(d.SOPClassUID) for d in got) == sorted([SEG, SR3D, SC, SC]), study_uid
         seg = next(d for d in got if d.SOPClassUID == SEG)
         refs = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
-        assert refs <= sources and refs
+        assert refs <= sources and refs                 # the NCCT's images, never the CTA's
         for sc in (d for d in got if d.SOPClassUID == SC):
             assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID in sources
 

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from runtime import errors
 from runtime.read import read_study
-from tests.dicom_util import edit_slices, head_phantom, write_series
+from tests.dicom_util import edit_slices, head_phantom, write_enhanced, write_series
 
 SPACING = (1.0, 1.0, 5.0)
 
@@ -46,6 +46,61 @@ def test_dicom_picks_axial_ct_among_several_series(tmp_path):
     study = read_study(tmp_path / "f")
     assert study.metadata["series_uid"] == uid
     assert any("series" in w for w in study.warnings)
+
+
+def _agent(value: str):
+    return lambda ds: setattr(ds, "ContrastBolusAgent", value)
+
+
+def test_dicom_stroke_protocol_scores_the_non_contrast_series(tmp_path):
+    """A scanner sends NCCT, CTA and perfusion as one study; the contrast series have more images."""
+    hu = head_phantom()
+    nc = write_series(tmp_path / "s" / "ncct", hu, description="CT HEAD W/O CONTRAST")
+    write_series(tmp_path / "s" / "cta", np.repeat(hu, 4, axis=0), spacing=(1, 1, 1.25), description="HEAD 1.25mm")
+    edit_slices(tmp_path / "s" / "cta", _agent("Omnipaque 350"))
+    # Perfusion: eight positions, each scanned at five time points (no agent in the header).
+    write_series(tmp_path / "s" / "ctp", np.concatenate([hu[4:12]] * 5), description="BRAIN 5mm",
+                 z_positions=[20 + 5 * (k % 8) for k in range(40)])
+    write_series(tmp_path / "s" / "named", np.repeat(hu, 2, axis=0), spacing=(1, 1, 2.5), description="CTA HEAD")
+    study = read_study(tmp_path / "s")
+    assert study.metadata["series_uid"] == nc
+    assert "folder holds 4 series; scored series 'CT HEAD W/O CONTRAST'" in study.warnings
+
+
+@pytest.mark.parametrize("value", ["", "NONE", "No contrast", "non-contrast", "N/A"])
+def test_dicom_agent_that_says_none_is_no_contrast(tmp_path, value):
+    write_series(tmp_path / "s", head_phantom())
+    edit_slices(tmp_path / "s", _agent(value))
+    assert read_study(tmp_path / "s").hu.shape[0] == 16
+
+
+@pytest.mark.parametrize("value", ["Iohexol", "APPLIED", "non-ionic 300"])
+def test_dicom_contrast_series_alone_is_refused(tmp_path, value):
+    write_series(tmp_path / "s", head_phantom(), description="HEAD 5mm")
+    edit_slices(tmp_path / "s", _agent(value), slice(3, 4))      # one image is enough to say so
+    with pytest.raises(errors.WrongModality, match=f"with contrast \\(ContrastBolusAgent '{value}'\\)"):
+        read_study(tmp_path / "s")
+
+
+def test_enhanced_ct_with_a_coded_contrast_agent_is_refused(tmp_path):
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    path = write_enhanced(tmp_path / "e.dcm", head_phantom())
+    ds = pydicom.dcmread(path)
+    agent = Dataset()
+    agent.CodeValue, agent.CodingSchemeDesignator, agent.CodeMeaning = "C-B0322", "SRT", "Iohexol"
+    ds.ContrastBolusAgentSequence = [agent]
+    ds.save_as(path)
+    with pytest.raises(errors.WrongModality, match="'Iohexol'"):
+        read_study(path)
+
+
+def test_dicom_series_named_as_a_contrast_study_is_scored_with_a_warning(tmp_path):
+    """A name is not proof (a protocol's plain scan can carry it): read, and the report says to check."""
+    write_series(tmp_path / "s", head_phantom(), description="STROKE CTA PROTOCOL - PLAIN")
+    study = read_study(tmp_path / "s")
+    assert any("names a contrast study" in w for w in study.warnings)
 
 
 def test_dicom_missing_slice_is_refused(tmp_path):

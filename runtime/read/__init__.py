@@ -1,9 +1,10 @@
-"""Read one head CT study: a DICOM series folder (or a zip of one), NIfTI, MHA or NRRD.
+"""Read one head CT study: a DICOM series folder (or a zip of one, or one enhanced CT file),
+NIfTI, MHA or NRRD.
 
 Output is a `Study` (study.py): HU voxels as float32 (z, y, x) plus the exact 4x4 that maps
 voxel index (i, j, k) to patient LPS millimetres. Keeping the geometry as one
 affine lets gantry tilt (a sheared grid) be carried to the resampler instead
-of being silently squashed into an orthogonal image. dicom.py reads series,
+of being silently squashed into an orthogonal image. dicom.py reads DICOM,
 volume.py single volume files; every study is validated before it is returned.
 """
 
@@ -13,7 +14,7 @@ import os
 from pathlib import Path
 
 from ..errors import UnreadableInput
-from .dicom import read_dicom_folder, read_zip
+from .dicom import is_dicom_file, read_dicom_file, read_dicom_folder, read_zip
 from .study import Study, validate_study
 from .volume import read_volume_file
 
@@ -29,8 +30,9 @@ def read_study(path: str | os.PathLike) -> Study:
         study = read_dicom_folder(p)
     elif p.name.lower().endswith(".zip"):
         study = read_zip(p)
+    elif is_dicom_file(p):
+        study = read_dicom_file(p)      # an enhanced CT, or one slice, under any name
     else:
-        # A volume file, or a single DICOM file under any name.
         study = read_volume_file(p)
     validate_study(study)
     return study

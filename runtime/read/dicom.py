@@ -3,6 +3,7 @@ stacked into one volume with its exact geometry (gantry tilt, uneven spacing).""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,6 +19,13 @@ PADDING_BELOW_HU = -1024.0
 LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
                   "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"}
 CT_IMAGE_SOPS = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
+# ASPECTS is read on a non-contrast CT. A stroke protocol sends NCCT, CTA and perfusion as one study;
+# the contrast series are the larger ones. The Contrast/Bolus modules are present only when contrast was
+# given, but some scanners write an empty or "none" agent on every series: those values mean no contrast.
+NO_AGENT = {"", "NONE", "NO", "N", "NA", "N/A", "NIL", "0", "NO CONTRAST", "NON CONTRAST", "NONCONTRAST",
+            "WITHOUT CONTRAST", "W/O", "W/O CONTRAST", "NOT APPLIED", "NOT USED"}
+CONTRAST_WORDS = re.compile(r"(?<![A-Z0-9])(CTA|CTP|CTV|ANGIO\w*|PERF\w*|C\+|POST ?CONTRAST|W/ ?CONTRAST|"
+                            r"WITH CONTRAST|ARTERIAL|VENOUS)(?![A-Z0-9])")
 ZIP_MAX_BYTES = 4 << 30
 ZIP_MAX_FILES = 20000
 
@@ -43,6 +51,7 @@ class _Slice:
     intercept: float
     padding: float | None      # PixelPaddingValue, as stored
     lossy: bool
+    contrast_agent: str        # the contrast the image says was given; "" when none
     header: object = field(repr=False, compare=False, default=None)   # the pydicom header, no pixels
 
     @property
@@ -70,9 +79,9 @@ def _read_headers(path: str) -> list[_Slice] | _Refused | None:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
-        return _Refused(path, None, "damaged DICOM file") if _has_dicom_magic(path) else None
+        return _Refused(path, None, "damaged DICOM file") if is_dicom_file(path) else None
     except Exception as exc:  # pydicom raises many types on a cut-off or corrupt file
-        if _has_dicom_magic(path):
+        if is_dicom_file(path):
             return _Refused(path, None, f"damaged DICOM file ({type(exc).__name__})")
         return None
     series_uid = str(ds.get("SeriesInstanceUID", "")) or None
@@ -98,7 +107,8 @@ def _read_headers(path: str) -> list[_Slice] | _Refused | None:
         return _Refused(path, series_uid, f"unreadable geometry ({exc})")
 
 
-def _has_dicom_magic(path: str) -> bool:
+def is_dicom_file(path: str | Path) -> bool:
+    """The DICOM file-format marker, whatever the file's name."""
     try:
         with open(path, "rb") as f:
             head = f.read(132)
@@ -134,7 +144,16 @@ def _plane(path, frame, ds, position, orientation, spacing, slope, intercept) ->
                   rows=int(ds.Rows), cols=int(ds.Columns), position=pos,
                   row_dir=np.array(orient[:3]), col_dir=np.array(orient[3:]), pixel_spacing=(sp[0], sp[1]),
                   gantry_tilt=float(ds.get("GantryDetectorTilt", 0) or 0), slope=slope, intercept=intercept,
-                  padding=None if padding is None else float(padding), lossy=lossy, header=ds)
+                  padding=None if padding is None else float(padding), lossy=lossy,
+                  contrast_agent=_contrast_agent(ds), header=ds)
+
+
+def _contrast_agent(ds) -> str:
+    """Classic CT names the agent in ContrastBolusAgent, enhanced CT in ContrastBolusAgentSequence."""
+    given = [str(ds.get("ContrastBolusAgent", "") or "")]
+    given += [str(item.get("CodeMeaning", "") or "a coded agent") for item in ds.get("ContrastBolusAgentSequence", [])]
+    return ", ".join(g.strip() for g in given
+                     if " ".join(g.upper().replace("-", " ").replace("_", " ").split()) not in NO_AGENT)
 
 
 def _enhanced_planes(path: str, ds, frames: int) -> list[_Slice]:
@@ -170,6 +189,15 @@ def read_dicom_folder(folder: Path) -> Study:
     files = sorted(str(f) for f in folder.rglob("*") if f.is_file())
     if not files:
         raise NoSeries(f"{folder}: folder is empty")
+    return _read_files(files, folder)
+
+
+def read_dicom_file(path: Path) -> Study:
+    """One DICOM file (an enhanced CT holds a whole series): the same checks as a folder's series."""
+    return _read_files([str(path)], path)
+
+
+def _read_files(files: list[str], folder: Path) -> Study:
     planes: list[_Slice] = []
     refused: list[_Refused] = []
     ignored = 0
@@ -219,7 +247,8 @@ def _refuse_mixed_patients(series: dict[str, list[_Slice]], folder: Path) -> Non
 
 
 def _choose_series(series: dict[str, list[_Slice]], folder: Path) -> list[_Slice]:
-    """Pick the axial NCCT head series: CT, not a localizer, axial, soft-tissue, most slices."""
+    """Pick the axial NCCT head series: CT, not a localizer, axial, one volume (not a perfusion series'
+    time points), no contrast, soft-tissue, original, most slices."""
     ct = {u: s for u, s in series.items() if s[0].modality == "CT"}
     if not ct:
         found = sorted({s[0].modality or "unknown" for s in series.values()})
@@ -231,13 +260,22 @@ def _choose_series(series: dict[str, list[_Slice]], folder: Path) -> list[_Slice
         normal = np.cross(h.row_dir, h.col_dir)
         axial = abs(normal[2]) > 0.8
         localizer = "LOCALIZER" in h.image_type or len(slices) < 3
+        one_volume = len({round(float(s.position @ normal), 2) for s in slices}) == len(slices)
+        agent = any(s.contrast_agent for s in slices)
         text = f"{h.description} {h.image_type}".upper()
         bone_kernel = any(w in text for w in ("BONE", "LUNG", "MIP"))
-        return (not localizer, axial, not bone_kernel, len(slices))
+        original = not h.image_type.startswith("DERIVED")
+        return (not localizer, axial, one_volume, not agent, not CONTRAST_WORDS.search(h.description.upper()),
+                not bone_kernel, original, len(slices))
 
     uid, slices = max(ct.items(), key=rank)
     if not rank((uid, slices))[1]:
         raise InconsistentSeries(f"{folder}: no axial CT series; found only non-axial reconstructions")
+    agent = next((s.contrast_agent for s in slices if s.contrast_agent), "")
+    if agent:
+        raise WrongModality(f"{folder}: no non-contrast CT series; the axial CT series "
+                            f"'{slices[0].description or uid}' was acquired with contrast "
+                            f"(ContrastBolusAgent '{agent}'); ASPECTS is read on a non-contrast CT")
     return slices
 
 
@@ -269,7 +307,9 @@ def _stack_series(slices: list[_Slice], folder: Path, n_series: int, n_ignored: 
     along = np.array([h.position @ normal for h in slices])
     steps = np.diff(along)
     if len(slices) < MIN_SLICES:
-        raise TooFewSlices(f"{folder}: {len(slices)} slices; at least {MIN_SLICES} are needed")
+        hint = "; this is one image of a series: give the folder that holds them all" \
+            if folder.is_file() and len(slices) == 1 else ""
+        raise TooFewSlices(f"{folder}: {len(slices)} slice(s); at least {MIN_SLICES} are needed{hint}")
     if np.any(steps < 1e-3):
         raise InconsistentSeries(f"{folder}: two or more slices share one position (duplicated or mixed series)")
     gaps = _gaps(steps)
@@ -304,8 +344,12 @@ def _stack_series(slices: list[_Slice], folder: Path, n_series: int, n_ignored: 
     if any(h.lossy for h in slices):
         warnings.append("the series is lossy-compressed (LossyImageCompression 01 or a lossy transfer syntax): "
                         "subtle density differences may be altered; check the source images")
+    if CONTRAST_WORDS.search(first.description.upper()):
+        warnings.append(f"the series is described '{first.description}', which names a contrast study: ASPECTS "
+                        "is read on a non-contrast CT; check that this series is one")
     if n_series > 1:
-        warnings.append(f"folder holds {n_series} series; scored series {dict(first.identity).get('SeriesNumber')} "
+        number = dict(first.identity).get("SeriesNumber")
+        warnings.append(f"folder holds {n_series} series; scored series {number + ' ' if number else ''}"
                         f"'{first.description or first.series_uid}'")
     if n_ignored:
         warnings.append(f"{n_ignored} file(s) in the folder are not DICOM images and were ignored")
