@@ -18,6 +18,38 @@ def edit_slices(folder: Path, edit, which: slice = slice(None)) -> None:
         ds.save_as(f)
 
 
+def compress(ds, syntax: str) -> None:
+    """Encode a dataset's pixels in a compressed transfer syntax, as a PACS stores them. pydicom encodes
+    RLE and JPEG-LS; GDCM (through SimpleITK) the JPEG lossless and JPEG 2000 that pydicom cannot."""
+    import tempfile
+
+    import pydicom
+    import SimpleITK as sitk
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1
+
+    gdcm = {JPEGLosslessSV1: "JPEG", JPEG2000Lossless: "JPEG2000"}
+    if syntax not in gdcm:
+        ds.compress(syntax)
+        return
+    stored = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns)
+    fragments = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, plane in enumerate(stored):
+            writer = sitk.ImageFileWriter()
+            writer.SetImageIO("GDCMImageIO")
+            writer.SetFileName(f"{tmp}/{k}.dcm")
+            writer.SetUseCompression(True)
+            writer.SetCompressor(gdcm[syntax])
+            writer.Execute(sitk.GetImageFromArray(plane[None]))
+            encoded = pydicom.dcmread(f"{tmp}/{k}.dcm")
+            assert encoded.file_meta.TransferSyntaxUID == syntax
+            fragments.append(next(generate_frames(encoded.PixelData, number_of_frames=1)))
+    ds.PixelData = encapsulate(fragments)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = syntax
+
+
 def write_series(folder: Path, hu: np.ndarray, spacing=(0.5, 0.5, 5.0), origin=(-64.0, -64.0, 0.0),
                  modality: str = "CT", slope: float = 1.0, intercept: float = -1024.0, tilt_deg: float = 0.0,
                  description: str = "HEAD NCCT 5mm", image_type: str = "ORIGINAL\\PRIMARY\\AXIAL",

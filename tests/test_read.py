@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from runtime import errors
 from runtime.read import read_study
-from tests.dicom_util import edit_slices, head_phantom, write_enhanced, write_series
+from tests.dicom_util import compress, edit_slices, head_phantom, write_enhanced, write_series
 
 SPACING = (1.0, 1.0, 5.0)
 
@@ -101,6 +101,49 @@ def test_dicom_series_named_as_a_contrast_study_is_scored_with_a_warning(tmp_pat
     write_series(tmp_path / "s", head_phantom(), description="STROKE CTA PROTOCOL - PLAIN")
     study = read_study(tmp_path / "s")
     assert any("names a contrast study" in w for w in study.warnings)
+
+
+COMPRESSED = ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.90"]
+
+
+@pytest.mark.parametrize("syntax", COMPRESSED, ids=["rle", "jpeg-ls", "jpeg-lossless", "jpeg2000"])
+@pytest.mark.parametrize("layout", ["series", "enhanced"])
+def test_compressed_dicom_reads_the_same_hu(tmp_path, syntax, layout):
+    """The node takes every one of these syntaxes; an enhanced CT in JPEG lossless was rescaled twice."""
+    import pydicom
+
+    hu = head_phantom()
+    hu[3, 50, 60] = 1234.0
+    if layout == "series":
+        write_series(tmp_path / "s", hu, slope=0.5, intercept=-1000.0)
+        edit_slices(tmp_path / "s", lambda ds: compress(ds, syntax))
+        path = tmp_path / "s"
+    else:
+        path = write_enhanced(tmp_path / "e.dcm", hu)
+        ds = pydicom.dcmread(path)
+        compress(ds, syntax)
+        ds.save_as(path)
+    np.testing.assert_array_equal(read_study(path).hu, np.maximum(hu, -1024.0))
+
+
+def test_enhanced_ct_with_a_rescale_per_frame(tmp_path):
+    """Each frame's own intercept is applied, also where GDCM decodes (it would apply one to all)."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    hu = head_phantom()
+    path = write_enhanced(tmp_path / "e.dcm", hu)
+    ds = pydicom.dcmread(path)
+    intercepts = [-1024.0 if k % 2 else -2048.0 for k in range(hu.shape[0])]
+    del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+    for group, intercept in zip(ds.PerFrameFunctionalGroupsSequence, intercepts):
+        transform = Dataset()
+        transform.RescaleIntercept, transform.RescaleSlope, transform.RescaleType = intercept, 1, "HU"
+        group.PixelValueTransformationSequence = [transform]
+    ds.PixelData = np.stack([h - c for h, c in zip(hu, intercepts)]).astype(np.uint16).tobytes()
+    compress(ds, "1.2.840.10008.1.2.4.70")
+    ds.save_as(path)
+    np.testing.assert_array_equal(read_study(path).hu, hu)
 
 
 def test_dicom_missing_slice_is_refused(tmp_path):

@@ -321,7 +321,7 @@ def _stack_series(slices: list[_Slice], folder: Path, n_series: int, n_ignored: 
     step = float(np.median(steps))
 
     warnings = []
-    hu = np.stack([_pixels(h) for h in slices])
+    hu = _planes_hu(slices)
 
     # Index -> LPS: columns along row_dir, rows along col_dir, slices along the mean slice step vector.
     # The slice step is taken from the positions themselves, so a tilted gantry gives a sheared affine.
@@ -371,26 +371,58 @@ def _regrid_step(steps: np.ndarray) -> float:
     return float(min(runs)) if runs else float(np.median(steps))
 
 
-def _pixels(h: _Slice) -> np.ndarray:
-    """One plane in HU; scanner padding (PixelPaddingValue, or values below air) becomes air."""
+def _planes_hu(slices: list[_Slice]) -> np.ndarray:
+    """The slices' planes in HU, in the order given; a multi-frame file is decoded once for all its frames."""
+    frames: dict[str, np.ndarray] = {}
+    for h in slices:
+        if h.path not in frames:
+            frames[h.path] = _stored_values(h)
+    return np.stack([_to_hu(frames[h.path][h.frame or 0], h) for h in slices])
+
+
+def _stored_values(h: _Slice) -> np.ndarray:
+    """Every frame of h's file as stored, (frames, rows, cols), before any rescale."""
     import pydicom
 
     try:
         ds = pydicom.dcmread(h.path)
-        if ds.file_meta.TransferSyntaxUID.is_compressed:
-            # JPEG and friends: GDCM decodes them (and applies the rescale of a classic file).
-            img = sitk.ReadImage(h.path, imageIO="GDCMImageIO")
-            hu = sitk.GetArrayFromImage(img).astype(np.float32).reshape(-1, h.rows, h.cols)[h.frame or 0]
-            if h.frame is not None:
-                hu = hu * h.slope + h.intercept
-        else:
-            # Uncompressed: pydicom checks that every pixel byte is there (GDCM zero-fills a cut-off file).
-            stored = np.asarray(ds.pixel_array, dtype=np.float32).reshape(-1, h.rows, h.cols)[h.frame or 0]
-            hu = stored * h.slope + h.intercept
+        try:
+            # pydicom checks that every pixel byte is there (GDCM zero-fills a cut-off file), and
+            # decodes RLE, JPEG-LS, JPEG 2000 and baseline JPEG with what is installed.
+            stored = ds.pixel_array
+        except (NotImplementedError, RuntimeError):
+            if not ds.file_meta.TransferSyntaxUID.is_compressed:
+                raise
+            stored = _gdcm_stored_values(ds)      # JPEG lossless: no permissive decoder for pydicom
+        return np.asarray(stored, dtype=np.float32).reshape(-1, h.rows, h.cols)
+    except UnreadableInput:
+        raise
     except Exception as exc:  # pydicom and SimpleITK raise many types on a damaged file
         raise UnreadableInput(f"{h.path}: cannot decode pixel data ({first_line(exc)})") from None
+
+
+def _gdcm_stored_values(ds) -> np.ndarray:
+    """GDCM decodes every syntax, but applies a rescale of its own choosing (for enhanced CT, the shared
+    one to every frame): it is given a copy with no rescale, so that each frame's own is applied here."""
+    import tempfile
+
+    for name in ("RescaleSlope", "RescaleIntercept"):
+        if name in ds:
+            delattr(ds, name)
+    for group in (*ds.get("SharedFunctionalGroupsSequence", []), *ds.get("PerFrameFunctionalGroupsSequence", [])):
+        if "PixelValueTransformationSequence" in group:
+            del group.PixelValueTransformationSequence
+    with tempfile.TemporaryDirectory(prefix="aspects-gdcm-") as tmp:
+        copy = Path(tmp) / "image.dcm"
+        ds.save_as(copy)
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(copy), imageIO="GDCMImageIO"))
+
+
+def _to_hu(stored: np.ndarray, h: _Slice) -> np.ndarray:
+    """One plane in HU; scanner padding (PixelPaddingValue, or values below air) becomes air."""
+    hu = stored * h.slope + h.intercept
     if h.padding is not None:
-        hu[np.isclose(hu, h.padding * h.slope + h.intercept)] = PADDING_BELOW_HU
+        hu[np.isclose(stored, h.padding)] = PADDING_BELOW_HU
     return np.maximum(hu, PADDING_BELOW_HU)
 
 
