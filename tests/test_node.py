@@ -29,7 +29,7 @@ from runtime.node.config import Destination, NodeConfig, load_config
 from runtime.node.server import Node
 from runtime.node.spool import Spool
 from tests.conftest import DEMO_STUDY, SHARED_DATA
-from tests.dicom_util import write_series
+from tests.dicom_util import compress, edit_slices, write_series
 
 pynetdicom = pytest.importorskip("pynetdicom", reason="pynetdicom is a base dependency; reinstall the project")
 
@@ -46,13 +46,13 @@ def _free_port() -> int:
 
 
 def associate(datasets: list, port: int, calling: str = "SCANNER"):
-    """An association to the node with a presentation context for every dataset's class and syntax."""
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    """An association to the node with a presentation context for every dataset's class and syntax
+    (one syntax each, as a PACS proposes a compressed syntax: the peer picks one syntax per context)."""
     from pynetdicom import AE
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    for sop, ts in {(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}:
-        ae.add_requested_context(sop, sorted({ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian}))
+    for sop, ts in sorted({(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}):
+        ae.add_requested_context(sop, ts)
     return ae.associate(LOOPBACK, port, ae_title="ASPECTS")
 
 
@@ -188,6 +188,8 @@ def test_studies_sent_to_the_node_come_back_as_seg_sr_and_key_images(tmp_path, r
         studies[pydicom.dcmread(next(ge.iterdir()), stop_before_pixels=True).StudyInstanceUID] = ge
     if (SHARED_DATA / "real" / "sub003_im.nii.gz").exists():
         studies[real_series(tmp_path / "sub003", "sub003_im", "REAL-3")] = tmp_path / "sub003"
+        # As a PACS forwards it: JPEG lossless, the syntax pydicom alone cannot decode.
+        edit_slices(tmp_path / "sub003", lambda ds: compress(ds, pydicom.uid.JPEGLosslessSV1))
     if not studies:
         studies[small_head_series(tmp_path / "demo", "DEMO-1")] = tmp_path / "demo"
     # The last study comes as a stroke protocol: its CTA, with more images, must not be the one scored.
