@@ -146,6 +146,30 @@ def test_enhanced_ct_with_a_rescale_per_frame(tmp_path):
     np.testing.assert_array_equal(read_study(path).hu, hu)
 
 
+def test_two_studies_on_one_disc_are_named_with_their_folders(tmp_path):
+    """An outside hospital's CD holds today's study and a prior one: say where each is."""
+    write_series(tmp_path / "cd" / "DICOM" / "ST01", head_phantom(), patient_id="P1")
+    write_series(tmp_path / "cd" / "DICOM" / "ST02", head_phantom(), patient_id="P1", study_uid="1.2.3.4")
+    with pytest.raises(errors.InconsistentSeries, match=r"2 studies .* in DICOM/ST01;.* 1\.2\.3\.4 of 20261125, "
+                                                        r"in DICOM/ST02\); give one study's folder"):
+        read_study(tmp_path / "cd")
+
+
+def test_zip_errors_name_the_archive_and_its_member(tmp_path):
+    import zipfile
+
+    write_series(tmp_path / "s", head_phantom())
+    cut = sorted((tmp_path / "s").iterdir())[3]
+    cut.write_bytes(cut.read_bytes()[:600])
+    with zipfile.ZipFile(tmp_path / "study.zip", "w") as z:
+        for f in sorted((tmp_path / "s").iterdir()):
+            z.write(f, f"CD/{f.name}")
+    with pytest.raises(errors.UnreadableInput) as refused:
+        read_study(tmp_path / "study.zip")
+    assert str(refused.value).startswith(f"{tmp_path / 'study.zip'}:CD/{cut.name}: damaged DICOM file")
+    assert "aspects-zip-" not in str(refused.value)       # never the private folder it was unpacked into
+
+
 def test_dicom_missing_slice_is_refused(tmp_path):
     write_series(tmp_path / "s", head_phantom(), skip=(7,))
     with pytest.raises(errors.InconsistentSeries, match="missing"):

@@ -3,6 +3,7 @@ stacked into one volume with its exact geometry (gantry tilt, uneven spacing).""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -10,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import AbsurdSize, InconsistentSeries, NoSeries, TooFewSlices, UnreadableInput, WrongModality
+from ..errors import (
+    AbsurdSize,
+    AspectsError,
+    InconsistentSeries,
+    NoSeries,
+    TooFewSlices,
+    UnreadableInput,
+    WrongModality,
+)
 from .study import MAX_GANTRY_TILT_DEG, MIN_SLICES, Study, check_dims, first_line
 from .volume import VOLUME_SUFFIXES
 
@@ -232,18 +241,25 @@ def _read_files(files: list[str], folder: Path) -> Study:
 
 
 def _refuse_mixed_patients(series: dict[str, list[_Slice]], folder: Path) -> None:
-    """One folder, one study: CT series of several patients or studies are never silently picked from."""
-    studies = {}
+    """One folder, one study: CT series of several patients or studies are never silently picked from.
+    Each is named with the sub-folder that holds it, so that a CD's or PACS export's can be given."""
+    studies: dict[tuple[str, str], list[_Slice]] = {}
     for slices in series.values():
-        if slices[0].modality != "CT":
-            continue
-        ident = dict(slices[0].identity)
-        studies[(ident.get("PatientID", ""), ident.get("StudyInstanceUID", ""))] = ident
+        if slices[0].modality == "CT":
+            ident = dict(slices[0].identity)
+            studies.setdefault((ident.get("PatientID", ""), ident.get("StudyInstanceUID", "")), []).extend(slices)
     if len(studies) > 1:
-        names = "; ".join(f"patient {i.get('PatientID') or '?'} ({i.get('PatientName') or 'no name'}), study "
-                          f"{i.get('StudyInstanceUID') or '?'}" for i in studies.values())
-        raise InconsistentSeries(f"{folder}: holds CT series of {len(studies)} studies ({names}); "
+        raise InconsistentSeries(f"{folder}: holds CT series of {len(studies)} studies "
+                                 f"({'; '.join(_name_study(s, folder) for s in studies.values())}); "
                                  "give one study's folder")
+
+
+def _name_study(slices: list[_Slice], folder: Path) -> str:
+    i = dict(slices[0].identity)
+    home = Path(os.path.commonpath([str(Path(h.path).parent) for h in slices]))
+    where = "" if home == folder else f", in {home.relative_to(folder)}"
+    return (f"patient {i.get('PatientID') or '?'} ({i.get('PatientName') or 'no name'}), study "
+            f"{i.get('StudyInstanceUID') or '?'} of {i.get('StudyDate') or 'no date'}{where}")
 
 
 def _choose_series(series: dict[str, list[_Slice]], folder: Path) -> list[_Slice]:
@@ -465,7 +481,14 @@ def read_zip(p: Path) -> Study:
                     # Never trust member names: every file gets a plain name of our own inside tmp.
                     with z.open(m) as src, open(tmp / f"{i:06d}", "wb") as dst:
                         shutil.copyfileobj(src, dst)
-                study = read_dicom_folder(tmp)
+                try:
+                    study = read_dicom_folder(tmp)
+                except AspectsError as exc:
+                    # Name the archive and its members, not a private folder that is about to go.
+                    message = str(exc)
+                    for i, m in enumerate(members):
+                        message = message.replace(str(tmp / f"{i:06d}"), f"{p}:{m.filename}")
+                    raise type(exc)(message.replace(str(tmp), str(p))) from None
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
