@@ -170,6 +170,23 @@ def test_zip_errors_name_the_archive_and_its_member(tmp_path):
     assert "aspects-zip-" not in str(refused.value)       # never the private folder it was unpacked into
 
 
+def test_a_file_copied_twice_into_the_folder_is_read_once(tmp_path):
+    import shutil
+
+    write_series(tmp_path / "s", head_phantom())
+    shutil.copy(sorted((tmp_path / "s").iterdir())[3], tmp_path / "s" / "IM0003 (copy).dcm")
+    study = read_study(tmp_path / "s")
+    assert study.hu.shape[0] == 16
+    assert any("1 image(s) in the folder twice" in w for w in study.warnings)
+
+
+def test_one_sop_uid_for_every_slice_is_still_a_series(tmp_path):
+    """A careless anonymiser's output: the positions still tell the slices apart."""
+    write_series(tmp_path / "s", head_phantom())
+    edit_slices(tmp_path / "s", lambda ds: setattr(ds, "SOPInstanceUID", "1.2.3"))
+    assert read_study(tmp_path / "s").hu.shape[0] == 16
+
+
 def test_dicom_missing_slice_is_refused(tmp_path):
     write_series(tmp_path / "s", head_phantom(), skip=(7,))
     with pytest.raises(errors.InconsistentSeries, match="missing"):

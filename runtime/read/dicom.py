@@ -226,6 +226,7 @@ def _read_files(files: list[str], folder: Path) -> Study:
             raise NoSeries(f"{folder}: no DICOM series, but {len(volumes)} volume file(s) such as "
                            f"{Path(volumes[0]).name}: give the file itself, not its folder")
         raise NoSeries(f"{folder}: no readable DICOM image series in {len(files)} file(s)")
+    planes, duplicates = _drop_copies(planes)
     series: dict[str, list[_Slice]] = {}
     for h in planes:
         series.setdefault(h.series_uid, []).append(h)
@@ -237,7 +238,25 @@ def _read_files(files: list[str], folder: Path) -> Study:
     if broken:
         raise UnreadableInput(f"{broken[0].path}: {broken[0].reason}; a slice of the series cannot be read "
                               f"({len(broken)} such file(s))")
-    return _stack_series(chosen, folder, n_series=len(series), n_ignored=ignored)
+    study = _stack_series(chosen, folder, n_series=len(series), n_ignored=ignored)
+    if duplicates:
+        study = replace(study, warnings=(*study.warnings, f"{duplicates} image(s) in the folder twice (a copy with "
+                                                          "the same SOPInstanceUID and position) read once"))
+    return study
+
+
+def _drop_copies(planes: list[_Slice]) -> tuple[list[_Slice], int]:
+    """A file copied twice into a folder is one image, not a duplicated position. Only the UID and the
+    position together say so: a careless anonymiser gives every slice of a series one SOPInstanceUID."""
+    seen: set[tuple] = set()
+    kept = []
+    for h in planes:
+        key = (h.sop_uid, h.frame, tuple(np.round(h.position, 2)))
+        if h.sop_uid and key in seen:
+            continue
+        seen.add(key)
+        kept.append(h)
+    return kept, len(planes) - len(kept)
 
 
 def _refuse_mixed_patients(series: dict[str, list[_Slice]], folder: Path) -> None:
