@@ -82,7 +82,9 @@ def test_dicom_contrast_series_alone_is_refused(tmp_path, value):
         read_study(tmp_path / "s")
 
 
-def test_enhanced_ct_with_a_coded_contrast_agent_is_refused(tmp_path):
+@pytest.mark.parametrize("administered", [None, "YES", "NO"])
+def test_enhanced_ct_with_a_coded_contrast_agent(tmp_path, administered):
+    """Refused, unless every frame records that the agent was not yet given (a pre-contrast scan)."""
     import pydicom
     from pydicom.dataset import Dataset
 
@@ -90,10 +92,19 @@ def test_enhanced_ct_with_a_coded_contrast_agent_is_refused(tmp_path):
     ds = pydicom.dcmread(path)
     agent = Dataset()
     agent.CodeValue, agent.CodingSchemeDesignator, agent.CodeMeaning = "C-B0322", "SRT", "Iohexol"
+    agent.ContrastBolusAgentNumber = 1
     ds.ContrastBolusAgentSequence = [agent]
+    if administered is not None:
+        usage = Dataset()
+        usage.ContrastBolusAgentNumber, usage.ContrastBolusAgentAdministered = 1, administered
+        for group in ds.PerFrameFunctionalGroupsSequence:
+            group.ContrastBolusUsageSequence = [usage]
     ds.save_as(path)
-    with pytest.raises(errors.WrongModality, match="'Iohexol'"):
-        read_study(path)
+    if administered == "NO":
+        assert read_study(path).hu.shape[0] == 16
+    else:
+        with pytest.raises(errors.WrongModality, match="'Iohexol'"):
+            read_study(path)
 
 
 def test_dicom_series_named_as_a_contrast_study_is_scored_with_a_warning(tmp_path):

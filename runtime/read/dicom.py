@@ -188,10 +188,24 @@ def _enhanced_planes(path: str, ds, frames: int) -> list[_Slice]:
         slope = float(getattr(transform, "RescaleSlope", 1) or 1) if transform else float(ds.get("RescaleSlope", 1))
         intercept = float(getattr(transform, "RescaleIntercept", 0) or 0) if transform else \
             float(ds.get("RescaleIntercept", 0))
-        planes.append(_plane(path, i, ds, item(group, "PlanePositionSequence").ImagePositionPatient,
-                             item(group, "PlaneOrientationSequence").ImageOrientationPatient,
-                             item(group, "PixelMeasuresSequence").PixelSpacing, slope, intercept))
+        plane = _plane(path, i, ds, item(group, "PlanePositionSequence").ImagePositionPatient,
+                       item(group, "PlaneOrientationSequence").ImageOrientationPatient,
+                       item(group, "PixelMeasuresSequence").PixelSpacing, slope, intercept)
+        if plane.contrast_agent and not _contrast_in_frame(group, shared):
+            plane = replace(plane, contrast_agent="")
+        planes.append(plane)
     return planes
+
+
+def _contrast_in_frame(group, shared) -> bool:
+    """An enhanced CT names its agents once; each frame says whether it was given yet (a pre-contrast
+    frame of a contrast exam says NO). Without that record every frame counts as given."""
+    for source in (group, shared):
+        if source is not None and "ContrastBolusUsageSequence" in source:
+            return any(str(u.get("ContrastBolusAgentAdministered", "YES")).upper() != "NO" and
+                       str(u.get("ContrastBolusAgentPhase", "")).upper() != "PRE_CONTRAST"
+                       for u in source.ContrastBolusUsageSequence)
+    return True
 
 
 def read_dicom_folder(folder: Path) -> Study:
