@@ -4,8 +4,9 @@ NIfTI, MHA or NRRD.
 Output is a `Study` (study.py): HU voxels as float32 (z, y, x) plus the exact 4x4 that maps
 voxel index (i, j, k) to patient LPS millimetres. Keeping the geometry as one
 affine lets gantry tilt (a sheared grid) be carried to the resampler instead
-of being silently squashed into an orthogonal image. dicom.py reads DICOM,
-volume.py single volume files; every study is validated before it is returned.
+of being silently squashed into an orthogonal image. dicom.py reads DICOM (images.py
+each file's planes, series.py the choice of series), volume.py single volume files;
+every study is validated before it is returned.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import os
 from pathlib import Path
 
 from ..errors import UnreadableInput
-from .dicom import is_dicom_file, read_dicom_file, read_dicom_folder, read_zip
+from .dicom import read_dicom_file, read_dicom_folder, read_zip
+from .images import is_dicom_file
 from .study import Study, validate_study
 from .volume import read_volume_file
 

@@ -1,0 +1,88 @@
+"""Which of a folder's image planes make the series to score: one study, copies read once, and the
+non-contrast axial NCCT chosen from whatever else a scanner or a CD sends with it."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InconsistentSeries, WrongModality
+from .images import Plane
+
+# ASPECTS is read on a non-contrast CT. A stroke protocol sends NCCT, CTA and perfusion as one study, and
+# the contrast series are the larger ones. A series description is not proof (a protocol's plain scan can
+# carry its name), so these words only rank a series down and warn; the header's agent decides.
+CONTRAST_WORDS = re.compile(r"(?<![A-Z0-9])(CTA|CTP|CTV|ANGIO\w*|PERF\w*|C\+|POST ?CONTRAST|W/ ?CONTRAST|"
+                            r"WITH CONTRAST|ARTERIAL|VENOUS)(?![A-Z0-9])")
+
+
+def drop_copies(planes: list[Plane]) -> tuple[list[Plane], int]:
+    """A file copied twice into a folder is one image, not a duplicated position. Only the UID and the
+    position together say so: a careless anonymiser gives every slice of a series one SOPInstanceUID."""
+    seen: set[tuple] = set()
+    kept = []
+    for h in planes:
+        key = (h.sop_uid, h.frame, tuple(np.round(h.position, 2)))
+        if h.sop_uid and key in seen:
+            continue
+        seen.add(key)
+        kept.append(h)
+    return kept, len(planes) - len(kept)
+
+
+def refuse_mixed_studies(series: dict[str, list[Plane]], folder: Path) -> None:
+    """One folder, one study: CT series of several patients or studies are never silently picked from.
+    Each is named with the sub-folder that holds it, so that a CD's or PACS export's can be given."""
+    studies: dict[tuple[str, str], list[Plane]] = {}
+    for slices in series.values():
+        if slices[0].modality == "CT":
+            ident = dict(slices[0].identity)
+            studies.setdefault((ident.get("PatientID", ""), ident.get("StudyInstanceUID", "")), []).extend(slices)
+    if len(studies) > 1:
+        raise InconsistentSeries(f"{folder}: holds CT series of {len(studies)} studies "
+                                 f"({'; '.join(_name_study(s, folder) for s in studies.values())}); "
+                                 "give one study's folder")
+
+
+def _name_study(slices: list[Plane], folder: Path) -> str:
+    i = dict(slices[0].identity)
+    home = Path(os.path.commonpath([str(Path(h.path).parent) for h in slices]))
+    where = "" if home == folder else f", in {home.relative_to(folder)}"
+    return (f"patient {i.get('PatientID') or '?'} ({i.get('PatientName') or 'no name'}), study "
+            f"{i.get('StudyInstanceUID') or '?'} of {i.get('StudyDate') or 'no date'}{where}")
+
+
+def choose_series(series: dict[str, list[Plane]], folder: Path) -> list[Plane]:
+    """Pick the axial NCCT head series: CT, not a localizer, axial, one volume (not a perfusion series'
+    time points), no contrast, soft-tissue, original, most slices."""
+    ct = {u: s for u, s in series.items() if s[0].modality == "CT"}
+    if not ct:
+        found = sorted({s[0].modality or "unknown" for s in series.values()})
+        raise WrongModality(f"{folder}: no CT series (found modality {', '.join(found)})")
+
+    def rank(item):
+        uid, slices = item
+        h = slices[0]
+        normal = np.cross(h.row_dir, h.col_dir)
+        axial = abs(normal[2]) > 0.8
+        localizer = "LOCALIZER" in h.image_type or len(slices) < 3
+        one_volume = len({round(float(s.position @ normal), 2) for s in slices}) == len(slices)
+        agent = any(s.contrast_agent for s in slices)
+        text = f"{h.description} {h.image_type}".upper()
+        bone_kernel = any(w in text for w in ("BONE", "LUNG", "MIP"))
+        original = not h.image_type.startswith("DERIVED")
+        return (not localizer, axial, one_volume, not agent, not CONTRAST_WORDS.search(h.description.upper()),
+                not bone_kernel, original, len(slices))
+
+    uid, slices = max(ct.items(), key=rank)
+    if not rank((uid, slices))[1]:
+        raise InconsistentSeries(f"{folder}: no axial CT series; found only non-axial reconstructions")
+    agent = next((s.contrast_agent for s in slices if s.contrast_agent), "")
+    if agent:
+        raise WrongModality(f"{folder}: no non-contrast CT series; the axial CT series "
+                            f"'{slices[0].description or uid}' was acquired with contrast "
+                            f"(ContrastBolusAgent '{agent}'); ASPECTS is read on a non-contrast CT")
+    return slices
