@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="score one study and write report.json + key-slice PNGs")
-    p.add_argument("path", nargs="*", help="DICOM series folder, .zip, NIfTI, MHA or NRRD; several for a batch "
-                                           "(default: the bundled synthetic demo study)")
+    p.add_argument("path", nargs="*", help="DICOM study folder or .zip, enhanced CT file, NIfTI, MHA or NRRD; "
+                                           "several for a batch (default: the bundled synthetic demo study)")
     p.add_argument("--out", required=True, type=_path,
                    help="output folder (created; existing reports are never overwritten); a batch writes one "
                         "sub-folder per study and batch.json")
