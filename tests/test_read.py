@@ -48,6 +48,19 @@ def test_dicom_picks_axial_ct_among_several_series(tmp_path):
     assert any("series" in w for w in study.warnings)
 
 
+@pytest.mark.parametrize("sharp", ["BONEPLUS", "H70h", "Hr64h", "J70h"])
+def test_dicom_soft_kernel_is_chosen_over_a_thin_sharp_one(tmp_path, sharp):
+    """Only the kernel tells a thin bone reconstruction from the soft one (same description)."""
+    hu = head_phantom()
+    soft = write_series(tmp_path / "s" / "soft", hu, description="HEAD")
+    edit_slices(tmp_path / "s" / "soft", lambda ds: setattr(ds, "ConvolutionKernel", ["Hr38h", "3"]))
+    write_series(tmp_path / "s" / "sharp", np.repeat(hu, 4, axis=0), spacing=(1, 1, 1.25), description="HEAD")
+    edit_slices(tmp_path / "s" / "sharp", lambda ds: setattr(ds, "ConvolutionKernel", sharp))
+    assert read_study(tmp_path / "s").metadata["series_uid"] == soft
+    study = read_study(tmp_path / "s" / "sharp")          # alone, it is scored, with a warning
+    assert any(f"kernel '{sharp.upper()}'" in w and "noisier" in w for w in study.warnings)
+
+
 def _agent(value: str):
     return lambda ds: setattr(ds, "ContrastBolusAgent", value)
 

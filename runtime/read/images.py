@@ -35,6 +35,7 @@ class Plane:
     modality: str
     description: str
     image_type: str
+    kernel: str                # ConvolutionKernel, "" when not given
     rows: int
     cols: int
     position: np.ndarray       # (0020,0032), LPS mm
@@ -131,12 +132,20 @@ def _plane(path, frame, ds, position, orientation, spacing, slope, intercept) ->
                   identity=tuple((t, str(ds.get(t, "") or "")) for t in IDENTITY_TAGS),
                   sop_uid=str(ds.get("SOPInstanceUID", "")), modality=str(ds.get("Modality", "")).upper(),
                   description=str(ds.get("SeriesDescription", "")),
-                  image_type="\\".join(ds.get("ImageType", [])).upper() if ds.get("ImageType") else "",
+                  kernel=_text(ds.get("ConvolutionKernel")),
+                  image_type=_text(ds.get("ImageType")),
                   rows=int(ds.Rows), cols=int(ds.Columns), position=pos,
                   row_dir=np.array(orient[:3]), col_dir=np.array(orient[3:]), pixel_spacing=(sp[0], sp[1]),
                   gantry_tilt=float(ds.get("GantryDetectorTilt", 0) or 0), slope=slope, intercept=intercept,
                   padding=None if padding is None else float(padding), lossy=lossy,
                   contrast_agent=_contrast_agent(ds), header=ds)
+
+
+def _text(value) -> str:
+    """A code string of one or several values (ImageType, ConvolutionKernel) as "A\\B", upper case."""
+    if not value:
+        return ""
+    return (value if isinstance(value, str) else "\\".join(str(v) for v in value)).upper()
 
 
 def _contrast_agent(ds) -> str:

@@ -55,6 +55,18 @@ def _name_study(slices: list[Plane], folder: Path) -> str:
             f"{i.get('StudyInstanceUID') or '?'} of {i.get('StudyDate') or 'no date'}{where}")
 
 
+# Sharp kernels make a density comparison noisy: GE's and others' names, Siemens' H/J kernels from 60 up.
+SHARP_WORDS = ("BONE", "LUNG", "EDGE", "SHARP")
+SIEMENS_SHARP = re.compile(r"^(HR?|JR?)(\d{2})")
+
+
+def sharp_or_projected(h: Plane) -> bool:
+    """A bone or lung reconstruction, or a MIP: not what density differences are read on."""
+    text = f"{h.description} {h.image_type} {h.kernel}".upper()
+    siemens = SIEMENS_SHARP.match(h.kernel)
+    return any(w in text for w in (*SHARP_WORDS, "MIP")) or bool(siemens and int(siemens.group(2)) >= 60)
+
+
 def choose_series(series: dict[str, list[Plane]], folder: Path) -> list[Plane]:
     """Pick the axial NCCT head series: CT, not a localizer, axial, one volume (not a perfusion series'
     time points), no contrast, soft-tissue, original, most slices."""
@@ -71,11 +83,9 @@ def choose_series(series: dict[str, list[Plane]], folder: Path) -> list[Plane]:
         localizer = "LOCALIZER" in h.image_type or len(slices) < 3
         one_volume = len({round(float(s.position @ normal), 2) for s in slices}) == len(slices)
         agent = any(s.contrast_agent for s in slices)
-        text = f"{h.description} {h.image_type}".upper()
-        bone_kernel = any(w in text for w in ("BONE", "LUNG", "MIP"))
         original = not h.image_type.startswith("DERIVED")
         return (not localizer, axial, one_volume, not agent, not CONTRAST_WORDS.search(h.description.upper()),
-                not bone_kernel, original, len(slices))
+                not sharp_or_projected(h), original, len(slices))
 
     uid, slices = max(ct.items(), key=rank)
     if not rank((uid, slices))[1]:
