@@ -160,6 +160,13 @@ def stroke_protocol(d: Path) -> list[str]:
     return [str(d / "study")]
 
 
+def bare_datasets(d: Path) -> list[str]:
+    from tests.dicom_util import strip_file_meta
+    for f in sorted(_demo_series(d / "bare").iterdir()):
+        strip_file_meta(f)
+    return [str(d / "bare")]
+
+
 def one_slice_file(d: Path) -> list[str]:
     return [str(sorted(_series(d).iterdir())[7])]
 
@@ -308,6 +315,7 @@ CASES: tuple[Case, ...] = (
     Case("stroke protocol: NCCT, CTA and perfusion in one study", 0, stroke_protocol, scores=True),
     Case("contrast-enhanced series only", 5, contrast_only),
     Case("one image of a series given as the study", 6, one_slice_file),
+    Case("DICOM files without preamble and file meta (SEG, SR written)", 0, bare_datasets, scores=True),
     Case("GE head, 4 and 7 mm slices, 18.5 degree tilt", 0, ge_head_tilt, needs=SHARED_DICOM / "ge_head_tilt",
          scores=True),
     Case("Philips head phantom, several series", 8, philips_phantom,

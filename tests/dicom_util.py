@@ -18,6 +18,16 @@ def edit_slices(folder: Path, edit, which: slice = slice(None)) -> None:
         ds.save_as(f)
 
 
+def strip_file_meta(path: Path) -> None:
+    """Rewrite a file as a bare dataset: no preamble, no "DICM", no file meta (older archives, CD writers)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.preamble = None
+    del ds.file_meta
+    pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+
+
 def compress(ds, syntax: str) -> None:
     """Encode a dataset's pixels in a compressed transfer syntax, as a PACS stores them. pydicom encodes
     RLE and JPEG-LS; GDCM (through SimpleITK) the JPEG lossless and JPEG 2000 that pydicom cannot."""

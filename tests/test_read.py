@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from runtime import errors
 from runtime.read import read_study
-from tests.dicom_util import compress, edit_slices, head_phantom, write_enhanced, write_series
+from tests.dicom_util import compress, edit_slices, head_phantom, strip_file_meta, write_enhanced, write_series
 
 SPACING = (1.0, 1.0, 5.0)
 
@@ -209,6 +209,14 @@ def test_one_sop_uid_for_every_slice_is_still_a_series(tmp_path):
     write_series(tmp_path / "s", head_phantom())
     edit_slices(tmp_path / "s", lambda ds: setattr(ds, "SOPInstanceUID", "1.2.3"))
     assert read_study(tmp_path / "s").hu.shape[0] == 16
+
+
+def test_dicom_files_stored_without_preamble_and_file_meta(tmp_path):
+    write_series(tmp_path / "s", head_phantom(), slope=0.5, intercept=-1000.0)
+    for f in (tmp_path / "s").iterdir():
+        strip_file_meta(f)
+    (tmp_path / "s" / "notes.bin").write_bytes(b"\x08\x00 not a dataset at all")
+    np.testing.assert_array_equal(read_study(tmp_path / "s").hu, np.maximum(head_phantom(), -1024.0))
 
 
 def test_dicom_missing_slice_is_refused(tmp_path):

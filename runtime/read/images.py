@@ -65,11 +65,10 @@ class Refused:
 
 def read_planes(path: str) -> list[Plane] | Refused | None:
     """The planes of one file; None when it is not a DICOM image at all (a README, a DICOMDIR, an SR)."""
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = open_dicom(path, stop_before_pixels=True)
     except InvalidDicomError:
         return Refused(path, None, "damaged DICOM file") if is_dicom_file(path) else None
     except Exception as exc:  # pydicom raises many types on a cut-off or corrupt file
@@ -97,6 +96,24 @@ def read_planes(path: str) -> list[Plane] | Refused | None:
                        float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))]
     except (ValueError, TypeError, AttributeError, IndexError) as exc:
         return Refused(path, series_uid, f"unreadable geometry ({exc})")
+
+
+def open_dicom(path: str, stop_before_pixels: bool = False):
+    """pydicom's reader, also for a dataset stored bare, without the preamble and file meta header
+    (older archives and CD writers do this): read as implicit VR little endian when it starts like one."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        with open(path, "rb") as f:
+            if f.read(2) != b"\x08\x00":        # a bare dataset starts with group 0008 (identification)
+                raise
+    ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+    ds.file_meta.setdefault("TransferSyntaxUID", ImplicitVRLittleEndian)
+    return ds
 
 
 def is_dicom_file(path: str | Path) -> bool:
@@ -210,10 +227,9 @@ def planes_hu(slices: list[Plane]) -> np.ndarray:
 
 def _stored_values(h: Plane) -> np.ndarray:
     """Every frame of h's file as stored, (frames, rows, cols), before any rescale."""
-    import pydicom
 
     try:
-        ds = pydicom.dcmread(h.path)
+        ds = open_dicom(h.path)
         try:
             # pydicom checks that every pixel byte is there (GDCM zero-fills a cut-off file), and
             # decodes RLE, JPEG-LS, JPEG 2000 and baseline JPEG with what is installed.
