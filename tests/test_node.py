@@ -140,6 +140,27 @@ def cta_of(folder: Path, into: Path) -> None:
             ds.save_as(into / f"CTA{2 * i + half:04d}.dcm")
 
 
+def dose_report_and_screenshot(folder: Path) -> None:
+    """What a scanner sends with the images: a radiation dose SR and a screenshot of the dose page."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    like = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
+    for name, sop_class, modality in (("DOSE.dcm", "1.2.840.10008.5.1.4.1.1.88.67", "SR"),
+                                      ("SCREEN.dcm", "1.2.840.10008.5.1.4.1.1.7", "OT")):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, pydicom.uid.generate_uid()
+        meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / name), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = like.StudyInstanceUID, pydicom.uid.generate_uid()
+        ds.PatientID, ds.Modality = like.PatientID, modality
+        if modality == "OT":
+            ds.Rows = ds.Columns = 8
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "RGB"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.PlanarConfiguration = 8, 8, 7, 0, 0
+            ds.PixelData = bytes(8 * 8 * 3)
+        ds.save_as(folder / name, enforce_file_format=True)
+
+
 # ---------------------------------------------------------------- configuration
 
 def test_config_file_then_flags(tmp_path):
@@ -192,10 +213,14 @@ def test_studies_sent_to_the_node_come_back_as_seg_sr_and_key_images(tmp_path, r
         edit_slices(tmp_path / "sub003", lambda ds: compress(ds, pydicom.uid.JPEGLosslessSV1))
     if not studies:
         studies[small_head_series(tmp_path / "demo", "DEMO-1")] = tmp_path / "demo"
-    # The last study comes as a stroke protocol: its CTA, with more images, must not be the one scored.
-    cta_of(list(studies.values())[-1], tmp_path / "cta")
+    # The last study comes as a stroke protocol, in one association: its CTA, with more images, must not
+    # be the one scored; its dose report and a screenshot are acknowledged and not kept.
+    last = list(studies.values())[-1]
+    cta_of(last, tmp_path / "cta")
+    dose_report_and_screenshot(tmp_path / "cta")
+    whole = {last: sorted([*last.iterdir(), *(tmp_path / "cta").iterdir()])}
     config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
-                        allowed_calling_aes=("SCANNER",), quiet_seconds=1.0,
+                        allowed_calling_aes=("SCANNER",), quiet_seconds=1.0, keep_received=True,
                         destinations=(Destination("PACS", LOOPBACK, receiver.port),))
     node = Node(config).start()
     try:
@@ -206,14 +231,17 @@ def test_studies_sent_to_the_node_come_back_as_seg_sr_and_key_images(tmp_path, r
         assert assoc.is_established and assoc.send_c_echo().Status == 0
         assoc.release()
         assert send_folder(next(iter(studies.values())), node.port, calling="STRANGER") == []   # not allowed
-        for folder in [*studies.values(), tmp_path / "cta"]:
-            assert _stored(send_folder(folder, node.port))
+        for folder in studies.values():
+            assert _stored(send_folder(folder, node.port, files=whole.get(folder)))
         wait_for(lambda: len(outcomes(config.spool)) == len(studies), 600, "every study scored")
     finally:
         node.stop()
     for outcome in outcomes(config.spool):
         assert outcome["exit_code"] == 0, outcome
         assert outcome["sent_to"] == [f"PACS@{LOOPBACK}:{receiver.port}"]
+    kept = {p.stem for p in (config.spool / "done").glob("*/dicom/*.dcm")}
+    others = {pydicom.dcmread(tmp_path / "cta" / n).SOPInstanceUID for n in ("DOSE.dcm", "SCREEN.dcm")}
+    assert kept and not kept & others
     for study_uid, folder in studies.items():
         sources = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in folder.iterdir()}
         got = [d for d in receiver.received if d.StudyInstanceUID == study_uid]

@@ -37,6 +37,7 @@ from pydicom.uid import (
 from ..errors import AspectsError, DeliveryFailed
 from ..output import make_folder
 from ..pipeline import Scorer, make_scorer
+from ..read.images import CT_IMAGE_SOPS
 from ..report import write_report
 from ..threads import available_cores
 from .config import NodeConfig
@@ -45,8 +46,6 @@ from .spool import BadIdentifier, Spool, fsync_dir
 
 log = logging.getLogger("aspects.node")
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 VERIFICATION = "1.2.840.10008.1.1"
 TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
                      ExplicitVRBigEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless,
@@ -116,12 +115,14 @@ class Node:
     # ------------------------------------------------------------ receiving
 
     def _start_scp(self):
-        from pynetdicom import AE, evt
+        from pynetdicom import AE, StoragePresentationContexts, evt
 
         ae = AE(ae_title=self.config.ae_title)
         ae.network_timeout = IDLE_ASSOCIATION_S
-        for sop_class in (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE):
-            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        # Every storage class, not only CT: a scanner sends the whole study (dose report, screenshots,
+        # presentation states), and one it cannot place is a failed transfer that it sends again.
+        for context in StoragePresentationContexts:
+            ae.add_supported_context(str(context.abstract_syntax), TRANSFER_SYNTAXES)
         ae.add_supported_context(VERIFICATION)
         if self.config.allowed_calling_aes:
             ae.require_calling_aet = list(self.config.allowed_calling_aes)
@@ -130,6 +131,11 @@ class Node:
                                              (evt.EVT_CONN_CLOSE, self._on_close)])
 
     def _on_store(self, event) -> int:
+        sop_class = event.request.AffectedSOPClassUID
+        if sop_class not in CT_IMAGE_SOPS:
+            log.info("%s sent a %s: acknowledged, not kept (only CT images are scored)",
+                     event.assoc.requestor.ae_title, getattr(sop_class, "name", sop_class))
+            return STATUS_STORED
         try:
             study = event.dataset.StudyInstanceUID
             with self._receiving_lock:
