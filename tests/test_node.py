@@ -378,22 +378,46 @@ def test_twenty_studies_from_four_concurrent_associations(tmp_path):
     assert elapsed < 600
 
 
+class MustNotScore:
+    def score(self, source):
+        raise AssertionError("a job was scored again")
+
+
+def _spool_study(node: Node, folder: Path, study_uid: str) -> str:
+    """Store a folder's images as the SCP does, and make them a job."""
+    for f in sorted(folder.iterdir()):
+        node.spool.store(study_uid, pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID, f.read_bytes())
+    job = node.spool.promote(study_uid)
+    assert job is not None
+    return job
+
+
+def test_a_study_sent_again_is_not_scored_again(tmp_path, scorer):
+    """A technologist re-sends, or a scanner retries: the same images give no second result in PACS."""
+    folder = tmp_path / "study"
+    study_uid = small_head_series(folder, "RESEND")
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("json",))
+    node = Node(config)
+    first = node.run_job(scorer, _spool_study(node, folder, study_uid))
+    assert first["exit_code"] == 0 and len(first["instances"]) == len(list(folder.iterdir()))
+    again = node.run_job(MustNotScore(), _spool_study(node, folder, study_uid))   # type: ignore[arg-type]
+    assert again["exit_code"] == 0 and again["same_as"] == first["job"] and again["sent_to"] == []
+    assert again["aspects"] == first["aspects"] and again["output"] == first["output"]
+    assert len([p for p in config.output.iterdir() if not p.name.startswith(".")]) == 1
+    # One image the first job did not have (a late slice, another series): scored as its own job.
+    assert node.spool.scored_with(f"{study_uid}_1", [*first["instances"], "1.2.3.4"]) is None
+
+
 def test_a_job_without_json_output_is_scored_once_and_its_score_recorded(tmp_path, scorer):
     """The results folder itself marks a placed job (report.json is optional in `outputs`)."""
     folder = tmp_path / "study"
     study_uid = small_head_series(folder, "NOJSON")
     config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("sr",))
     node = Node(config)
-    for f in sorted(folder.iterdir()):
-        node.spool.store(study_uid, pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID, f.read_bytes())
-    job = node.spool.promote(study_uid)
+    job = _spool_study(node, folder, study_uid)
     outcome = node.run_job(scorer, job)
     assert outcome["exit_code"] == 0 and isinstance(outcome["aspects"], int), outcome
     assert sorted(p.name for p in (config.output / job).iterdir()) == ["sr.dcm"]
-
-    class MustNotScore:
-        def score(self, source):
-            raise AssertionError("a placed job was scored again")
 
     # As after a crash between placing the results and recording the outcome: the job is back in jobs/.
     os.rename(config.spool / "done" / job, config.spool / "jobs" / job)

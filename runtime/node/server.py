@@ -196,20 +196,28 @@ class Node:
         t0 = time.time()
         outcome: dict = {"job": job, "study_instance_uid": study, "output": str(placed)}
         try:
-            if placed.is_dir():                 # placed before a crash: the score is in its report, if any
-                report = placed / "report.json"
-                outcome["aspects"] = json.loads(report.read_text())["aspects"] if report.exists() else None
+            outcome["instances"] = self.spool.instances(job)
+            earlier = None if placed.is_dir() else self.spool.scored_with(job, outcome["instances"])
+            if earlier is not None:
+                outcome.update(aspects=earlier.get("aspects"), output=earlier["output"], same_as=earlier["job"],
+                               sent_to=[])
+                log.info("job %s: the same %d image(s) as job %s, already scored and sent: not scored again",
+                         job, len(outcome["instances"]), earlier["job"])
             else:
-                staging = self.staging / job
-                shutil.rmtree(staging, ignore_errors=True)
-                result = scorer.score(self.spool.jobs / job / "dicom")
-                write_report(result, staging, self.config.outputs)
-                os.rename(staging, placed)
-                fsync_dir(self.output)
-                outcome["aspects"] = result.score.aspects
-            outcome["sent_to"] = self._send(placed)
+                if placed.is_dir():             # placed before a crash: the score is in its report, if any
+                    report = placed / "report.json"
+                    outcome["aspects"] = json.loads(report.read_text())["aspects"] if report.exists() else None
+                else:
+                    staging = self.staging / job
+                    shutil.rmtree(staging, ignore_errors=True)
+                    result = scorer.score(self.spool.jobs / job / "dicom")
+                    write_report(result, staging, self.config.outputs)
+                    os.rename(staging, placed)
+                    fsync_dir(self.output)
+                    outcome["aspects"] = result.score.aspects
+                outcome["sent_to"] = self._send(placed)
+                log.info("job %s: ASPECTS %s, results in %s", job, outcome["aspects"], placed)
             outcome["exit_code"] = 0
-            log.info("job %s: ASPECTS %s, results in %s", job, outcome["aspects"], placed)
         except AspectsError as exc:
             outcome.update(exit_code=exc.exit_code, error=str(exc))
             log.error("job %s (study %s) failed: %s", job, study, exc)

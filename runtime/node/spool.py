@@ -147,6 +147,23 @@ class Spool:
         fsync_dir(self.jobs)
         return target
 
+    def instances(self, job: str) -> list[str]:
+        """The SOP instance UIDs a job holds (its images are stored under them)."""
+        return sorted(p.stem for p in (self.jobs / job / "dicom").glob("*.dcm"))
+
+    def scored_with(self, job: str, instances: list[str]) -> dict | None:
+        """The outcome of an earlier job of the same study that was scored and sent with every one of
+        these images: a study sent again (by a technologist, or a scanner retrying) is not scored twice."""
+        study = self.study_of(job)
+        for folder in sorted(self.done.glob(f"{study}_*"), reverse=True):
+            try:
+                earlier = json.loads((folder / "outcome.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if earlier.get("exit_code") == 0 and set(instances) <= set(earlier.get("instances", ())):
+                return earlier
+        return None
+
     def study_of(self, job: str) -> str:
         return job.rsplit("_", 1)[0]
 
