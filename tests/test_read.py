@@ -179,6 +179,23 @@ def test_two_studies_on_one_disc_are_named_with_their_folders(tmp_path):
         read_study(tmp_path / "cd")
 
 
+def test_a_cds_dicomdir_reads_the_disc(tmp_path):
+    """Given the DICOMDIR itself (what a user clicks on a CD), the study is the files beside it."""
+    from pydicom.fileset import FileSet
+
+    uid = write_series(tmp_path / "cd" / "DICOM", head_phantom())
+
+    def for_the_index(ds):          # what a DICOMDIR's study and series records require
+        ds.StudyTime, ds.StudyID, ds.SeriesNumber = "120000", "1", 2
+
+    edit_slices(tmp_path / "cd" / "DICOM", for_the_index)
+    fs = FileSet()
+    for f in sorted((tmp_path / "cd" / "DICOM").iterdir()):
+        fs.add(f)
+    fs.write(tmp_path / "disc")
+    assert read_study(tmp_path / "disc" / "DICOMDIR").metadata["series_uid"] == uid
+
+
 def test_zip_errors_name_the_archive_and_its_member(tmp_path):
     import zipfile
 

@@ -30,6 +30,8 @@ def read_study(path: str | os.PathLike) -> Study:
         raise UnreadableInput(f"{p}: no such file or folder")
     if p.is_dir():
         study = read_dicom_folder(p)
+    elif p.name.upper() == "DICOMDIR":
+        study = read_dicom_folder(p.parent)     # a CD's index: the study is the disc's files beside it
     elif p.name.lower().endswith(".zip"):
         study = read_zip(p)
     elif is_dicom_file(p):
