@@ -227,7 +227,6 @@ def planes_hu(slices: list[Plane]) -> np.ndarray:
 
 def _stored_values(h: Plane) -> np.ndarray:
     """Every frame of h's file as stored, (frames, rows, cols), before any rescale."""
-
     try:
         ds = open_dicom(h.path)
         try:
@@ -239,8 +238,6 @@ def _stored_values(h: Plane) -> np.ndarray:
                 raise
             stored = _gdcm_stored_values(ds)      # JPEG lossless: no permissive decoder for pydicom
         return np.asarray(stored, dtype=np.float32).reshape(-1, h.rows, h.cols)
-    except UnreadableInput:
-        raise
     except Exception as exc:  # pydicom and SimpleITK raise many types on a damaged file
         raise UnreadableInput(f"{h.path}: cannot decode pixel data ({first_line(exc)})") from None
 

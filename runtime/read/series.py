@@ -55,8 +55,9 @@ def _name_study(slices: list[Plane], folder: Path) -> str:
             f"{i.get('StudyInstanceUID') or '?'} of {i.get('StudyDate') or 'no date'}{where}")
 
 
-# Sharp kernels make a density comparison noisy: GE's and others' names, Siemens' H/J kernels from 60 up.
-SHARP_WORDS = ("BONE", "LUNG", "EDGE", "SHARP")
+# Sharp kernels make a density comparison noisy, and a MIP is no density at all: GE's and others' kernel
+# names or series descriptions, and Siemens' H/J kernels from 60 up.
+NOT_SOFT_WORDS = ("BONE", "LUNG", "EDGE", "SHARP", "MIP")
 SIEMENS_SHARP = re.compile(r"^(HR?|JR?)(\d{2})")
 
 
@@ -64,7 +65,7 @@ def sharp_or_projected(h: Plane) -> bool:
     """A bone or lung reconstruction, or a MIP: not what density differences are read on."""
     text = f"{h.description} {h.image_type} {h.kernel}".upper()
     siemens = SIEMENS_SHARP.match(h.kernel)
-    return any(w in text for w in (*SHARP_WORDS, "MIP")) or bool(siemens and int(siemens.group(2)) >= 60)
+    return any(w in text for w in NOT_SOFT_WORDS) or bool(siemens and int(siemens.group(2)) >= 60)
 
 
 def choose_series(series: dict[str, list[Plane]], folder: Path) -> list[Plane]:
