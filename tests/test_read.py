@@ -77,7 +77,11 @@ def test_dicom_stroke_protocol_scores_the_non_contrast_series(tmp_path):
     write_series(tmp_path / "s" / "named", np.repeat(hu, 2, axis=0), spacing=(1, 1, 2.5), description="CTA HEAD")
     study = read_study(tmp_path / "s")
     assert study.metadata["series_uid"] == nc
-    assert "folder holds 4 series; scored series 'CT HEAD W/O CONTRAST'" in study.warnings
+    said = next(w for w in study.warnings if w.startswith("folder holds 4 series"))
+    assert said.startswith("folder holds 4 series; scored series 'CT HEAD W/O CONTRAST'; passed over: ")
+    for why in ("'HEAD 1.25mm' (contrast agent 'Omnipaque 350')", "'BRAIN 5mm' (positions repeated",
+                "'CTA HEAD' (described as a contrast study)"):
+        assert why in said
 
 
 @pytest.mark.parametrize("value", ["", "NONE", "No contrast", "non-contrast", "N/A"])

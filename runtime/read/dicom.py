@@ -10,7 +10,14 @@ import numpy as np
 
 from ..errors import AbsurdSize, AspectsError, InconsistentSeries, NoSeries, TooFewSlices, UnreadableInput
 from .images import Plane, Refused, planes_hu, read_planes
-from .series import CONTRAST_WORDS, choose_series, drop_copies, refuse_mixed_studies, sharp_or_projected
+from .series import (
+    CONTRAST_WORDS,
+    choose_series,
+    drop_copies,
+    passed_over,
+    refuse_mixed_studies,
+    sharp_or_projected,
+)
 from .study import MAX_GANTRY_TILT_DEG, MIN_SLICES, Study, check_dims
 from .volume import VOLUME_SUFFIXES
 
@@ -62,7 +69,7 @@ def _read_files(files: list[str], folder: Path) -> Study:
     if broken:
         raise UnreadableInput(f"{broken[0].path}: {broken[0].reason}; a slice of the series cannot be read "
                               f"({len(broken)} such file(s))")
-    study = _stack_series(chosen, folder, n_series=len(series), n_ignored=ignored)
+    study = _stack_series(chosen, folder, passed_over(series, chosen), n_ignored=ignored)
     if duplicates:
         study = replace(study, warnings=(*study.warnings, f"{duplicates} image(s) in the folder twice (a copy with "
                                                           "the same SOPInstanceUID and position) read once"))
@@ -80,7 +87,7 @@ def _gaps(steps: np.ndarray) -> np.ndarray:
     return np.array(out, int)
 
 
-def _stack_series(slices: list[Plane], folder: Path, n_series: int, n_ignored: int) -> Study:
+def _stack_series(slices: list[Plane], folder: Path, others: list[str], n_ignored: int) -> Study:
     first = slices[0]
     if any((h.rows, h.cols) != (first.rows, first.cols) for h in slices):
         raise InconsistentSeries(f"{folder}: slices of different sizes in one series")
@@ -141,10 +148,11 @@ def _stack_series(slices: list[Plane], folder: Path, n_series: int, n_ignored: i
     if CONTRAST_WORDS.search(first.description.upper()):
         warnings.append(f"the series is described '{first.description}', which names a contrast study: ASPECTS "
                         "is read on a non-contrast CT; check that this series is one")
-    if n_series > 1:
+    if others:
         number = dict(first.identity).get("SeriesNumber")
-        warnings.append(f"folder holds {n_series} series; scored series {number + ' ' if number else ''}"
-                        f"'{first.description or first.series_uid}'")
+        warnings.append(f"folder holds {len(others) + 1} series; scored series {number + ' ' if number else ''}"
+                        f"'{first.description or first.series_uid}'; passed over: {'; '.join(others[:6])}"
+                        + (f"; and {len(others) - 6} more" if len(others) > 6 else ""))
     if n_ignored:
         warnings.append(f"{n_ignored} file(s) in the folder are not DICOM images and were ignored")
     identity: dict[str, object] = dict(first.identity)

@@ -69,31 +69,60 @@ def sharp_or_projected(h: Plane) -> bool:
 
 
 def choose_series(series: dict[str, list[Plane]], folder: Path) -> list[Plane]:
-    """Pick the axial NCCT head series: CT, not a localizer, axial, one volume (not a perfusion series'
-    time points), no contrast, soft-tissue, original, most slices."""
+    """Pick the axial NCCT head series: the first of `_criteria` that only it meets decides, then most
+    slices. A series whose header names a contrast agent is refused even when it is the only one."""
     ct = {u: s for u, s in series.items() if s[0].modality == "CT"}
     if not ct:
         found = sorted({s[0].modality or "unknown" for s in series.values()})
         raise WrongModality(f"{folder}: no CT series (found modality {', '.join(found)})")
-
-    def rank(item):
-        uid, slices = item
-        h = slices[0]
-        normal = np.cross(h.row_dir, h.col_dir)
-        axial = abs(normal[2]) > 0.8
-        localizer = "LOCALIZER" in h.image_type or len(slices) < 3
-        one_volume = len({round(float(s.position @ normal), 2) for s in slices}) == len(slices)
-        agent = any(s.contrast_agent for s in slices)
-        original = not h.image_type.startswith("DERIVED")
-        return (not localizer, axial, one_volume, not agent, not CONTRAST_WORDS.search(h.description.upper()),
-                not sharp_or_projected(h), original, len(slices))
-
-    uid, slices = max(ct.items(), key=rank)
-    if not rank((uid, slices))[1]:
+    uid, slices = max(ct.items(), key=lambda item: _rank(item[1]))
+    met = {name: ok for name, ok, _ in _criteria(slices)}
+    if not met["axial"]:
         raise InconsistentSeries(f"{folder}: no axial CT series; found only non-axial reconstructions")
-    agent = next((s.contrast_agent for s in slices if s.contrast_agent), "")
+    agent = _agent(slices)
     if agent:
         raise WrongModality(f"{folder}: no non-contrast CT series; the axial CT series "
                             f"'{slices[0].description or uid}' was acquired with contrast "
                             f"(ContrastBolusAgent '{agent}'); ASPECTS is read on a non-contrast CT")
     return slices
+
+
+def passed_over(series: dict[str, list[Plane]], chosen: list[Plane]) -> list[str]:
+    """Each other series and why it was not the one scored, for the report: an integrator can check
+    that a stroke protocol's NCCT, not its CTA or perfusion, was read."""
+    notes = []
+    for slices in series.values():
+        if slices is chosen:
+            continue
+        h = slices[0]
+        if h.modality != "CT":
+            why = f"modality {h.modality or 'unknown'}"
+        else:
+            why = next((reason for _, ok, reason in _criteria(slices) if not ok), f"{len(slices)} slices")
+        notes.append(f"'{h.description or h.series_uid}' ({why})")
+    return notes
+
+
+def _criteria(slices: list[Plane]) -> list[tuple[str, bool, str]]:
+    """(name, met, why not) in order of weight."""
+    h = slices[0]
+    normal = np.cross(h.row_dir, h.col_dir)
+    agent = _agent(slices)
+    return [
+        ("image", not ("LOCALIZER" in h.image_type or len(slices) < 3), "a localizer"),
+        ("axial", bool(abs(normal[2]) > 0.8), "not axial"),
+        ("one volume", len({round(float(s.position @ normal), 2) for s in slices}) == len(slices),
+         "positions repeated: time points or a repeat"),
+        ("no agent", not agent, f"contrast agent '{agent}'"),
+        ("not named contrast", not CONTRAST_WORDS.search(h.description.upper()), "described as a contrast study"),
+        ("soft", not sharp_or_projected(h), "a sharp kernel or a MIP"),
+        ("original", not h.image_type.startswith("DERIVED"), "derived"),
+    ]
+
+
+def _rank(slices: list[Plane]) -> tuple:
+    return (*(ok for _, ok, _ in _criteria(slices)), len(slices))
+
+
+def _agent(slices: list[Plane]) -> str:
+    return next((s.contrast_agent for s in slices if s.contrast_agent), "")
