@@ -8,6 +8,7 @@ import SimpleITK as sitk
 
 from runtime import errors
 from runtime.read import read_study
+from tests.conftest import SHARED_DATA
 from tests.dicom_util import compress, edit_slices, head_phantom, strip_file_meta, write_enhanced, write_series
 
 SPACING = (1.0, 1.0, 5.0)
@@ -238,6 +239,38 @@ def test_dicom_files_stored_without_preamble_and_file_meta(tmp_path):
         strip_file_meta(f)
     (tmp_path / "s" / "notes.bin").write_bytes(b"\x08\x00 not a dataset at all")
     np.testing.assert_array_equal(read_study(tmp_path / "s").hu, np.maximum(head_phantom(), -1024.0))
+
+
+DCM2NIIX_SIDECAR = SHARED_DATA / "dicom" / "dcm2niix_ref" / "1A_TRAUMA_PLAIN_HEAD_DM_Head_201.json"
+
+
+@pytest.mark.parametrize("words, error, said", [
+    ({"Modality": "CT", "ContrastBolusAgent": "Omnipaque 350"}, errors.WrongModality, "names a contrast agent"),
+    ({"Modality": "MR"}, errors.WrongModality, "says modality MR"),
+    ({"ContrastBolusAgent": "None", "SeriesDescription": "CTA HEAD", "ConvolutionKernel": ["BONEPLUS"],
+      "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"]}, None, ["names a contrast study", "kernel 'BONEPLUS'"]),
+    ("not json", None, ["could not be read"]),
+])
+def test_volume_with_a_dcm2niix_sidecar_is_checked_like_its_series(tmp_path, words, error, said):
+    import json
+
+    path = _nifti(tmp_path / "head.nii.gz", head_phantom())
+    (tmp_path / "head.json").write_text(words if isinstance(words, str) else json.dumps(words))
+    if error is not None:
+        with pytest.raises(error, match=said):
+            read_study(path)
+    else:
+        warnings = " ".join(read_study(path).warnings)
+        assert all(w in warnings for w in said)
+
+
+@pytest.mark.skipif(not DCM2NIIX_SIDECAR.exists(), reason=f"needs {DCM2NIIX_SIDECAR} (shared data, not shipped)")
+def test_a_real_dcm2niix_sidecar_of_a_plain_head_ct_adds_nothing(tmp_path):
+    import shutil
+
+    path = _nifti(tmp_path / "head.nii.gz", head_phantom())
+    shutil.copy(DCM2NIIX_SIDECAR, tmp_path / "head.json")      # Philips "STD BRAIN 5MM", kernel UB
+    assert read_study(path).warnings == ()
 
 
 def test_dicom_missing_slice_is_refused(tmp_path):

@@ -10,14 +10,7 @@ import numpy as np
 
 from ..errors import AbsurdSize, AspectsError, InconsistentSeries, NoSeries, TooFewSlices, UnreadableInput
 from .images import Plane, Refused, planes_hu, read_planes
-from .series import (
-    CONTRAST_WORDS,
-    choose_series,
-    drop_copies,
-    passed_over,
-    refuse_mixed_studies,
-    sharp_or_projected,
-)
+from .series import choose_series, drop_copies, passed_over, refuse_mixed_studies, series_warnings
 from .study import MAX_GANTRY_TILT_DEG, MIN_SLICES, Study, check_dims
 from .volume import VOLUME_SUFFIXES
 
@@ -141,13 +134,7 @@ def _stack_series(slices: list[Plane], folder: Path, others: list[str], n_ignore
     if any(h.lossy for h in slices):
         warnings.append("the series is lossy-compressed (LossyImageCompression 01 or a lossy transfer syntax): "
                         "subtle density differences may be altered; check the source images")
-    if sharp_or_projected(first):
-        warnings.append(f"the series is a sharp-kernel or projected reconstruction ('{first.description}', kernel "
-                        f"'{first.kernel or 'not given'}'): density differences are noisier than on a soft-tissue "
-                        "one; score a soft-tissue reconstruction where there is one")
-    if CONTRAST_WORDS.search(first.description.upper()):
-        warnings.append(f"the series is described '{first.description}', which names a contrast study: ASPECTS "
-                        "is read on a non-contrast CT; check that this series is one")
+    warnings += series_warnings(first.description, first.image_type, first.kernel)
     if others:
         number = dict(first.identity).get("SeriesNumber")
         warnings.append(f"folder holds {len(others) + 1} series; scored series {number + ' ' if number else ''}"

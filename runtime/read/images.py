@@ -169,8 +169,13 @@ def _contrast_agent(ds) -> str:
     """Classic CT names the agent in ContrastBolusAgent, enhanced CT in ContrastBolusAgentSequence."""
     given = [str(ds.get("ContrastBolusAgent", "") or "")]
     given += [str(item.get("CodeMeaning", "") or "a coded agent") for item in ds.get("ContrastBolusAgentSequence", [])]
-    return ", ".join(g.strip() for g in given
-                     if " ".join(g.upper().replace("-", " ").replace("_", " ").split()) not in NO_AGENT)
+    return named_agents(given)
+
+
+def named_agents(values: list[str]) -> str:
+    """The agents a header names, "" when its values only say "none" (or nothing)."""
+    return ", ".join(v.strip() for v in values
+                     if " ".join(v.upper().replace("-", " ").replace("_", " ").split()) not in NO_AGENT)
 
 
 def _enhanced_planes(path: str, ds, frames: int) -> list[Plane]:

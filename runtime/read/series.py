@@ -61,11 +61,25 @@ NOT_SOFT_WORDS = ("BONE", "LUNG", "EDGE", "SHARP", "MIP")
 SIEMENS_SHARP = re.compile(r"^(HR?|JR?)(\d{2})")
 
 
-def sharp_or_projected(h: Plane) -> bool:
+def sharp_or_projected(description: str, image_type: str, kernel: str) -> bool:
     """A bone or lung reconstruction, or a MIP: not what density differences are read on."""
-    text = f"{h.description} {h.image_type} {h.kernel}".upper()
-    siemens = SIEMENS_SHARP.match(h.kernel)
+    text = f"{description} {image_type} {kernel}".upper()
+    siemens = SIEMENS_SHARP.match(kernel.upper())
     return any(w in text for w in NOT_SOFT_WORDS) or bool(siemens and int(siemens.group(2)) >= 60)
+
+
+def series_warnings(description: str, image_type: str, kernel: str) -> list[str]:
+    """What the report says about a scored series from its header's words (a DICOM series, or the
+    sidecar dcm2niix writes beside a volume)."""
+    warnings = []
+    if sharp_or_projected(description, image_type, kernel):
+        warnings.append(f"the series is a sharp-kernel or projected reconstruction ('{description}', kernel "
+                        f"'{kernel or 'not given'}'): density differences are noisier than on a soft-tissue "
+                        "one; score a soft-tissue reconstruction where there is one")
+    if CONTRAST_WORDS.search(description.upper()):
+        warnings.append(f"the series is described '{description}', which names a contrast study: ASPECTS "
+                        "is read on a non-contrast CT; check that this series is one")
+    return warnings
 
 
 def choose_series(series: dict[str, list[Plane]], folder: Path) -> list[Plane]:
@@ -115,7 +129,7 @@ def _criteria(slices: list[Plane]) -> list[tuple[str, bool, str]]:
          "positions repeated: time points or a repeat"),
         ("no agent", not agent, f"contrast agent '{agent}'"),
         ("not named contrast", not CONTRAST_WORDS.search(h.description.upper()), "described as a contrast study"),
-        ("soft", not sharp_or_projected(h), "a sharp kernel or a MIP"),
+        ("soft", not sharp_or_projected(h.description, h.image_type, h.kernel), "a sharp kernel or a MIP"),
         ("original", not h.image_type.startswith("DERIVED"), "derived"),
     ]
 
