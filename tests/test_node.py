@@ -408,6 +408,23 @@ def test_a_study_sent_again_is_not_scored_again(tmp_path, scorer):
     assert node.spool.scored_with(f"{study_uid}_1", [*first["instances"], "1.2.3.4"]) is None
 
 
+def test_a_failed_job_keeps_its_images_unless_it_held_nothing_to_read(tmp_path, scorer):
+    """The CTA that follows a scored NCCT is refused (exit 5) and not kept: a gigabyte a stroke would
+    fill the disk. A study that could not be read is kept, to be looked into."""
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("json",))
+    node = Node(config)
+    cta_uid = small_head_series(tmp_path / "cta", "LATE-CTA")
+    edit_slices(tmp_path / "cta", lambda ds: setattr(ds, "ContrastBolusAgent", "Iohexol"))
+    gap_uid = small_head_series(tmp_path / "gap", "GAP")
+    sorted((tmp_path / "gap").iterdir())[10].unlink()
+    cta = node.run_job(scorer, _spool_study(node, tmp_path / "cta", cta_uid))
+    gap = node.run_job(scorer, _spool_study(node, tmp_path / "gap", gap_uid))
+    assert (cta["exit_code"], gap["exit_code"]) == (5, 7)
+    assert not (config.spool / "failed" / cta["job"] / "dicom").exists()
+    assert len(list((config.spool / "failed" / gap["job"] / "dicom").iterdir())) == len(gap["instances"])
+    assert {p.stem for p in (config.spool / "failures").iterdir()} == {cta["job"], gap["job"]}
+
+
 def test_a_job_without_json_output_is_scored_once_and_its_score_recorded(tmp_path, scorer):
     """The results folder itself marks a placed job (report.json is optional in `outputs`)."""
     folder = tmp_path / "study"

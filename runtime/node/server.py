@@ -34,7 +34,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from ..errors import AspectsError, DeliveryFailed
+from ..errors import AspectsError, DeliveryFailed, WrongModality
 from ..output import make_folder
 from ..pipeline import Scorer, make_scorer
 from ..read.images import CT_IMAGE_SOPS
@@ -225,8 +225,16 @@ class Node:
             outcome.update(exit_code=1, error=f"internal error ({type(exc).__name__}: {exc})")
             log.exception("job %s (study %s): internal error", job, study)
         outcome["seconds"] = round(time.time() - t0, 2)
-        self.spool.finish(job, outcome, self.config.keep_received)
+        self.spool.finish(job, outcome, self._keep_images(outcome))
         return outcome
+
+    def _keep_images(self, outcome: dict) -> bool:
+        """A failure keeps its images to be looked into, except a job with nothing this node reads: the
+        CTA and perfusion that follow a scored NCCT, an MR sent by mistake. Kept, they would fill the
+        disk by a gigabyte or two each stroke."""
+        if outcome["exit_code"] == 0:
+            return self.config.keep_received
+        return outcome["exit_code"] != WrongModality.exit_code
 
     def _send(self, placed: Path) -> list[str]:
         files = sorted(placed.glob("*.dcm"))

@@ -3,7 +3,8 @@
     incoming/<study>/<sop>.dcm   an image, written and fsync'ed before its C-STORE is acknowledged
     jobs/<job>/dicom/            a study that has been quiet long enough: waiting for, or in, scoring
     done/<job>/outcome.json      scored (and sent); its images too with keep_received
-    failed/<job>/outcome.json    could not be scored; the same record also in failures/<job>.json
+    failed/<job>/outcome.json    could not be scored; the same record also in failures/<job>.json;
+                                 its images too, unless it held nothing this node reads (exit 5)
 
 A study moves between these folders by rename, which is atomic. On start, half-written
 images (never acknowledged) are removed and every job left in jobs/ is queued again:
@@ -134,13 +135,14 @@ class Spool:
 
     def finish(self, job: str, outcome: dict, keep_images: bool) -> Path:
         """Record the outcome and move the job to done/ or failed/ (a failure also gets a record in
-        failures/). The record is on disk before the move, so a crash here repeats nothing."""
+        failures/), its images with it or not. The record is on disk before the move, so a crash here
+        repeats nothing."""
         folder = self.jobs / job
         failed = outcome.get("exit_code", 0) != 0
         _write_json(folder / "outcome.json", outcome)
         if failed:
             _write_json(self.failures / f"{job}.json", outcome)
-        elif not keep_images:
+        if not keep_images:
             shutil.rmtree(folder / "dicom", ignore_errors=True)
         target = (self.failed if failed else self.done) / job
         os.rename(folder, target)
