@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--workers", type=at_least(1), default=None, help="studies scored at once (default 1)")
     n.add_argument("--outputs", default=None, metavar="LIST",
                    help="comma list of json, png, seg, sr, sc (default: all)")
+    n.add_argument("--retain-days", type=number_from(0), default=None, metavar="DAYS",
+                   help="delete result folders and finished jobs older than this (default 0: keep all)")
 
     w = sub.add_parser("watch", help="score every study dropped into a folder, once each")
     w.add_argument("inbox", type=_path, help="folder to watch (only read, never changed)")
@@ -299,7 +301,8 @@ def _serve(args) -> int:
     outputs = _outputs_arg(args.outputs)
     config = load_config(args.config, spool=args.spool, output=args.output, ae_title=args.ae_title, host=args.host,
                          port=args.port, allowed_calling_aes=args.allow, destinations=args.send,
-                         quiet_seconds=args.quiet_seconds, workers=args.workers, outputs=outputs)
+                         quiet_seconds=args.quiet_seconds, workers=args.workers, outputs=outputs,
+                         retain_days=args.retain_days)
     node = Node(config).start()
     print(f"{config.ae_title} listening on {config.host}:{node.port}; spool {config.spool}, results {config.output}",
           flush=True)

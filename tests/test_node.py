@@ -175,6 +175,7 @@ def test_config_file_then_flags(tmp_path):
 
 
 @pytest.mark.parametrize("text", ['port = "x"\n', 'colour = 1\n', 'ae_title = "THIS TITLE IS WAY TOO LONG"\n',
+                                  'retain_days = -1\n',
                                   '[[destinations]]\nhost = "h"\n'])
 def test_bad_config_is_a_usage_error(tmp_path, text):
     from runtime.errors import UsageError
@@ -182,6 +183,28 @@ def test_bad_config_is_a_usage_error(tmp_path, text):
     cfg.write_text(text)
     with pytest.raises(UsageError):
         load_config(cfg, spool=tmp_path / "spool")
+
+
+def test_retention_removes_old_results_and_finished_jobs_only(tmp_path):
+    """retain_days on a console's disk: what is finished and old goes; what is arriving or queued stays."""
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", retain_days=30)
+    node = Node(config)
+    spool = node.spool
+    long_ago = time.time() - 40 * 86400
+    made = {}
+    for name, folder in (("old result", config.output / "1.2_1"), ("new result", config.output / "1.3_2"),
+                         ("old done", spool.done / "1.2_1"), ("old failed", spool.failed / "1.4_3"),
+                         ("new done", spool.done / "1.3_2"), ("old job", spool.jobs / "1.5_4"),
+                         ("old incoming", spool.incoming / "1.6")):
+        (folder / "dicom").mkdir(parents=True)
+        made[name] = folder
+    (spool.failures / "1.4_3.json").write_text("{}")
+    for name, folder in made.items():
+        if name.startswith("old"):
+            os.utime(folder, (long_ago, long_ago))
+    node.purge(time.time() - config.retain_days * 86400)
+    assert {n for n, f in made.items() if f.exists()} == {"new result", "new done", "old job", "old incoming"}
+    assert not (spool.failures / "1.4_3.json").exists()
 
 
 def test_spool_refuses_uids_that_are_not_uids(tmp_path):

@@ -52,6 +52,7 @@ TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExp
                      JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless]
 STATUS_STORED, STATUS_OUT_OF_RESOURCES, STATUS_CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 SEND_BACKOFF_S = 2.0
+PURGE_EVERY_S = 3600.0
 # An association silent this long is dropped (pynetdicom's own default, made explicit), which also
 # ends the hold its studies had: a hung sender delays a study by at most this, never forever.
 IDLE_ASSOCIATION_S = 60.0
@@ -162,8 +163,12 @@ class Node:
 
     def _schedule(self) -> None:
         poll = min(1.0, max(0.05, self.config.quiet_seconds / 4))
+        purged = 0.0
         while not self.stopping.wait(poll):
             try:
+                if self.config.retain_days and time.time() - purged > PURGE_EVERY_S:
+                    self.purge(time.time() - self.config.retain_days * 86400)
+                    purged = time.time()
                 held = self._being_received()
                 for study in self.spool.quiet_studies(self.config.quiet_seconds):
                     if study in held:
@@ -174,6 +179,16 @@ class Node:
                         self.jobs.put(job)
             except OSError as exc:              # the spool's disk: log it and look again next round
                 log.error("scheduler: %s", exc)
+
+    def purge(self, before: float) -> None:
+        """retain_days: a node on a scanner's console must not fill its disk. Result folders and finished
+        jobs older than the limit go; a study still arriving or waiting to be scored is never touched."""
+        jobs = self.spool.purge(before)
+        results = [p for p in self.output.iterdir() if not p.name.startswith(".") and p.stat().st_mtime < before]
+        for folder in results:
+            shutil.rmtree(folder, ignore_errors=True)
+        if jobs or results:
+            log.info("retention: removed %d finished job(s) and %d result folder(s)", len(jobs), len(results))
 
     def _work(self, threads: int, ready: threading.Barrier) -> None:
         try:

@@ -166,6 +166,17 @@ class Spool:
                 return earlier
         return None
 
+    def purge(self, before: float) -> list[str]:
+        """Remove finished jobs (outcome, failure record, kept images) last changed before `before`
+        (epoch seconds); the jobs removed. Received images and jobs still to run are never touched."""
+        gone = []
+        for folder in [*self.done.iterdir(), *self.failed.iterdir()]:
+            if folder.stat().st_mtime < before:
+                shutil.rmtree(folder, ignore_errors=True)
+                (self.failures / f"{folder.name}.json").unlink(missing_ok=True)
+                gone.append(folder.name)
+        return gone
+
     def study_of(self, job: str) -> str:
         return job.rsplit("_", 1)[0]
 
