@@ -167,6 +167,18 @@ def bare_datasets(d: Path) -> list[str]:
     return [str(d / "bare")]
 
 
+def no_rescale_tags(d: Path) -> list[str]:
+    def drop(ds):
+        del ds.RescaleSlope, ds.RescaleIntercept
+    edit_slices(_demo_series(d / "raw"), drop)
+    return [str(d / "raw")]
+
+
+def nifti_without_intercept(d: Path) -> list[str]:
+    hu, _ = _demo_volume()
+    return [str(_demo_variant(d / "shifted.nii.gz", np.maximum(hu, -1024) + 1024))]
+
+
 def one_slice_file(d: Path) -> list[str]:
     return [str(sorted(_series(d).iterdir())[7])]
 
@@ -315,6 +327,8 @@ CASES: tuple[Case, ...] = (
     Case("stroke protocol: NCCT, CTA and perfusion in one study", 0, stroke_protocol, scores=True),
     Case("contrast-enhanced series only", 5, contrast_only),
     Case("one image of a series given as the study", 6, one_slice_file),
+    Case("DICOM series whose rescale tags were dropped (brain near 1040)", 3, no_rescale_tags),
+    Case("NIfTI saved without its -1024 intercept", 3, nifti_without_intercept),
     Case("DICOM files without preamble and file meta (SEG, SR written)", 0, bare_datasets, scores=True),
     Case("GE head, 4 and 7 mm slices, 18.5 degree tilt", 0, ge_head_tilt, needs=SHARED_DICOM / "ge_head_tilt",
          scores=True),

@@ -15,6 +15,7 @@ MAX_SLICES = 2000
 INPLANE_SPACING_MM = (0.1, 3.0)
 SLICE_SPACING_MM = (0.2, 12.0)
 MAX_GANTRY_TILT_DEG = 30.0
+UNRESCALED_BRAIN_ML = 400.0      # head CTs measured 1-26 mL at 1015-1060 HU; unrescaled ones 1800-6200
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,14 @@ def validate_study(study: Study) -> None:
     if lo < -3000 or hi > 40000:
         raise NotAHead(f"{study.source}: values {lo:.0f}..{hi:.0f} are not Hounsfield units")
     voxel_ml = sx * sy * sz / 1000.0
+    # Brain read without its rescale (intercept -1024 dropped by an export or a converter) sits at
+    # 1040-1060; a head CT has 1-30 mL there (the edge of its bone). Refused before it is taken for a
+    # turned or absent head.
+    unrescaled_ml = float(((hu > 1015) & (hu < 1060)).sum()) * voxel_ml
+    if unrescaled_ml > UNRESCALED_BRAIN_ML:
+        raise UnreadableInput(f"{study.source}: {unrescaled_ml:.0f} mL at 1015-1060, where brain sits when 1024 is "
+                              "not subtracted: the CT numbers look stored without their rescale "
+                              "(RescaleIntercept missing, or dropped by a converter)")
     bone_ml = float((hu > 300).sum()) * voxel_ml
     brainlike_ml = float(((hu > 15) & (hu < 60)).sum()) * voxel_ml
     if bone_ml < 5:
