@@ -85,7 +85,7 @@ def test_dicom_stroke_protocol_scores_the_non_contrast_series(tmp_path):
         assert why in said
 
 
-@pytest.mark.parametrize("value", ["", "NONE", "No contrast", "non-contrast", "N/A"])
+@pytest.mark.parametrize("value", ["", "NONE", "No contrast", "non-contrast", "N/A", "C-", "Plain"])
 def test_dicom_agent_that_says_none_is_no_contrast(tmp_path, value):
     write_series(tmp_path / "s", head_phantom())
     edit_slices(tmp_path / "s", _agent(value))

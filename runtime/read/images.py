@@ -19,8 +19,9 @@ LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.1
 CT_IMAGE_SOPS = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
 # The Contrast/Bolus modules are present only when contrast was given, but some scanners write an empty
 # or "none" agent on every series: those values mean no contrast.
-NO_AGENT = {"", "NONE", "NO", "N", "NA", "N/A", "NIL", "0", "NO CONTRAST", "NON CONTRAST", "NONCONTRAST",
-            "WITHOUT CONTRAST", "W/O", "W/O CONTRAST", "NOT APPLIED", "NOT USED"}
+NO_AGENT = {"", "-", "C-", "NONE", "NO", "N", "NA", "N/A", "NIL", "0", "NO CONTRAST", "NON CONTRAST", "NONCONTRAST",
+            "NON", "NC", "NON CON", "WITHOUT CONTRAST", "W/O", "W/O CONTRAST", "NOT APPLIED", "NOT USED", "PLAIN",
+            "NATIVE", "UNENHANCED", "NON ENHANCED"}
 IDENTITY_TAGS = ("PatientID", "PatientName", "StudyInstanceUID", "SeriesInstanceUID", "AccessionNumber",
                  "FrameOfReferenceUID", "StudyDate", "SeriesNumber")
 
@@ -174,8 +175,11 @@ def _contrast_agent(ds) -> str:
 
 def named_agents(values: list[str]) -> str:
     """The agents a header names, "" when its values only say "none" (or nothing)."""
-    return ", ".join(v.strip() for v in values
-                     if " ".join(v.upper().replace("-", " ").replace("_", " ").split()) not in NO_AGENT)
+    def says_none(value: str) -> bool:
+        raw = value.strip().upper()
+        return raw in NO_AGENT or " ".join(raw.replace("-", " ").replace("_", " ").split()) in NO_AGENT
+
+    return ", ".join(v.strip() for v in values if not says_none(v))
 
 
 def _enhanced_planes(path: str, ds, frames: int) -> list[Plane]:
