@@ -72,12 +72,12 @@ def send_folder(folder: Path, port: int, calling: str = "SCANNER", files: list[P
 class Receiver:
     """A PACS stand-in: a Storage SCP for SEG, SR and secondary captures that keeps what it gets."""
 
-    def __init__(self):
+    def __init__(self, classes: tuple[str, ...] = (SEG, SR3D, SC)):
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
         from pynetdicom import AE, evt
         self.received: list[pydicom.Dataset] = []
         ae = AE(ae_title="PACS")
-        for sop in (SEG, SR3D, SC):
+        for sop in classes:
             ae.add_supported_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.server = ae.start_server((LOOPBACK, 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
         self.port = self.server.server_address[1]
@@ -446,6 +446,24 @@ def test_a_failed_job_keeps_its_images_unless_it_held_nothing_to_read(tmp_path, 
     assert not (config.spool / "failed" / cta["job"] / "dicom").exists()
     assert len(list((config.spool / "failed" / gap["job"] / "dicom").iterdir())) == len(gap["instances"])
     assert {p.stem for p in (config.spool / "failures").iterdir()} == {cta["job"], gap["job"]}
+
+
+def test_an_archive_without_seg_storage_gets_the_other_results(tmp_path, scorer):
+    """Many archives take no Segmentation Storage: the SR and key images still go, the job succeeds, and
+    the outcome says what was not taken (it was an internal error, and nothing after the SEG was sent)."""
+    old_pacs = Receiver(classes=(SR3D, SC))
+    try:
+        study_uid = small_head_series(tmp_path / "study", "NOSEG")
+        config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results",
+                            destinations=(Destination("PACS", LOOPBACK, old_pacs.port),))
+        node = Node(config)
+        outcome = node.run_job(scorer, _spool_study(node, tmp_path / "study", study_uid))
+    finally:
+        old_pacs.close()
+    name = f"PACS@{LOOPBACK}:{old_pacs.port}"
+    assert outcome["exit_code"] == 0 and outcome["sent_to"] == [name], outcome
+    assert outcome["not_taken"] == {name: ["Segmentation Storage"]}
+    assert sorted(str(d.SOPClassUID) for d in old_pacs.received) == sorted([SR3D, SC, SC])
 
 
 def test_a_job_without_json_output_is_scored_once_and_its_score_recorded(tmp_path, scorer):

@@ -14,12 +14,14 @@ class SendFailed(RuntimeError):
     pass
 
 
-def send_files(calling_ae: str, destination: Destination, paths: list[Path], timeout_s: float = 30.0) -> int:
-    """One association; every file must be stored with status 0x0000. Returns how many were sent."""
+def send_files(calling_ae: str, destination: Destination, paths: list[Path], timeout_s: float = 30.0) -> list[str]:
+    """One association; every file the destination takes a class of must be stored with status 0x0000.
+    Returns the classes it does not take at all (an archive without SEG storage still gets the SR and
+    key images): a refusal of everything, or a failed store, raises SendFailed."""
     from pynetdicom import AE
 
     if not paths:
-        return 0
+        return []
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     datasets = [pydicom.dcmread(p) for p in paths]
@@ -29,7 +31,12 @@ def send_files(calling_ae: str, destination: Destination, paths: list[Path], tim
     if not assoc.is_established:
         raise SendFailed(f"{destination.ae_title}@{destination.host}:{destination.port} refused or did not answer")
     try:
+        taken = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        if not taken & {str(ds.SOPClassUID) for ds in datasets}:
+            raise SendFailed(f"{destination.ae_title} takes none of the result classes")
         for path, ds in zip(paths, datasets):
+            if str(ds.SOPClassUID) not in taken:
+                continue
             status = assoc.send_c_store(ds)
             code = getattr(status, "Status", None)
             if code != 0x0000:
@@ -37,4 +44,4 @@ def send_files(calling_ae: str, destination: Destination, paths: list[Path], tim
                                  f"{'none' if code is None else hex(code)}")
     finally:
         assoc.release()
-    return len(paths)
+    return sorted({ds.SOPClassUID.name for ds in datasets if str(ds.SOPClassUID) not in taken})

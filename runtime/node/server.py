@@ -230,7 +230,7 @@ class Node:
                     os.rename(staging, placed)
                     fsync_dir(self.output)
                     outcome["aspects"] = result.score.aspects
-                outcome["sent_to"] = self._send(placed)
+                self._send(placed, outcome)
                 log.info("job %s: ASPECTS %s, results in %s", job, outcome["aspects"], placed)
             outcome["exit_code"] = 0
         except AspectsError as exc:
@@ -251,14 +251,20 @@ class Node:
             return self.config.keep_received
         return outcome["exit_code"] != WrongModality.exit_code
 
-    def _send(self, placed: Path) -> list[str]:
+    def _send(self, placed: Path, outcome: dict) -> None:
+        """Every destination gets the DICOM results, retried with back-off. Classes a destination does
+        not take at all (an archive without SEG storage) are recorded in the outcome, not retried."""
         files = sorted(placed.glob("*.dcm"))
-        sent = []
+        outcome["sent_to"] = []
         for dest in self.config.destinations:
+            name = f"{dest.ae_title}@{dest.host}:{dest.port}"
             for attempt in range(1, self.config.send_attempts + 1):
                 try:
-                    send_files(self.config.ae_title, dest, files)
-                    sent.append(f"{dest.ae_title}@{dest.host}:{dest.port}")
+                    not_taken = send_files(self.config.ae_title, dest, files)
+                    outcome["sent_to"].append(name)
+                    if not_taken:
+                        outcome.setdefault("not_taken", {})[name] = not_taken
+                        log.warning("%s does not take %s: sent the other results", name, ", ".join(not_taken))
                     break
                 except (SendFailed, OSError) as exc:
                     log.warning("sending %s to %s, attempt %d: %s", placed.name, dest.ae_title, attempt, exc)
@@ -266,5 +272,3 @@ class Node:
                         raise DeliveryFailed(f"results are in {placed} but {dest.ae_title} did not take them "
                                              f"({exc})") from None
                     time.sleep(SEND_BACKOFF_S * attempt)
-        return sent
-
