@@ -72,10 +72,11 @@ def send_folder(folder: Path, port: int, calling: str = "SCANNER", files: list[P
 class Receiver:
     """A PACS stand-in: a Storage SCP for SEG, SR and secondary captures that keeps what it gets."""
 
-    def __init__(self, classes: tuple[str, ...] = (SEG, SR3D, SC)):
+    def __init__(self, classes: tuple[str, ...] = (SEG, SR3D, SC), status: int = 0x0000):
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
         from pynetdicom import AE, evt
         self.received: list[pydicom.Dataset] = []
+        self.status = status
         ae = AE(ae_title="PACS")
         for sop in classes:
             ae.add_supported_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
@@ -84,7 +85,7 @@ class Receiver:
 
     def _store(self, event):
         self.received.append(event.dataset)
-        return 0x0000
+        return self.status
 
     def close(self):
         self.server.shutdown()
@@ -449,9 +450,10 @@ def test_a_failed_job_keeps_its_images_unless_it_held_nothing_to_read(tmp_path, 
 
 
 def test_an_archive_without_seg_storage_gets_the_other_results(tmp_path, scorer):
-    """Many archives take no Segmentation Storage: the SR and key images still go, the job succeeds, and
-    the outcome says what was not taken (it was an internal error, and nothing after the SEG was sent)."""
-    old_pacs = Receiver(classes=(SR3D, SC))
+    """Many archives take no Segmentation Storage, and many answer a store with a warning (0xB000,
+    elements coerced): the SR and key images still go, the job succeeds, and the outcome says what was
+    not taken. It was an internal error, and a warning was a failed delivery."""
+    old_pacs = Receiver(classes=(SR3D, SC), status=0xB000)
     try:
         study_uid = small_head_series(tmp_path / "study", "NOSEG")
         config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results",

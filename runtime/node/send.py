@@ -14,6 +14,12 @@ class SendFailed(RuntimeError):
     pass
 
 
+def stored(code: int | None) -> bool:
+    """Success, or a warning (0x0001, 0xBxxx: coerced elements, elements discarded...): the archive has
+    the object. Many archives coerce a patient name on every store."""
+    return code is not None and (code in (0x0000, 0x0001) or 0xB000 <= code <= 0xBFFF)
+
+
 def send_files(calling_ae: str, destination: Destination, paths: list[Path], timeout_s: float = 30.0) -> list[str]:
     """One association; every file the destination takes a class of must be stored with status 0x0000.
     Returns the classes it does not take at all (an archive without SEG storage still gets the SR and
@@ -39,7 +45,7 @@ def send_files(calling_ae: str, destination: Destination, paths: list[Path], tim
                 continue
             status = assoc.send_c_store(ds)
             code = getattr(status, "Status", None)
-            if code != 0x0000:
+            if not stored(code):
                 raise SendFailed(f"{destination.ae_title} answered C-STORE of {path.name} with status "
                                  f"{'none' if code is None else hex(code)}")
     finally:
