@@ -62,6 +62,17 @@ def test_dicom_soft_kernel_is_chosen_over_a_thin_sharp_one(tmp_path, sharp):
     assert any(f"kernel '{sharp.upper()}'" in w and "noisier" in w for w in study.warnings)
 
 
+def test_dicom_trauma_study_scores_the_head_not_the_longer_body_series(tmp_path):
+    hu = head_phantom()
+    head = write_series(tmp_path / "s" / "head", hu, description="HEAD 5mm")
+    edit_slices(tmp_path / "s" / "head", lambda ds: setattr(ds, "BodyPartExamined", "HEAD"))
+    write_series(tmp_path / "s" / "chest", np.repeat(hu, 4, axis=0), spacing=(1, 1, 1.25), description="TRAUMA 1.25")
+    edit_slices(tmp_path / "s" / "chest", lambda ds: setattr(ds, "BodyPartExamined", "CHEST"))
+    study = read_study(tmp_path / "s")
+    assert study.metadata["series_uid"] == head
+    assert any("'TRAUMA 1.25' (body part CHEST)" in w for w in study.warnings)
+
+
 def _agent(value: str):
     return lambda ds: setattr(ds, "ContrastBolusAgent", value)
 

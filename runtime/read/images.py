@@ -37,6 +37,7 @@ class Plane:
     description: str
     image_type: str
     kernel: str                # ConvolutionKernel, "" when not given
+    body_part: str             # BodyPartExamined, "" when not given
     rows: int
     cols: int
     position: np.ndarray       # (0020,0032), LPS mm
@@ -150,6 +151,7 @@ def _plane(path, frame, ds, position, orientation, spacing, slope, intercept) ->
                   identity=tuple((t, str(ds.get(t, "") or "")) for t in IDENTITY_TAGS),
                   sop_uid=str(ds.get("SOPInstanceUID", "")), modality=str(ds.get("Modality", "")).upper(),
                   description=str(ds.get("SeriesDescription", "")),
+                  body_part=_text(ds.get("BodyPartExamined")),
                   kernel=_text(ds.get("ConvolutionKernel")),
                   image_type=_text(ds.get("ImageType")),
                   rows=int(ds.Rows), cols=int(ds.Columns), position=pos,

@@ -55,6 +55,9 @@ def _name_study(slices: list[Plane], folder: Path) -> str:
             f"{i.get('StudyInstanceUID') or '?'} of {i.get('StudyDate') or 'no date'}{where}")
 
 
+# BodyPartExamined of a head series (DICOM's terms and what scanners write); a trauma study also holds
+# chest, spine and whole-body series, which can have many more slices than the head.
+HEAD_PARTS = ("HEAD", "BRAIN", "SKULL", "CRAN", "CEREB")
 # Sharp kernels make a density comparison noisy, and a MIP is no density at all: GE's and others' kernel
 # names or series descriptions, and Siemens' H/J kernels from 60 up.
 NOT_SOFT_WORDS = ("BONE", "LUNG", "EDGE", "SHARP", "MIP")
@@ -125,6 +128,7 @@ def _criteria(slices: list[Plane]) -> list[tuple[str, bool, str]]:
     return [
         ("image", not ("LOCALIZER" in h.image_type or len(slices) < 3), "a localizer"),
         ("axial", bool(abs(normal[2]) > 0.8), "not axial"),
+        ("head", not h.body_part or any(w in h.body_part for w in HEAD_PARTS), f"body part {h.body_part}"),
         ("one volume", len({round(float(s.position @ normal), 2) for s in slices}) == len(slices),
          "positions repeated: time points or a repeat"),
         ("no agent", not agent, f"contrast agent '{agent}'"),
