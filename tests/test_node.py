@@ -468,6 +468,22 @@ def test_an_archive_without_seg_storage_gets_the_other_results(tmp_path, scorer)
     assert sorted(str(d.SOPClassUID) for d in old_pacs.received) == sorted([SR3D, SC, SC])
 
 
+def test_a_cta_sent_after_its_scored_ncct_is_ignored_not_failed(tmp_path, scorer):
+    """Every stroke protocol sends its CTA minutes after the NCCT: a failure record each time would
+    teach the staff to ignore failure records."""
+    study_uid = small_head_series(tmp_path / "ncct", "STROKE")
+    cta_of(tmp_path / "ncct", tmp_path / "cta")
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("json",))
+    node = Node(config)
+    ncct = node.run_job(scorer, _spool_study(node, tmp_path / "ncct", study_uid))
+    cta = node.run_job(scorer, _spool_study(node, tmp_path / "cta", study_uid))
+    assert ncct["exit_code"] == 0 and "ignored" not in ncct
+    assert cta["exit_code"] == 0 and cta["after"] == ncct["job"] and "no non-contrast CT series" in cta["ignored"]
+    assert not list((config.spool / "failures").iterdir())
+    assert not (config.spool / "done" / cta["job"] / "dicom").exists()
+    assert len([p for p in config.output.iterdir() if not p.name.startswith(".")]) == 1
+
+
 def test_a_job_without_json_output_is_scored_once_and_its_score_recorded(tmp_path, scorer):
     """The results folder itself marks a placed job (report.json is optional in `outputs`)."""
     folder = tmp_path / "study"

@@ -233,6 +233,14 @@ class Node:
                 self._send(placed, outcome)
                 log.info("job %s: ASPECTS %s, results in %s", job, outcome["aspects"], placed)
             outcome["exit_code"] = 0
+        except WrongModality as exc:
+            scored = self.spool.scored(job)
+            if scored:                          # the CTA or perfusion that follows the NCCT scored before
+                outcome.update(exit_code=0, ignored=str(exc), after=scored[0]["job"])
+                log.info("job %s: nothing to score after job %s (%s)", job, scored[0]["job"], exc)
+            else:
+                outcome.update(exit_code=exc.exit_code, error=str(exc))
+                log.error("job %s (study %s) failed: %s", job, study, exc)
         except AspectsError as exc:
             outcome.update(exit_code=exc.exit_code, error=str(exc))
             log.error("job %s (study %s) failed: %s", job, study, exc)
@@ -244,9 +252,8 @@ class Node:
         return outcome
 
     def _keep_images(self, outcome: dict) -> bool:
-        """A failure keeps its images to be looked into, except a job with nothing this node reads: the
-        CTA and perfusion that follow a scored NCCT, an MR sent by mistake. Kept, they would fill the
-        disk by a gigabyte or two each stroke."""
+        """A failure keeps its images to be looked into, except a job with nothing this node reads (a
+        contrast study alone, an MR sent by mistake): kept, such images would fill the disk."""
         if outcome["exit_code"] == 0:
             return self.config.keep_received
         return outcome["exit_code"] != WrongModality.exit_code

@@ -153,18 +153,22 @@ class Spool:
         """The SOP instance UIDs a job holds (its images are stored under them)."""
         return sorted(p.stem for p in (self.jobs / job / "dicom").glob("*.dcm"))
 
-    def scored_with(self, job: str, instances: list[str]) -> dict | None:
-        """The outcome of an earlier job of the same study that was scored and sent with every one of
-        these images: a study sent again (by a technologist, or a scanner retrying) is not scored twice."""
-        study = self.study_of(job)
-        for folder in sorted(self.done.glob(f"{study}_*"), reverse=True):
+    def scored(self, job: str) -> list[dict]:
+        """The outcomes of the study's earlier jobs that were scored and sent, newest first."""
+        outcomes = []
+        for folder in sorted(self.done.glob(f"{self.study_of(job)}_*"), reverse=True):
             try:
                 earlier = json.loads((folder / "outcome.json").read_text())
             except (OSError, ValueError):
                 continue
-            if earlier.get("exit_code") == 0 and set(instances) <= set(earlier.get("instances", ())):
-                return earlier
-        return None
+            if earlier.get("exit_code") == 0 and "ignored" not in earlier:
+                outcomes.append(earlier)
+        return outcomes
+
+    def scored_with(self, job: str, instances: list[str]) -> dict | None:
+        """The outcome of an earlier job of the same study that was scored and sent with every one of
+        these images: a study sent again (by a technologist, or a scanner retrying) is not scored twice."""
+        return next((o for o in self.scored(job) if set(instances) <= set(o.get("instances", ()))), None)
 
     def purge(self, before: float) -> list[str]:
         """Remove finished jobs (outcome, failure record, kept images) last changed before `before`
