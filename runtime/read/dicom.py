@@ -62,11 +62,7 @@ def _read_files(files: list[str], folder: Path) -> Study:
     if broken:
         raise UnreadableInput(f"{broken[0].path}: {broken[0].reason}; a slice of the series cannot be read "
                               f"({len(broken)} such file(s))")
-    study = _stack_series(chosen, folder, passed_over(series, chosen), n_ignored=ignored)
-    if duplicates:
-        study = replace(study, warnings=(*study.warnings, f"{duplicates} image(s) in the folder twice (a copy with "
-                                                          "the same SOPInstanceUID and position) read once"))
-    return study
+    return _stack_series(chosen, folder, passed_over(series, chosen), n_ignored=ignored, n_copies=duplicates)
 
 
 def _gaps(steps: np.ndarray) -> np.ndarray:
@@ -80,7 +76,7 @@ def _gaps(steps: np.ndarray) -> np.ndarray:
     return np.array(out, int)
 
 
-def _stack_series(slices: list[Plane], folder: Path, others: list[str], n_ignored: int) -> Study:
+def _stack_series(slices: list[Plane], folder: Path, others: list[str], n_ignored: int, n_copies: int) -> Study:
     first = slices[0]
     if any((h.rows, h.cols) != (first.rows, first.cols) for h in slices):
         raise InconsistentSeries(f"{folder}: slices of different sizes in one series")
@@ -142,6 +138,9 @@ def _stack_series(slices: list[Plane], folder: Path, others: list[str], n_ignore
                         + (f"; and {len(others) - 6} more" if len(others) > 6 else ""))
     if n_ignored:
         warnings.append(f"{n_ignored} file(s) in the folder are not DICOM images and were ignored")
+    if n_copies:
+        warnings.append(f"{n_copies} image(s) in the folder twice (a copy with the same SOPInstanceUID and "
+                        "position) read once")
     identity: dict[str, object] = dict(first.identity)
     identity["SOPInstanceUIDs"] = [h.sop_uid for h in slices]
     headers = () if any(h.frame is not None for h in slices) else tuple(h.header for h in slices)
