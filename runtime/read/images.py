@@ -192,39 +192,43 @@ def _enhanced_planes(path: str, ds, frames: int) -> list[Plane]:
         raise ValueError(f"{frames} frames but {len(per_frame)} per-frame functional groups")
 
     def item(group, seq: str):
-        for source in (group, shared):
-            if source is not None and seq in source:
-                return source[seq][0]
-        raise ValueError(f"no {seq} for a frame")
+        found = _frame_sequence(group, shared, seq)
+        if found is None:
+            raise ValueError(f"no {seq} for a frame")
+        return found[0]
 
     planes = []
     for i, group in enumerate(per_frame):
-        transform = None
-        for source in (group, shared):
-            if source is not None and "PixelValueTransformationSequence" in source:
-                transform = source.PixelValueTransformationSequence[0]
-                break
+        transforms = _frame_sequence(group, shared, "PixelValueTransformationSequence")
+        transform = transforms[0] if transforms is not None else None
         slope = float(getattr(transform, "RescaleSlope", 1) or 1) if transform else float(ds.get("RescaleSlope", 1))
         intercept = float(getattr(transform, "RescaleIntercept", 0) or 0) if transform else \
             float(ds.get("RescaleIntercept", 0))
         plane = _plane(path, i, ds, item(group, "PlanePositionSequence").ImagePositionPatient,
                        item(group, "PlaneOrientationSequence").ImageOrientationPatient,
                        item(group, "PixelMeasuresSequence").PixelSpacing, slope, intercept)
-        if plane.contrast_agent and not _contrast_in_frame(group, shared):
+        usage = _frame_sequence(group, shared, "ContrastBolusUsageSequence")
+        if plane.contrast_agent and not _contrast_in_frame(usage):
             plane = replace(plane, contrast_agent="")
         planes.append(plane)
     return planes
 
 
-def _contrast_in_frame(group, shared) -> bool:
+def _frame_sequence(group, shared, seq: str):
+    """A functional group sequence for one frame: its own, else the shared one; None when neither has it."""
+    for source in (group, shared):
+        if source is not None and seq in source:
+            return source[seq]
+    return None
+
+
+def _contrast_in_frame(usage) -> bool:
     """An enhanced CT names its agents once; each frame says whether it was given yet (a pre-contrast
     frame of a contrast exam says NO). Without that record every frame counts as given."""
-    for source in (group, shared):
-        if source is not None and "ContrastBolusUsageSequence" in source:
-            return any(str(u.get("ContrastBolusAgentAdministered", "YES")).upper() != "NO" and
-                       str(u.get("ContrastBolusAgentPhase", "")).upper() != "PRE_CONTRAST"
-                       for u in source.ContrastBolusUsageSequence)
-    return True
+    if usage is None:
+        return True
+    return any(str(u.get("ContrastBolusAgentAdministered", "YES")).upper() != "NO" and
+               str(u.get("ContrastBolusAgentPhase", "")).upper() != "PRE_CONTRAST" for u in usage)
 
 
 def planes_hu(slices: list[Plane]) -> np.ndarray:
