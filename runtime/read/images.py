@@ -218,7 +218,7 @@ def _frame_sequence(group, shared, seq: str):
     """A functional group sequence for one frame: its own, else the shared one; None when neither has it."""
     for source in (group, shared):
         if source is not None and seq in source:
-            return source[seq]
+            return source[seq].value
     return None
 
 
