@@ -484,6 +484,49 @@ def test_a_cta_sent_after_its_scored_ncct_is_ignored_not_failed(tmp_path, scorer
     assert len([p for p in config.output.iterdir() if not p.name.startswith(".")]) == 1
 
 
+class HeldFirstScore:
+    """The first study scored is held until released: a second job of the same study arrives while it is
+    in hand, as a stroke protocol's CTA does when the NCCT takes longer to score than the quiet period."""
+
+    def __init__(self, inner):
+        self.inner, self.started, self.release = inner, threading.Event(), threading.Event()
+        self._first = threading.Lock()
+
+    def score(self, source):
+        if self._first.acquire(blocking=False):
+            self.started.set()
+            assert self.release.wait(120), "never released"
+        return self.inner.score(source)
+
+
+def test_a_study_is_one_job_at_a_time_with_two_workers(tmp_path, scorer):
+    """With two workers the CTA was taken by the second worker while the first still scored the NCCT:
+    no scored NCCT was recorded yet, so the CTA failed (exit 5). Its images now wait in incoming/ until
+    the study's job in hand is finished, then are ignored after it."""
+    study_uid = small_head_series(tmp_path / "ncct", "TWO-WORKERS")
+    cta_of(tmp_path / "ncct", tmp_path / "cta")
+    held = HeldFirstScore(scorer)
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
+                        quiet_seconds=0.3, outputs=("json",), workers=2)
+    node = Node(config, scorer_factory=lambda threads: held).start()
+    try:
+        assert set(send_folder(tmp_path / "ncct", node.port)) == {0}
+        assert held.started.wait(60), "the NCCT was never scored"
+        assert set(send_folder(tmp_path / "cta", node.port)) == {0}
+        time.sleep(1.5)                                       # five quiet periods
+        assert len(list((config.spool / "jobs").iterdir())) == 1, "a second job of a study in hand"
+        assert (config.spool / "incoming" / study_uid).is_dir()
+        held.release.set()
+        wait_for(lambda: len(outcomes(config.spool)) == 2, 300, "both jobs finished")
+    finally:
+        held.release.set()
+        node.stop()
+    ncct, cta = sorted(outcomes(config.spool), key=lambda o: o["job"])
+    assert ncct["exit_code"] == 0 and "ignored" not in ncct, ncct
+    assert cta["exit_code"] == 0 and cta["after"] == ncct["job"], cta
+    assert not list((config.spool / "failures").iterdir())
+
+
 def test_a_job_without_json_output_is_scored_once_and_its_score_recorded(tmp_path, scorer):
     """The results folder itself marks a placed job (report.json is optional in `outputs`)."""
     folder = tmp_path / "study"

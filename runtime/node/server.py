@@ -75,6 +75,11 @@ class Node:
         # however long the sender pauses between images.
         self._receiving: dict[object, set[str]] = {}
         self._receiving_lock = threading.Lock()
+        # Studies with a job queued or being scored. Their newer images wait in incoming/ until that
+        # job is finished: two workers on one study would score a re-sent study twice, or fail the CTA
+        # that follows an NCCT whose score is not yet recorded.
+        self._in_hand: set[str] = set()
+        self._in_hand_lock = threading.Lock()
 
     @property
     def port(self) -> int:
@@ -83,6 +88,7 @@ class Node:
     def start(self) -> Node:
         for job in self.spool.recover():
             log.info("resuming job %s from the spool", job)
+            self._in_hand.add(self.spool.study_of(job))
             self.jobs.put(job)
         per_worker = max(1, available_cores() // self.config.workers)
         ready = threading.Barrier(self.config.workers + 1)
@@ -171,12 +177,15 @@ class Node:
                     purged = time.time()
                 held = self._being_received()
                 for study in self.spool.quiet_studies(self.config.quiet_seconds):
-                    if study in held:
-                        continue
-                    job = self.spool.promote(study)
-                    if job is not None:
-                        log.info("study %s complete: job %s", study, job)
-                        self.jobs.put(job)
+                    with self._in_hand_lock:
+                        if study in held or study in self._in_hand:
+                            continue
+                        job = self.spool.promote(study)
+                        if job is None:
+                            continue
+                        self._in_hand.add(study)
+                    log.info("study %s complete: job %s", study, job)
+                    self.jobs.put(job)
             except OSError as exc:              # the spool's disk: log it and look again next round
                 log.error("scheduler: %s", exc)
 
@@ -203,7 +212,11 @@ class Node:
                 job = self.jobs.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self.run_job(scorer, job)
+            try:
+                self.run_job(scorer, job)
+            finally:
+                with self._in_hand_lock:
+                    self._in_hand.discard(self.spool.study_of(job))
 
     def run_job(self, scorer: Scorer, job: str) -> dict:
         study = self.spool.study_of(job)
