@@ -295,6 +295,7 @@ def make_sc(result: StudyResult, rgb: np.ndarray, source_index: int, number: int
     sc.SourceImageSequence = [item]              # the source slice this key image shows
     sc.DerivationDescription = "aspects-rt key image: region outlines, calls and hypodensity heat map"
     sc.Laterality = ""                           # type 2C: the head is not a paired structure
+    sc.BurnedInAnnotation = "YES"                # the patient's name, ID and study date are in the pixels
     sc.ImageComments = f"aspects-rt key image of source instance {src.get('InstanceNumber', '')} " \
                        f"(SOP {src.SOPInstanceUID})"
     return sc

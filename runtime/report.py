@@ -3,7 +3,8 @@
 Images are in radiological convention (patient right on the image left) on the
 aligned model grid: every region outlined in its colour, affected regions
 filled red, a yellow heat map where region tissue is darker than its mirror
-image (runtime.density), the score and side printed on the image.
+image (runtime.density), the score, the side and whose scan it is printed on
+the image.
 """
 
 from __future__ import annotations
@@ -227,6 +228,8 @@ def render_slice(result: StudyResult, z: int, level: str, source: int | None = N
     title = f"ASPECTS {s.aspects}{spread}{side} ({'>6' if s.above_cut else '<=6'})  |  {level} level, {where}"
     big = _font(18)
     draw.text((8, 6), title, fill=(255, 255, 255), font=big, stroke_width=2, stroke_fill=(0, 0, 0))
+    who = _fit(draw, identity_line(result), font, rgb.shape[1] - 16)
+    draw.text((8, 30), who, fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
     h, w = labels.shape
     draw.text((8, h // 2), "R", fill=(255, 255, 0), font=big, stroke_width=2, stroke_fill=(0, 0, 0))
     draw.text((w - 20, h // 2), "L", fill=(255, 255, 0), font=big, stroke_width=2, stroke_fill=(0, 0, 0))
@@ -243,8 +246,36 @@ def render_slice(result: StudyResult, z: int, level: str, source: int | None = N
     return img
 
 
+def identity_line(result: StudyResult) -> str:
+    """Whose scan, burned into every key image: a PNG has no header, and a key image seen away from its
+    study (on a phone, a printout, a slide) must not be read as another patient's."""
+    ident = result.metadata.get("identity") or {}
+    if not any(ident.get(t) for t in ("PatientName", "PatientID")):
+        return f"file {Path(result.source).name} (no patient identity)"
+    name = str(ident.get("PatientName", "")).split("=")[0]     # a PN's alphabetic group, not ideographic
+    family, _, given = name.partition("^")
+    parts = [", ".join(p for p in (family.strip(), given.replace("^", " ").strip()) if p) or "(no name)"]
+    if ident.get("PatientID"):
+        parts.append(f"ID {ident['PatientID']}")
+    if ident.get("AccessionNumber"):
+        parts.append(f"acc. {ident['AccessionNumber']}")
+    date = str(ident.get("StudyDate", ""))
+    if len(date) == 8 and date.isdigit():
+        parts.append(f"{date[:4]}-{date[4:6]}-{date[6:]}")
+    series = " ".join(str(v) for v in (ident.get("SeriesNumber"), result.metadata.get("series_description")) if v)
+    if series:
+        parts.append(f"series {series}")
+    return "  |  ".join(parts)
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:
+    """Cut at the end with an ellipsis: the name and ID come first and always show."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
 def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:      # Pillow < 10.1 has no sized default font
-        return ImageFont.load_default()
+    return ImageFont.load_default(size=size)

@@ -80,6 +80,31 @@ def test_dicom_outputs_reference_and_overlay_the_source(dicom_result, tmp_path):
         assert sc.StudyInstanceUID == first.StudyInstanceUID and sc.PatientID == "PAT-7"
         ref = sc.SourceImageSequence[0].ReferencedSOPInstanceUID
         assert ref in source and sc.pixel_array.shape[-1] == 3
+        assert sc.BurnedInAnnotation == "YES"           # an anonymiser must know the pixels name the patient
+
+
+def test_every_key_image_names_its_patient(dicom_result, demo_result):
+    """A PNG has no header: seen away from its study it must still say whose scan it is. The name and ID
+    come first, so a cut line keeps them; a PN's ideographic group (the font has no such glyphs) is left
+    out; a volume file without identity is named by its file."""
+    from dataclasses import replace
+
+    from PIL import Image, ImageDraw
+
+    from runtime.report import _fit, _font, identity_line, render_slice
+    _, result = dicom_result
+    assert identity_line(result).startswith("PAT-7, TEST  |  ID PAT-7  |  acc. APAT-7  |  2026-11-25")
+    assert identity_line(demo_result) == "file default_study.nii.gz (no patient identity)"
+    ident = {**result.metadata["identity"], "PatientName": "Yamada^Tarou=山田^太郎=やまだ^たろう"}
+    named = replace(result, metadata={**result.metadata, "identity": ident, "series_description": "X" * 300})
+    line = identity_line(named)
+    assert line.startswith("Yamada, Tarou  |  ID PAT-7") and "山" not in line
+    cut = _fit(ImageDraw.Draw(Image.new("RGB", (1, 1))), line, _font(14), 500)
+    assert cut.startswith("Yamada, Tarou  |  ID PAT-7") and cut.endswith("...") and len(cut) < len(line)
+    # The line is drawn: the key image's identity band differs between two patients.
+    z = int(result.labels.shape[0] // 2)
+    bands = [np.asarray(render_slice(r, z, "ganglionic"))[28:48] for r in (result, named)]
+    assert (bands[0] != bands[1]).any()
 
 
 @pytest.mark.slow
