@@ -285,8 +285,10 @@ def _print_result(result, paths) -> None:
         names = ", ".join(f"{c.side} {c.region} ({'called' if c.affected else 'not called'})" for c in near)
         print(f"borderline (the call flips within {BORDERLINE_HU} HU or {BORDERLINE_LOGIT} in the DA-Net's "
               f"logit): {names}")
+    if near or s.not_assessed:
         verdict = "holds" if s.dichotomy_firm else "could change"
-        print(f"  as they fall, ASPECTS {s.lowest}-{s.highest}: the > 6 / <= 6 decision {verdict}")
+        which = " and ".join(w for w, some in (("borderline", near), ("unassessed", s.not_assessed)) if some)
+        print(f"  as the {which} regions fall, ASPECTS {s.lowest}-{s.highest}: the > 6 / <= 6 decision {verdict}")
     for w in result.warnings:
         print(f"warning: {w}")
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings)

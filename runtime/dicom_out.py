@@ -241,7 +241,8 @@ def make_sr(result: StudyResult):
                 name=hd.sr.CodedConcept("ASPECTS-GT6", "99ASPECTSRT", "ASPECTS above 6"),
                 value=codes.SCT.Yes if s.above_cut else codes.SCT.No),
             hd.sr.QualitativeEvaluation(      # runtime.score.Score.dichotomy_firm
-                name=hd.sr.CodedConcept("ASPECTS-GT6-FIRM", "99ASPECTSRT", "Dichotomy holds over borderline calls"),
+                name=hd.sr.CodedConcept("ASPECTS-GT6-FIRM", "99ASPECTSRT",
+                                        "Dichotomy holds over borderline and unassessed regions"),
                 value=codes.SCT.Yes if s.dichotomy_firm else codes.SCT.No),
             hd.sr.QualitativeEvaluation(
                 name=hd.sr.CodedConcept("ASPECTS-SIDE", "99ASPECTSRT", "Symptomatic hemisphere"),

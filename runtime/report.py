@@ -141,7 +141,7 @@ def report_dict(result: StudyResult, images: dict) -> dict:
         "aspects_right": s.right,
         "symptomatic_side": s.symptomatic_side,
         "dichotomised": ">6" if s.above_cut else "<=6",
-        "aspects_range": [s.lowest, s.highest],        # as the borderline calls fall
+        "aspects_range": [s.lowest, s.highest],        # as the borderline and unassessed calls fall
         "dichotomy_firm": s.dichotomy_firm,
         "affected_regions": list(s.affected),
         "regions": [{"region": c.region, "side": c.side, "affected": c.affected, "assessed": c.assessed,

@@ -87,7 +87,8 @@ def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.nda
         warnings.append(f"the region atlas fitted only at a second, coarser try (template similarity "
                         f"{seg.template_ncc:.2f}): check the regions in the key-slice images before trusting the score")
     if final.not_assessed:
-        warnings.append(f"regions not found, not scored: {', '.join(final.not_assessed)}")
+        warnings.append(f"regions not found, not scored: {', '.join(final.not_assessed)}; the score cannot see "
+                        f"them, so its range goes down to {final.lowest} as if they were affected")
     missing = [s for s in STAGES if s not in timings]
     if missing:
         raise ValueError(f"stages not timed: {missing}")

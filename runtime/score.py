@@ -57,12 +57,13 @@ class Score:
     symptomatic_side: str | None
     above_cut: bool              # ASPECTS > 6
     calls: tuple[RegionCall, ...]
-    lowest: int                  # the score with every borderline call turned to affected
+    lowest: int                  # the score with every borderline and every unassessed region affected
     highest: int                 # ... and with every borderline call turned the other way
 
     @property
     def dichotomy_firm(self) -> bool:
-        """Whether > 6 vs <= 6 holds however the borderline calls fall."""
+        """Whether > 6 vs <= 6 holds however the borderline calls fall and whatever the regions that
+        could not be assessed (outside a short scan, not found) hold."""
         return bool(above_cut(self.lowest) == above_cut(self.highest))
 
     @property
@@ -187,11 +188,11 @@ def above_cut(scores):
     return np.asarray(scores) > DICHOTOMY_CUT
 
 
-def score_range(affected, borderline) -> tuple[np.ndarray, np.ndarray]:
-    """(lowest, highest) reported ASPECTS with every borderline call turned affected, then turned
-    the other way; (..., regions, sides) tables."""
-    affected, borderline = np.asarray(affected, bool), np.asarray(borderline, bool)
-    return aspects_of(affected | borderline), aspects_of(affected & ~borderline)
+def score_range(affected, uncertain) -> tuple[np.ndarray, np.ndarray]:
+    """(lowest, highest) reported ASPECTS with every uncertain call (borderline, or not assessed)
+    turned affected, then turned the other way; (..., regions, sides) tables."""
+    affected, uncertain = np.asarray(affected, bool), np.asarray(uncertain, bool)
+    return aspects_of(affected | uncertain), aspects_of(affected & ~uncertain)
 
 
 def score(calls: tuple[RegionCall, ...]) -> Score:
@@ -204,7 +205,9 @@ def score(calls: tuple[RegionCall, ...]) -> Score:
     else:   # equal deductions on both sides: the side with the stronger evidence
         side = max(SIDES, key=lambda s: _evidence(calls, s))
     aspects = min(left, right)
-    lowest, highest = score_range(table, _table(calls, "borderline"))
+    # A region not assessed counts for nothing in the score, so it may hide a deduction: a scan that
+    # stops below the supraganglionic level read ASPECTS 10, > 6, firm, with M4-M6 never looked at.
+    lowest, highest = score_range(table, _table(calls, "borderline") | ~_table(calls, "assessed"))
     return Score(left=left, right=right, aspects=aspects, symptomatic_side=side,
                  above_cut=bool(above_cut(aspects)), calls=calls, lowest=int(lowest), highest=int(highest))
 

@@ -70,7 +70,7 @@ def test_dicom_outputs_reference_and_overlay_the_source(dicom_result, tmp_path):
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and sr.StudyInstanceUID == first.StudyInstanceUID
     text = str(sr)
     assert "ASPECTS" in text and "Density difference to mirror region" in text and "Volume hypodense" in text
-    assert text.count("Borderline call") == 20 and "Dichotomy holds over borderline calls" in text
+    assert text.count("Borderline call") == 20 and "Dichotomy holds over borderline and unassessed regions" in text
     evidence = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
                 for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
     assert evidence == set(source)

@@ -169,6 +169,27 @@ def test_tilted_and_untilted_encodings_give_the_same_calls(tmp_path, scorer):
     assert a.grid.spacing[2] == pytest.approx(b.grid.spacing[2], abs=1e-3)
 
 
+@pytest.mark.slow
+def test_a_scan_that_stops_short_is_not_a_firm_score(tmp_path):
+    """The bundled head cut below the supraganglionic level (a short scan, or the wrong series of a
+    split acquisition): M5 and M6 cannot be found. The score used to read 10, > 6, firm, with the
+    regions that decide a large MCA infarct never looked at; now its range counts them as affected."""
+    import json
+
+    import SimpleITK as sitk
+    img = sitk.ReadImage(str(DEMO))
+    sitk.WriteImage(img[:, :, : img.GetSize()[2] // 2], str(tmp_path / "short.nii.gz"))
+    run = subprocess.run([sys.executable, "-m", "runtime.cli", "score", str(tmp_path / "short.nii.gz"), "--out",
+                          str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr
+    doc = json.loads((tmp_path / "out" / "report.json").read_text())
+    unseen = [(c["region"], c["side"]) for c in doc["regions"] if not c["assessed"]]
+    assert {("M5", "left"), ("M6", "left")} <= set(unseen), unseen
+    per_side = max(sum(s == side for _, s in unseen) for side in ("left", "right"))
+    assert doc["aspects_range"][0] <= doc["aspects"] - per_side
+    assert "as the unassessed regions fall" in run.stdout and "regions not found" in run.stdout
+
+
 def test_a_failed_write_keeps_the_users_own_folder(tmp_path, demo_result, monkeypatch):
     from runtime import output
     from runtime.report import write_report

@@ -86,6 +86,15 @@ def test_threshold_is_inclusive_and_unassessed_regions_do_not_deduct():
     assert s.left == 1                      # 9 assessed left regions at p == threshold
     assert s.right == 10
     assert s.not_assessed == ("left M6", "right M6")
+    # A region never looked at may hide a deduction: the range goes down as if it were affected (up to 10:
+    # every call here sits on its threshold, so is borderline).
+    assert (s.aspects, s.lowest, s.highest) == (1, 0, 10)
+    s = score(make_calls({n: (0.1, 0.1) for n in REGION_NAMES}, {n: n not in ("M4", "M5", "M6") for n in REGION_NAMES},
+                         {n: 0.5 for n in REGION_NAMES}))
+    assert (s.aspects, s.lowest, s.highest, s.dichotomy_firm) == (10, 7, 10, True)
+    s = score(make_calls({n: (0.1, 0.9 if n == "M1" else 0.1) for n in REGION_NAMES},
+                         {n: n not in ("M4", "M5", "M6") for n in REGION_NAMES}, {n: 0.5 for n in REGION_NAMES}))
+    assert (s.aspects, s.lowest, s.highest, s.dichotomy_firm) == (9, 6, 9, False)
 
 
 def test_tie_goes_to_the_side_with_stronger_evidence():
