@@ -18,21 +18,23 @@ class Region:
     cortical: bool   # M1-M6 are cortical; C, L, IC, I are subcortical (DA-Net model split)
     level: str       # the ASPECTS level it is read on: "ganglionic" or "supraganglionic"
     atlas_key: str   # file stem in the MNI152 region-mask atlas (shared/data/atlas)
+    rgb: tuple[int, int, int]   # its outline on the key images, its display colour in the SEG
 
 
 REGIONS: tuple[Region, ...] = (
-    Region("C", "caudate", False, "ganglionic", "C"),
-    Region("L", "lentiform nucleus", False, "ganglionic", "LN"),
-    Region("IC", "internal capsule", False, "ganglionic", "InCa"),
-    Region("I", "insular ribbon", False, "ganglionic", "IC"),
-    Region("M1", "anterior MCA cortex", True, "ganglionic", "M1"),
-    Region("M2", "MCA cortex lateral to insula", True, "ganglionic", "M2"),
-    Region("M3", "posterior MCA cortex", True, "ganglionic", "M3"),
-    Region("M4", "anterior MCA territory, supraganglionic", True, "supraganglionic", "M4"),
-    Region("M5", "lateral MCA territory, supraganglionic", True, "supraganglionic", "M5"),
-    Region("M6", "posterior MCA territory, supraganglionic", True, "supraganglionic", "M6"),
+    Region("C", "caudate", False, "ganglionic", "C", (230, 159, 0)),
+    Region("L", "lentiform nucleus", False, "ganglionic", "LN", (86, 180, 233)),
+    Region("IC", "internal capsule", False, "ganglionic", "InCa", (0, 158, 115)),
+    Region("I", "insular ribbon", False, "ganglionic", "IC", (240, 228, 66)),
+    Region("M1", "anterior MCA cortex", True, "ganglionic", "M1", (0, 114, 178)),
+    Region("M2", "MCA cortex lateral to insula", True, "ganglionic", "M2", (204, 121, 167)),
+    Region("M3", "posterior MCA cortex", True, "ganglionic", "M3", (170, 255, 195)),
+    Region("M4", "anterior MCA territory, supraganglionic", True, "supraganglionic", "M4", (255, 215, 180)),
+    Region("M5", "lateral MCA territory, supraganglionic", True, "supraganglionic", "M5", (128, 128, 255)),
+    Region("M6", "posterior MCA territory, supraganglionic", True, "supraganglionic", "M6", (190, 190, 190)),
 )
 N_REGIONS = len(REGIONS)
+AFFECTED_RGB = (255, 30, 30)   # an affected region, on the key images and in the SEG
 REGION_NAMES: tuple[str, ...] = tuple(r.name for r in REGIONS)
 SIDES: tuple[str, ...] = ("left", "right")   # patient sides, never image sides
 BACKGROUND_LABEL = 0

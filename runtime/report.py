@@ -30,7 +30,7 @@ from .dicom_out import (
 )
 from .errors import UsageError
 from .output import OutputFolder
-from .regions import REGION_NAMES, SUBCORTICAL, SUPRAGANGLIONIC, is_region, label_id
+from .regions import AFFECTED_RGB, REGION_NAMES, REGIONS, SUBCORTICAL, SUPRAGANGLIONIC, is_region, label_id
 from .result import StudyResult
 from .score import BORDERLINE_HU
 
@@ -42,9 +42,6 @@ DICOM_OUTPUTS = ("seg", "sr", "sc")
 DISCLAIMER = ("Research software. The shipped models were built from synthetic studies and three real "
               "development studies and have not been validated on patients; not for clinical decisions.")
 DISPLAY_WINDOW = (40.0, 80.0)   # level, width: a stroke reading window
-PALETTE = ((230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
-           (204, 121, 167), (170, 255, 195), (255, 215, 180), (128, 128, 255), (190, 190, 190))
-AFFECTED_RGB = np.array((255, 30, 30), float)
 HEAT_RGB = np.array((255, 230, 0), float)
 HEAT_HU = (2.0, 8.0)            # asymmetry shown from faint (2 HU darker than the mirror) to full (8 HU)
 UPSCALE = 2
@@ -209,9 +206,9 @@ def render_slice(result: StudyResult, z: int, level: str, source: int | None = N
             if not mask.any():
                 continue
             if (name, side) in affected:
-                rgb[mask] = 0.45 * AFFECTED_RGB + 0.55 * rgb[mask]
+                rgb[mask] = 0.45 * np.array(AFFECTED_RGB) + 0.55 * rgb[mask]
             edge = mask & ~ndimage.binary_erosion(mask, iterations=2)
-            rgb[edge] = PALETTE[r]
+            rgb[edge] = REGIONS[r].rgb
             cy, cx = np.argwhere(mask).mean(axis=0)
             names.append((name + ("?" if (name, side) in borderline else ""), cx, cy, (name, side) in affected))
     img = Image.fromarray(rgb.astype(np.uint8), "RGB")

@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from runtime.dicom_out import labels_on_source_planes
+from runtime.regions import AFFECTED_RGB, is_region, label_id
 from runtime.report import write_report
 from runtime.resample import to_study_grid
 from tests.conftest import DEMO_STUDY
@@ -35,6 +36,7 @@ def test_labels_on_source_planes_match_the_study_grid(dicom_result):
     study = read_study(folder)
     planes = labels_on_source_planes(result)
     grid = to_study_grid(study, result.alignment, result.grid, result.labels)
+    grid[~is_region(grid)] = 0                             # region labels only: other brain is not a segment
     assert planes.shape == grid.shape
     assert (planes != grid).mean() < 1e-3
 
@@ -51,20 +53,22 @@ def test_dicom_outputs_reference_and_overlay_the_source(dicom_result, tmp_path):
     seg = hd.seg.segread(tmp_path / "out" / "seg.dcm")
     assert seg.StudyInstanceUID == first.StudyInstanceUID and seg.PatientID == "PAT-7"
     assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID
-    assert len(seg.SegmentSequence) == 21
+    assert len(seg.SegmentSequence) == 20 and seg.SegmentsOverlap == "NO"
+    # The affected regions are the segments that say so, in red; the others keep their region's colour.
+    red = list(hd.color.CIELabColor.from_rgb(*AFFECTED_RGB).value)
+    said = {s.SegmentLabel for s in seg.SegmentSequence
+            if s.SegmentDescription.endswith("affected (early ischemic change)")}
+    assert said == set(result.score.affected) and said
+    assert {s.SegmentLabel for s in seg.SegmentSequence if list(s.RecommendedDisplayCIELabValue) == red} == said
     planes = labels_on_source_planes(result)
     uids = [ds.SOPInstanceUID for ds in result.source_images]
     # Every frame sits on a source slice, and its pixels are that slice's labels.
-    for i, frame in enumerate(seg.PerFrameFunctionalGroupsSequence[:40]):
+    for i, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
         ref = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         assert ref in source
-        segment = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        k = uids.index(ref)
-        if segment <= 20:
-            r, side = divmod(segment - 1, 2)
-            from runtime.regions import label_id
-            expected = planes[k] == label_id(r, ("left", "right")[side])
-            np.testing.assert_array_equal(seg.pixel_array[i].astype(bool), expected)
+        r, side = divmod(int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber) - 1, 2)
+        expected = planes[uids.index(ref)] == label_id(r, ("left", "right")[side])
+        np.testing.assert_array_equal(seg.pixel_array[i].astype(bool), expected)
 
     sr = pydicom.dcmread(tmp_path / "out" / "sr.dcm")
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and sr.StudyInstanceUID == first.StudyInstanceUID
