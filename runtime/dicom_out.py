@@ -323,6 +323,8 @@ def make_sc(result: StudyResult, rgb: np.ndarray, source_index: int, number: int
         accession_number=src.get("AccessionNumber"), study_id=src.get("StudyID"),
         study_date=src.get("StudyDate"), study_time=src.get("StudyTime"),
         referring_physician_name=src.get("ReferringPhysicianName"), patient_orientation=("L", "P"))
+    if "SpecificCharacterSet" in src:            # highdicom leaves it out: a name in UTF-8 came out as '??'
+        sc.SpecificCharacterSet = src.SpecificCharacterSet
     item = Dataset()
     item.ReferencedSOPClassUID = src.SOPClassUID
     item.ReferencedSOPInstanceUID = src.SOPInstanceUID

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 
@@ -85,6 +86,27 @@ def test_dicom_outputs_reference_and_overlay_the_source(dicom_result, tmp_path):
         ref = sc.SourceImageSequence[0].ReferencedSOPInstanceUID
         assert ref in source and sc.pixel_array.shape[-1] == 3
         assert sc.BurnedInAnnotation == "YES"           # an anonymiser must know the pixels name the patient
+
+
+def test_key_images_keep_the_sources_character_set(dicom_result):
+    """A German or Japanese name in a UTF-8 series: the SEG and SR kept it, the key images wrote it in
+    the default character set, 'Müller^Jürgen=??^??'. The identity on every output must be the source's."""
+    import copy
+    from dataclasses import replace
+
+    from runtime.dicom_out import make_sc, make_seg, to_bytes
+    _, result = dicom_result
+    name = "Müller^Jürgen=山田^太郎"
+    headers = []
+    for ds in result.source_images:
+        ds = copy.deepcopy(ds)
+        ds.SpecificCharacterSet, ds.PatientName = "ISO_IR 192", name
+        headers.append(ds)
+    named = replace(result, source_images=tuple(headers))
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    for made in (make_sc(named, rgb, 0, 1, pydicom.uid.generate_uid()), make_seg(named)):
+        back = pydicom.dcmread(io.BytesIO(to_bytes(made)))
+        assert back.SpecificCharacterSet == "ISO_IR 192" and str(back.PatientName) == name
 
 
 def test_every_key_image_names_its_patient(dicom_result, demo_result):
