@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import unicodedata
 from dataclasses import replace
 from pathlib import Path
 
@@ -262,7 +263,20 @@ def identity_line(result: StudyResult) -> str:
     series = " ".join(str(v) for v in (ident.get("SeriesNumber"), result.metadata.get("series_description")) if v)
     if series:
         parts.append(f"series {series}")
-    return "  |  ".join(parts)
+    return "  |  ".join(_latin_ascii(part) for part in parts)
+
+
+# Letters that Unicode does not decompose into an ASCII letter and a mark.
+_LETTERS = str.maketrans({"ß": "ss", "Æ": "AE", "æ": "ae", "Ø": "O", "ø": "o", "Œ": "OE", "œ": "oe", "Ð": "D",
+                          "ð": "d", "Þ": "TH", "þ": "th", "Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "ı": "i"})
+
+
+def _latin_ascii(text: str) -> str:
+    """The font drawn on the key images (Pillow's own, the same on every machine) has ASCII only: 'Müller'
+    came out as 'M[]ller'. Accents are dropped (Muller), a few letters spelled out (Strasse); a word in
+    another script cannot be spelled so and is marked, the ID beside it still shows."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text.translate(_LETTERS)) if not unicodedata.combining(c))
+    return plain if plain.isascii() else "(not in Latin script)"
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:

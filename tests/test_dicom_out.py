@@ -127,6 +127,12 @@ def test_every_key_image_names_its_patient(dicom_result, demo_result):
     assert line.startswith("Yamada, Tarou  |  ID PAT-7") and "山" not in line
     cut = _fit(ImageDraw.Draw(Image.new("RGB", (1, 1))), line, _font(14), 500)
     assert cut.startswith("Yamada, Tarou  |  ID PAT-7") and cut.endswith("...") and len(cut) < len(line)
+    # The key images' font is ASCII only: accents dropped, other scripts marked, never drawn as boxes.
+    ident = {**ident, "PatientName": "Strauß^Jürgen", "StudyDate": "20261205"}
+    accented = replace(result, metadata={**result.metadata, "identity": ident, "series_description": "Schädel"})
+    assert identity_line(accented).startswith("Strauss, Jurgen  |  ID PAT-7") and "Schadel" in identity_line(accented)
+    cyrillic = replace(result, metadata={**result.metadata, "identity": {**ident, "PatientName": "Иванов^Иван"}})
+    assert identity_line(cyrillic).startswith("(not in Latin script)  |  ID PAT-7")
     # The line is drawn: the key image's identity band differs between two patients.
     z = int(result.labels.shape[0] // 2)
     bands = [np.asarray(render_slice(r, z, "ganglionic"))[28:48] for r in (result, named)]
