@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -482,6 +483,57 @@ def test_a_cta_sent_after_its_scored_ncct_is_ignored_not_failed(tmp_path, scorer
     assert not list((config.spool / "failures").iterdir())
     assert not (config.spool / "done" / cta["job"] / "dicom").exists()
     assert len([p for p in config.output.iterdir() if not p.name.startswith(".")]) == 1
+
+
+def another_series_of(folder: Path, into: Path, description: str, edit=None) -> None:
+    """The same study's images again as another series (a recon the scanner sends minutes later)."""
+    shutil.copytree(folder, into)
+    series_uid = pydicom.uid.generate_uid()
+
+    def renumber(ds):
+        ds.SeriesInstanceUID, ds.SeriesDescription = series_uid, description
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        if edit is not None:
+            edit(ds)
+    edit_slices(into, renumber)
+
+
+def test_a_later_series_of_a_scored_study_is_scored_only_if_it_is_a_better_kind(tmp_path, scorer):
+    """Scanners send a study's recons minutes apart: each later job was scored again and sent, two
+    ASPECTS in PACS for one head (a thin recon), or failed (a coronal MPR, exit 7). A later series is now
+    ignored unless it is a better kind by the chooser's criteria: a soft recon after a bone one."""
+    study_uid = small_head_series(tmp_path / "ncct", "RECONS")
+    def bone(ds):
+        ds.ConvolutionKernel = "BONE"
+
+    def soft(ds):
+        ds.ConvolutionKernel = "STANDARD"
+
+    def coronal(ds):
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+
+    another_series_of(tmp_path / "ncct", tmp_path / "thin", "HEAD 1.25mm")
+    another_series_of(tmp_path / "ncct", tmp_path / "bone", "HEAD BONE", bone)
+    another_series_of(tmp_path / "ncct", tmp_path / "coronal", "COR MPR", coronal)
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("json",))
+    node = Node(config)
+    first = node.run_job(scorer, _spool_study(node, tmp_path / "ncct", study_uid))
+    assert first["exit_code"] == 0 and first["series_criteria"]["soft"], first
+    for name, why in (("thin", "no better a non-contrast head series"), ("bone", "no better"),
+                      ("coronal", "no axial CT series")):
+        later = node.run_job(MustNotScore(), _spool_study(node, tmp_path / name, study_uid))  # type: ignore[arg-type]
+        assert later["exit_code"] == 0 and later["after"] == first["job"] and why in later["ignored"], later
+    assert not list((config.spool / "failures").iterdir())
+    assert len([p for p in config.output.iterdir() if not p.name.startswith(".")]) == 1
+
+    # The other way round: a bone recon scored first (all that had come), then the soft one arrives.
+    bone_uid = small_head_series(tmp_path / "b2", "BONE-FIRST")
+    edit_slices(tmp_path / "b2", bone)
+    another_series_of(tmp_path / "b2", tmp_path / "soft", "HEAD SOFT", soft)
+    worse = node.run_job(scorer, _spool_study(node, tmp_path / "b2", bone_uid))
+    better = node.run_job(scorer, _spool_study(node, tmp_path / "soft", bone_uid))
+    assert worse["exit_code"] == 0 and not worse["series_criteria"]["soft"]
+    assert better["exit_code"] == 0 and better["supersedes"] == worse["job"] and better["series_criteria"]["soft"]
 
 
 class HeldFirstScore:

@@ -34,9 +34,20 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from ..errors import AspectsError, DeliveryFailed, WrongModality
+from ..errors import (
+    AbsurdSize,
+    AspectsError,
+    DeliveryFailed,
+    InconsistentSeries,
+    NoSeries,
+    NotAHead,
+    TooFewSlices,
+    UnreadableInput,
+    WrongModality,
+)
 from ..output import make_folder
 from ..pipeline import Scorer, make_scorer
+from ..read import Study, read_study
 from ..read.images import CT_IMAGE_SOPS
 from ..report import write_report
 from ..threads import available_cores
@@ -45,6 +56,27 @@ from .send import SendFailed, send_files
 from .spool import BadIdentifier, Spool, fsync_dir
 
 log = logging.getLogger("aspects.node")
+
+
+class NothingNew(AspectsError):
+    """A later series of a scored study that would not improve on its result (never a failure)."""
+
+
+def refuse_unless_better(study: Study, scored: dict) -> None:
+    """A study has one result in PACS. A later series of a scored study (a thin or bone recon, an MPR)
+    is scored only when it is a better kind by the chooser's criteria than the series scored (a soft
+    reconstruction after a bone one), never for more slices alone."""
+    new = study.metadata.get("series_criteria") or {}
+    old = scored.get("series_criteria") or {}
+    if tuple(new.values()) <= tuple(bool(old.get(name)) for name in new):
+        raise NothingNew(f"series '{study.metadata.get('series_description', '')}' is no better a non-contrast "
+                         f"head series than the one job {scored['job']} scored")
+
+
+# What a series can be refused for before any scoring: after a scored NCCT of the same study, such a job
+# is recorded as ignored, not failed (a failure record for every CTA would teach staff to ignore them).
+INPUT_REFUSALS = (NothingNew, UnreadableInput, NoSeries, WrongModality, TooFewSlices, InconsistentSeries,
+                  NotAHead, AbsurdSize)
 
 VERIFICATION = "1.2.840.10008.1.1"
 TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
@@ -223,8 +255,10 @@ class Node:
         placed = self.output / job
         t0 = time.time()
         outcome: dict = {"job": job, "study_instance_uid": study, "output": str(placed)}
+        scored: list[dict] = []
         try:
             outcome["instances"] = self.spool.instances(job)
+            scored = [] if placed.is_dir() else self.spool.scored(job)
             earlier = None if placed.is_dir() else self.spool.scored_with(job, outcome["instances"])
             if earlier is not None:
                 outcome.update(aspects=earlier.get("aspects"), output=earlier["output"], same_as=earlier["job"],
@@ -234,21 +268,30 @@ class Node:
             else:
                 if placed.is_dir():             # placed before a crash: the score is in its report, if any
                     report = placed / "report.json"
-                    outcome["aspects"] = json.loads(report.read_text())["aspects"] if report.exists() else None
+                    doc = json.loads(report.read_text()) if report.exists() else {"study": {}}
+                    outcome.update(aspects=doc.get("aspects"), series_uid=doc["study"].get("series_uid"),
+                                   series_criteria=doc["study"].get("series_criteria"))
                 else:
+                    source: Path | Study = self.spool.jobs / job / "dicom"
+                    if scored:                  # read first: only a better series is scored again
+                        source = read_study(source)
+                        refuse_unless_better(source, scored[0])
+                        outcome["supersedes"] = scored[0]["job"]
+                        log.info("job %s: a better series than job %s scored: scored and sent as well",
+                                 job, scored[0]["job"])
                     staging = self.staging / job
                     shutil.rmtree(staging, ignore_errors=True)
-                    result = scorer.score(self.spool.jobs / job / "dicom")
+                    result = scorer.score(source)
                     write_report(result, staging, self.config.outputs)
                     os.rename(staging, placed)
                     fsync_dir(self.output)
-                    outcome["aspects"] = result.score.aspects
+                    outcome.update(aspects=result.score.aspects, series_uid=result.metadata.get("series_uid"),
+                                   series_criteria=result.metadata.get("series_criteria"))
                 self._send(placed, outcome)
                 log.info("job %s: ASPECTS %s, results in %s", job, outcome["aspects"], placed)
             outcome["exit_code"] = 0
-        except WrongModality as exc:
-            scored = self.spool.scored(job)
-            if scored:                          # the CTA or perfusion that follows the NCCT scored before
+        except INPUT_REFUSALS as exc:
+            if scored and "supersedes" not in outcome:   # a CTA, an MPR, a bone series after the scored NCCT
                 outcome.update(exit_code=0, ignored=str(exc), after=scored[0]["job"])
                 log.info("job %s: nothing to score after job %s (%s)", job, scored[0]["job"], exc)
             else:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import AbsurdSize, AspectsError, InconsistentSeries, NoSeries, TooFewSlices, UnreadableInput
 from .images import Plane, Refused, planes_hu, read_planes
-from .series import choose_series, drop_copies, passed_over, refuse_mixed_studies, series_warnings
+from .series import choose_series, criteria_met, drop_copies, passed_over, refuse_mixed_studies, series_warnings
 from .study import MAX_GANTRY_TILT_DEG, MIN_SLICES, Study, check_dims
 from .volume import VOLUME_SUFFIXES
 
@@ -146,7 +146,8 @@ def _stack_series(slices: list[Plane], folder: Path, others: list[str], n_ignore
     headers = () if any(h.frame is not None for h in slices) else tuple(h.header for h in slices)
     return Study(hu=hu, affine=affine, source=str(folder), warnings=tuple(warnings), source_images=headers,
                  metadata={"format": "dicom", "modality": "CT", "series_uid": first.series_uid,
-                           "series_description": first.description, "slices": len(slices),
+                           "series_description": first.description, "series_criteria": criteria_met(slices),
+                           "slices": len(slices),
                            "gantry_tilt_deg": round(tilt, 2), "identity": identity,
                            "source_slice_positions_mm": [round(float(a - along[0]), 3) for a in along]})
 

@@ -93,8 +93,7 @@ def choose_series(series: dict[str, list[Plane]], folder: Path) -> list[Plane]:
         found = sorted({s[0].modality or "unknown" for s in series.values()})
         raise WrongModality(f"{folder}: no CT series (found modality {', '.join(found)})")
     uid, slices = max(ct.items(), key=lambda item: _rank(item[1]))
-    met = {name: ok for name, ok, _ in _criteria(slices)}
-    if not met["axial"]:
+    if not criteria_met(slices)["axial"]:
         raise InconsistentSeries(f"{folder}: no axial CT series; found only non-axial reconstructions")
     agent = _agent(slices)
     if agent:
@@ -138,8 +137,14 @@ def _criteria(slices: list[Plane]) -> list[tuple[str, bool, str]]:
     ]
 
 
+def criteria_met(slices: list[Plane]) -> dict[str, bool]:
+    """Which of the chooser's criteria a series meets, in order of weight: the report records it, and
+    the node compares a later series of a scored study by it (runtime.node.server)."""
+    return {name: bool(ok) for name, ok, _ in _criteria(slices)}
+
+
 def _rank(slices: list[Plane]) -> tuple:
-    return (*(ok for _, ok, _ in _criteria(slices)), len(slices))
+    return (*criteria_met(slices).values(), len(slices))
 
 
 def _agent(slices: list[Plane]) -> str:
