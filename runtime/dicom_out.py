@@ -247,13 +247,19 @@ def make_sr(result: StudyResult):
             measurements.append(hd.sr.Measurement(
                 name=hd.sr.CodedConcept("ASPECTS-P", "99ASPECTSRT", "DA-Net probability of ischemia"),
                 value=float(c.probability), unit=hd.sr.CodedConcept("1", "UCUM", "no units")))
-        evaluations = [
-            hd.sr.QualitativeEvaluation(
-                name=hd.sr.CodedConcept("ASPECTS-AFF", "99ASPECTSRT", "Early ischemic change"),
-                value=codes.SCT.Yes if c.affected else codes.SCT.No),
-            hd.sr.QualitativeEvaluation(      # runtime.score.borderline_calls
-                name=hd.sr.CodedConcept("ASPECTS-BL", "99ASPECTSRT", "Borderline call"),
-                value=codes.SCT.Yes if c.borderline else codes.SCT.No)]
+        # A region not assessed (outside the scan, not found) gets no call: "Early ischemic change: No"
+        # would read as a normal region that nobody looked at.
+        evaluations = [hd.sr.QualitativeEvaluation(
+            name=hd.sr.CodedConcept("ASPECTS-ASSESSED", "99ASPECTSRT", "Region assessed"),
+            value=codes.SCT.Yes if c.assessed else codes.SCT.No)]
+        if c.assessed:
+            evaluations += [
+                hd.sr.QualitativeEvaluation(
+                    name=hd.sr.CodedConcept("ASPECTS-AFF", "99ASPECTSRT", "Early ischemic change"),
+                    value=codes.SCT.Yes if c.affected else codes.SCT.No),
+                hd.sr.QualitativeEvaluation(      # runtime.score.borderline_calls
+                    name=hd.sr.CodedConcept("ASPECTS-BL", "99ASPECTSRT", "Borderline call"),
+                    value=codes.SCT.Yes if c.borderline else codes.SCT.No)]
         region_groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking, measurements=measurements or None,
             qualitative_evaluations=evaluations,
@@ -265,6 +271,12 @@ def make_sr(result: StudyResult):
         measurements=[
             hd.sr.Measurement(name=hd.sr.CodedConcept("ASPECTS", "99ASPECTSRT", "ASPECTS"), value=s.aspects,
                               unit=hd.sr.CodedConcept("{score}", "UCUM", "score")),
+            hd.sr.Measurement(name=hd.sr.CodedConcept("ASPECTS-LO", "99ASPECTSRT",
+                                                      "ASPECTS lowest, borderline and unassessed regions affected"),
+                              value=s.lowest, unit=hd.sr.CodedConcept("{score}", "UCUM", "score")),
+            hd.sr.Measurement(name=hd.sr.CodedConcept("ASPECTS-HI", "99ASPECTSRT",
+                                                      "ASPECTS highest, borderline calls not affected"),
+                              value=s.highest, unit=hd.sr.CodedConcept("{score}", "UCUM", "score")),
             hd.sr.Measurement(name=hd.sr.CodedConcept("ASPECTS-L", "99ASPECTSRT", "ASPECTS left hemisphere"),
                               value=s.left, unit=hd.sr.CodedConcept("{score}", "UCUM", "score")),
             hd.sr.Measurement(name=hd.sr.CodedConcept("ASPECTS-R", "99ASPECTSRT", "ASPECTS right hemisphere"),

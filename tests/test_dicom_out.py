@@ -88,6 +88,55 @@ def test_dicom_outputs_reference_and_overlay_the_source(dicom_result, tmp_path):
         assert sc.BurnedInAnnotation == "YES"           # an anonymiser must know the pixels name the patient
 
 
+def _sr_groups(sr) -> dict[str, dict[str, str]]:
+    """Each measurement group of an SR by its tracking identifier: concept name -> value (code meaning
+    or number)."""
+    groups = {}
+
+    def walk(items, into):
+        for item in items:
+            name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
+            if item.ValueType == "CONTAINER" and name == "Measurement Group":
+                found: dict[str, str] = {}
+                walk(item.ContentSequence, found)
+                groups[found.get("Tracking Identifier", "")] = found
+                continue
+            if item.ValueType == "CODE":
+                into[name] = item.ConceptCodeSequence[0].CodeMeaning
+            elif item.ValueType == "NUM":
+                into[name] = str(item.MeasuredValueSequence[0].NumericValue)
+            elif item.ValueType == "TEXT":
+                into[name] = item.TextValue
+            if "ContentSequence" in item:
+                walk(item.ContentSequence, into)
+    walk(sr.ContentSequence, {})
+    return groups
+
+
+def test_the_sr_says_which_regions_were_not_assessed_and_the_scores_range(dicom_result):
+    """A region outside a short scan read 'Early ischemic change: No' in the SR, as if it had been
+    looked at and found normal. It now reads 'Region assessed: No' with no call, and the summary gives
+    the range that it and the borderline calls leave open."""
+    from dataclasses import replace
+
+    from runtime.dicom_out import make_sr, to_bytes
+    from runtime.score import score
+    _, result = dicom_result
+    calls = tuple(replace(c, assessed=False, affected=False, borderline=False, probability=None,
+                          difference_hu=None, hypodense_ml=None) if c.region in ("M4", "M5", "M6") else c
+                  for c in result.score.calls)
+    short = replace(result, score=score(calls))
+    groups = _sr_groups(pydicom.dcmread(io.BytesIO(to_bytes(make_sr(short)))))
+    for c in calls:
+        group = groups[f"ASPECTS {c.side} {c.region}"]
+        assert group["Region assessed"] == ("Yes" if c.assessed else "No"), (c, group)
+        assert ("Early ischemic change" in group) == c.assessed
+    summary = groups["ASPECTS study"]
+    assert float(summary["ASPECTS lowest, borderline and unassessed regions affected"]) == short.score.lowest
+    assert float(summary["ASPECTS highest, borderline calls not affected"]) == short.score.highest
+    assert short.score.lowest <= short.score.aspects - 3
+
+
 def test_key_images_keep_the_sources_character_set(dicom_result):
     """A German or Japanese name in a UTF-8 series: the SEG and SR kept it, the key images wrote it in
     the default character set, 'Müller^Jürgen=??^??'. The identity on every output must be the source's."""
