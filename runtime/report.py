@@ -231,17 +231,24 @@ def render_slice(result: StudyResult, z: int, level: str, source: int | None = N
     h, w = labels.shape
     draw.text((8, h // 2), "R", fill=(255, 255, 0), font=big, stroke_width=2, stroke_fill=(0, 0, 0))
     draw.text((w - 20, h // 2), "L", fill=(255, 255, 0), font=big, stroke_width=2, stroke_fill=(0, 0, 0))
-    hits = ", ".join(s.affected) or "none"
-    draw.text((8, h - 44), f"affected: {hits}", fill=(255, 255, 255), font=font, stroke_width=2,
-              stroke_fill=(0, 0, 0))
-    draw.text((8, h - 66), f"yellow: tissue {HEAT_HU[0]:.0f}-{HEAT_HU[1]:.0f}+ HU darker than its mirror",
-              fill=(255, 230, 0), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
-    if borderline:
-        draw.text((8, h - 88), f"?: borderline, the call flips within {BORDERLINE_HU} HU", fill=(255, 255, 255),
-                  font=font, stroke_width=2, stroke_fill=(0, 0, 0))
-    draw.text((8, h - 22), "research use only - not for clinical decisions", fill=(200, 200, 200), font=font,
-              stroke_width=2, stroke_fill=(0, 0, 0))
+    for k, (text, colour) in enumerate(footer_lines(result), start=1):
+        draw.text((8, h - 22 * k), _fit(draw, text, font, w - 16), fill=colour, font=font, stroke_width=2,
+                  stroke_fill=(0, 0, 0))
     return img
+
+
+def footer_lines(result: StudyResult) -> list[tuple[str, tuple[int, int, int]]]:
+    """The key image's legend, bottom line first."""
+    s = result.score
+    white = (255, 255, 255)
+    lines = [("research use only - not for clinical decisions", (200, 200, 200)),
+             (f"affected: {', '.join(s.affected) or 'none'}", white),
+             (f"yellow: tissue {HEAT_HU[0]:.0f}-{HEAT_HU[1]:.0f}+ HU darker than its mirror", (255, 230, 0))]
+    if any(c.borderline for c in s.calls):
+        lines.append((f"?: borderline, the call flips within {BORDERLINE_HU} HU", white))
+    if s.not_assessed:     # drawn nowhere above: say so, or a missing region reads as a normal one
+        lines.append((f"not assessed (not found on this scan): {', '.join(s.not_assessed)}", white))
+    return lines
 
 
 def identity_line(result: StudyResult) -> str:
