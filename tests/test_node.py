@@ -73,7 +73,7 @@ def send_folder(folder: Path, port: int, calling: str = "SCANNER", files: list[P
 class Receiver:
     """A PACS stand-in: a Storage SCP for SEG, SR and secondary captures that keeps what it gets."""
 
-    def __init__(self, classes: tuple[str, ...] = (SEG, SR3D, SC), status: int = 0x0000):
+    def __init__(self, classes: tuple[str, ...] = (SEG, SR3D, SC), status: int = 0x0000, port: int = 0):
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
         from pynetdicom import AE, evt
         self.received: list[pydicom.Dataset] = []
@@ -81,7 +81,7 @@ class Receiver:
         ae = AE(ae_title="PACS")
         for sop in classes:
             ae.add_supported_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        self.server = ae.start_server((LOOPBACK, 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.server = ae.start_server((LOOPBACK, port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
         self.port = self.server.server_address[1]
 
     def _store(self, event):
@@ -467,6 +467,45 @@ def test_an_archive_without_seg_storage_gets_the_other_results(tmp_path, scorer)
     assert outcome["exit_code"] == 0 and outcome["sent_to"] == [name], outcome
     assert outcome["not_taken"] == {name: ["Segmentation Storage"]}
     assert sorted(str(d.SOPClassUID) for d in old_pacs.received) == sorted([SR3D, SC, SC])
+
+
+def test_results_a_destination_missed_are_sent_again_once_it_is_back(tmp_path, scorer):
+    """A PACS restarting during a stroke: the results went nowhere (three tries in six seconds) and
+    stayed a failure record until someone re-sent the study. The outbox now sends them again, to the
+    destinations that missed them, for redeliver_hours; a study delivered since by a newer job is not
+    sent twice."""
+    port = _free_port()
+    name = f"PACS@{LOOPBACK}:{port}"
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("json", "sr"),
+                        destinations=(Destination("PACS", LOOPBACK, port),), send_attempts=1)
+    node = Node(config)
+    uids = {k: small_head_series(tmp_path / k, f"OUTBOX-{k}") for k in ("late", "stale", "resent")}
+    jobs = {k: node.run_job(scorer, _spool_study(node, tmp_path / k, uid)) for k, uid in uids.items()}
+    for outcome in jobs.values():
+        assert outcome["exit_code"] == 16 and outcome["not_sent"] == [name], outcome
+        assert "sent again every 60 s for 24 h" in outcome["error"]
+    node.redeliver()                                          # still down: one more try recorded
+    record = json.loads((config.spool / "failures" / f"{jobs['late']['job']}.json").read_text())
+    assert record["redelivery_attempts"] == 1 and record["exit_code"] == 16
+
+    pacs = Receiver(port=port)
+    try:
+        again = node.run_job(scorer, _spool_study(node, tmp_path / "resent", uids["resent"]))   # a re-send
+        assert again["exit_code"] == 0 and again["sent_to"] == [name]
+        stale = json.loads((config.spool / "failures" / f"{jobs['stale']['job']}.json").read_text())
+        stale["finished_at"] -= 25 * 3600                     # past redeliver_hours
+        node.spool.record_failure(stale)
+        node.redeliver()
+    finally:
+        pacs.close()
+    # One SR each for the re-sent study and the late one; none for the one past the window.
+    assert sorted(str(d.StudyInstanceUID) for d in pacs.received) == sorted([uids["resent"], uids["late"]])
+    late = json.loads((config.spool / "done" / jobs["late"]["job"] / "outcome.json").read_text())
+    assert late["exit_code"] == 0 and late["sent_to"] == [name] and late["not_sent"] == [] and late["delivered_late"]
+    assert not (config.spool / "done" / jobs["late"]["job"] / "dicom").exists()
+    resent = json.loads((config.spool / "done" / jobs["resent"]["job"] / "outcome.json").read_text())
+    assert resent["superseded_by"] == again["job"]
+    assert sorted(p.stem for p in (config.spool / "failures").iterdir()) == [jobs["stale"]["job"]]
 
 
 def test_a_cta_sent_after_its_scored_ncct_is_ignored_not_failed(tmp_path, scorer):

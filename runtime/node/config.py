@@ -44,6 +44,7 @@ class NodeConfig:
     keep_received: bool = False                    # keep a scored study's images in spool/done
     send_attempts: int = 3
     retain_days: float = 0.0                       # results and finished jobs older than this go (0: keep all)
+    redeliver_hours: float = 24.0                  # results a destination did not take are re-sent this long
 
     def check(self) -> NodeConfig:
         for ae in (self.ae_title, *self.allowed_calling_aes, *(d.ae_title for d in self.destinations)):
@@ -51,8 +52,10 @@ class NodeConfig:
                 raise UsageError(f"AE title {ae!r}: 1-16 printable characters, no backslash or edge spaces")
         if not 0 <= self.port <= 65535:
             raise UsageError(f"port {self.port} is not a TCP port")
-        if self.quiet_seconds < 0 or self.workers < 1 or self.send_attempts < 1 or not 0 <= self.retain_days < 1e6:
-            raise UsageError("quiet_seconds and retain_days must be >= 0, workers and send_attempts >= 1")
+        if (self.quiet_seconds < 0 or self.workers < 1 or self.send_attempts < 1 or not 0 <= self.retain_days < 1e6
+                or not 0 <= self.redeliver_hours < 1e6):
+            raise UsageError("quiet_seconds, retain_days and redeliver_hours must be >= 0, workers and "
+                             "send_attempts >= 1")
         check_outputs(self.outputs)
         return self
 

@@ -73,6 +73,11 @@ def refuse_unless_better(study: Study, scored: dict) -> None:
                          f"head series than the one job {scored['job']} scored")
 
 
+def _started(job: str) -> int:
+    """A job's promotion time (ns): its name is <StudyInstanceUID>_<time_ns>."""
+    return int(job.rsplit("_", 1)[1])
+
+
 # What a series can be refused for before any scoring: after a scored NCCT of the same study, such a job
 # is recorded as ignored, not failed (a failure record for every CTA would teach staff to ignore them).
 INPUT_REFUSALS = (NothingNew, UnreadableInput, NoSeries, WrongModality, TooFewSlices, InconsistentSeries,
@@ -85,6 +90,7 @@ TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExp
 STATUS_STORED, STATUS_OUT_OF_RESOURCES, STATUS_CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 SEND_BACKOFF_S = 2.0
 PURGE_EVERY_S = 3600.0
+REDELIVER_EVERY_S = 60.0
 # An association silent this long is dropped (pynetdicom's own default, made explicit), which also
 # ends the hold its studies had: a hung sender delays a study by at most this, never forever.
 IDLE_ASSOCIATION_S = 60.0
@@ -139,6 +145,10 @@ class Node:
         scheduler = threading.Thread(target=self._schedule, daemon=True, name="aspects-scheduler")
         scheduler.start()
         self._threads.append(scheduler)
+        if self.config.destinations and self.config.redeliver_hours:
+            outbox = threading.Thread(target=self._outbox, daemon=True, name="aspects-outbox")
+            outbox.start()
+            self._threads.append(outbox)
         log.info("%s listening on %s:%d (spool %s, output %s)", self.config.ae_title, self.config.host, self.port,
                  self.config.spool, self.output)
         return self
@@ -304,6 +314,7 @@ class Node:
             outcome.update(exit_code=1, error=f"internal error ({type(exc).__name__}: {exc})")
             log.exception("job %s (study %s): internal error", job, study)
         outcome["seconds"] = round(time.time() - t0, 2)
+        outcome["finished_at"] = round(time.time(), 3)
         self.spool.finish(job, outcome, self._keep_images(outcome))
         return outcome
 
@@ -314,14 +325,18 @@ class Node:
             return self.config.keep_received
         return outcome["exit_code"] != WrongModality.exit_code
 
-    def _send(self, placed: Path, outcome: dict) -> None:
+    def _send(self, placed: Path, outcome: dict, destinations=None, attempts: int | None = None) -> None:
         """Every destination gets the DICOM results, retried with back-off. Classes a destination does
-        not take at all (an archive without SEG storage) are recorded in the outcome, not retried."""
+        not take at all (an archive without SEG storage) are recorded in the outcome, not retried. One
+        destination down does not keep the results from the others; those it missed are `not_sent`,
+        and the outbox sends them again (redeliver)."""
         files = sorted(placed.glob("*.dcm"))
-        outcome["sent_to"] = []
-        for dest in self.config.destinations:
+        attempts = attempts or self.config.send_attempts
+        outcome.setdefault("sent_to", [])
+        missed = []
+        for dest in self.config.destinations if destinations is None else destinations:
             name = f"{dest.ae_title}@{dest.host}:{dest.port}"
-            for attempt in range(1, self.config.send_attempts + 1):
+            for attempt in range(1, attempts + 1):
                 try:
                     not_taken = send_files(self.config.ae_title, dest, files)
                     outcome["sent_to"].append(name)
@@ -331,7 +346,51 @@ class Node:
                     break
                 except (SendFailed, OSError) as exc:
                     log.warning("sending %s to %s, attempt %d: %s", placed.name, dest.ae_title, attempt, exc)
-                    if attempt == self.config.send_attempts:
-                        raise DeliveryFailed(f"results are in {placed} but {dest.ae_title} did not take them "
-                                             f"({exc})") from None
-                    time.sleep(SEND_BACKOFF_S * attempt)
+                    if attempt == attempts:
+                        missed.append((name, str(exc)))
+                    else:
+                        time.sleep(SEND_BACKOFF_S * attempt)
+        outcome["not_sent"] = [name for name, _ in missed]
+        if missed:
+            again = (f"; sent again every {REDELIVER_EVERY_S:.0f} s for {self.config.redeliver_hours:g} h"
+                     if self.config.redeliver_hours else "")
+            raise DeliveryFailed(f"results are in {placed} but "
+                                 + "; ".join(f"{name} did not take them ({why})" for name, why in missed) + again)
+
+    # ------------------------------------------------------------ outbox
+
+    def _outbox(self) -> None:
+        while not self.stopping.wait(REDELIVER_EVERY_S):
+            try:
+                self.redeliver()
+            except OSError as exc:
+                log.error("outbox: %s", exc)
+
+    def redeliver(self, now: float | None = None) -> None:
+        """One pass: each job whose results a destination did not take (a PACS restarting, a network
+        down) is sent to those destinations again, one attempt each, until `redeliver_hours` after it
+        finished. Delivered everywhere, it moves to done/ and its failure record goes."""
+        now = time.time() if now is None else now
+        by_name = {f"{d.ae_title}@{d.host}:{d.port}": d for d in self.config.destinations}
+        for outcome in self.spool.undelivered():
+            if now - outcome.get("finished_at", now) > self.config.redeliver_hours * 3600:
+                continue
+            job = outcome["job"]
+            newer = [o["job"] for o in self.spool.scored(job) if _started(o["job"]) > _started(job)]
+            if newer:                           # sent again by the scanner, scored and delivered since
+                outcome.update(exit_code=0, superseded_by=newer[0])
+                outcome.pop("error", None)
+                self.spool.redelivered(outcome, self.config.keep_received)
+                log.info("job %s: not sent again, job %s delivered this study since", job, newer[0])
+                continue
+            missing = [by_name[name] for name in outcome["not_sent"] if name in by_name]
+            try:
+                self._send(Path(outcome["output"]), outcome, missing, attempts=1)
+            except DeliveryFailed as exc:
+                outcome.update(error=str(exc), redelivery_attempts=outcome.get("redelivery_attempts", 0) + 1)
+                self.spool.record_failure(outcome)
+                continue
+            outcome.update(exit_code=0, delivered_late=round(now, 3))
+            outcome.pop("error", None)
+            self.spool.redelivered(outcome, self.config.keep_received)
+            log.info("job %s: results delivered to %s on a later try", job, ", ".join(outcome["sent_to"]))

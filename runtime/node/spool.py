@@ -149,6 +149,35 @@ class Spool:
         fsync_dir(self.jobs)
         return target
 
+    def undelivered(self) -> list[dict]:
+        """Outcomes of scored jobs whose results some destination did not take (`not_sent`), oldest first."""
+        outcomes = []
+        for record in sorted(self.failures.glob("*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[1])):
+            try:
+                outcome = json.loads(record.read_text())
+            except (OSError, ValueError):
+                continue
+            if outcome.get("not_sent") and (self.failed / outcome["job"]).is_dir():
+                outcomes.append(outcome)
+        return outcomes
+
+    def record_failure(self, outcome: dict) -> None:
+        """A failed job's outcome, updated in place (a later try that failed again)."""
+        _write_json(self.failed / outcome["job"] / "outcome.json", outcome)
+        _write_json(self.failures / f"{outcome['job']}.json", outcome)
+
+    def redelivered(self, outcome: dict, keep_images: bool) -> None:
+        """A failed job whose results have now reached every destination: recorded, moved to done/, its
+        failure record removed (in that order: a crash in between leaves a record that says so)."""
+        job = outcome["job"]
+        _write_json(self.failed / job / "outcome.json", outcome)
+        if not keep_images:
+            shutil.rmtree(self.failed / job / "dicom", ignore_errors=True)
+        os.rename(self.failed / job, self.done / job)
+        fsync_dir(self.failed)
+        (self.failures / f"{job}.json").unlink(missing_ok=True)
+        fsync_dir(self.failures)
+
     def instances(self, job: str) -> list[str]:
         """The SOP instance UIDs a job holds (its images are stored under them)."""
         return sorted(p.stem for p in (self.jobs / job / "dicom").glob("*.dcm"))
