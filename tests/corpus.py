@@ -167,6 +167,17 @@ def bare_datasets(d: Path) -> list[str]:
     return [str(d / "bare")]
 
 
+def scout_in_the_axial_series(d: Path) -> list[str]:
+    """The scout filed under the axial series' own UID, as some scanners do: a coronal LOCALIZER image."""
+    import pydicom
+    folder = _demo_series(d / "scout")
+    ds = pydicom.dcmread(sorted(folder.iterdir())[0])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.ImageType, ds.ImageOrientationPatient = ["ORIGINAL", "PRIMARY", "LOCALIZER"], [1, 0, 0, 0, 0, -1]
+    ds.save_as(folder / "scout.dcm")
+    return [str(folder)]
+
+
 def no_rescale_tags(d: Path) -> list[str]:
     def drop(ds):
         del ds.RescaleSlope, ds.RescaleIntercept
@@ -330,6 +341,7 @@ CASES: tuple[Case, ...] = (
     Case("DICOM series whose rescale tags were dropped (brain near 1040)", 3, no_rescale_tags),
     Case("NIfTI saved without its -1024 intercept", 3, nifti_without_intercept),
     Case("DICOM files without preamble and file meta (SEG, SR written)", 0, bare_datasets, scores=True),
+    Case("scout image filed under the axial series' UID", 0, scout_in_the_axial_series, scores=True),
     Case("GE head, 4 and 7 mm slices, 18.5 degree tilt", 0, ge_head_tilt, needs=SHARED_DICOM / "ge_head_tilt",
          scores=True),
     Case("Philips head phantom, several series", 8, philips_phantom,

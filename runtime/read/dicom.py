@@ -53,7 +53,9 @@ def _read_files(files: list[str], folder: Path) -> Study:
     planes, duplicates = drop_copies(planes)
     series: dict[str, list[Plane]] = {}
     for h in planes:
-        series.setdefault(h.series_uid, []).append(h)
+        # Some scanners file the scout under the axial series' UID: apart, the chooser passes it over,
+        # where together they were refused as "slices with different orientations".
+        series.setdefault(h.series_uid + (" localizer" if "LOCALIZER" in h.image_type else ""), []).append(h)
     chosen = choose_series(series, folder)
     refuse_mixed_studies(series, folder)
     # A file that belongs to the chosen series (or cannot say which series it belongs to) but cannot be
