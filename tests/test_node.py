@@ -565,6 +565,16 @@ def test_a_later_series_of_a_scored_study_is_scored_only_if_it_is_a_better_kind(
     assert not list((config.spool / "failures").iterdir())
     assert len([p for p in config.output.iterdir() if not p.name.startswith(".")]) == 1
 
+    # Images of the very series scored, after it (a sender pausing longer than quiet_seconds): a failure
+    # to look into, not a series passed over.
+    (tmp_path / "late").mkdir()
+    for path in sorted((tmp_path / "ncct").iterdir())[:3]:
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(tmp_path / "late" / path.name)
+    late = node.run_job(MustNotScore(), _spool_study(node, tmp_path / "late", study_uid))  # type: ignore[arg-type]
+    assert late["exit_code"] == 7 and "arrived after job" in late["error"] and "quiet_seconds" in late["error"]
+
     # The other way round: a bone recon scored first (all that had come), then the soft one arrives.
     bone_uid = small_head_series(tmp_path / "b2", "BONE-FIRST")
     edit_slices(tmp_path / "b2", bone)

@@ -73,6 +73,21 @@ def refuse_unless_better(study: Study, scored: dict) -> None:
                          f"head series than the one job {scored['job']} scored")
 
 
+class LateImages(AspectsError):
+    """Images of the very series a job scored, arriving after it: that score may have missed them."""
+    exit_code = InconsistentSeries.exit_code
+
+
+def refuse_late_images(series_uids: set[str], scored: dict) -> None:
+    """A scanner that pauses longer than quiet_seconds between two parts of one series splits it into
+    two jobs: the first was scored without the second's slices. That is a failure to look into (and a
+    setting to change), never a series to pass over quietly."""
+    if scored.get("series_uid") in series_uids:
+        raise LateImages(f"images of series {scored['series_uid']} arrived after job {scored['job']} scored it, "
+                         "so that score may lack them: send the study again, and set quiet_seconds above the "
+                         "sender's longest pause")
+
+
 def _started(job: str) -> int:
     """A job's promotion time (ns): its name is <StudyInstanceUID>_<time_ns>."""
     return int(job.rsplit("_", 1)[1])
@@ -284,6 +299,7 @@ class Node:
                 else:
                     source: Path | Study = self.spool.jobs / job / "dicom"
                     if scored:                  # read first: only a better series is scored again
+                        refuse_late_images(self.spool.series_of(job), scored[0])
                         source = read_study(source)
                         refuse_unless_better(source, scored[0])
                         outcome["supersedes"] = scored[0]["job"]

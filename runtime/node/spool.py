@@ -22,6 +22,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import pydicom
+from pydicom.errors import InvalidDicomError
+
 from ..output import make_folder
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -177,6 +180,17 @@ class Spool:
         fsync_dir(self.failed)
         (self.failures / f"{job}.json").unlink(missing_ok=True)
         fsync_dir(self.failures)
+
+    def series_of(self, job: str) -> set[str]:
+        """The SeriesInstanceUIDs of a job's images (headers only)."""
+        uids = set()
+        for path in (self.jobs / job / "dicom").glob("*.dcm"):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+            except (OSError, InvalidDicomError):
+                continue
+            uids.add(str(ds.get("SeriesInstanceUID", "")))
+        return uids
 
     def instances(self, job: str) -> list[str]:
         """The SOP instance UIDs a job holds (its images are stored under them)."""
