@@ -30,6 +30,9 @@ from .result import StudyResult
 
 MANUFACTURER = "aspects-rt"
 SERIES_NUMBERS = {"seg": 9901, "sr": 9902, "sc": 9903, "ct": 9900}
+# What a PACS study browser lists each result series as (highdicom writes none: blank rows).
+SERIES_DESCRIPTIONS = {"seg": "aspects-rt: ASPECTS regions", "sr": "aspects-rt: ASPECTS report",
+                       "sc": "aspects-rt: ASPECTS key images", "ct": "aspects-rt: CT made from a volume file"}
 DICOM_FILES = ("seg.dcm", "sr.dcm", "sc_ganglionic.dcm", "sc_supraganglionic.dcm")
 
 
@@ -72,7 +75,7 @@ def derived_series(hu: np.ndarray, affine: np.ndarray, source: str) -> tuple[lis
                 setattr(ds, keyword, "")
             ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", SERIES_NUMBERS["ct"], k + 1
             ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-            ds.SeriesDescription = "aspects-rt: CT made from a volume file"
+            ds.SeriesDescription = SERIES_DESCRIPTIONS["ct"]
             ds.DerivationDescription = f"written by aspects-rt {__version__} from {source}; new UIDs, no identity"
             ds.Manufacturer, ds.PositionReferenceIndicator, ds.KVP = MANUFACTURER, "", ""
             ds.ImagePositionPatient = [_ds(v) for v in affine[:3, :3] @ [0.0, 0.0, float(k)] + affine[:3, 3]]
@@ -210,13 +213,15 @@ def make_seg(result: StudyResult):
     keep = np.flatnonzero(segments.any(axis=(1, 2)))
     if not len(keep):
         keep = np.array([0])
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=_sources(result, keep), pixel_array=segments[keep],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
         series_instance_uid=generate_uid(), series_number=SERIES_NUMBERS["seg"], sop_instance_uid=generate_uid(),
         instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name="aspects-rt",
         software_versions=__version__, device_serial_number="none",
-        content_description="ASPECTS regions and affected regions", content_label="ASPECTS")
+        content_description="ASPECTS regions, the affected ones marked", content_label="ASPECTS")
+    seg.SeriesDescription = SERIES_DESCRIPTIONS["seg"]
+    return seg
 
 
 def make_sr(result: StudyResult):
@@ -299,10 +304,12 @@ def make_sr(result: StudyResult):
         observation_context=context, procedure_reported=codes.LN.HeadCT,
         imaging_measurements=[summary, *region_groups],
         title=codes.DCM.ImagingMeasurementReport)
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=_sources(result), content=report, series_instance_uid=generate_uid(),
         series_number=SERIES_NUMBERS["sr"], sop_instance_uid=generate_uid(), instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True)
+    sr.SeriesDescription = SERIES_DESCRIPTIONS["sr"]
+    return sr
 
 
 def source_slice_for(result: StudyResult, z: int) -> int | None:
@@ -343,6 +350,7 @@ def make_sc(result: StudyResult, rgb: np.ndarray, source_index: int, number: int
     sc.SourceImageSequence = [item]              # the source slice this key image shows
     sc.DerivationDescription = "aspects-rt key image: region outlines, calls and hypodensity heat map"
     sc.Laterality = ""                           # type 2C: the head is not a paired structure
+    sc.SeriesDescription = SERIES_DESCRIPTIONS["sc"]
     sc.BurnedInAnnotation = "YES"                # the patient's name, ID and study date are in the pixels
     sc.ImageComments = f"aspects-rt key image of source instance {src.get('InstanceNumber', '')} " \
                        f"(SOP {src.SOPInstanceUID})"

@@ -86,6 +86,11 @@ def test_dicom_outputs_reference_and_overlay_the_source(dicom_result, tmp_path):
         ref = sc.SourceImageSequence[0].ReferencedSOPInstanceUID
         assert ref in source and sc.pixel_array.shape[-1] == 3
         assert sc.BurnedInAnnotation == "YES"           # an anonymiser must know the pixels name the patient
+    # A PACS study browser lists each result series by its description: none was written.
+    assert [pydicom.dcmread(tmp_path / "out" / f, stop_before_pixels=True).SeriesDescription
+            for f in ("seg.dcm", "sr.dcm", "sc_ganglionic.dcm")] == ["aspects-rt: ASPECTS regions",
+                                                                       "aspects-rt: ASPECTS report",
+                                                                       "aspects-rt: ASPECTS key images"]
 
 
 def _sr_groups(sr) -> dict[str, dict[str, str]]:
