@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list of json, png, seg, sr, sc (default: all)")
     n.add_argument("--retain-days", type=number_from(0), default=None, metavar="DAYS",
                    help="delete result folders and finished jobs older than this (default 0: keep all)")
+    n.add_argument("--min-free-mb", type=number_from(0), default=None, metavar="MB",
+                   help="refuse images (0xA700, the sender retries) while the spool's disk has less free "
+                        "(default 2048)")
     n.add_argument("--redeliver-hours", type=number_from(0), default=None, metavar="HOURS",
                    help="re-send results a destination did not take, every minute, for this long (default 24; "
                         "0: never)")
@@ -307,7 +310,8 @@ def _serve(args) -> int:
     config = load_config(args.config, spool=args.spool, output=args.output, ae_title=args.ae_title, host=args.host,
                          port=args.port, allowed_calling_aes=args.allow, destinations=args.send,
                          quiet_seconds=args.quiet_seconds, workers=args.workers, outputs=outputs,
-                         retain_days=args.retain_days, redeliver_hours=args.redeliver_hours)
+                         retain_days=args.retain_days, redeliver_hours=args.redeliver_hours,
+                         min_free_mb=args.min_free_mb)
     node = Node(config).start()
     print(f"{config.ae_title} listening on {config.host}:{node.port}; spool {config.spool}, results {config.output}",
           flush=True)

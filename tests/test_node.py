@@ -365,6 +365,24 @@ def test_a_sender_pausing_longer_than_the_quiet_period_is_one_study(tmp_path):
     assert [o["study_instance_uid"] for o in got] == [study_uid] and got[0]["exit_code"] == 0, got
 
 
+def test_images_are_refused_while_the_spool_disk_is_nearly_full(tmp_path, caplog):
+    """Room is kept to score and write what was received: under min_free_mb every image is answered
+    0xA700 (the sender keeps it and retries), nothing is spooled, and the log says so once, not once
+    an image."""
+    folder = tmp_path / "study"
+    small_head_series(folder, "FULL")
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
+                        outputs=("json",), min_free_mb=1e11)
+    node = Node(config, scorer_factory=lambda threads: MustNotScore()).start()    # type: ignore[arg-type,return-value]
+    try:
+        statuses = send_folder(folder, node.port)
+    finally:
+        node.stop()
+    assert statuses and set(statuses) == {0xA700}
+    assert not any((config.spool / "incoming").iterdir())
+    assert len([r for r in caplog.records if "under min_free_mb" in r.getMessage()]) == 1
+
+
 # ---------------------------------------------------------------- load
 
 @pytest.mark.slow

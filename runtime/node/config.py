@@ -45,6 +45,7 @@ class NodeConfig:
     send_attempts: int = 3
     retain_days: float = 0.0                       # results and finished jobs older than this go (0: keep all)
     redeliver_hours: float = 24.0                  # results a destination did not take are re-sent this long
+    min_free_mb: float = 2048.0                    # below this free on the spool's disk, images are refused
 
     def check(self) -> NodeConfig:
         for ae in (self.ae_title, *self.allowed_calling_aes, *(d.ae_title for d in self.destinations)):
@@ -53,9 +54,9 @@ class NodeConfig:
         if not 0 <= self.port <= 65535:
             raise UsageError(f"port {self.port} is not a TCP port")
         if (self.quiet_seconds < 0 or self.workers < 1 or self.send_attempts < 1 or not 0 <= self.retain_days < 1e6
-                or not 0 <= self.redeliver_hours < 1e6):
-            raise UsageError("quiet_seconds, retain_days and redeliver_hours must be >= 0, workers and "
-                             "send_attempts >= 1")
+                or not 0 <= self.redeliver_hours < 1e6 or not 0 <= self.min_free_mb < 1e12):
+            raise UsageError("quiet_seconds, retain_days, redeliver_hours and min_free_mb must be >= 0, workers "
+                             "and send_attempts >= 1")
         check_outputs(self.outputs)
         return self
 

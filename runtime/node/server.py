@@ -133,6 +133,7 @@ class Node:
         # that follows an NCCT whose score is not yet recorded.
         self._in_hand: set[str] = set()
         self._in_hand_lock = threading.Lock()
+        self._low_disk_logged = -1e9
 
     @property
     def port(self) -> int:
@@ -200,6 +201,15 @@ class Node:
             log.info("%s sent a %s: acknowledged, not kept (only CT images are scored)",
                      event.assoc.requestor.ae_title, getattr(sop_class, "name", sop_class))
             return STATUS_STORED
+        free_mb = shutil.disk_usage(self.config.spool).free / 2**20
+        if free_mb < self.config.min_free_mb:
+            # Refused while there is room left to score and write the studies already received; the
+            # sender keeps the image and retries. A full disk would fail them all.
+            if time.monotonic() - self._low_disk_logged > 60:      # one line a minute, not one an image
+                self._low_disk_logged = time.monotonic()
+                log.error("the spool's disk has %.0f MB free, under min_free_mb %.0f: images are refused "
+                          "(0xA700) until there is room", free_mb, self.config.min_free_mb)
+            return STATUS_OUT_OF_RESOURCES
         try:
             study = event.dataset.StudyInstanceUID
             with self._receiving_lock:
