@@ -190,7 +190,7 @@ def make_seg(result: StudyResult):
 
     calls = {(c.region, c.side): c for c in result.score.calls}
     segment_of = np.zeros(256, np.uint8)                  # region label -> segment number
-    descriptions = []
+    descriptions: list = []
     algorithm = _algorithm(result)
     for r, region in enumerate(REGIONS):
         for side in SIDES:

@@ -307,10 +307,11 @@ class Node:
                     outcome.update(aspects=doc.get("aspects"), series_uid=doc["study"].get("series_uid"),
                                    series_criteria=doc["study"].get("series_criteria"))
                 else:
-                    source: Path | Study = self.spool.jobs / job / "dicom"
+                    folder = self.spool.jobs / job / "dicom"
+                    source: Path | Study = folder
                     if scored:                  # read first: only a better series is scored again
                         refuse_late_images(self.spool.series_of(job), scored[0])
-                        source = read_study(source)
+                        source = read_study(folder)
                         refuse_unless_better(source, scored[0])
                         outcome["supersedes"] = scored[0]["job"]
                         log.info("job %s: a better series than job %s scored: scored and sent as well",
