@@ -58,7 +58,7 @@ from .spool import BadIdentifier, Spool, fsync_dir
 log = logging.getLogger("aspects.node")
 
 
-class NothingNew(AspectsError):
+class NothingNew(NoSeries):
     """A later series of a scored study that would not improve on its result (never a failure)."""
 
 
@@ -73,9 +73,9 @@ def refuse_unless_better(study: Study, scored: dict) -> None:
                          f"head series than the one job {scored['job']} scored")
 
 
-class LateImages(AspectsError):
-    """Images of the very series a job scored, arriving after it: that score may have missed them."""
-    exit_code = InconsistentSeries.exit_code
+class LateImages(InconsistentSeries):
+    """Images of the very series a job scored, arriving after it: that score may have missed them (a
+    failure, never ignored as other refusals after a scored job are)."""
 
 
 def refuse_late_images(series_uids: set[str], scored: dict) -> None:
@@ -95,7 +95,7 @@ def _started(job: str) -> int:
 
 # What a series can be refused for before any scoring: after a scored NCCT of the same study, such a job
 # is recorded as ignored, not failed (a failure record for every CTA would teach staff to ignore them).
-INPUT_REFUSALS = (NothingNew, UnreadableInput, NoSeries, WrongModality, TooFewSlices, InconsistentSeries,
+INPUT_REFUSALS = (UnreadableInput, NoSeries, WrongModality, TooFewSlices, InconsistentSeries,
                   NotAHead, AbsurdSize)
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -327,6 +327,9 @@ class Node:
                 self._send(placed, outcome)
                 log.info("job %s: ASPECTS %s, results in %s", job, outcome["aspects"], placed)
             outcome["exit_code"] = 0
+        except LateImages as exc:
+            outcome.update(exit_code=exc.exit_code, error=str(exc))
+            log.error("job %s (study %s) failed: %s", job, study, exc)
         except INPUT_REFUSALS as exc:
             if scored and "supersedes" not in outcome:   # a CTA, an MPR, a bone series after the scored NCCT
                 outcome.update(exit_code=0, ignored=str(exc), after=scored[0]["job"])
