@@ -73,6 +73,23 @@ def test_dicom_trauma_study_scores_the_head_not_the_longer_body_series(tmp_path)
     assert any("'TRAUMA 1.25' (body part CHEST)" in w for w in study.warnings)
 
 
+def test_dicom_two_part_protocol_scores_the_cerebrum_not_the_thinner_posterior_fossa(tmp_path):
+    """Some protocols scan the posterior fossa as its own thin series: more slices, but below the
+    levels ASPECTS is read on. Alone, such a partial series is scored, and the report says why regions
+    are missing."""
+    hu = head_phantom()
+    cerebrum = write_series(tmp_path / "s" / "cerebrum", hu, description="HEAD 5mm")
+    write_series(tmp_path / "s" / "fossa", np.repeat(hu[:12], 4, axis=0), spacing=(1, 1, 1.25),
+                 description="POST FOSSA 1.25mm")
+    study = read_study(tmp_path / "s")
+    assert study.metadata["series_uid"] == cerebrum and study.metadata["series_criteria"]["covers the head"]
+    assert any("'POST FOSSA 1.25mm' (covers 60 mm of the head only)" in w for w in study.warnings)
+    assert not any("cannot be assessed" in w for w in study.warnings)
+    alone = read_study(tmp_path / "s" / "fossa")
+    assert not alone.metadata["series_criteria"]["covers the head"]
+    assert any(w.startswith("the series covers 60 mm from foot to head") for w in alone.warnings)
+
+
 def _agent(value: str):
     return lambda ds: setattr(ds, "ContrastBolusAgent", value)
 

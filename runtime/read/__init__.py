@@ -12,12 +12,13 @@ every study is validated before it is returned.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import UnreadableInput
 from .dicom import read_dicom_file, read_dicom_folder, read_zip
 from .images import is_dicom_file
-from .study import Study, validate_study
+from .study import Study, coverage_warnings, validate_study
 from .volume import read_volume_file
 
 __all__ = ["Study", "read_study", "validate_study"]
@@ -39,4 +40,4 @@ def read_study(path: str | os.PathLike) -> Study:
     else:
         study = read_volume_file(p)
     validate_study(study)
-    return study
+    return replace(study, warnings=(*study.warnings, *coverage_warnings(study)))

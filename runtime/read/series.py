@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import InconsistentSeries, WrongModality
 from .images import Plane
+from .study import PARTIAL_COVERAGE_MM
 
 # ASPECTS is read on a non-contrast CT. A stroke protocol sends NCCT, CTA and perfusion as one study, and
 # the contrast series are the larger ones. A series description is not proof (a protocol's plain scan can
@@ -86,8 +87,9 @@ def series_warnings(description: str, image_type: str, kernel: str) -> list[str]
 
 
 def choose_series(series: dict[str, list[Plane]], folder: Path) -> list[Plane]:
-    """Pick the axial NCCT head series: the first of `_criteria` that only it meets decides, then most
-    slices. A series whose header names a contrast agent is refused even when it is the only one."""
+    """Pick the axial NCCT head series: the first of `_criteria` that only it meets decides (a partial
+    scan loses to a whole head before a sharp kernel does to a soft one), then most slices. A series
+    whose header names a contrast agent is refused even when it is the only one."""
     ct = {u: s for u, s in series.items() if s[0].modality == "CT"}
     if not ct:
         found = sorted({s[0].modality or "unknown" for s in series.values()})
@@ -124,6 +126,7 @@ def _criteria(slices: list[Plane]) -> list[tuple[str, bool, str]]:
     h = slices[0]
     normal = np.cross(h.row_dir, h.col_dir)
     agent = _agent(slices)
+    coverage = coverage_mm(slices)
     return [
         ("image", not ("LOCALIZER" in h.image_type or len(slices) < 3), "a localizer"),
         ("axial", bool(abs(normal[2]) > 0.8), "not axial"),
@@ -132,6 +135,7 @@ def _criteria(slices: list[Plane]) -> list[tuple[str, bool, str]]:
          "positions repeated: time points or a repeat"),
         ("no agent", not agent, f"contrast agent '{agent}'"),
         ("not named contrast", not CONTRAST_WORDS.search(h.description.upper()), "described as a contrast study"),
+        ("covers the head", coverage >= PARTIAL_COVERAGE_MM, f"covers {coverage:.0f} mm of the head only"),
         ("soft", not sharp_or_projected(h.description, h.image_type, h.kernel), "a sharp kernel or a MIP"),
         ("original", not h.image_type.startswith("DERIVED"), "derived"),
     ]
@@ -141,6 +145,15 @@ def criteria_met(slices: list[Plane]) -> dict[str, bool]:
     """Which of the chooser's criteria a series meets, in order of weight: the report records it, and
     the node compares a later series of a scored study by it (runtime.node.server)."""
     return {name: bool(ok) for name, ok, _ in _criteria(slices)}
+
+
+def coverage_mm(slices: list[Plane]) -> float:
+    """Head-to-foot extent of a series, one slice spacing included: a protocol that scans the posterior
+    fossa as its own thin series gives it more slices than the cerebrum series ASPECTS is read on."""
+    h = slices[0]
+    along = np.sort([float(s.position @ np.cross(h.row_dir, h.col_dir)) for s in slices])
+    steps = np.diff(along)
+    return float(along[-1] - along[0] + (np.median(steps) if len(steps) else 0.0))
 
 
 def _rank(slices: list[Plane]) -> tuple:

@@ -10,6 +10,9 @@ from ..errors import AbsurdSize, InconsistentSeries, NotAHead, TooFewSlices, Unr
 
 MIN_SLICES = 8
 MIN_Z_COVERAGE_MM = 40.0
+# Less than this along the head is part of one: the posterior fossa alone (40-60 mm), a limited rescan.
+# Whole heads measure 120-160 mm, a cerebrum-only series of a two-part protocol 90-110 mm.
+PARTIAL_COVERAGE_MM = 75.0
 MAX_INPLANE_VOXELS = 2048
 MAX_SLICES = 2000
 INPLANE_SPACING_MM = (0.1, 3.0)
@@ -95,6 +98,17 @@ def validate_study(study: Study) -> None:
     width_mm = _bone_width_mm(hu, sx)
     if width_mm > 230:
         raise NotAHead(f"{study.source}: bony anatomy {width_mm:.0f} mm wide is a body, not a head")
+
+
+def coverage_warnings(study: Study) -> tuple[str, ...]:
+    """A partial scan is scored, not refused: the regions it does not reach widen the score's range
+    (runtime.score), and this says why they were not found."""
+    sz = study.spacing[2]
+    covered = study.hu.shape[0] * sz
+    if covered >= PARTIAL_COVERAGE_MM:
+        return ()
+    return (f"the series covers {covered:.0f} mm from foot to head, where a head CT covers 120 mm or more: "
+            "regions outside it cannot be assessed; score a series that covers the whole head where there is one",)
 
 
 def _reformat(sx: float, sy: float, sz: float) -> bool:
