@@ -487,7 +487,7 @@ def test_an_archive_without_seg_storage_gets_the_other_results(tmp_path, scorer)
     assert sorted(str(d.SOPClassUID) for d in old_pacs.received) == sorted([SR3D, SC, SC])
 
 
-def test_results_a_destination_missed_are_sent_again_once_it_is_back(tmp_path, scorer):
+def test_results_a_destination_missed_are_sent_again_once_it_is_back(tmp_path, scorer, caplog):
     """A PACS restarting during a stroke: the results went nowhere (three tries in six seconds) and
     stayed a failure record until someone re-sent the study. The outbox now sends them again, to the
     destinations that missed them, for redeliver_hours; a study delivered since by a newer job is not
@@ -524,6 +524,11 @@ def test_results_a_destination_missed_are_sent_again_once_it_is_back(tmp_path, s
     resent = json.loads((config.spool / "done" / jobs["resent"]["job"] / "outcome.json").read_text())
     assert resent["superseded_by"] == again["job"]
     assert sorted(p.stem for p in (config.spool / "failures").iterdir()) == [jobs["stale"]["job"]]
+    given_up = json.loads((config.spool / "failures" / f"{jobs['stale']['job']}.json").read_text())
+    assert given_up["redelivery_ended"] and given_up["error"].endswith(f"send {given_up['output']} to {name} by hand")
+    assert "not delivered to" in caplog.text and caplog.text.count("by hand") == 1
+    node.redeliver()                                          # said once, not every minute after
+    assert caplog.text.count("by hand") == 1 and node.spool.undelivered() == []
 
 
 def test_a_cta_sent_after_its_scored_ncct_is_ignored_not_failed(tmp_path, scorer):

@@ -404,6 +404,7 @@ class Node:
         by_name = {f"{d.ae_title}@{d.host}:{d.port}": d for d in self.config.destinations}
         for outcome in self.spool.undelivered():
             if now - outcome.get("finished_at", now) > self.config.redeliver_hours * 3600:
+                self._give_up(outcome, now)
                 continue
             job = outcome["job"]
             newer = [o["job"] for o in self.spool.scored(job) if _started(o["job"]) > _started(job)]
@@ -424,3 +425,14 @@ class Node:
             outcome.pop("error", None)
             self.spool.redelivered(outcome, self.config.keep_received)
             log.info("job %s: results delivered to %s on a later try", job, ", ".join(outcome["sent_to"]))
+
+    def _give_up(self, outcome: dict, now: float) -> None:
+        """Past the window the results stay in failed/ for someone to send by hand: said once, in the
+        log and the failure record, never dropped in silence."""
+        outcome.update(redelivery_ended=round(now, 3),
+                       error=f"{outcome.get('error', 'results not delivered')}; not sent again after "
+                             f"{self.config.redeliver_hours:g} h: send {outcome['output']} to "
+                             f"{', '.join(outcome['not_sent'])} by hand")
+        self.spool.record_failure(outcome)
+        log.error("job %s: results not delivered to %s in %g h; they are in %s, to be sent by hand",
+                  outcome["job"], ", ".join(outcome["not_sent"]), self.config.redeliver_hours, outcome["output"])

@@ -153,14 +153,16 @@ class Spool:
         return target
 
     def undelivered(self) -> list[dict]:
-        """Outcomes of scored jobs whose results some destination did not take (`not_sent`), oldest first."""
+        """Outcomes of scored jobs whose results some destination did not take (`not_sent`), oldest
+        first; not those the outbox has stopped sending (`redelivery_ended`)."""
         outcomes = []
         for record in sorted(self.failures.glob("*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[1])):
             try:
                 outcome = json.loads(record.read_text())
             except (OSError, ValueError):
                 continue
-            if outcome.get("not_sent") and (self.failed / outcome["job"]).is_dir():
+            if (outcome.get("not_sent") and not outcome.get("redelivery_ended")
+                    and (self.failed / outcome["job"]).is_dir()):
                 outcomes.append(outcome)
         return outcomes
 
