@@ -27,8 +27,9 @@ import pytest
 import SimpleITK as sitk
 
 from runtime.node.config import Destination, NodeConfig, load_config
-from runtime.node.server import Node
+from runtime.node.server import Node, NothingNew, refuse_unless_better
 from runtime.node.spool import Spool
+from runtime.read import Study
 from tests.conftest import DEMO_STUDY, SHARED_DATA
 from tests.dicom_util import compress, edit_slices, write_series
 
@@ -545,6 +546,20 @@ def test_a_cta_sent_after_its_scored_ncct_is_ignored_not_failed(tmp_path, scorer
     assert not list((config.spool / "failures").iterdir())
     assert not (config.spool / "done" / cta["job"] / "dicom").exists()
     assert len([p for p in config.output.iterdir() if not p.name.startswith(".")]) == 1
+
+
+def test_a_criterion_the_scored_record_predates_counts_as_met():
+    """A job scored before an upgrade added a criterion has no value for it: the same kind of series
+    arriving after the upgrade must not look better and be sent a second time."""
+    def study(**criteria):
+        return Study(hu=np.zeros((1, 1, 1), np.float32), affine=np.eye(4), source="x",
+                     metadata={"series_criteria": criteria, "series_description": "HEAD"})
+    before_upgrade = {"job": "j_1", "series_criteria": {"axial": True, "soft": True}}
+    with pytest.raises(NothingNew):
+        refuse_unless_better(study(axial=True, **{"covers the head": True}, soft=True), before_upgrade)
+    refuse_unless_better(study(axial=True, **{"covers the head": True}, soft=True),
+                         {"job": "j_1", "series_criteria": {"axial": True, "covers the head": False, "soft": True}})
+    refuse_unless_better(study(axial=True, soft=False), {"job": "j_1"})     # no record: anything scores
 
 
 def another_series_of(folder: Path, into: Path, description: str, edit=None) -> None:

@@ -65,10 +65,11 @@ class NothingNew(NoSeries):
 def refuse_unless_better(study: Study, scored: dict) -> None:
     """A study has one result in PACS. A later series of a scored study (a thin or bone recon, an MPR)
     is scored only when it is a better kind by the chooser's criteria than the series scored (a soft
-    reconstruction after a bone one), never for more slices alone."""
+    reconstruction after a bone one), never for more slices alone. A criterion newer than the scored
+    job's record counts as met by it, so an upgrade does not send a study's result twice."""
     new = study.metadata.get("series_criteria") or {}
     old = scored.get("series_criteria") or {}
-    if tuple(new.values()) <= tuple(bool(old.get(name)) for name in new):
+    if tuple(new.values()) <= tuple(bool(old.get(name, bool(old))) for name in new):
         raise NothingNew(f"series '{study.metadata.get('series_description', '')}' is no better a non-contrast "
                          f"head series than the one job {scored['job']} scored")
 
