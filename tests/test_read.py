@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -131,7 +132,6 @@ def test_dicom_contrast_series_alone_is_refused(tmp_path, value):
 @pytest.mark.parametrize("administered", [None, "YES", "NO"])
 def test_enhanced_ct_with_a_coded_contrast_agent(tmp_path, administered):
     """Refused, unless every frame records that the agent was not yet given (a pre-contrast scan)."""
-    import pydicom
     from pydicom.dataset import Dataset
 
     path = write_enhanced(tmp_path / "e.dcm", head_phantom())
@@ -167,7 +167,6 @@ COMPRESSED = ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.
 @pytest.mark.parametrize("layout", ["series", "enhanced"])
 def test_compressed_dicom_reads_the_same_hu(tmp_path, syntax, layout):
     """The node takes every one of these syntaxes; an enhanced CT in JPEG lossless was rescaled twice."""
-    import pydicom
 
     hu = head_phantom()
     hu[3, 50, 60] = 1234.0
@@ -185,7 +184,6 @@ def test_compressed_dicom_reads_the_same_hu(tmp_path, syntax, layout):
 
 def test_enhanced_ct_with_a_rescale_per_frame(tmp_path):
     """Each frame's own intercept is applied, also where GDCM decodes (it would apply one to all)."""
-    import pydicom
     from pydicom.dataset import Dataset
 
     hu = head_phantom()
@@ -259,6 +257,14 @@ def test_one_sop_uid_for_every_slice_is_still_a_series(tmp_path):
     write_series(tmp_path / "s", head_phantom())
     edit_slices(tmp_path / "s", lambda ds: setattr(ds, "SOPInstanceUID", "1.2.3"))
     assert read_study(tmp_path / "s").hu.shape[0] == 16
+
+
+def test_a_series_split_into_one_series_per_file_is_named_as_such(tmp_path):
+    """It read "1 slice(s); at least 8 are needed", pointing nowhere near the cause."""
+    write_series(tmp_path / "s", head_phantom())
+    edit_slices(tmp_path / "s", lambda ds: setattr(ds, "SeriesInstanceUID", pydicom.uid.generate_uid()))
+    with pytest.raises(errors.InconsistentSeries, match="16 CT images each filed as a series of its own"):
+        read_study(tmp_path / "s")
 
 
 def test_dicom_files_stored_without_preamble_and_file_meta(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InconsistentSeries, WrongModality
 from .images import Plane
-from .study import PARTIAL_COVERAGE_MM
+from .study import MIN_SLICES, PARTIAL_COVERAGE_MM
 
 # ASPECTS is read on a non-contrast CT. A stroke protocol sends NCCT, CTA and perfusion as one study, and
 # the contrast series are the larger ones. A series description is not proof (a protocol's plain scan can
@@ -95,6 +95,7 @@ def choose_series(series: dict[str, list[Plane]], folder: Path) -> list[Plane]:
         found = sorted({s[0].modality or "unknown" for s in series.values()})
         raise WrongModality(f"{folder}: no CT series (found modality {', '.join(found)})")
     uid, slices = max(ct.items(), key=lambda item: _rank(item[1]))
+    refuse_one_series_per_file(ct, slices, folder)
     if not criteria_met(slices)["axial"]:
         raise InconsistentSeries(f"{folder}: no axial CT series; found only non-axial reconstructions")
     agent = _agent(slices)
@@ -103,6 +104,17 @@ def choose_series(series: dict[str, list[Plane]], folder: Path) -> list[Plane]:
                             f"'{slices[0].description or uid}' was acquired with contrast "
                             f"(ContrastBolusAgent '{agent}'); ASPECTS is read on a non-contrast CT")
     return slices
+
+
+def refuse_one_series_per_file(ct: dict[str, list[Plane]], chosen: list[Plane], folder: Path) -> None:
+    """An anonymiser or export that rewrites SeriesInstanceUID per file leaves a stack of one-image
+    series. Said as such, not as a one-slice series; they are not regrouped, because every output
+    references the one series its images belong to."""
+    singles = [s for s in ct.values() if len(s) == 1 and "LOCALIZER" not in s[0].image_type]
+    if len(chosen) < MIN_SLICES and len(singles) >= MIN_SLICES:
+        raise InconsistentSeries(f"{folder}: {len(singles)} CT images each filed as a series of its own (each "
+                                 "file has its own SeriesInstanceUID: rewritten per file by an anonymiser or "
+                                 "export?); give the series as the scanner or PACS exported it")
 
 
 def passed_over(series: dict[str, list[Plane]], chosen: list[Plane]) -> list[str]:
