@@ -52,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--allow", action="append", default=None, metavar="AE",
                    help="accept associations only from this calling AE title (repeatable; default: any)")
     n.add_argument("--send", action="append", default=None, metavar="AE@HOST:PORT",
-                   help="send the DICOM results here by C-STORE (repeatable)")
+                   help="send the DICOM results here by C-STORE (repeatable; AE@HOST:PORT/tls: over TLS)")
+    n.add_argument("--tls-certificate", type=_path, default=None, metavar="PEM",
+                   help="this node's certificate chain: with --tls-key, it listens over TLS only")
+    n.add_argument("--tls-key", type=_path, default=None, metavar="PEM", help="the certificate's private key")
+    n.add_argument("--tls-ca", type=_path, default=None, metavar="PEM",
+                   help="CA bundle: senders must present a certificate it signed, and TLS destinations are "
+                        "checked against it (default for destinations: the system's CAs)")
     n.add_argument("--quiet", type=_seconds, default=None, dest="quiet_seconds",
                    help="seconds without a new image before a study counts as complete (default 10)")
     n.add_argument("--workers", type=at_least(1), default=None, help="studies scored at once (default 1)")
@@ -311,10 +317,11 @@ def _serve(args) -> int:
                          port=args.port, allowed_calling_aes=args.allow, destinations=args.send,
                          quiet_seconds=args.quiet_seconds, workers=args.workers, outputs=outputs,
                          retain_days=args.retain_days, redeliver_hours=args.redeliver_hours,
-                         min_free_mb=args.min_free_mb)
+                         min_free_mb=args.min_free_mb, tls_certificate=args.tls_certificate,
+                         tls_key=args.tls_key, tls_ca=args.tls_ca)
     node = Node(config).start()
-    print(f"{config.ae_title} listening on {config.host}:{node.port}; spool {config.spool}, results {config.output}",
-          flush=True)
+    print(f"{config.ae_title} listening on {config.host}:{node.port}{' over TLS' if config.tls_certificate else ''}; "
+          f"spool {config.spool}, results {config.output}", flush=True)
     try:
         node.stopping.wait()
     except (Terminated, KeyboardInterrupt):

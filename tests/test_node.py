@@ -175,11 +175,15 @@ def test_config_file_then_flags(tmp_path):
     assert c.destinations == (Destination("PACS", "127.0.0.1", 104),)
     assert c.output == tmp_path / "spool" / "results"
     assert load_config(None, spool=tmp_path, destinations=["A@h:1"]).destinations == (Destination("A", "h", 1),)
+    cfg.write_text('[[destinations]]\nae_title = "PACS"\nhost = "pacs"\nport = 2762\ntls = true\n')
+    assert load_config(cfg, spool=tmp_path).destinations == (Destination("PACS", "pacs", 2762, tls=True),)
+    assert Destination.parse("PACS@pacs:2762/tls") == Destination("PACS", "pacs", 2762, tls=True)
 
 
 @pytest.mark.parametrize("text", ['port = "x"\n', 'colour = 1\n', 'ae_title = "THIS TITLE IS WAY TOO LONG"\n',
                                   'retain_days = -1\n',
-                                  '[[destinations]]\nhost = "h"\n'])
+                                  '[[destinations]]\nhost = "h"\n',
+                                  '[[destinations]]\nae_title = "P"\nhost = "h"\nport = 1\ntls = "yes"\n'])
 def test_bad_config_is_a_usage_error(tmp_path, text):
     from runtime.errors import UsageError
     cfg = tmp_path / "node.toml"
@@ -681,3 +685,104 @@ def test_a_job_without_json_output_is_scored_once_and_its_score_recorded(tmp_pat
     os.rename(config.spool / "done" / job, config.spool / "jobs" / job)
     again = node.run_job(MustNotScore(), job)            # type: ignore[arg-type]
     assert again["exit_code"] == 0 and again["aspects"] is None
+
+
+# ---------------------------------------------------------------- DICOM over TLS
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, Path]:
+    """A hospital's CA with a certificate for the node, the PACS and a scanner (each for 127.0.0.1),
+    and a scanner certificate signed by nobody the node trusts."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make test certificates")
+    d = tmp_path_factory.mktemp("pki")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=Hospital test CA")
+    for name in ("node", "pacs", "scanner"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", "san.cnf")
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rogue.key", "-out", "rogue.pem", "-days", "2",
+        "-subj", "/CN=rogue", "-addext", "subjectAltName=IP:127.0.0.1")
+    return {p.stem if p.suffix == ".pem" else p.name: p for p in d.iterdir()}
+
+
+def _echo(port: int, tls: tuple | None) -> bool:
+    from pynetdicom import AE
+    ae = AE(ae_title="SCANNER")
+    ae.acse_timeout = ae.network_timeout = 10
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(LOOPBACK, port, ae_title="ASPECTS", tls_args=tls)
+    if not assoc.is_established:
+        return False
+    try:
+        return getattr(assoc.send_c_echo(), "Status", None) == 0
+    finally:
+        assoc.release()
+
+
+def test_a_tls_node_takes_only_senders_with_a_certificate_its_ca_signed(tmp_path, scorer, pki):
+    from runtime.node.tls import client_context
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
+                        tls_certificate=pki["node"], tls_key=pki["node.key"], tls_ca=pki["ca"])
+    node = Node(config, scorer_factory=lambda threads: scorer).start()
+    try:
+        scanner = client_context(pki["scanner"], pki["scanner.key"], pki["ca"])
+        rogue = client_context(pki["rogue"], pki["rogue.key"], pki["ca"])
+        no_certificate = client_context(None, None, pki["ca"])
+        assert _echo(node.port, (scanner, LOOPBACK))
+        assert not _echo(node.port, None)                        # plain DICOM
+        assert not _echo(node.port, (rogue, LOOPBACK))           # a certificate the CA did not sign
+        assert not _echo(node.port, (no_certificate, LOOPBACK))  # none at all
+    finally:
+        node.stop()
+
+
+class TlsReceiver(Receiver):
+    def __init__(self, pki: dict[str, Path], certificate: str):
+        from pynetdicom import AE, evt
+
+        from runtime.node.tls import server_context
+        self.received, self.status = [], 0x0000
+        ae = AE(ae_title="PACS")
+        ae.add_supported_context(SR3D, [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian])
+        context = server_context(pki[certificate], pki[f"{certificate}.key"], pki["ca"])
+        self.server = ae.start_server((LOOPBACK, 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)],
+                                      ssl_context=context)
+        self.port = self.server.server_address[1]
+
+
+def test_results_go_to_a_tls_destination_whose_certificate_the_ca_signed(tmp_path, scorer, pki):
+    pacs, impostor = TlsReceiver(pki, "pacs"), TlsReceiver(pki, "rogue")
+    try:
+        config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("sr",), send_attempts=1,
+                            tls_certificate=pki["node"], tls_key=pki["node.key"], tls_ca=pki["ca"],
+                            destinations=(Destination.parse(f"PACS@{LOOPBACK}:{pacs.port}/tls"),
+                                          Destination("PACS", LOOPBACK, impostor.port, tls=True)))
+        node = Node(config)
+        uid = small_head_series(tmp_path / "study", "TLS-1")
+        outcome = node.run_job(scorer, _spool_study(node, tmp_path / "study", uid))
+    finally:
+        pacs.close()
+        impostor.close()
+    assert [str(d.StudyInstanceUID) for d in pacs.received] == [uid] and impostor.received == []
+    assert outcome["sent_to"] == [f"PACS@{LOOPBACK}:{pacs.port}"]
+    assert outcome["not_sent"] == [f"PACS@{LOOPBACK}:{impostor.port}"] and "over TLS" in outcome["error"]
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"tls_certificate": "node"}, "tls_certificate and tls_key go together"),
+    ({"tls_certificate": "node", "tls_key": "ca.key"}, "cannot be loaded"),
+    ({"tls_certificate": "node", "tls_key": "node.key", "tls_ca": "nowhere.pem"}, "tls_ca .*nowhere.pem"),
+])
+def test_tls_files_that_cannot_work_are_usage_errors_at_start(tmp_path, pki, settings, words):
+    """Said when the node starts, not at the first study a scanner sends."""
+    from runtime.errors import UsageError
+    with pytest.raises(UsageError, match=words):
+        load_config(None, spool=tmp_path / "spool", **{k: pki.get(v, tmp_path / v) for k, v in settings.items()})

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import ssl
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import UsageError
 from ..report import OUTPUTS, check_outputs
+from .tls import client_context, server_context
 
 _AE = re.compile(r"^[\x20-\x7e]{1,16}$")
 
@@ -19,14 +21,19 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: bool = False                              # DICOM over TLS (runtime.node.tls)
 
     @classmethod
     def parse(cls, text: str) -> Destination:
-        """AE@host:port"""
-        m = re.fullmatch(r"([^@]{1,16})@([^:]+):(\d{1,5})", text.strip())
+        """AE@host:port, or AE@host:port/tls"""
+        m = re.fullmatch(r"([^@]{1,16})@([^:]+):(\d{1,5})(/tls)?", text.strip())
         if not m:
-            raise UsageError(f"destination {text!r}: write it as AE_TITLE@host:port")
-        return cls(m.group(1).strip(), m.group(2), int(m.group(3)))
+            raise UsageError(f"destination {text!r}: write it as AE_TITLE@host:port (or AE_TITLE@host:port/tls)")
+        return cls(m.group(1).strip(), m.group(2), int(m.group(3)), tls=bool(m.group(4)))
+
+    @property
+    def name(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,10 @@ class NodeConfig:
     retain_days: float = 0.0                       # results and finished jobs older than this go (0: keep all)
     redeliver_hours: float = 24.0                  # results a destination did not take are re-sent this long
     min_free_mb: float = 2048.0                    # below this free on the spool's disk, images are refused
+    tls_certificate: Path | None = None            # PEM: with tls_key, the node listens over TLS only
+    tls_key: Path | None = None
+    tls_ca: Path | None = None                     # PEM: senders must present a certificate it signed;
+                                                   # TLS destinations are checked against it
 
     def check(self) -> NodeConfig:
         for ae in (self.ae_title, *self.allowed_calling_aes, *(d.ae_title for d in self.destinations)):
@@ -58,7 +69,21 @@ class NodeConfig:
             raise UsageError("quiet_seconds, retain_days, redeliver_hours and min_free_mb must be >= 0, workers "
                              "and send_attempts >= 1")
         check_outputs(self.outputs)
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise UsageError("tls_certificate and tls_key go together: give both, or neither")
+        self.server_tls()
+        self.client_tls()                          # a file that cannot be loaded is said now, not at the first study
         return self
+
+    def server_tls(self) -> ssl.SSLContext | None:
+        if self.tls_certificate is None or self.tls_key is None:
+            return None
+        return server_context(self.tls_certificate, self.tls_key, self.tls_ca)
+
+    def client_tls(self) -> ssl.SSLContext | None:
+        if not any(d.tls for d in self.destinations):
+            return None
+        return client_context(self.tls_certificate, self.tls_key, self.tls_ca)
 
 
 _KEYS = {f.name for f in fields(NodeConfig)}
@@ -81,9 +106,14 @@ def load_config(path: Path | None, **flags) -> NodeConfig:
     dests = values.get("destinations", ())
     try:
         values["destinations"] = tuple(Destination.parse(d) if isinstance(d, str) else
-                                       Destination(str(d["ae_title"]), str(d["host"]), int(d["port"])) for d in dests)
+                                       Destination(str(d["ae_title"]), str(d["host"]), int(d["port"]),
+                                                   tls=_flag(d.get("tls", False))) for d in dests)
     except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"destinations: each needs ae_title, host and port ({exc})") from None
+        raise UsageError(f"destinations: each needs ae_title, host and port, and tls true or false where "
+                         f"given ({exc})") from None
+    for key in ("tls_certificate", "tls_key", "tls_ca"):
+        if values.get(key) is not None:
+            values[key] = Path(values[key])
     values["spool"] = Path(values["spool"])
     values["output"] = Path(values.get("output") or values["spool"] / "results")
     for key in ("allowed_calling_aes", "outputs"):
@@ -94,3 +124,9 @@ def load_config(path: Path | None, **flags) -> NodeConfig:
                        **{k: v for k, v in values.items() if k not in ("spool", "output")}).check()
     except TypeError as exc:
         raise UsageError(f"config: {exc}") from None
+
+
+def _flag(value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"tls = {value!r} is not true or false")
+    return value

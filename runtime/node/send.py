@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pydicom
@@ -20,10 +21,12 @@ def stored(code: int | None) -> bool:
     return code is not None and (code in (0x0000, 0x0001) or 0xB000 <= code <= 0xBFFF)
 
 
-def send_files(calling_ae: str, destination: Destination, paths: list[Path], timeout_s: float = 30.0) -> list[str]:
-    """One association; every file the destination takes a class of must be stored with status 0x0000.
-    Returns the classes it does not take at all (an archive without SEG storage still gets the SR and
-    key images): a refusal of everything, or a failed store, raises SendFailed."""
+def send_files(calling_ae: str, destination: Destination, paths: list[Path], timeout_s: float = 30.0,
+               tls: ssl.SSLContext | None = None) -> list[str]:
+    """One association (over TLS with a context); every file the destination takes a class of must be
+    stored with status 0x0000. Returns the classes it does not take at all (an archive without SEG
+    storage still gets the SR and key images): a refusal of everything, or a failed store, raises
+    SendFailed."""
     from pynetdicom import AE
 
     if not paths:
@@ -33,9 +36,12 @@ def send_files(calling_ae: str, destination: Destination, paths: list[Path], tim
     datasets = [pydicom.dcmread(p) for p in paths]
     for sop_class, syntax in {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}:
         ae.add_requested_context(sop_class, sorted({syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian}))
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                         tls_args=(tls, destination.host) if tls is not None else None)
     if not assoc.is_established:
-        raise SendFailed(f"{destination.ae_title}@{destination.host}:{destination.port} refused or did not answer")
+        over_tls = (" over TLS (or its certificate is not signed by tls_ca, or names another host than "
+                    f"{destination.host})") if tls is not None else ""
+        raise SendFailed(f"{destination.name} refused or did not answer{over_tls}")
     try:
         taken = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
         if not taken & {str(ds.SOPClassUID) for ds in datasets}:

@@ -135,6 +135,7 @@ class Node:
         self._in_hand: set[str] = set()
         self._in_hand_lock = threading.Lock()
         self._low_disk_logged = -1e9
+        self._client_tls = config.client_tls()
 
     @property
     def port(self) -> int:
@@ -166,8 +167,8 @@ class Node:
             outbox = threading.Thread(target=self._outbox, daemon=True, name="aspects-outbox")
             outbox.start()
             self._threads.append(outbox)
-        log.info("%s listening on %s:%d (spool %s, output %s)", self.config.ae_title, self.config.host, self.port,
-                 self.config.spool, self.output)
+        log.info("%s listening on %s:%d%s (spool %s, output %s)", self.config.ae_title, self.config.host, self.port,
+                 " over TLS" if self.config.tls_certificate else "", self.config.spool, self.output)
         return self
 
     def stop(self) -> None:
@@ -194,7 +195,8 @@ class Node:
             ae.require_calling_aet = list(self.config.allowed_calling_aes)
         return ae.start_server((self.config.host, self.config.port), block=False,
                                evt_handlers=[(evt.EVT_C_STORE, self._on_store),
-                                             (evt.EVT_CONN_CLOSE, self._on_close)])
+                                             (evt.EVT_CONN_CLOSE, self._on_close)],
+                               ssl_context=self.config.server_tls())
 
     def _on_store(self, event) -> int:
         sop_class = event.request.AffectedSOPClassUID
@@ -366,10 +368,11 @@ class Node:
         outcome.setdefault("sent_to", [])
         missed = []
         for dest in self.config.destinations if destinations is None else destinations:
-            name = f"{dest.ae_title}@{dest.host}:{dest.port}"
+            name = dest.name
             for attempt in range(1, attempts + 1):
                 try:
-                    not_taken = send_files(self.config.ae_title, dest, files)
+                    not_taken = send_files(self.config.ae_title, dest, files,
+                                           tls=self._client_tls if dest.tls else None)
                     outcome["sent_to"].append(name)
                     if not_taken:
                         outcome.setdefault("not_taken", {})[name] = not_taken
@@ -402,7 +405,7 @@ class Node:
         down) is sent to those destinations again, one attempt each, until `redeliver_hours` after it
         finished. Delivered everywhere, it moves to done/ and its failure record goes."""
         now = time.time() if now is None else now
-        by_name = {f"{d.ae_title}@{d.host}:{d.port}": d for d in self.config.destinations}
+        by_name = {d.name: d for d in self.config.destinations}
         for outcome in self.spool.undelivered():
             if now - outcome.get("finished_at", now) > self.config.redeliver_hours * 3600:
                 self._give_up(outcome, now)
