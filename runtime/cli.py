@@ -73,6 +73,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="re-send results a destination did not take, every minute, for this long (default 24; "
                         "0: never)")
 
+    s = sub.add_parser("send", help="send a results folder's DICOM objects (SEG, SR, key images) by C-STORE: "
+                                    "what the node's outbox leaves to a person once it stops")
+    s.add_argument("folder", type=_path, help="a results folder (one study's)")
+    s.add_argument("--to", action="append", default=None, metavar="AE@HOST:PORT",
+                   help="destination (repeatable; AE@HOST:PORT/tls: over TLS; default: the config's destinations)")
+    s.add_argument("--config", type=_path, default=None,
+                   help="the node's TOML file: its AE title, destinations and TLS files")
+    s.add_argument("--ae-title", default=None, help="calling AE title (default: the config's, else ASPECTS)")
+    s.add_argument("--tls-certificate", type=_path, default=None, metavar="PEM")
+    s.add_argument("--tls-key", type=_path, default=None, metavar="PEM")
+    s.add_argument("--tls-ca", type=_path, default=None, metavar="PEM")
+
     w = sub.add_parser("watch", help="score every study dropped into a folder, once each")
     w.add_argument("inbox", type=_path, help="folder to watch (only read, never changed)")
     w.add_argument("--out", required=True, type=_path, help="one report folder per study, and watch.jsonl")
@@ -113,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _serve(args)
             if args.command == "watch":
                 return _watch(args)
+            if args.command == "send":
+                return _send(args)
             return _models(args)
     except AspectsError as exc:
         message = str(exc)
@@ -328,6 +342,22 @@ def _serve(args) -> int:
         print("stopping: studies in progress finish, queued ones stay in the spool", flush=True)
     finally:
         node.stop()
+    return 0
+
+
+def _send(args) -> int:
+    from .node.config import load_config
+    from .node.send import send_results
+
+    flags = dict(ae_title=args.ae_title, destinations=args.to, tls_certificate=args.tls_certificate,
+                 tls_key=args.tls_key, tls_ca=args.tls_ca)
+    # Only the sending settings are used: without a node's config there is no spool, and none is touched.
+    config = load_config(args.config, **flags) if args.config else load_config(None, spool=Path("."), **flags)
+    if not config.destinations:
+        raise UsageError("send: no destination (--to AE@HOST:PORT, or destinations in --config)")
+    for name, not_taken in send_results(args.folder, config.ae_title, config.destinations,
+                                        config.client_tls()).items():
+        print(f"sent to {name}" + (f" (it does not take {', '.join(not_taken)})" if not_taken else ""))
     return 0
 
 

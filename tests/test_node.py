@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -26,6 +27,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from runtime.cli import main
 from runtime.node.config import Destination, NodeConfig, load_config
 from runtime.node.server import Node, NothingNew, refuse_unless_better
 from runtime.node.spool import Spool
@@ -530,10 +532,35 @@ def test_results_a_destination_missed_are_sent_again_once_it_is_back(tmp_path, s
     assert resent["superseded_by"] == again["job"]
     assert sorted(p.stem for p in (config.spool / "failures").iterdir()) == [jobs["stale"]["job"]]
     given_up = json.loads((config.spool / "failures" / f"{jobs['stale']['job']}.json").read_text())
-    assert given_up["redelivery_ended"] and given_up["error"].endswith(f"send {given_up['output']} to {name} by hand")
+    assert given_up["redelivery_ended"] and f"send {given_up['output']} to {name} by hand" in given_up["error"]
     assert "not delivered to" in caplog.text and caplog.text.count("by hand") == 1
     node.redeliver()                                          # said once, not every minute after
     assert caplog.text.count("by hand") == 1 and node.spool.undelivered() == []
+    # The command the record gives sends them, once the PACS is back.
+    command = given_up["error"].rsplit("(", 1)[1].rstrip(")")
+    assert command == f"aspects send {given_up['output']} --to {name}"
+    pacs = Receiver(port=port)
+    try:
+        assert main(shlex.split(command)[1:]) == 0
+    finally:
+        pacs.close()
+    assert [str(d.StudyInstanceUID) for d in pacs.received] == [uids["stale"]]
+
+
+def test_aspects_send_refuses_with_one_error_line(tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    assert main(["send", str(results), "--to", f"PACS@{LOOPBACK}:{_free_port()}"]) == 2     # nothing to send
+    (results / "sr.dcm").write_bytes(b"a file that is not DICOM")
+    assert main(["send", str(results), "--to", f"PACS@{LOOPBACK}:{_free_port()}"]) == 3     # not DICOM
+    write_series(tmp_path / "ct", np.zeros((3, 32, 32)))
+    shutil.copy(sorted((tmp_path / "ct").iterdir())[0], results / "sr.dcm")
+    assert main(["send", str(results)]) == 2                                                 # nowhere to send
+    assert main(["send", str(results), "--to", f"PACS@{LOOPBACK}:{_free_port()}"]) == 16    # nobody answers
+    errors = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in errors] == ["error"] * 4, errors
+    assert "no DICOM results" in errors[0] and "not a DICOM file" in errors[1]
+    assert "no destination" in errors[2] and "not delivered to PACS@" in errors[3]
 
 
 def test_a_cta_sent_after_its_scored_ncct_is_ignored_not_failed(tmp_path, scorer):

@@ -6,8 +6,10 @@ import ssl
 from pathlib import Path
 
 import pydicom
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from ..errors import DeliveryFailed, UnreadableInput, UsageError
 from .config import Destination
 
 
@@ -57,3 +59,28 @@ def send_files(calling_ae: str, destination: Destination, paths: list[Path], tim
     finally:
         assoc.release()
     return sorted({ds.SOPClassUID.name for ds in datasets if str(ds.SOPClassUID) not in taken})
+
+
+def send_results(folder: Path, calling_ae: str, destinations: tuple[Destination, ...],
+                 tls: ssl.SSLContext | None) -> dict[str, list[str]]:
+    """A results folder's DICOM objects to each destination, by hand (`aspects send`): what the outbox
+    leaves to a person once it stops. Returns, per destination reached, the classes it did not take;
+    raises DeliveryFailed naming every destination that did not take them."""
+    paths = sorted(folder.glob("*.dcm")) if folder.is_dir() else []
+    if not paths:
+        raise UsageError(f"{folder}: no DICOM results (*.dcm) to send")
+    for path in paths:
+        try:
+            pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            raise UnreadableInput(f"{path}: not a DICOM file that can be sent ({exc})") from None
+    reached, missed = {}, []
+    for dest in destinations:
+        try:
+            reached[dest.name] = send_files(calling_ae, dest, paths, tls=tls if dest.tls else None)
+        except (SendFailed, OSError) as exc:
+            missed.append(f"{dest.name}: {exc}")
+    if missed:
+        raise DeliveryFailed(f"{folder}: not delivered to " + "; ".join(missed)
+                             + (f" (delivered to {', '.join(reached)})" if reached else ""))
+    return reached

@@ -431,12 +431,15 @@ class Node:
             log.info("job %s: results delivered to %s on a later try", job, ", ".join(outcome["sent_to"]))
 
     def _give_up(self, outcome: dict, now: float) -> None:
-        """Past the window the results stay in failed/ for someone to send by hand: said once, in the
-        log and the failure record, never dropped in silence."""
+        """Past the window the results stay in their folder for someone to send by hand: said once,
+        with the command, in the log and the failure record; never dropped in silence."""
+        tls = {d.name for d in self.config.destinations if d.tls}
+        command = " ".join(["aspects send", outcome["output"],
+                            *(f"--to {name}{'/tls' if name in tls else ''}" for name in outcome["not_sent"])])
         outcome.update(redelivery_ended=round(now, 3),
                        error=f"{outcome.get('error', 'results not delivered')}; not sent again after "
                              f"{self.config.redeliver_hours:g} h: send {outcome['output']} to "
-                             f"{', '.join(outcome['not_sent'])} by hand")
+                             f"{', '.join(outcome['not_sent'])} by hand ({command})")
         self.spool.record_failure(outcome)
-        log.error("job %s: results not delivered to %s in %g h; they are in %s, to be sent by hand",
-                  outcome["job"], ", ".join(outcome["not_sent"]), self.config.redeliver_hours, outcome["output"])
+        log.error("job %s: results not delivered to %s in %g h; send them by hand: %s", outcome["job"],
+                  ", ".join(outcome["not_sent"]), self.config.redeliver_hours, command)
