@@ -267,6 +267,22 @@ def test_a_series_split_into_one_series_per_file_is_named_as_such(tmp_path):
         read_study(tmp_path / "s")
 
 
+@pytest.mark.parametrize("second_acquisition, words", [
+    (True, r"3 position\(s\) hold two or more images \(z = 20.0 to 30.0 mm .*acquisitions 1, 2 filed as one series"),
+    (False, r"3 position\(s\) hold two or more images .*duplicated images or two series under one SeriesInstanceUID"),
+])
+def test_a_part_scanned_twice_in_one_series_is_refused_saying_where(tmp_path, second_acquisition, words):
+    """A part rescanned after the patient moved, filed in the same series: which images to read is the
+    reader's call, so the refusal says where and which acquisitions (it said only "duplicated or mixed")."""
+    hu = head_phantom()
+    write_series(tmp_path / "s", np.concatenate([hu, hu[4:7]]), z_positions=[*range(0, 80, 5), 20, 25, 30])
+    edit_slices(tmp_path / "s", lambda ds: setattr(ds, "AcquisitionNumber", 1))
+    if second_acquisition:
+        edit_slices(tmp_path / "s", lambda ds: setattr(ds, "AcquisitionNumber", 2), slice(16, None))
+    with pytest.raises(errors.InconsistentSeries, match=words):
+        read_study(tmp_path / "s")
+
+
 def test_dicom_files_stored_without_preamble_and_file_meta(tmp_path):
     write_series(tmp_path / "s", head_phantom(), slope=0.5, intercept=-1000.0)
     for f in (tmp_path / "s").iterdir():

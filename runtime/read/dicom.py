@@ -99,7 +99,7 @@ def _stack_series(slices: list[Plane], folder: Path, others: list[str], n_ignore
             if folder.is_file() and len(slices) == 1 else ""
         raise TooFewSlices(f"{folder}: {len(slices)} slice(s); at least {MIN_SLICES} are needed{hint}")
     if np.any(steps < 1e-3):
-        raise InconsistentSeries(f"{folder}: two or more slices share one position (duplicated or mixed series)")
+        raise InconsistentSeries(f"{folder}: {_repeated_positions(slices, along, steps)}")
     gaps = _gaps(steps)
     if len(gaps):
         k = int(gaps[0])
@@ -152,6 +152,20 @@ def _stack_series(slices: list[Plane], folder: Path, others: list[str], n_ignore
                            "slices": len(slices),
                            "gantry_tilt_deg": round(tilt, 2), "identity": identity,
                            "source_slice_positions_mm": [round(float(a - along[0]), 3) for a in along]})
+
+
+def _repeated_positions(slices: list[Plane], along: np.ndarray, steps: np.ndarray) -> str:
+    """Which positions hold two images, and, where the headers say so, that two acquisitions were
+    filed as one series (a part rescanned after the patient moved): which to score is a reader's call."""
+    repeated = np.flatnonzero(steps < 1e-3)
+    where = (f"{len(repeated)} position(s) hold two or more images (z = {along[repeated[0]] - along[0]:.1f} to "
+             f"{along[repeated[-1]] - along[0]:.1f} mm from the first slice)")
+    acquisitions = sorted({str(h.header.get("AcquisitionNumber", "")) for h in slices
+                           if h.header is not None and h.frame is None} - {""}, key=lambda a: (len(a), a))
+    if len(acquisitions) > 1:
+        return (f"{where}, from acquisitions {', '.join(acquisitions)} filed as one series (a part rescanned?); "
+                "give one acquisition's images")
+    return f"{where}: duplicated images or two series under one SeriesInstanceUID"
 
 
 def _regrid_step(steps: np.ndarray) -> float:
