@@ -160,8 +160,8 @@ def _repeated_positions(slices: list[Plane], along: np.ndarray, steps: np.ndarra
     repeated = np.flatnonzero(steps < 1e-3)
     where = (f"{len(repeated)} position(s) hold two or more images (z = {along[repeated[0]] - along[0]:.1f} to "
              f"{along[repeated[-1]] - along[0]:.1f} mm from the first slice)")
-    acquisitions = sorted({str(h.header.get("AcquisitionNumber", "")) for h in slices
-                           if h.header is not None and h.frame is None} - {""}, key=lambda a: (len(a), a))
+    acquisitions = sorted({str(getattr(h.header, "AcquisitionNumber", "") or "") for h in slices
+                           if h.frame is None} - {""}, key=lambda a: (len(a), a))
     if len(acquisitions) > 1:
         return (f"{where}, from acquisitions {', '.join(acquisitions)} filed as one series (a part rescanned?); "
                 "give one acquisition's images")
