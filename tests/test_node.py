@@ -767,6 +767,7 @@ def test_a_tls_node_takes_only_senders_with_a_certificate_its_ca_signed(tmp_path
         assert not _echo(node.port, None)                        # plain DICOM
         assert not _echo(node.port, (rogue, LOOPBACK))           # a certificate the CA did not sign
         assert not _echo(node.port, (no_certificate, LOOPBACK))  # none at all
+        assert _echo(node.port, (scanner, LOOPBACK))             # failed handshakes leave it listening
     finally:
         node.stop()
 
