@@ -205,6 +205,22 @@ def two_patients(d: Path) -> list[str]:
     return [str(d / "mixed")]
 
 
+def one_series_per_file(d: Path) -> list[str]:
+    """An anonymiser that rewrote SeriesInstanceUID per file: a stack of one-image series."""
+    import pydicom
+    write_series(d / "anon", head_phantom())
+    edit_slices(d / "anon", lambda ds: setattr(ds, "SeriesInstanceUID", pydicom.uid.generate_uid()))
+    return [str(d / "anon")]
+
+
+def part_rescanned_in_the_series(d: Path) -> list[str]:
+    """Three positions scanned again after the patient moved, filed in the same series."""
+    hu = head_phantom()
+    write_series(d / "rescan", np.concatenate([hu, hu[4:7]]), z_positions=[*range(0, 80, 5), 20, 25, 30])
+    edit_slices(d / "rescan", lambda ds: setattr(ds, "AcquisitionNumber", 2), slice(16, None))
+    return [str(d / "rescan")]
+
+
 def nan_nifti(d: Path) -> list[str]:
     hu, _ = _demo_volume()
     hu[10, 200, 200] = np.nan
@@ -320,6 +336,8 @@ CASES: tuple[Case, ...] = (
     Case("damaged last slice of a series", 3, damaged_last_slice),
     Case("slice cut off inside its pixel data", 3, cut_inside_pixels),
     Case("two patients in one folder", 7, two_patients),
+    Case("every file its own SeriesInstanceUID (anonymiser)", 7, one_series_per_file),
+    Case("a part rescanned in the same series", 7, part_rescanned_in_the_series),
     Case("volume stored with its slices along the second voxel axis", 0, slices_along_j, scores=True),
     Case("coronal reconstruction", 7, coronal_reformat),
     Case("NaN voxel in NIfTI", 3, nan_nifti),
