@@ -796,10 +796,13 @@ def test_results_go_to_a_tls_destination_whose_certificate_the_ca_signed(tmp_pat
         node = Node(config)
         uid = small_head_series(tmp_path / "study", "TLS-1")
         outcome = node.run_job(scorer, _spool_study(node, tmp_path / "study", uid))
+        by_hand = main(["send", outcome["output"], "--to", f"PACS@{LOOPBACK}:{pacs.port}/tls", "--tls-certificate",
+                        str(pki["node"]), "--tls-key", str(pki["node.key"]), "--tls-ca", str(pki["ca"])])
     finally:
         pacs.close()
         impostor.close()
-    assert [str(d.StudyInstanceUID) for d in pacs.received] == [uid] and impostor.received == []
+    assert by_hand == 0                                       # `aspects send` over TLS, as the node does
+    assert [str(d.StudyInstanceUID) for d in pacs.received] == [uid, uid] and impostor.received == []
     assert outcome["sent_to"] == [f"PACS@{LOOPBACK}:{pacs.port}"]
     assert outcome["not_sent"] == [f"PACS@{LOOPBACK}:{impostor.port}"] and "over TLS" in outcome["error"]
 
