@@ -390,6 +390,22 @@ def test_images_are_refused_while_the_spool_disk_is_nearly_full(tmp_path, caplog
     assert len([r for r in caplog.records if "under min_free_mb" in r.getMessage()]) == 1
 
 
+def test_each_association_is_logged_with_who_sent_what(tmp_path, caplog):
+    """When a study is missing, the first question is whether the scanner sent it."""
+    import logging
+    caplog.set_level(logging.INFO, logger="aspects.node")
+    study_uid = small_head_series(tmp_path / "study", "WHO")
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
+                        quiet_seconds=600)
+    node = Node(config, scorer_factory=lambda threads: MustNotScore()).start()    # type: ignore[arg-type,return-value]
+    try:
+        n = len(send_folder(tmp_path / "study", node.port, calling="CT_ROOM1"))
+        wait_for(lambda: "stored" in caplog.text, 10, "the association's log line")
+    finally:
+        node.stop()
+    assert f"CT_ROOM1 at {LOOPBACK} stored {n} CT image(s) of 1 study(ies): {study_uid}" in caplog.text
+
+
 # ---------------------------------------------------------------- load
 
 @pytest.mark.slow

@@ -128,6 +128,7 @@ class Node:
         # Studies that an open association has stored images of: not complete while it stays open,
         # however long the sender pauses between images.
         self._receiving: dict[object, set[str]] = {}
+        self._images_stored: dict[object, int] = {}      # per association, for its closing log line
         self._receiving_lock = threading.Lock()
         # Studies with a job queued or being scored. Their newer images wait in incoming/ until that
         # job is finished: two workers on one study would score a re-sent study twice, or fail the CTA
@@ -218,6 +219,8 @@ class Node:
             with self._receiving_lock:
                 self._receiving.setdefault(event.assoc, set()).add(str(study))
             self.spool.store(study, event.request.AffectedSOPInstanceUID, event.encoded_dataset())
+            with self._receiving_lock:
+                self._images_stored[event.assoc] = self._images_stored.get(event.assoc, 0) + 1
         except (AttributeError, KeyError, BadIdentifier) as exc:
             log.error("refused an image from %s: %s", event.assoc.requestor.ae_title, exc)
             return STATUS_CANNOT_UNDERSTAND
@@ -227,9 +230,15 @@ class Node:
         return STATUS_STORED
 
     def _on_close(self, event) -> None:
-        """Released, aborted or timed out: the association's studies wait only for their quiet period."""
+        """Released, aborted or timed out: the association's studies wait only for their quiet period.
+        Who sent what is logged once per association: the first thing to ask when a study is missing."""
         with self._receiving_lock:
-            self._receiving.pop(event.assoc, None)
+            studies = self._receiving.pop(event.assoc, set())
+            images = self._images_stored.pop(event.assoc, 0)
+        if images:
+            requestor = event.assoc.requestor
+            log.info("%s at %s stored %d CT image(s) of %d study(ies): %s", requestor.ae_title, requestor.address,
+                     images, len(studies), ", ".join(sorted(studies)))
 
     def _being_received(self) -> set[str]:
         with self._receiving_lock:
