@@ -573,10 +573,15 @@ def test_aspects_send_refuses_with_one_error_line(tmp_path, capsys):
     shutil.copy(sorted((tmp_path / "ct").iterdir())[0], results / "sr.dcm")
     assert main(["send", str(results)]) == 2                                                 # nowhere to send
     assert main(["send", str(results), "--to", f"PACS@{LOOPBACK}:{_free_port()}"]) == 16    # nobody answers
+    node_toml = tmp_path / "node.toml"
+    node_toml.write_text(f'spool = "{tmp_path / "spool"}"\nae_title = "STROKE"\n'
+                         f'destinations = ["ARCHIVE@{LOOPBACK}:{_free_port()}"]\n')
+    assert main(["send", str(results), "--config", str(node_toml)]) == 16                   # the node's own
     errors = capsys.readouterr().err.splitlines()
-    assert [line.split(":")[0] for line in errors] == ["error"] * 4, errors
+    assert [line.split(":")[0] for line in errors] == ["error"] * 5, errors
     assert "no DICOM results" in errors[0] and "not a DICOM file" in errors[1]
     assert "no destination" in errors[2] and "not delivered to PACS@" in errors[3]
+    assert "not delivered to ARCHIVE@" in errors[4] and not (tmp_path / "spool").exists()
 
 
 def test_a_cta_sent_after_its_scored_ncct_is_ignored_not_failed(tmp_path, scorer):
