@@ -22,9 +22,11 @@ def server_context(certificate: Path, key: Path, ca: Path | None) -> ssl.SSLCont
 
 
 def client_context(certificate: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext:
-    """The sending side: the destination's certificate is checked against the CA bundle (else the
-    system's) and its host name or address; this node's own certificate goes with it where set."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    """The sending side: the destination's certificate is checked against the CA bundle alone (a
+    hospital's own CA; without one, the system's CAs) and its host name or address; this node's own
+    certificate goes with it where set."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH) if ca is None else ssl.SSLContext(
+        ssl.PROTOCOL_TLS_CLIENT)            # verifies and checks host names, with no CA loaded yet
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca is not None:
         _load_ca(context, ca)
