@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--tls-certificate", type=_path, default=None, metavar="PEM",
                    help="this node's certificate chain: with --tls-key, it listens over TLS only")
     n.add_argument("--tls-key", type=_path, default=None, metavar="PEM", help="the certificate's private key")
+    n.add_argument("--tls-port", type=int, default=None,
+                   help="listen over TLS on this port and plain on --port (default: TLS only, on --port)")
     n.add_argument("--tls-ca", type=_path, default=None, metavar="PEM",
                    help="CA bundle: senders must present a certificate it signed, and TLS destinations are "
                         "checked against it (default for destinations: the system's CAs)")
@@ -332,10 +334,10 @@ def _serve(args) -> int:
                          quiet_seconds=args.quiet_seconds, workers=args.workers, outputs=outputs,
                          retain_days=args.retain_days, redeliver_hours=args.redeliver_hours,
                          min_free_mb=args.min_free_mb, tls_certificate=args.tls_certificate,
-                         tls_key=args.tls_key, tls_ca=args.tls_ca)
+                         tls_key=args.tls_key, tls_ca=args.tls_ca, tls_port=args.tls_port)
     node = Node(config).start()
-    print(f"{config.ae_title} listening on {config.host}:{node.port}{' over TLS' if config.tls_certificate else ''}; "
-          f"spool {config.spool}, results {config.output}", flush=True)
+    print(f"{config.ae_title} listening on {config.host}:{node.listening}; spool {config.spool}, "
+          f"results {config.output}", flush=True)
     try:
         node.stopping.wait()
     except (Terminated, KeyboardInterrupt):

@@ -793,6 +793,23 @@ def test_a_tls_node_takes_only_senders_with_a_certificate_its_ca_signed(tmp_path
         node.stop()
 
 
+def test_tls_port_listens_over_tls_beside_the_plain_port(tmp_path, scorer, pki):
+    """Many scanner consoles cannot do TLS while other senders must: plain on `port`, TLS on
+    `tls_port`, one node and one spool."""
+    from runtime.node.tls import client_context
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0, tls_port=0,
+                        tls_certificate=pki["node"], tls_key=pki["node.key"], tls_ca=pki["ca"])
+    node = Node(config, scorer_factory=lambda threads: scorer).start()
+    try:
+        scanner = client_context(pki["scanner"], pki["scanner.key"], pki["ca"])
+        assert node.tls_port is not None and node.tls_port != node.port
+        assert node.listening == f"{node.port} and {node.tls_port} over TLS"
+        assert _echo(node.port, None) and _echo(node.tls_port, (scanner, LOOPBACK))
+        assert not _echo(node.tls_port, None) and not _echo(node.port, (scanner, LOOPBACK))
+    finally:
+        node.stop()
+
+
 class TlsReceiver(Receiver):
     def __init__(self, pki: dict[str, Path], certificate: str):
         from pynetdicom import AE, evt
@@ -832,9 +849,11 @@ def test_results_go_to_a_tls_destination_whose_certificate_the_ca_signed(tmp_pat
     ({"tls_certificate": "node"}, "tls_certificate and tls_key go together"),
     ({"tls_certificate": "node", "tls_key": "ca.key"}, "cannot be loaded"),
     ({"tls_certificate": "node", "tls_key": "node.key", "tls_ca": "nowhere.pem"}, "tls_ca .*nowhere.pem"),
+    ({"tls_port": 2762}, "tls_port needs tls_certificate"),
 ])
 def test_tls_files_that_cannot_work_are_usage_errors_at_start(tmp_path, pki, settings, words):
     """Said when the node starts, not at the first study a scanner sends."""
     from runtime.errors import UsageError
     with pytest.raises(UsageError, match=words):
-        load_config(None, spool=tmp_path / "spool", **{k: pki.get(v, tmp_path / v) for k, v in settings.items()})
+        load_config(None, spool=tmp_path / "spool",
+                    **{k: pki.get(v, tmp_path / v) if isinstance(v, str) else v for k, v in settings.items()})

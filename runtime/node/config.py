@@ -53,7 +53,8 @@ class NodeConfig:
     retain_days: float = 0.0                       # results and finished jobs older than this go (0: keep all)
     redeliver_hours: float = 24.0                  # results a destination did not take are re-sent this long
     min_free_mb: float = 2048.0                    # below this free on the spool's disk, images are refused
-    tls_certificate: Path | None = None            # PEM: with tls_key, the node listens over TLS only
+    tls_certificate: Path | None = None            # PEM: with tls_key, the node listens over TLS only,
+    tls_port: int | None = None                    # or over TLS on this port and plain on `port`
     tls_key: Path | None = None
     tls_ca: Path | None = None                     # PEM: senders must present a certificate it signed;
                                                    # TLS destinations are checked against it
@@ -62,8 +63,11 @@ class NodeConfig:
         for ae in (self.ae_title, *self.allowed_calling_aes, *(d.ae_title for d in self.destinations)):
             if not _AE.match(ae) or ae != ae.strip() or "\\" in ae:
                 raise UsageError(f"AE title {ae!r}: 1-16 printable characters, no backslash or edge spaces")
-        if not 0 <= self.port <= 65535:
-            raise UsageError(f"port {self.port} is not a TCP port")
+        for port in (self.port, self.tls_port):
+            if port is not None and not 0 <= port <= 65535:
+                raise UsageError(f"port {port} is not a TCP port")
+        if self.tls_port is not None and self.tls_certificate is None:
+            raise UsageError("tls_port needs tls_certificate and tls_key")
         if (self.quiet_seconds < 0 or self.workers < 1 or self.send_attempts < 1 or not 0 <= self.retain_days < 1e6
                 or not 0 <= self.redeliver_hours < 1e6 or not 0 <= self.min_free_mb < 1e12):
             raise UsageError("quiet_seconds, retain_days, redeliver_hours and min_free_mb must be >= 0, workers "

@@ -17,7 +17,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from pydicom.uid import (
     JPEG2000,
@@ -123,7 +123,7 @@ class Node:
         self.stopping = threading.Event()
         self._factory = scorer_factory or (lambda threads: make_scorer(threads=threads))
         self._threads: list[threading.Thread] = []
-        self._server = None
+        self._servers: dict[str, Any] = {}             # "plain" and/or "tls": the listening SCPs
         self._load_error: Exception | None = None
         # Studies that an open association has stored images of: not complete while it stays open,
         # however long the sender pauses between images.
@@ -140,7 +140,14 @@ class Node:
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1] if self._server else self.config.port
+        """The plain listener's port; the TLS one's when the node listens over TLS only."""
+        server = self._servers.get("plain") or self._servers.get("tls")
+        return server.server_address[1] if server else self.config.port
+
+    @property
+    def tls_port(self) -> int | None:
+        server = self._servers.get("tls")
+        return server.server_address[1] if server else None
 
     def start(self) -> Node:
         for job in self.spool.recover():
@@ -159,7 +166,7 @@ class Node:
         except threading.BrokenBarrierError:
             self.stop()
             raise self._load_error or RuntimeError("a worker could not start") from None
-        self._server = self._start_scp()
+        self._servers = self._start_scp()
         self.spool.restart_clocks()
         scheduler = threading.Thread(target=self._schedule, daemon=True, name="aspects-scheduler")
         scheduler.start()
@@ -168,21 +175,30 @@ class Node:
             outbox = threading.Thread(target=self._outbox, daemon=True, name="aspects-outbox")
             outbox.start()
             self._threads.append(outbox)
-        log.info("%s listening on %s:%d%s (spool %s, output %s)", self.config.ae_title, self.config.host, self.port,
-                 " over TLS" if self.config.tls_certificate else "", self.config.spool, self.output)
+        log.info("%s listening on %s:%s (spool %s, output %s)", self.config.ae_title, self.config.host,
+                 self.listening, self.config.spool, self.output)
         return self
 
     def stop(self) -> None:
         """Stop accepting, let each worker finish the study in hand; queued jobs stay in the spool."""
         self.stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
+        for server in self._servers.values():
+            server.shutdown()
         for t in self._threads:
             t.join()
 
     # ------------------------------------------------------------ receiving
 
-    def _start_scp(self):
+    @property
+    def listening(self) -> str:
+        """'11112', '2762 over TLS', or '11112 and 2762 over TLS': for the log and the console."""
+        ports = [str(self.port)] if "plain" in self._servers else []
+        ports += [f"{self.tls_port} over TLS"] if "tls" in self._servers else []
+        return " and ".join(ports)
+
+    def _start_scp(self) -> dict[str, Any]:
+        """One SCP, plain or TLS; both on two ports with tls_port (a scanner console that cannot do
+        TLS beside senders that must)."""
         from pynetdicom import AE, StoragePresentationContexts, evt
 
         ae = AE(ae_title=self.config.ae_title)
@@ -194,10 +210,17 @@ class Node:
         ae.add_supported_context(VERIFICATION)
         if self.config.allowed_calling_aes:
             ae.require_calling_aet = list(self.config.allowed_calling_aes)
-        return ae.start_server((self.config.host, self.config.port), block=False,
-                               evt_handlers=[(evt.EVT_C_STORE, self._on_store),
-                                             (evt.EVT_CONN_CLOSE, self._on_close)],
-                               ssl_context=self.config.server_tls())
+        handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_CLOSE, self._on_close)]
+        tls = self.config.server_tls()
+        servers: dict[str, Any] = {}
+        if tls is None or self.config.tls_port is not None:
+            servers["plain"] = ae.start_server((self.config.host, self.config.port), block=False,
+                                               evt_handlers=handlers)
+        if tls is not None:
+            port = self.config.port if self.config.tls_port is None else self.config.tls_port
+            servers["tls"] = ae.start_server((self.config.host, port), block=False, evt_handlers=handlers,
+                                             ssl_context=tls)
+        return servers
 
     def _on_store(self, event) -> int:
         sop_class = event.request.AffectedSOPClassUID
