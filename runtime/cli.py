@@ -83,9 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--config", type=_path, default=None,
                    help="the node's TOML file: its AE title, destinations and TLS files")
     s.add_argument("--ae-title", default=None, help="calling AE title (default: the config's, else ASPECTS)")
-    s.add_argument("--tls-certificate", type=_path, default=None, metavar="PEM")
-    s.add_argument("--tls-key", type=_path, default=None, metavar="PEM")
-    s.add_argument("--tls-ca", type=_path, default=None, metavar="PEM")
+    s.add_argument("--tls-certificate", type=_path, default=None, metavar="PEM",
+                   help="this node's certificate, presented to /tls destinations that ask for one")
+    s.add_argument("--tls-key", type=_path, default=None, metavar="PEM", help="the certificate's private key")
+    s.add_argument("--tls-ca", type=_path, default=None, metavar="PEM",
+                   help="the only CA a /tls destination's certificate may be signed by (default: the system's)")
+
+    st = sub.add_parser("status", help="what a node's spool holds: studies arriving, jobs waiting, failures and "
+                                       "their redelivery, recent scores (read only; the node may be running)")
+    st.add_argument("--spool", type=_path, default=None, help="the node's spool folder")
+    st.add_argument("--config", type=_path, default=None, help="the node's TOML file (its spool, min_free_mb, "
+                                                               "redeliver_hours)")
+    st.add_argument("--json", action="store_true", help="one JSON document, for monitoring")
 
     w = sub.add_parser("watch", help="score every study dropped into a folder, once each")
     w.add_argument("inbox", type=_path, help="folder to watch (only read, never changed)")
@@ -129,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _watch(args)
             if args.command == "send":
                 return _send(args)
+            if args.command == "status":
+                return _status(args)
             return _models(args)
     except AspectsError as exc:
         message = str(exc)
@@ -360,6 +371,21 @@ def _send(args) -> int:
     for name, not_taken in send_results(args.folder, config.ae_title, config.destinations,
                                         config.client_tls()).items():
         print(f"sent to {name}" + (f" (it does not take {', '.join(not_taken)})" if not_taken else ""))
+    return 0
+
+
+def _status(args) -> int:
+    from dataclasses import asdict
+
+    from .node.config import load_config
+    from .node.status import format_status, spool_status
+
+    config = load_config(args.config, tls=False, spool=args.spool)
+    status = spool_status(config)
+    if args.json:
+        print(json.dumps(asdict(status), indent=2))
+    else:
+        print("\n".join(format_status(status, config.min_free_mb)))
     return 0
 
 

@@ -584,6 +584,51 @@ def test_aspects_send_refuses_with_one_error_line(tmp_path, capsys):
     assert "not delivered to ARCHIVE@" in errors[4] and not (tmp_path / "spool").exists()
 
 
+def test_aspects_status_tells_what_the_spool_holds_and_changes_nothing(tmp_path, scorer, capsys):
+    """A study missing from PACS: did it arrive, is it waiting, did it fail, is its delivery being
+    retried? Answered from the spool, while the node runs, without touching it."""
+    spool = tmp_path / "spool"
+    down = f"PACS@{LOOPBACK}:{_free_port()}"
+    uids = {k: small_head_series(tmp_path / k, f"STATUS-{k}") for k in ("scored", "gap", "unsent", "queued", "coming")}
+    sorted((tmp_path / "gap").iterdir())[10].unlink()
+    quiet = Node(NodeConfig(spool=spool, output=tmp_path / "results", outputs=("json",)))
+    scored = quiet.run_job(scorer, _spool_study(quiet, tmp_path / "scored", uids["scored"]))
+    node = Node(NodeConfig(spool=spool, output=tmp_path / "results", outputs=("json", "sr"), send_attempts=1,
+                           destinations=(Destination.parse(down),)))
+    gap = node.run_job(scorer, _spool_study(node, tmp_path / "gap", uids["gap"]))
+    unsent = node.run_job(scorer, _spool_study(node, tmp_path / "unsent", uids["unsent"]))
+    queued = _spool_study(node, tmp_path / "queued", uids["queued"])
+    for f in sorted((tmp_path / "coming").iterdir())[:5]:
+        node.spool.store(uids["coming"], pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID, f.read_bytes())
+    assert (scored["exit_code"], gap["exit_code"], unsent["exit_code"]) == (0, 7, 16)
+    before = sorted((p, p.stat().st_mtime_ns) for p in spool.rglob("*"))
+
+    assert main(["status", "--spool", str(spool)]) == 0
+    text = capsys.readouterr().out
+    # The staff ask after a patient or an accession number, not a UID: each line names both.
+    assert f"arriving: 1 study\n  {uids['coming']}: patient STATUS-coming, accession ASTATUS-coming, 5 image(s)" in text
+    assert f"waiting or being scored: 1 job(s)\n  {queued}: patient STATUS-queued, accession ASTATUS-queued, " \
+           f"32 image(s)" in text
+    assert f"{gap['job']}: patient STATUS-gap, accession ASTATUS-gap, exit 7" in text and "slices missing" in text
+    assert f"{unsent['job']}: patient STATUS-unsent, accession ASTATUS-unsent, exit 16" in text
+    assert "did not take them" in text and "sent again every minute until" in text
+    assert f"scored in the last 24 h: 1\n  {scored['job']}: patient STATUS-scored, accession ASTATUS-scored, " \
+           f"ASPECTS {scored['aspects']}" in text
+
+    config = tmp_path / "node.toml"
+    config.write_text(f'spool = "{spool}"\nmin_free_mb = 1e11\nredeliver_hours = 0\ntls_key = "/root/unreadable.key"\n')
+    assert main(["status", "--config", str(config), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["refusing_images"] and doc["scored_last_day"] == 1
+    assert [w["job"] for w in doc["waiting"]] == [queued] and [a["images"] for a in doc["arriving"]] == [5]
+    assert {f["job"]: (f["exit_code"], f["redelivery"]) for f in doc["failures"]} == {gap["job"]: (7, ""),
+                                                                                     unsent["job"]: (16, "ended")}
+    assert sorted((p, p.stat().st_mtime_ns) for p in spool.rglob("*")) == before, "status changed the spool"
+
+    assert main(["status", "--spool", str(tmp_path / "results")]) == 2
+    assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "results" / "incoming").exists()
+
+
 def test_a_cta_sent_after_its_scored_ncct_is_ignored_not_failed(tmp_path, scorer):
     """Every stroke protocol sends its CTA minutes after the NCCT: a failure record each time would
     teach the staff to ignore failure records."""

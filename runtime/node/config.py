@@ -93,8 +93,9 @@ class NodeConfig:
 _KEYS = {f.name for f in fields(NodeConfig)}
 
 
-def load_config(path: Path | None, **flags) -> NodeConfig:
-    """The file's settings, then every flag that is not None over them."""
+def load_config(path: Path | None, *, tls: bool = True, **flags) -> NodeConfig:
+    """The file's settings, then every flag that is not None over them. Without `tls`, the TLS files are
+    left out, not loaded: `aspects status` needs none, and its user may not be allowed to read the key."""
     values: dict = {}
     if path is not None:
         try:
@@ -115,6 +116,9 @@ def load_config(path: Path | None, **flags) -> NodeConfig:
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"destinations: each needs ae_title, host and port, and tls true or false where "
                          f"given ({exc})") from None
+    if not tls:
+        for key in ("tls_certificate", "tls_key", "tls_ca", "tls_port"):
+            values.pop(key, None)
     for key in ("tls_certificate", "tls_key", "tls_ca"):
         if values.get(key) is not None:
             values[key] = Path(values[key])

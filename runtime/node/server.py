@@ -53,7 +53,7 @@ from ..report import write_report
 from ..threads import available_cores
 from .config import NodeConfig
 from .send import SendFailed, send_files
-from .spool import BadIdentifier, Spool, fsync_dir
+from .spool import BadIdentifier, Spool, fsync_dir, started_ns
 
 log = logging.getLogger("aspects.node")
 
@@ -87,11 +87,6 @@ def refuse_late_images(series_uids: set[str], scored: dict) -> None:
         raise LateImages(f"images of series {scored['series_uid']} arrived after job {scored['job']} scored it, "
                          "so that score may lack them: send the study again, and set quiet_seconds above the "
                          "sender's longest pause")
-
-
-def _started(job: str) -> int:
-    """A job's promotion time (ns): its name is <StudyInstanceUID>_<time_ns>."""
-    return int(job.rsplit("_", 1)[1])
 
 
 # What a series can be refused for before any scoring: after a scored NCCT of the same study, such a job
@@ -327,7 +322,7 @@ class Node:
         outcome: dict = {"job": job, "study_instance_uid": study, "output": str(placed)}
         scored: list[dict] = []
         try:
-            outcome["instances"] = self.spool.instances(job)
+            outcome.update(self.spool.identity(job), instances=self.spool.instances(job))
             scored = [] if placed.is_dir() else self.spool.scored(job)
             earlier = None if placed.is_dir() else self.spool.scored_with(job, outcome["instances"])
             if earlier is not None:
@@ -443,7 +438,7 @@ class Node:
                 self._give_up(outcome, now)
                 continue
             job = outcome["job"]
-            newer = [o["job"] for o in self.spool.scored(job) if _started(o["job"]) > _started(job)]
+            newer = [o["job"] for o in self.spool.scored(job) if started_ns(o["job"]) > started_ns(job)]
             if newer:                           # sent again by the scanner, scored and delivered since
                 outcome.update(exit_code=0, superseded_by=newer[0])
                 outcome.pop("error", None)

@@ -31,6 +31,11 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 PART = ".part-"
 
 
+def started_ns(job: str) -> int:
+    """When a job was made (time_ns): its name is <StudyInstanceUID>_<time_ns> (promote)."""
+    return int(job.rsplit("_", 1)[1])
+
+
 class BadIdentifier(ValueError):
     """A UID that cannot be a file name here (not digits and dots, or too long)."""
 
@@ -134,7 +139,7 @@ class Spool:
                 os.rename(staging, self.jobs / staging.name[len(".new-"):])
             else:
                 staging.rmdir()
-        return sorted(self.pending(), key=lambda j: int(j.rsplit("_", 1)[1]))
+        return sorted(self.pending(), key=started_ns)
 
     def finish(self, job: str, outcome: dict, keep_images: bool) -> Path:
         """Record the outcome and move the job to done/ or failed/ (a failure also gets a record in
@@ -156,7 +161,7 @@ class Spool:
         """Outcomes of scored jobs whose results some destination did not take (`not_sent`), oldest
         first; not those the outbox has stopped sending (`redelivery_ended`)."""
         outcomes = []
-        for record in sorted(self.failures.glob("*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[1])):
+        for record in sorted(self.failures.glob("*.json"), key=lambda p: started_ns(p.stem)):
             try:
                 outcome = json.loads(record.read_text())
             except (OSError, ValueError):
@@ -194,6 +199,10 @@ class Spool:
             uids.add(str(ds.get("SeriesInstanceUID", "")))
         return uids
 
+    def identity(self, job: str) -> dict[str, str]:
+        """Whom a job is of, as the staff ask after a study: patient ID and accession number."""
+        return study_identity(self.jobs / job / "dicom")
+
     def instances(self, job: str) -> list[str]:
         """The SOP instance UIDs a job holds (its images are stored under them)."""
         return sorted(p.stem for p in (self.jobs / job / "dicom").glob("*.dcm"))
@@ -228,6 +237,17 @@ class Spool:
 
     def study_of(self, job: str) -> str:
         return job.rsplit("_", 1)[0]
+
+
+def study_identity(folder: Path) -> dict[str, str]:
+    """PatientID and AccessionNumber from the first readable image header in `folder` (empty where none)."""
+    for path in sorted(folder.glob("*.dcm")):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID", "AccessionNumber"])
+        except (OSError, InvalidDicomError):
+            continue
+        return {"patient_id": str(ds.get("PatientID", "")), "accession_number": str(ds.get("AccessionNumber", ""))}
+    return {"patient_id": "", "accession_number": ""}
 
 
 def _write_json(path: Path, doc: dict) -> None:
