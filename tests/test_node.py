@@ -11,6 +11,7 @@ Every request loop here is bounded in count and time and talks to 127.0.0.1 only
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -902,3 +903,66 @@ def test_tls_files_that_cannot_work_are_usage_errors_at_start(tmp_path, pki, set
     with pytest.raises(UsageError, match=words):
         load_config(None, spool=tmp_path / "spool",
                     **{k: pki.get(v, tmp_path / v) if isinstance(v, str) else v for k, v in settings.items()})
+
+
+def _presented_certificate(port: int, context) -> str:
+    """The common name of the certificate the node presents to a TLS sender."""
+    with socket.create_connection((LOOPBACK, port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=LOOPBACK) as tls:
+        subject = dict(item for rdn in tls.getpeercert()["subject"] for item in rdn)
+    return subject["commonName"]
+
+
+def test_renewed_tls_files_are_loaded_without_a_restart(tmp_path, scorer, pki, caplog):
+    """Certificates are renewed yearly or every few weeks; a node that needs a restart for each is one
+    day found refusing the scanner. A half-renewed pair (the certificate before its key) keeps the
+    previous one in use; an expiry that comes near is logged."""
+    from runtime.node.server import TLS_SETTLE_S
+    from runtime.node.tls import certificate_expiry, client_context
+    caplog.set_level(logging.INFO, logger="aspects.node")
+    certificate, key, ca = tmp_path / "node.pem", tmp_path / "node.key", tmp_path / "ca.pem"
+    settled = time.time() - 2 * TLS_SETTLE_S
+    for source, target in ((pki["node"], certificate), (pki["node.key"], key), (pki["ca"], ca)):
+        shutil.copy(source, target)
+        os.utime(target, (settled, settled))
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
+                        tls_certificate=certificate, tls_key=key, tls_ca=ca)
+    node = Node(config, scorer_factory=lambda threads: scorer).start()
+    scanner = client_context(pki["scanner"], pki["scanner.key"], pki["ca"])
+    try:
+        assert _presented_certificate(node.port, scanner) == "node"
+        assert "expires on" in caplog.text                      # the test CA's certificates last two days
+        shutil.copy(pki["pacs"], certificate)                   # the renewed certificate, its key not yet
+        node.check_tls()
+        assert _presented_certificate(node.port, scanner) == "node", "loaded before it settled"
+        os.utime(certificate, (settled + 1, settled + 1))       # settled, and not the time it had before
+        node.check_tls()
+        assert "cannot be loaded; the previous ones stay in use" in caplog.text
+        assert _presented_certificate(node.port, scanner) == "node" and _echo(node.port, (scanner, LOOPBACK))
+        shutil.copy(pki["pacs.key"], key)
+        os.utime(key, (settled + 1, settled + 1))
+        node.check_tls()
+        assert "loaded for new associations" in caplog.text
+        assert _presented_certificate(node.port, scanner) == "pacs" and _echo(node.port, (scanner, LOOPBACK))
+        caplog.clear()
+        node.check_tls(now=certificate_expiry(certificate) + 60)
+        assert "expired on" in caplog.text
+    finally:
+        node.stop()
+
+
+def test_certificate_expiry_is_read_from_the_certificate(tmp_path, pki):
+    """UTCTime until 2049, GeneralizedTime after (RFC 5280): both against what openssl itself reads."""
+    from datetime import datetime, timezone
+
+    from runtime.errors import UsageError
+    from runtime.node.tls import certificate_expiry
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "long.key", "-out",
+                    "long.pem", "-days", "12000", "-subj", "/CN=long"], cwd=tmp_path, check=True, capture_output=True)
+    for pem in (pki["node"], pki["ca"], tmp_path / "long.pem"):
+        said = subprocess.run(["openssl", "x509", "-enddate", "-noout", "-in", str(pem)], check=True,
+                              capture_output=True, text=True).stdout.strip().removeprefix("notAfter=")
+        expected = datetime.strptime(" ".join(said.split()), "%b %d %H:%M:%S %Y GMT").replace(tzinfo=timezone.utc)
+        assert certificate_expiry(pem) == expected.timestamp(), pem
+    with pytest.raises(UsageError, match="cannot read its expiry"):
+        certificate_expiry(pki["node.key"])

@@ -43,6 +43,7 @@ from ..errors import (
     NotAHead,
     TooFewSlices,
     UnreadableInput,
+    UsageError,
     WrongModality,
 )
 from ..output import make_folder
@@ -54,6 +55,7 @@ from ..threads import available_cores
 from .config import NodeConfig
 from .send import SendFailed, send_files
 from .spool import BadIdentifier, Spool, fsync_dir, started_ns
+from .tls import certificate_expiry
 
 log = logging.getLogger("aspects.node")
 
@@ -102,6 +104,9 @@ STATUS_STORED, STATUS_OUT_OF_RESOURCES, STATUS_CANNOT_UNDERSTAND = 0x0000, 0xA70
 SEND_BACKOFF_S = 2.0
 PURGE_EVERY_S = 3600.0
 REDELIVER_EVERY_S = 60.0
+TLS_CHECK_EVERY_S = 60.0
+TLS_SETTLE_S = 10.0           # TLS files changed this recently may be half-renewed (a certificate before its key)
+EXPIRY_WARNING_DAYS = 14
 # An association silent this long is dropped (pynetdicom's own default, made explicit), which also
 # ends the hold its studies had: a hung sender delays a study by at most this, never forever.
 IDLE_ASSOCIATION_S = 60.0
@@ -132,6 +137,8 @@ class Node:
         self._in_hand_lock = threading.Lock()
         self._low_disk_logged = -1e9
         self._client_tls = config.client_tls()
+        self._tls_stamp = self._tls_files_stamp()
+        self._expiry_said = -1e18
 
     @property
     def port(self) -> int:
@@ -162,6 +169,7 @@ class Node:
             self.stop()
             raise self._load_error or RuntimeError("a worker could not start") from None
         self._servers = self._start_scp()
+        self.check_tls()
         self.spool.restart_clocks()
         scheduler = threading.Thread(target=self._schedule, daemon=True, name="aspects-scheduler")
         scheduler.start()
@@ -217,6 +225,55 @@ class Node:
                                              ssl_context=tls)
         return servers
 
+    def check_tls(self, now: float | None = None) -> None:
+        """Certificates are renewed every year, or every few weeks, and a node that needs a restart for
+        each is one day found refusing the scanner. Renewed files are loaded for new associations once
+        they have settled; files that do not load keep the previous ones in use, said once. An expiry
+        within EXPIRY_WARNING_DAYS is logged daily, and once past it, as an error."""
+        now = time.time() if now is None else now
+        stamp = self._tls_files_stamp()
+        if stamp != self._tls_stamp and now - max(mtime for _, mtime, _ in stamp) >= TLS_SETTLE_S:
+            self._tls_stamp = stamp
+            self._expiry_said = -1e18                       # the new certificate's expiry is said now
+            try:
+                server, client = self.config.server_tls(), self.config.client_tls()
+            except UsageError as exc:
+                log.error("TLS files changed and cannot be loaded; the previous ones stay in use: %s", exc)
+            else:
+                if "tls" in self._servers:
+                    self._servers["tls"].ssl_context = server
+                self._client_tls = client
+                log.info("TLS files changed: loaded for new associations")
+        certificate = self.config.tls_certificate
+        if certificate is None or now - self._expiry_said < 86400:
+            return
+        try:
+            expires = certificate_expiry(certificate)
+        except UsageError as exc:
+            log.error("%s", exc)
+            return
+        self._expiry_said = now
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires))
+        if expires <= now:
+            log.error("the node's TLS certificate %s expired on %s: TLS senders and destinations refuse it; put a "
+                      "renewed one in its place (loaded without a restart)", certificate, when)
+        elif expires - now < EXPIRY_WARNING_DAYS * 86400:
+            log.warning("the node's TLS certificate %s expires on %s, in %.0f day(s); put a renewed one in its "
+                        "place (loaded without a restart)", certificate, when, (expires - now) / 86400)
+
+    def _tls_files_stamp(self) -> tuple[tuple[str, float, int], ...]:
+        """(path, mtime, inode) of each TLS file; a renewal that renames a new file into place changes it."""
+        stamp = []
+        for path in (self.config.tls_certificate, self.config.tls_key, self.config.tls_ca):
+            if path is None:
+                continue
+            try:
+                st = os.stat(path)
+                stamp.append((str(path), st.st_mtime, st.st_ino))
+            except FileNotFoundError:                       # mid-renewal: it counts as just changed
+                stamp.append((str(path), time.time(), 0))
+        return tuple(stamp)
+
     def _on_store(self, event) -> int:
         sop_class = event.request.AffectedSOPClassUID
         if sop_class not in CT_IMAGE_SOPS:
@@ -266,12 +323,15 @@ class Node:
 
     def _schedule(self) -> None:
         poll = min(1.0, max(0.05, self.config.quiet_seconds / 4))
-        purged = 0.0
+        purged = tls_checked = time.time()
         while not self.stopping.wait(poll):
             try:
                 if self.config.retain_days and time.time() - purged > PURGE_EVERY_S:
                     self.purge(time.time() - self.config.retain_days * 86400)
                     purged = time.time()
+                if time.time() - tls_checked > TLS_CHECK_EVERY_S:
+                    self.check_tls()
+                    tls_checked = time.time()
                 held = self._being_received()
                 for study in self.spool.quiet_studies(self.config.quiet_seconds):
                     with self._in_hand_lock:

@@ -3,7 +3,10 @@ images between a scanner, this node and PACS. Both sides' contexts are built her
 
 from __future__ import annotations
 
+import base64
+import re
 import ssl
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import UsageError
@@ -47,3 +50,41 @@ def _load_ca(context: ssl.SSLContext, ca: Path) -> None:
         context.load_verify_locations(cafile=ca)
     except (OSError, ssl.SSLError) as exc:
         raise UsageError(f"tls_ca {ca}: cannot be loaded ({exc})") from None
+
+
+def certificate_expiry(certificate: Path) -> float:
+    """notAfter of the first certificate in a PEM file, in epoch seconds. The ssl module decodes a
+    certificate only from a live connection, so this reads the DER itself: Certificate >
+    tbsCertificate > validity > notAfter (RFC 5280, 4.1)."""
+    try:
+        pem = re.search(r"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", Path(certificate).read_text(),
+                        re.S)
+        if pem is None:
+            raise ValueError("no PEM certificate in it")
+        der = base64.b64decode("".join(pem.group(1).split()))
+        _, start, end = _elements(der, 0, len(der))[0]                     # Certificate
+        _, start, end = _elements(der, start, end)[0]                      # tbsCertificate
+        fields = _elements(der, start, end)
+        validity = fields[4 if fields[0][0] == 0xA0 else 3]              # after [0] version, serial, alg, issuer
+        tag, start, end = _elements(der, validity[1], validity[2])[1]      # notBefore, notAfter
+        text = der[start:end].decode("ascii")
+        when = datetime.strptime(text, "%y%m%d%H%M%SZ" if tag == 0x17 else "%Y%m%d%H%M%SZ")  # UTCTime, GeneralizedTime
+    except (OSError, ValueError, IndexError) as exc:
+        raise UsageError(f"tls_certificate {certificate}: cannot read its expiry ({exc})") from None
+    return when.replace(tzinfo=timezone.utc).timestamp()
+
+
+def _elements(der: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
+    """The DER elements between start and end: (tag, value start, value end) each."""
+    out = []
+    i = start
+    while i < end:
+        tag, length = der[i], der[i + 1]
+        i += 2
+        if length & 0x80:                                                  # long form: the length's byte count
+            n = length & 0x7F
+            length = int.from_bytes(der[i:i + n], "big")
+            i += n
+        out.append((tag, i, i + length))
+        i += length
+    return out
