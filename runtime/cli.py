@@ -78,16 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("send", help="send a results folder's DICOM objects (SEG, SR, key images) by C-STORE: "
                                     "what the node's outbox leaves to a person once it stops")
     s.add_argument("folder", type=_path, help="a results folder (one study's)")
-    s.add_argument("--to", action="append", default=None, metavar="AE@HOST:PORT",
-                   help="destination (repeatable; AE@HOST:PORT/tls: over TLS; default: the config's destinations)")
-    s.add_argument("--config", type=_path, default=None,
-                   help="the node's TOML file: its AE title, destinations and TLS files")
-    s.add_argument("--ae-title", default=None, help="calling AE title (default: the config's, else ASPECTS)")
-    s.add_argument("--tls-certificate", type=_path, default=None, metavar="PEM",
-                   help="this node's certificate, presented to /tls destinations that ask for one")
-    s.add_argument("--tls-key", type=_path, default=None, metavar="PEM", help="the certificate's private key")
-    s.add_argument("--tls-ca", type=_path, default=None, metavar="PEM",
-                   help="the only CA a /tls destination's certificate may be signed by (default: the system's)")
+    _sending_flags(s)
+
+    ec = sub.add_parser("echo", help="check the destinations before a stroke does: C-ECHO in an association "
+                                     "that proposes the result classes, and which of them each takes")
+    _sending_flags(ec)
 
     st = sub.add_parser("status", help="what a node's spool holds: studies arriving, jobs waiting, failures and "
                                        "their redelivery, recent scores (read only; the node may be running)")
@@ -140,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _send(args)
             if args.command == "status":
                 return _status(args)
+            if args.command == "echo":
+                return _echo(args)
             return _models(args)
     except AspectsError as exc:
         message = str(exc)
@@ -169,6 +166,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _sending_flags(p: argparse.ArgumentParser) -> None:
+    """Where results go and as whom: `aspects send` and `aspects echo` alike."""
+    p.add_argument("--to", action="append", default=None, metavar="AE@HOST:PORT",
+                   help="destination (repeatable; AE@HOST:PORT/tls: over TLS; default: the config's destinations)")
+    p.add_argument("--config", type=_path, default=None,
+                   help="the node's TOML file: its AE title, destinations, outputs and TLS files")
+    p.add_argument("--ae-title", default=None, help="calling AE title (default: the config's, else ASPECTS)")
+    p.add_argument("--tls-certificate", type=_path, default=None, metavar="PEM",
+                   help="this node's certificate, presented to /tls destinations that ask for one")
+    p.add_argument("--tls-key", type=_path, default=None, metavar="PEM", help="the certificate's private key")
+    p.add_argument("--tls-ca", type=_path, default=None, metavar="PEM",
+                   help="the only CA a /tls destination's certificate may be signed by (default: the system's)")
 
 
 def _path(text: str) -> Path:
@@ -358,16 +369,22 @@ def _serve(args) -> int:
     return 0
 
 
-def _send(args) -> int:
+def _sending_config(args):
     from .node.config import load_config
-    from .node.send import send_results
 
     flags = dict(ae_title=args.ae_title, destinations=args.to, tls_certificate=args.tls_certificate,
                  tls_key=args.tls_key, tls_ca=args.tls_ca)
     # Only the sending settings are used: without a node's config there is no spool, and none is touched.
     config = load_config(args.config, **flags) if args.config else load_config(None, spool=Path("."), **flags)
     if not config.destinations:
-        raise UsageError("send: no destination (--to AE@HOST:PORT, or destinations in --config)")
+        raise UsageError(f"{args.command}: no destination (--to AE@HOST:PORT, or destinations in --config)")
+    return config
+
+
+def _send(args) -> int:
+    from .node.send import send_results
+
+    config = _sending_config(args)
     for name, not_taken in send_results(args.folder, config.ae_title, config.destinations,
                                         config.client_tls()).items():
         print(f"sent to {name}" + (f" (it does not take {', '.join(not_taken)})" if not_taken else ""))
@@ -386,6 +403,26 @@ def _status(args) -> int:
         print(json.dumps(asdict(status), indent=2))
     else:
         print("\n".join(format_status(status, config.min_free_mb)))
+    return 0
+
+
+def _echo(args) -> int:
+    from .errors import DeliveryFailed
+    from .node.send import SendFailed, check_destination
+
+    config = _sending_config(args)
+    missed = []
+    for dest in config.destinations:
+        try:
+            answer = check_destination(config.ae_title, dest, config.outputs,
+                                       config.client_tls() if dest.tls else None)
+        except (SendFailed, OSError) as exc:
+            missed.append(str(exc))
+            continue
+        refused = f"; it does not take {', '.join(answer.not_taken)}" if answer.not_taken else ""
+        print(f"{answer.name}: answered in {answer.milliseconds:.0f} ms{refused}")
+    if missed:
+        raise DeliveryFailed("; ".join(missed))
     return 0
 
 

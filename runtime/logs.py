@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import sys
 import tempfile
@@ -39,15 +40,25 @@ def configure_logging(level: str = "ERROR", json_path: Path | None = None) -> No
     # A stream of its own on a copy of fd 2, so quiet_native_stderr does not swallow our own records.
     console = logging.StreamHandler(os.fdopen(os.dup(2), "w", buffering=1))
     console.setLevel(level)
+    if level == "ERROR":
+        console.addFilter(_ours)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(console)
     if json_path is not None:
         try:
-            handler = logging.FileHandler(json_path)
+            # Reopened when logrotate (or a person) moves the file away: a node logs for months.
+            handler = logging.handlers.WatchedFileHandler(json_path)
         except OSError as exc:
             raise OutputUnwritable(f"--log-json {json_path}: cannot write it ({exc.strerror})") from None
         handler.setFormatter(JsonLines())
         root.addHandler(handler)
+
+
+def _ours(record: logging.LogRecord) -> bool:
+    """At the default level the console shows this program's records only. A library's own errors
+    (pynetdicom's "connection refused" before our "PACS did not answer") would break the promise of one
+    `error:` line; they still reach --log-json, and any lower --log-level shows them."""
+    return record.name == "aspects" or record.name.startswith("aspects.")
 
 
 @contextmanager

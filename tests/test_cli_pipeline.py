@@ -150,6 +150,23 @@ def test_an_unwritable_log_file_is_an_output_error(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_the_json_log_follows_logrotate(tmp_path):
+    """A node logs for months: once its log is moved away (logrotate), the next record starts a new
+    file instead of going on into the rotated one."""
+    script = ("import logging, os, sys\n"
+              "from runtime.logs import configure_logging\n"
+              "configure_logging('ERROR', sys.argv[1])\n"
+              "log = logging.getLogger('aspects.node')\n"
+              "log.info('before')\n"
+              "os.rename(sys.argv[1], sys.argv[1] + '.1')\n"
+              "log.info('after')\n")
+    log = tmp_path / "node.jsonl"
+    run = subprocess.run([sys.executable, "-c", script, str(log)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert [json.loads(line)["message"] for line in (tmp_path / "node.jsonl.1").read_text().splitlines()] == ["before"]
+    assert [json.loads(line)["message"] for line in log.read_text().splitlines()] == ["after"]
+
+
 def test_models_lists_what_runs_and_what_it_was_trained_on():
     from runtime.modelcard import load_model_set
     cards = load_model_set().all_cards

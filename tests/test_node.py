@@ -966,3 +966,39 @@ def test_certificate_expiry_is_read_from_the_certificate(tmp_path, pki):
         assert certificate_expiry(pem) == expected.timestamp(), pem
     with pytest.raises(UsageError, match="cannot read its expiry"):
         certificate_expiry(pki["node.key"])
+
+
+def test_destinations_are_checked_before_a_stroke_needs_them(tmp_path, scorer, caplog):
+    """A wrong port or an archive without SEG storage was first seen when a stroke's results did not
+    arrive. `aspects echo` checks each destination with the classes the node sends, and the node
+    checks them once at start."""
+    caplog.set_level(logging.INFO, logger="aspects.node")
+    archive = Receiver(classes=("1.2.840.10008.1.1", SR3D, SC))         # C-ECHO, no Segmentation Storage
+    full = Receiver()                                                   # stores everything, no C-ECHO
+    down = f"PACS@{LOOPBACK}:{_free_port()}"
+    try:
+        node = Node(NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results",
+                               destinations=tuple(Destination.parse(d) for d in (
+                                   f"ARCHIVE@{LOOPBACK}:{archive.port}", f"PACS@{LOOPBACK}:{full.port}", down))))
+        answered = node.check_destinations()
+        assert [(a.name, a.not_taken) for a in answered] == [(f"ARCHIVE@{LOOPBACK}:{archive.port}",
+                                                              ("Segmentation Storage",)),
+                                                             (f"PACS@{LOOPBACK}:{full.port}", ())]
+        assert f"destination {down} did not answer at start" in caplog.text
+        assert "does not take Segmentation Storage: it gets the other results" in caplog.text
+        # By hand, with the node's outputs: without SEG among them, nothing is missing at the archive.
+        node_toml = tmp_path / "node.toml"
+        node_toml.write_text(f'spool = "{tmp_path / "spool"}"\noutputs = ["json", "sr", "sc"]\n'
+                             f'destinations = ["ARCHIVE@{LOOPBACK}:{archive.port}"]\n')
+        command = [sys.executable, "-m", "runtime.cli", "echo"]
+        ok = subprocess.run([*command, "--config", str(node_toml)], capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0 and ok.stdout.startswith(f"ARCHIVE@{LOOPBACK}:{archive.port}: answered in ")
+        assert "does not take" not in ok.stdout, ok.stdout
+        both = subprocess.run([*command, "--to", f"ARCHIVE@{LOOPBACK}:{archive.port}", "--to", down],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        archive.close()
+        full.close()
+    assert both.returncode == 16 and "it does not take Segmentation Storage" in both.stdout
+    # One error line: pynetdicom's own "connection refused" records stay off the console.
+    assert both.stderr.splitlines() == [f"error: {down} refused or did not answer"], both.stderr

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..errors import DeviceUnavailable, ModelError
 from ..modelcard import ModelCard, file_sha256
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aspects.engines")
 
 WORKSPACE_BYTES = 2 << 30
 SLICES_PROFILE = (28, 128)          # (opt, max) slices for the VB-Nets; min is the card's z multiple

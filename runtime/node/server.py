@@ -53,7 +53,7 @@ from ..read.images import CT_IMAGE_SOPS
 from ..report import write_report
 from ..threads import available_cores
 from .config import NodeConfig
-from .send import SendFailed, send_files
+from .send import Answered, SendFailed, check_destination, send_files
 from .spool import BadIdentifier, Spool, fsync_dir, started_ns
 from .tls import certificate_expiry
 
@@ -170,6 +170,8 @@ class Node:
             raise self._load_error or RuntimeError("a worker could not start") from None
         self._servers = self._start_scp()
         self.check_tls()
+        if self.config.destinations:              # in the background: a destination may take seconds to time out
+            threading.Thread(target=self.check_destinations, daemon=True, name="aspects-destinations").start()
         self.spool.restart_clocks()
         scheduler = threading.Thread(target=self._schedule, daemon=True, name="aspects-scheduler")
         scheduler.start()
@@ -260,6 +262,25 @@ class Node:
         elif expires - now < EXPIRY_WARNING_DAYS * 86400:
             log.warning("the node's TLS certificate %s expires on %s, in %.0f day(s); put a renewed one in its "
                         "place (loaded without a restart)", certificate, when, (expires - now) / 86400)
+
+    def check_destinations(self) -> list[Answered]:
+        """Once at start: a destination with a wrong port, AE title or certificate, or one that takes no
+        SEG, is said in the log when the node is set up, not found at the first stroke."""
+        answered = []
+        for dest in self.config.destinations:
+            try:
+                answer = check_destination(self.config.ae_title, dest, self.config.outputs,
+                                           self._client_tls if dest.tls else None)
+            except (SendFailed, OSError) as exc:
+                log.warning("destination %s did not answer at start (%s): check its AE title, address, port and "
+                            "TLS; results it misses are kept and sent again", dest.name, exc)
+                continue
+            answered.append(answer)
+            log.info("destination %s answered in %.0f ms", dest.name, answer.milliseconds)
+            if answer.not_taken:
+                log.warning("destination %s does not take %s: it gets the other results", dest.name,
+                            ", ".join(answer.not_taken))
+        return answered
 
     def _tls_files_stamp(self) -> tuple[tuple[str, float, int], ...]:
         """(path, mtime, inode) of each TLS file; a renewal that renames a new file into place changes it."""
