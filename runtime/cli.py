@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser.add_argument("--log-level", default="ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="log to stderr from this level (default ERROR: stderr carries only the error line)")
-    parser.add_argument("--log-json", type=_path, default=None, help="also log every record as JSON lines here")
+    parser.add_argument("--log-json", type=_path, default=None,
+                        help="also log as JSON lines here (this program's records from INFO, libraries' from "
+                             "WARNING; all at --log-level DEBUG); reopened when logrotate moves it")
 
     args = parser.parse_args(argv)
     _TERM_RECEIVED.clear()

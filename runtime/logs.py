@@ -40,8 +40,7 @@ def configure_logging(level: str = "ERROR", json_path: Path | None = None) -> No
     # A stream of its own on a copy of fd 2, so quiet_native_stderr does not swallow our own records.
     console = logging.StreamHandler(os.fdopen(os.dup(2), "w", buffering=1))
     console.setLevel(level)
-    if level == "ERROR":
-        console.addFilter(_ours)
+    console.addFilter(Keep(logging.getLevelName(level)))
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(console)
     if json_path is not None:
@@ -50,15 +49,28 @@ def configure_logging(level: str = "ERROR", json_path: Path | None = None) -> No
             handler = logging.handlers.WatchedFileHandler(json_path)
         except OSError as exc:
             raise OutputUnwritable(f"--log-json {json_path}: cannot write it ({exc.strerror})") from None
+        handler.addFilter(Keep(logging.DEBUG if level == "DEBUG" else logging.INFO))
         handler.setFormatter(JsonLines())
         root.addHandler(handler)
 
 
-def _ours(record: logging.LogRecord) -> bool:
-    """At the default level the console shows this program's records only. A library's own errors
-    (pynetdicom's "connection refused" before our "PACS did not answer") would break the promise of one
-    `error:` line; they still reach --log-json, and any lower --log-level shows them."""
-    return record.name == "aspects" or record.name.startswith("aspects.")
+class Keep(logging.Filter):
+    """What a handler keeps: this program's records from `level`; libraries' from WARNING, all of them
+    only at DEBUG. pynetdicom and highdicom log every received image and copied attribute (2,300
+    records for a 28-image study, 4 of them ours), which would bury the node's own lines and fill its
+    disk. At ERROR, libraries' records are not kept at all: pynetdicom's "connection refused" before
+    our "PACS did not answer" would break the promise of one `error:` line."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "aspects" or record.name.startswith("aspects."):
+            return record.levelno >= self.level
+        if self.level <= logging.DEBUG:
+            return True
+        return self.level < logging.ERROR and record.levelno >= max(self.level, logging.WARNING)
 
 
 @contextmanager

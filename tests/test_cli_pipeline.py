@@ -150,21 +150,33 @@ def test_an_unwritable_log_file_is_an_output_error(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_the_json_log_follows_logrotate(tmp_path):
-    """A node logs for months: once its log is moved away (logrotate), the next record starts a new
-    file instead of going on into the rotated one."""
+def test_the_json_log_keeps_our_records_and_follows_logrotate(tmp_path):
+    """A node logs for months. Libraries' per-image records (pynetdicom, highdicom: thousands a study)
+    are not kept below WARNING, and once the log is moved away (logrotate), the next record starts a
+    new file instead of going on into the rotated one."""
     script = ("import logging, os, sys\n"
               "from runtime.logs import configure_logging\n"
-              "configure_logging('ERROR', sys.argv[1])\n"
-              "log = logging.getLogger('aspects.node')\n"
+              "configure_logging(sys.argv[2], sys.argv[1])\n"
+              "log, library = logging.getLogger('aspects.node'), logging.getLogger('pynetdicom._handlers')\n"
               "log.info('before')\n"
+              "library.debug('a PDU'); library.info('Received Store Request'); library.warning('odd PDU')\n"
               "os.rename(sys.argv[1], sys.argv[1] + '.1')\n"
-              "log.info('after')\n")
+              "log.info('after'); log.debug('detail')\n")
     log = tmp_path / "node.jsonl"
-    run = subprocess.run([sys.executable, "-c", script, str(log)], cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 0 and run.stderr == "", run.stderr
-    assert [json.loads(line)["message"] for line in (tmp_path / "node.jsonl.1").read_text().splitlines()] == ["before"]
-    assert [json.loads(line)["message"] for line in log.read_text().splitlines()] == ["after"]
+
+    def records(path) -> list[str]:
+        return [json.loads(line)["message"] for line in path.read_text().splitlines()]
+    for level, rotated, kept in (("ERROR", ["before", "odd PDU"], ["after"]),
+                                 ("DEBUG", ["before", "a PDU", "Received Store Request", "odd PDU"],
+                                  ["after", "detail"])):
+        run = subprocess.run([sys.executable, "-c", script, str(log), level], cwd=ROOT, capture_output=True,
+                             text=True)
+        assert run.returncode == 0, run.stderr
+        assert records(tmp_path / "node.jsonl.1") == rotated and records(log) == kept, level
+        log.unlink()
+    console = subprocess.run([sys.executable, "-c", script, str(log), "INFO"], cwd=ROOT, capture_output=True,
+                             text=True).stderr.splitlines()
+    assert console == ["INFO aspects.node: before", "WARNING pynetdicom._handlers: odd PDU", "INFO aspects.node: after"]
 
 
 def test_models_lists_what_runs_and_what_it_was_trained_on():
