@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--allow", action="append", default=None, metavar="AE",
                    help="accept associations only from this calling AE title (repeatable; default: any)")
     n.add_argument("--send", action="append", default=None, metavar="AE@HOST:PORT",
-                   help="send the DICOM results here by C-STORE (repeatable; AE@HOST:PORT/tls: over TLS)")
+                   help="send the DICOM results here by C-STORE (repeatable; AE@HOST:PORT/tls: over TLS; "
+                        "IPv6: AE@[ADDRESS]:PORT)")
     n.add_argument("--tls-certificate", type=_path, default=None, metavar="PEM",
                    help="this node's certificate chain: with --tls-key, it listens over TLS only")
     n.add_argument("--tls-key", type=_path, default=None, metavar="PEM", help="the certificate's private key")

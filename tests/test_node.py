@@ -170,6 +170,7 @@ def dose_report_and_screenshot(folder: Path) -> None:
 # ---------------------------------------------------------------- configuration
 
 def test_config_file_then_flags(tmp_path):
+    from runtime.errors import UsageError
     cfg = tmp_path / "node.toml"
     cfg.write_text('ae_title = "STROKE"\nport = 4242\nallowed_calling_aes = ["CT1"]\nquiet_seconds = 3\n'
                    '[[destinations]]\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 104\n')
@@ -181,6 +182,11 @@ def test_config_file_then_flags(tmp_path):
     cfg.write_text('[[destinations]]\nae_title = "PACS"\nhost = "pacs"\nport = 2762\ntls = true\n')
     assert load_config(cfg, spool=tmp_path).destinations == (Destination("PACS", "pacs", 2762, tls=True),)
     assert Destination.parse("PACS@pacs:2762/tls") == Destination("PACS", "pacs", 2762, tls=True)
+    v6 = Destination.parse("PACS@[fd00::5]:104")
+    assert (v6.host, v6.port, v6.name) == ("fd00::5", 104, "PACS@[fd00::5]:104")
+    for bad in ("PACS@fd00::5:104", "PACS@[pacs]:104", "PACS@pacs", "@pacs:104"):
+        with pytest.raises(UsageError):
+            Destination.parse(bad)
 
 
 @pytest.mark.parametrize("text", ['port = "x"\n', 'colour = 1\n', 'ae_title = "THIS TITLE IS WAY TOO LONG"\n',
@@ -1002,3 +1008,23 @@ def test_destinations_are_checked_before_a_stroke_needs_them(tmp_path, scorer, c
     assert both.returncode == 16 and "it does not take Segmentation Storage" in both.stdout
     # One error line: pynetdicom's own "connection refused" records stay off the console.
     assert both.stderr.splitlines() == [f"error: {down} refused or did not answer"], both.stderr
+
+
+def test_an_ipv6_destination_is_written_in_brackets_and_reached(tmp_path):
+    from pynetdicom import AE
+
+    from runtime.node.send import check_destination
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    pacs = AE(ae_title="PACS")
+    for sop in ("1.2.840.10008.1.1", SR3D, SC):
+        pacs.add_supported_context(sop)
+    server = pacs.start_server(("::1", 0), block=False)
+    try:
+        answer = check_destination("ASPECTS", Destination.parse(f"PACS@[::1]:{server.server_address[1]}"),
+                                   ("sr", "sc"), None)
+    finally:
+        server.shutdown()
+    assert answer.name == f"PACS@[::1]:{server.server_address[1]}" and answer.not_taken == ()

@@ -25,15 +25,18 @@ class Destination:
 
     @classmethod
     def parse(cls, text: str) -> Destination:
-        """AE@host:port, or AE@host:port/tls"""
-        m = re.fullmatch(r"([^@]{1,16})@([^:]+):(\d{1,5})(/tls)?", text.strip())
+        """AE@host:port, or AE@host:port/tls; an IPv6 address in brackets: AE@[fd00::5]:104"""
+        m = re.fullmatch(r"([^@]{1,16})@(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]+)):(\d{1,5})(/tls)?", text.strip())
         if not m:
-            raise UsageError(f"destination {text!r}: write it as AE_TITLE@host:port (or AE_TITLE@host:port/tls)")
-        return cls(m.group(1).strip(), m.group(2), int(m.group(3)), tls=bool(m.group(4)))
+            raise UsageError(f"destination {text!r}: write it as AE_TITLE@host:port (or AE_TITLE@host:port/tls; "
+                             f"an IPv6 address in brackets)")
+        return cls(m.group(1).strip(), m.group(2) or m.group(3), int(m.group(4)), tls=bool(m.group(5)))
 
     @property
     def name(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        """As it is written on the command line, so a failure record's `aspects send --to` works as given."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}"
 
 
 @dataclass(frozen=True)
