@@ -1028,3 +1028,25 @@ def test_an_ipv6_destination_is_written_in_brackets_and_reached(tmp_path):
     finally:
         server.shutdown()
     assert answer.name == f"PACS@[::1]:{server.server_address[1]}" and answer.not_taken == ()
+
+
+def test_one_node_per_spool_and_a_port_in_use_is_said(tmp_path, scorer, capsys):
+    """A service started twice, or a test node pointed at the production spool, queued the first
+    node's jobs again and scored and sent them twice. A port in use was an internal error."""
+    spool = tmp_path / "spool"
+    first = Node(NodeConfig(spool=spool, output=tmp_path / "results", host=LOOPBACK, port=0),
+                 scorer_factory=lambda threads: scorer).start()
+    try:
+        assert main(["serve", "--spool", str(spool), "--host", LOOPBACK, "--port", "0"]) == 10
+        assert "another aspects serve is using this spool" in capsys.readouterr().err
+        assert main(["serve", "--spool", str(tmp_path / "other"), "--host", LOOPBACK,
+                     "--port", str(first.port)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: cannot listen on {LOOPBACK}:{first.port}") and len(err.splitlines()) == 1
+    finally:
+        first.stop()
+    # Stopped (or killed: the kernel drops the lock), the spool takes a node again.
+    again = Node(NodeConfig(spool=spool, output=tmp_path / "results", host=LOOPBACK, port=0),
+                 scorer_factory=lambda threads: scorer).start()
+    assert again.port > 0
+    again.stop()

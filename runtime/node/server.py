@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import shutil
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -152,6 +153,7 @@ class Node:
         return server.server_address[1] if server else None
 
     def start(self) -> Node:
+        self.spool.claim()                          # before anything is queued: a second node stops here
         for job in self.spool.recover():
             log.info("resuming job %s from the spool", job)
             self._in_hand.add(self.spool.study_of(job))
@@ -168,7 +170,11 @@ class Node:
         except threading.BrokenBarrierError:
             self.stop()
             raise self._load_error or RuntimeError("a worker could not start") from None
-        self._servers = self._start_scp()
+        try:
+            self._servers = self._start_scp()
+        except BaseException:
+            self.stop()                             # the workers, and the spool for the next try
+            raise
         self.check_tls()
         if self.config.destinations:              # in the background: a destination may take seconds to time out
             threading.Thread(target=self.check_destinations, daemon=True, name="aspects-destinations").start()
@@ -191,6 +197,7 @@ class Node:
             server.shutdown()
         for t in self._threads:
             t.join()
+        self.spool.release()
 
     # ------------------------------------------------------------ receiving
 
@@ -218,13 +225,21 @@ class Node:
         handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_CLOSE, self._on_close)]
         tls = self.config.server_tls()
         servers: dict[str, Any] = {}
+        listen: dict[str, tuple[int, ssl.SSLContext | None]] = {}
         if tls is None or self.config.tls_port is not None:
-            servers["plain"] = ae.start_server((self.config.host, self.config.port), block=False,
-                                               evt_handlers=handlers)
+            listen["plain"] = (self.config.port, None)
         if tls is not None:
-            port = self.config.port if self.config.tls_port is None else self.config.tls_port
-            servers["tls"] = ae.start_server((self.config.host, port), block=False, evt_handlers=handlers,
-                                             ssl_context=tls)
+            listen["tls"] = (self.config.port if self.config.tls_port is None else self.config.tls_port, tls)
+        for kind, (port, ssl_context) in listen.items():
+            try:
+                servers[kind] = ae.start_server((self.config.host, port), block=False, evt_handlers=handlers,
+                                                ssl_context=ssl_context)
+            except OSError as exc:
+                for server in servers.values():
+                    server.shutdown()
+                raise UsageError(f"cannot listen on {self.config.host}:{port} ({exc.strerror}): another node or "
+                                 f"DICOM service has it, or the address is not this machine's; choose another "
+                                 f"port or host") from None
         return servers
 
     def check_tls(self, now: float | None = None) -> None:

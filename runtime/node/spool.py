@@ -13,6 +13,7 @@ a job whose results were already placed is not scored a second time (server.py).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from ..errors import OutputExists
 from ..output import make_folder
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -57,6 +59,25 @@ class Spool:
             make_folder(d)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._claim: int | None = None
+
+    def claim(self) -> None:
+        """One node per spool. A second one (a service started twice, a test instance pointed at the
+        production spool) would queue the first's jobs again and score and send them twice. flock on the
+        spool folder: the kernel drops it when the node dies, so a killed node never blocks its restart."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise OutputExists(f"{self.root}: another aspects serve is using this spool; stop it, or give this "
+                               "node a spool of its own") from None
+        self._claim = fd
+
+    def release(self) -> None:
+        if self._claim is not None:
+            os.close(self._claim)                   # closing the descriptor drops the lock
+            self._claim = None
 
     @contextmanager
     def _study(self, study: str):
