@@ -36,6 +36,21 @@ def make_folder(path: Path) -> Path:
     return path
 
 
+def hold_folder(path: Path, held_by_another: str) -> int:
+    """An exclusive flock on a folder, or OutputExists(held_by_another) at once: the descriptor to
+    close to let go. The kernel drops it when the process dies, so a killed run never blocks the next."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise OutputUnwritable(f"{path}: cannot open the folder ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise OutputExists(f"{path}: {held_by_another}") from None
+    return fd
+
+
 def study_stem(path: Path) -> str:
     """A report folder name for an input: its own name without a volume suffix."""
     stem = path.name
@@ -69,17 +84,7 @@ class OutputFolder:
         """Create, lock and check the folder; raises before any compute is spent."""
         self._created = not os.path.lexists(self.path)
         make_folder(self.path)
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError as exc:
-            raise OutputUnwritable(f"{self.path}: cannot open the output folder ({exc.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise OutputExists(f"{self.path}: another aspects run is writing to this folder; "
-                               "use a folder of its own") from None
-        self._fd = fd
+        self._fd = hold_folder(self.path, "another aspects run is writing to this folder; use a folder of its own")
         clashes = [n for n in self.names if os.path.lexists(self.path / n)]
         if clashes:
             self.release()

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .errors import AspectsError
-from .output import make_folder, study_stem
+from .output import hold_folder, make_folder, study_stem
 from .pipeline import Scorer
 from .report import write_report
 
@@ -31,6 +31,17 @@ def watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float = 10.0, outputs
     Returns the number of studies scored or failed in this run."""
     stop = stop or threading.Event()
     make_folder(out)
+    # One watcher per report folder: a second (a service started twice) would score every study again.
+    held = hold_folder(out, "another aspects watch writes its reports here; stop it, or give this one a "
+                            "folder of its own")
+    try:
+        return _watch(inbox, out, scorer, quiet_s, outputs, once, poll_s, stop)
+    finally:
+        os.close(held)
+
+
+def _watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float, outputs: tuple[str, ...] | None, once: bool,
+           poll_s: float, stop: threading.Event) -> int:
     ledger = out / LEDGER
     done = _done(ledger)
     handled = 0

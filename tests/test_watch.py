@@ -6,6 +6,9 @@ import hashlib
 import json
 import shutil
 
+import pytest
+
+from runtime.errors import OutputExists
 from runtime.watch import LEDGER, watch
 from tests.conftest import DEMO_STUDY
 
@@ -45,6 +48,10 @@ def test_watch_waits_for_the_quiet_period(tmp_path, scorer):
                                                              stop=stop)))
     t.start()
     stop.wait(0.5)                          # several looks at an entry that is not yet quiet
+    # A second watcher on the same reports (a service started twice) would score every study again.
+    with pytest.raises(OutputExists, match="another aspects watch writes its reports here"):
+        watch(inbox, out, scorer, quiet_s=0.0, once=True)
     stop.set()
     t.join(timeout=10)
     assert handled == [0] and not (out / LEDGER).exists()
+    assert watch(inbox, out, scorer, quiet_s=0.0, once=True) == 1       # the first one gone, the folder is free

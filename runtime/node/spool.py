@@ -13,7 +13,6 @@ a job whose results were already placed is not scored a second time (server.py).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -26,8 +25,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ..errors import OutputExists
-from ..output import make_folder
+from ..output import hold_folder, make_folder
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 PART = ".part-"
@@ -65,14 +63,8 @@ class Spool:
         """One node per spool. A second one (a service started twice, a test instance pointed at the
         production spool) would queue the first's jobs again and score and send them twice. flock on the
         spool folder: the kernel drops it when the node dies, so a killed node never blocks its restart."""
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise OutputExists(f"{self.root}: another aspects serve is using this spool; stop it, or give this "
-                               "node a spool of its own") from None
-        self._claim = fd
+        self._claim = hold_folder(self.root, "another aspects serve is using this spool; stop it, or give this "
+                                             "node a spool of its own")
 
     def release(self) -> None:
         if self._claim is not None:
