@@ -612,6 +612,7 @@ def test_aspects_status_tells_what_the_spool_holds_and_changes_nothing(tmp_path,
 
     assert main(["status", "--spool", str(spool)]) == 0
     text = capsys.readouterr().out
+    assert text.startswith(f"spool {spool}: no node is running on it")
     # The staff ask after a patient or an accession number, not a UID: each line names both.
     assert f"arriving: 1 study\n  {uids['coming']}: patient STATUS-coming, accession ASTATUS-coming, 5 image(s)" in text
     assert f"waiting or being scored: 1 job(s)\n  {queued}: patient STATUS-queued, accession ASTATUS-queued, " \
@@ -631,6 +632,13 @@ def test_aspects_status_tells_what_the_spool_holds_and_changes_nothing(tmp_path,
     assert {f["job"]: (f["exit_code"], f["redelivery"]) for f in doc["failures"]} == {gap["job"]: (7, ""),
                                                                                      unsent["job"]: (16, "ended")}
     assert sorted((p, p.stat().st_mtime_ns) for p in spool.rglob("*")) == before, "status changed the spool"
+    running = Node(NodeConfig(spool=spool, output=tmp_path / "results", host=LOOPBACK, port=0),
+                   scorer_factory=lambda threads: MustNotScore()).start()    # type: ignore[arg-type,return-value]
+    try:
+        assert main(["status", "--spool", str(spool), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["node_running"]
+    finally:
+        running.stop()
 
     assert main(["status", "--spool", str(tmp_path / "results")]) == 2
     assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "results" / "incoming").exists()

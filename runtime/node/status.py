@@ -6,6 +6,7 @@ fail, were its results sent? `aspects status` answers them from the spool alone 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -66,6 +67,7 @@ class Scored:
 @dataclass(frozen=True)
 class SpoolStatus:
     spool: str
+    node_running: bool        # an `aspects serve` holds the spool (Spool.claim)
     free_mb: float
     refusing_images: bool     # under min_free_mb: the SCP answers every C-STORE with 0xA700
     arriving: tuple[Arriving, ...]
@@ -95,15 +97,16 @@ def spool_status(config: NodeConfig, now: float | None = None) -> SpoolStatus:
     recent = sorted((folder for folder in _entries(root / "done") if now - _mtime(folder) <= RECENT_S),
                     key=lambda folder: started_ns(folder.name), reverse=True)
     newest = tuple(s for s in (_scored(folder / "outcome.json", now) for folder in recent[:LISTED]) if s)
-    return SpoolStatus(str(root), round(free_mb, 1), free_mb < config.min_free_mb, arriving, waiting, failures,
-                       len(recent), newest)
+    return SpoolStatus(str(root), _held(root), round(free_mb, 1), free_mb < config.min_free_mb, arriving, waiting,
+                       failures, len(recent), newest)
 
 
 def format_status(status: SpoolStatus, min_free_mb: float) -> list[str]:
     """Lines a person reads at the console: newest last in each part, ages rather than timestamps."""
-    lines = [f"spool {status.spool}: {status.free_mb:.0f} MB free"
-             + (f", under min_free_mb {min_free_mb:g}: images are refused (0xA700) until there is room"
-                if status.refusing_images else "")]
+    lines = [f"spool {status.spool}: " + ("a node is running on it" if status.node_running else
+                                          "no node is running on it: nothing arriving is received or scored")]
+    lines.append(f"{status.free_mb:.0f} MB free" + (f", under min_free_mb {min_free_mb:g}: images are refused "
+                                                    "(0xA700) until there is room" if status.refusing_images else ""))
     lines.append(f"arriving: {len(status.arriving)} stud{'y' if len(status.arriving) == 1 else 'ies'}")
     lines += [f"  {a.study}: {_who(a)}{a.images} image(s), the last {_age(a.last_image_s)} ago"
               for a in status.arriving]
@@ -121,6 +124,19 @@ def format_status(status: SpoolStatus, min_free_mb: float) -> list[str]:
         lines.append(f"  {s.job}: {_who(s)}{score}, {_age(s.finished_s)} ago{sent}"
                      + (f" ({s.note})" if s.note else ""))
     return lines
+
+
+def _held(root: Path) -> bool:
+    """Whether a node holds the spool's lock: a shared lock is tried and dropped at once. (A node starting
+    in that same instant would be refused, once; its service manager starts it again.)"""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _entries(folder: Path) -> list[Path]:
