@@ -660,6 +660,34 @@ def test_a_cta_sent_after_its_scored_ncct_is_ignored_not_failed(tmp_path, scorer
     assert len([p for p in config.output.iterdir() if not p.name.startswith(".")]) == 1
 
 
+def test_a_later_scored_job_answers_the_failures_of_its_study(tmp_path, scorer):
+    """A CTA that reached the node before its NCCT (a PACS forwarding series out of order) failed,
+    exit 5; a series with a gap was sent again whole. Their records stayed in failures/ after the study
+    was scored, and `aspects status` listed them as needing a person."""
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("json",))
+    node = Node(config)
+    study = small_head_series(tmp_path / "ncct", "OUT-OF-ORDER")
+    cta_of(tmp_path / "ncct", tmp_path / "cta")
+    shutil.copytree(tmp_path / "ncct", tmp_path / "gap")
+    sorted((tmp_path / "gap").iterdir())[10].unlink()
+    cta = node.run_job(scorer, _spool_study(node, tmp_path / "cta", study))
+    gap = node.run_job(scorer, _spool_study(node, tmp_path / "gap", study))
+    assert (cta["exit_code"], gap["exit_code"]) == (5, 7)
+    other = small_head_series(tmp_path / "other", "OTHER")
+    sorted((tmp_path / "other").iterdir())[10].unlink()
+    unrelated = node.run_job(scorer, _spool_study(node, tmp_path / "other", other))
+    assert unrelated["exit_code"] == 7
+
+    ncct = node.run_job(scorer, _spool_study(node, tmp_path / "ncct", study))
+    assert ncct["exit_code"] == 0 and "ignored" not in ncct
+    assert sorted(p.stem for p in (config.spool / "failures").iterdir()) == [unrelated["job"]]
+    for failed in (cta, gap):
+        record = json.loads((config.spool / "failed" / failed["job"] / "outcome.json").read_text())
+        assert record["resolved_by"] == ncct["job"] and record["exit_code"] == failed["exit_code"]
+        assert not (config.spool / "failed" / failed["job"] / "dicom").exists()
+    assert (config.spool / "failed" / unrelated["job"] / "dicom").is_dir()
+
+
 def test_a_criterion_the_scored_record_predates_counts_as_met():
     """A job scored before an upgrade added a criterion has no value for it: the same kind of series
     arriving after the upgrade must not look better and be sent a second time."""

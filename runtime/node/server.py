@@ -452,6 +452,9 @@ class Node:
                                    series_criteria=result.metadata.get("series_criteria"))
                 self._send(placed, outcome)
                 log.info("job %s: ASPECTS %s, results in %s", job, outcome["aspects"], placed)
+                for earlier in self.spool.resolve(job, self.config.keep_received):
+                    log.info("job %s: answers the failure of job %s (exit %s)", job, earlier["job"],
+                             earlier.get("exit_code"))
             outcome["exit_code"] = 0
         except LateImages as exc:
             outcome.update(exit_code=exc.exit_code, error=str(exc))

@@ -201,6 +201,30 @@ class Spool:
         (self.failures / f"{job}.json").unlink(missing_ok=True)
         fsync_dir(self.failures)
 
+    def resolve(self, job: str, keep_images: bool) -> list[dict]:
+        """A job of a study has been scored and sent: the failure records of its earlier jobs (a CTA
+        sent before its NCCT, a series with a gap that was sent again whole) are answered. Each says so
+        (`resolved_by`) and leaves failures/, so what is listed there still needs a person. Delivery
+        failures are the outbox's (`superseded_by`). Returns the outcomes resolved."""
+        resolved = []
+        for record in self.failures.glob(f"{self.study_of(job)}_*.json"):
+            try:
+                outcome = json.loads(record.read_text())
+            except (OSError, ValueError):
+                continue
+            if outcome.get("not_sent") or started_ns(record.stem) > started_ns(job):
+                continue
+            outcome["resolved_by"] = job
+            if (self.failed / record.stem).is_dir():
+                _write_json(self.failed / record.stem / "outcome.json", outcome)
+                if not keep_images:
+                    shutil.rmtree(self.failed / record.stem / "dicom", ignore_errors=True)
+            record.unlink()
+            resolved.append(outcome)
+        if resolved:
+            fsync_dir(self.failures)
+        return resolved
+
     def series_of(self, job: str) -> set[str]:
         """The SeriesInstanceUIDs of a job's images (headers only)."""
         uids = set()
