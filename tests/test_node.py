@@ -688,6 +688,37 @@ def test_a_later_scored_job_answers_the_failures_of_its_study(tmp_path, scorer):
     assert (config.spool / "failed" / unrelated["job"] / "dicom").is_dir()
 
 
+def test_the_study_sent_again_after_late_images_is_scored(tmp_path, scorer):
+    """A sender paused longer than quiet_seconds inside a series: the first part was scored, the rest
+    failed as late images, and the record said "send the study again". Sent again, the whole series
+    failed the same way, and so did a re-send that only added another series."""
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("json",))
+    node = Node(config)
+    study = small_head_series(tmp_path / "whole", "PAUSED")
+    images = sorted((tmp_path / "whole").iterdir())
+    for part, chosen in (("first", images[:-4]), ("rest", images[-4:])):
+        (tmp_path / part).mkdir()
+        for path in chosen:
+            shutil.copy(path, tmp_path / part / path.name)
+    first = node.run_job(scorer, _spool_study(node, tmp_path / "first", study))
+    rest = node.run_job(scorer, _spool_study(node, tmp_path / "rest", study))
+    assert first["exit_code"] == 0 and rest["exit_code"] == 7 and "arrived after job" in rest["error"]
+
+    again = node.run_job(scorer, _spool_study(node, tmp_path / "whole", study))
+    assert again["exit_code"] == 0 and again["supersedes"] == first["job"], again
+    assert len(again["instances"]) == len(images)
+    assert not list((config.spool / "failures").iterdir())                  # the late images' failure answered
+
+    # The same images once more, with a thin recon added: nothing late, nothing better; ignored.
+    another_series_of(tmp_path / "whole", tmp_path / "thin", "HEAD THIN")
+    (tmp_path / "both").mkdir()
+    for series in ("whole", "thin"):
+        for path in (tmp_path / series).iterdir():
+            shutil.copy(path, tmp_path / "both" / f"{series}-{path.name}")
+    resent = node.run_job(MustNotScore(), _spool_study(node, tmp_path / "both", study))  # type: ignore[arg-type]
+    assert resent["exit_code"] == 0 and resent["after"] == again["job"] and "ignored" in resent, resent
+
+
 def test_a_criterion_the_scored_record_predates_counts_as_met():
     """A job scored before an upgrade added a criterion has no value for it: the same kind of series
     arriving after the upgrade must not look better and be sent a second time."""

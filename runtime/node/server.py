@@ -82,14 +82,22 @@ class LateImages(InconsistentSeries):
     failure, never ignored as other refusals after a scored job are)."""
 
 
-def refuse_late_images(series_uids: set[str], scored: dict) -> None:
-    """A scanner that pauses longer than quiet_seconds between two parts of one series splits it into
-    two jobs: the first was scored without the second's slices. That is a failure to look into (and a
-    setting to change), never a series to pass over quietly."""
-    if scored.get("series_uid") in series_uids:
-        raise LateImages(f"images of series {scored['series_uid']} arrived after job {scored['job']} scored it, "
-                         "so that score may lack them: send the study again, and set quiet_seconds above the "
-                         "sender's longest pause")
+def completes_scored_series(by_series: dict[str, set[str]], scored: dict) -> bool:
+    """Whether a later job holds images of the very series a job scored that the score lacked. A
+    scanner that pauses longer than quiet_seconds inside a series splits it: the first part was scored
+    without the rest. The rest alone is a failure to look into (and a setting to change), never a
+    series to pass over quietly. That series sent again whole, with every image the score had, is what
+    the failure asks for: True, and it is scored in its turn. The same images again are not late:
+    False, and the job is judged as any later series is."""
+    sent = by_series.get(scored.get("series_uid") or "", set())
+    if not sent - set(scored.get("instances", ())):
+        return False
+    had = set(scored.get("series_instances") or ()) or set(scored.get("instances", ())) & sent
+    if had and had <= sent:
+        return True
+    raise LateImages(f"images of series {scored['series_uid']} arrived after job {scored['job']} scored it, "
+                     "so that score may lack them: send the study again, and set quiet_seconds above the "
+                     "sender's longest pause")
 
 
 # What a series can be refused for before any scoring: after a scored NCCT of the same study, such a job
@@ -435,8 +443,11 @@ class Node:
                 else:
                     folder = self.spool.jobs / job / "dicom"
                     source: Path | Study = folder
-                    if scored:                  # read first: only a better series is scored again
-                        refuse_late_images(self.spool.series_of(job), scored[0])
+                    if scored and completes_scored_series(self.spool.series_instances(job), scored[0]):
+                        outcome["supersedes"] = scored[0]["job"]
+                        log.info("job %s: the series job %s scored, sent again with the images it lacked: "
+                                 "scored and sent as well", job, scored[0]["job"])
+                    elif scored:                # read first: only a better series is scored again
                         source = read_study(folder)
                         refuse_unless_better(source, scored[0])
                         outcome["supersedes"] = scored[0]["job"]
@@ -449,7 +460,8 @@ class Node:
                     os.rename(staging, placed)
                     fsync_dir(self.output)
                     outcome.update(aspects=result.score.aspects, series_uid=result.metadata.get("series_uid"),
-                                   series_criteria=result.metadata.get("series_criteria"))
+                                   series_criteria=result.metadata.get("series_criteria"),
+                                   series_instances=result.metadata.get("identity", {}).get("SOPInstanceUIDs"))
                 self._send(placed, outcome)
                 log.info("job %s: ASPECTS %s, results in %s", job, outcome["aspects"], placed)
                 for earlier in self.spool.resolve(job, self.config.keep_received):

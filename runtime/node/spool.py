@@ -225,16 +225,17 @@ class Spool:
             fsync_dir(self.failures)
         return resolved
 
-    def series_of(self, job: str) -> set[str]:
-        """The SeriesInstanceUIDs of a job's images (headers only)."""
-        uids = set()
+    def series_instances(self, job: str) -> dict[str, set[str]]:
+        """SeriesInstanceUID -> the SOP instance UIDs of a job's images in it (headers only; each image
+        is stored under its SOP instance UID)."""
+        by_series: dict[str, set[str]] = {}
         for path in (self.jobs / job / "dicom").glob("*.dcm"):
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
             except (OSError, InvalidDicomError):
                 continue
-            uids.add(str(ds.get("SeriesInstanceUID", "")))
-        return uids
+            by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), set()).add(path.stem)
+        return by_series
 
     def identity(self, job: str) -> dict[str, str]:
         """Whom a job is of, as the staff ask after a study: patient ID and accession number."""
