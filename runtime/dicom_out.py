@@ -224,7 +224,10 @@ def make_seg(result: StudyResult):
     return seg
 
 
-def make_sr(result: StudyResult):
+def make_sr(result: StudyResult, replaces: tuple = ()):
+    """`replaces`: the SRs of earlier results for the same study that this one supersedes (a better
+    series scored later). They go in its Predecessor Documents Sequence, so a PACS or viewer that
+    honours it shows this result as the current one, not as a second ASPECTS beside the first."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
@@ -307,7 +310,7 @@ def make_sr(result: StudyResult):
     sr = hd.sr.Comprehensive3DSR(
         evidence=_sources(result), content=report, series_instance_uid=generate_uid(),
         series_number=SERIES_NUMBERS["sr"], sop_instance_uid=generate_uid(), instance_number=1,
-        manufacturer=MANUFACTURER, is_complete=True)
+        manufacturer=MANUFACTURER, is_complete=True, previous_versions=list(replaces) or None)
     sr.SeriesDescription = SERIES_DESCRIPTIONS["sr"]
     return sr
 

@@ -63,21 +63,22 @@ def check_outputs(outputs: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def write_report(result: StudyResult, out: str | Path | OutputFolder,
-                 outputs: tuple[str, ...] | None = None) -> dict[str, Path]:
+                 outputs: tuple[str, ...] | None = None, replaces: tuple = ()) -> dict[str, Path]:
     """All of the report or none of it; never over an existing file. `out` is a folder path, or a
     folder the caller already claimed (the CLI claims it before the compute). `outputs`: None for
     the default: everything for a DICOM input; report.json and the PNGs for a volume file, whose
-    DICOM outputs (asked for by name) reference a CT series made from it with new UIDs."""
+    DICOM outputs (asked for by name) reference a CT series made from it with new UIDs. `replaces`:
+    earlier SRs of the study this result supersedes (dicom_out.make_sr)."""
     wanted = check_outputs(outputs) if outputs is not None else OUTPUTS
     if not supports_dicom(result) and outputs is None:
         wanted = tuple(o for o in wanted if o not in DICOM_OUTPUTS)
     if isinstance(out, OutputFolder):
-        return _write(result, out, wanted)
+        return _write(result, out, wanted, replaces)
     with output_folder(out, wanted) as folder:
-        return _write(result, folder, wanted)
+        return _write(result, folder, wanted, replaces)
 
 
-def _write(result: StudyResult, folder: OutputFolder, wanted: tuple[str, ...]) -> dict[str, Path]:
+def _write(result: StudyResult, folder: OutputFolder, wanted: tuple[str, ...], replaces: tuple) -> dict[str, Path]:
     """Everything is rendered and encoded first, then placed; report.json goes last."""
     files: dict[str, bytes] = {}
     derived = not supports_dicom(result) and any(o in DICOM_OUTPUTS for o in wanted)
@@ -97,7 +98,7 @@ def _write(result: StudyResult, folder: OutputFolder, wanted: tuple[str, ...]) -
     if "seg" in wanted:
         files["seg.dcm"] = to_bytes(make_seg(result))
     if "sr" in wanted:
-        files["sr.dcm"] = to_bytes(make_sr(result))
+        files["sr.dcm"] = to_bytes(make_sr(result, replaces))
     if "sc" in wanted:
         from pydicom.uid import generate_uid
         series = generate_uid()

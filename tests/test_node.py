@@ -691,8 +691,9 @@ def test_a_later_scored_job_answers_the_failures_of_its_study(tmp_path, scorer):
 def test_the_study_sent_again_after_late_images_is_scored(tmp_path, scorer):
     """A sender paused longer than quiet_seconds inside a series: the first part was scored, the rest
     failed as late images, and the record said "send the study again". Sent again, the whole series
-    failed the same way, and so did a re-send that only added another series."""
-    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("json",))
+    failed the same way, and so did a re-send that only added another series. The new result's SR
+    names the one it replaces (Predecessor Documents Sequence): PACS shows one current ASPECTS."""
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("json", "sr"))
     node = Node(config)
     study = small_head_series(tmp_path / "whole", "PAUSED")
     images = sorted((tmp_path / "whole").iterdir())
@@ -708,6 +709,10 @@ def test_the_study_sent_again_after_late_images_is_scored(tmp_path, scorer):
     assert again["exit_code"] == 0 and again["supersedes"] == first["job"], again
     assert len(again["instances"]) == len(images)
     assert not list((config.spool / "failures").iterdir())                  # the late images' failure answered
+    old, new = (pydicom.dcmread(Path(o["output"]) / "sr.dcm") for o in (first, again))
+    assert "PredecessorDocumentsSequence" not in old
+    replaced = new.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert (replaced.ReferencedSOPInstanceUID, replaced.ReferencedSOPClassUID) == (old.SOPInstanceUID, old.SOPClassUID)
 
     # The same images once more, with a thin recon added: nothing late, nothing better; ignored.
     another_series_of(tmp_path / "whole", tmp_path / "thin", "HEAD THIN")

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pydicom
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -98,6 +100,14 @@ def completes_scored_series(by_series: dict[str, set[str]], scored: dict) -> boo
     raise LateImages(f"images of series {scored['series_uid']} arrived after job {scored['job']} scored it, "
                      "so that score may lack them: send the study again, and set quiet_seconds above the "
                      "sender's longest pause")
+
+
+def _sr_of(outcome: dict) -> tuple:
+    """The SR header of a job's results, where it is still there to refer to (retention may have gone)."""
+    try:
+        return (pydicom.dcmread(Path(outcome["output"]) / "sr.dcm", stop_before_pixels=True),)
+    except (OSError, InvalidDicomError, KeyError):
+        return ()
 
 
 # What a series can be refused for before any scoring: after a scored NCCT of the same study, such a job
@@ -456,7 +466,8 @@ class Node:
                     staging = self.staging / job
                     shutil.rmtree(staging, ignore_errors=True)
                     result = scorer.score(source)
-                    write_report(result, staging, self.config.outputs)
+                    replaces = _sr_of(scored[0]) if "supersedes" in outcome else ()
+                    write_report(result, staging, self.config.outputs, replaces=replaces)
                     os.rename(staging, placed)
                     fsync_dir(self.output)
                     outcome.update(aspects=result.score.aspects, series_uid=result.metadata.get("series_uid"),
