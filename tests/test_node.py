@@ -591,7 +591,7 @@ def test_aspects_send_refuses_with_one_error_line(tmp_path, capsys):
     assert "not delivered to ARCHIVE@" in errors[4] and not (tmp_path / "spool").exists()
 
 
-def test_aspects_status_tells_what_the_spool_holds_and_changes_nothing(tmp_path, scorer, capsys):
+def test_aspects_status_tells_what_the_spool_holds_and_changes_nothing(tmp_path, scorer, capsys, monkeypatch):
     """A study missing from PACS: did it arrive, is it waiting, did it fail, is its delivery being
     retried? Answered from the spool, while the node runs, without touching it."""
     spool = tmp_path / "spool"
@@ -642,6 +642,13 @@ def test_aspects_status_tells_what_the_spool_holds_and_changes_nothing(tmp_path,
 
     assert main(["status", "--spool", str(tmp_path / "results")]) == 2
     assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "results" / "incoming").exists()
+    # Run as a user who may not read the node's spool (the tests run as root, whom no mode stops).
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr("runtime.node.status.os.scandir", denied)
+    monkeypatch.setattr("pathlib.Path.iterdir", denied)
+    assert main(["status", "--spool", str(spool)]) == 3
+    assert capsys.readouterr().err.startswith(f"error: {spool}: cannot read the spool (Permission denied: ")
 
 
 def test_a_cta_sent_after_its_scored_ncct_is_ignored_not_failed(tmp_path, scorer):

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UnreadableInput, UsageError
 from .config import NodeConfig
 from .spool import started_ns, study_identity
 
@@ -78,12 +78,20 @@ class SpoolStatus:
 
 
 def spool_status(config: NodeConfig, now: float | None = None) -> SpoolStatus:
-    now = time.time() if now is None else now
     root = config.spool
     missing = [d for d in ("incoming", "jobs", "done", "failed", "failures") if not (root / d).is_dir()]
     if missing:
         raise UsageError(f"{root} is not a node's spool (no {', '.join(f'{d}/' for d in missing)}); "
                          f"give the spool `aspects serve` was started with")
+    try:
+        return _read(config, time.time() if now is None else now)
+    except PermissionError as exc:             # a spool the node's user alone may read
+        raise UnreadableInput(f"{root}: cannot read the spool ({exc.strerror}: {exc.filename}); run this as "
+                              f"the node's user") from None
+
+
+def _read(config: NodeConfig, now: float) -> SpoolStatus:
+    root = config.spool
     free_mb = shutil.disk_usage(root).free / 2**20
     arriving = tuple(Arriving(folder.name, **study_identity(folder), images=len(images),
                               last_image_s=round(now - newest, 1))
