@@ -85,12 +85,13 @@ class LateImages(InconsistentSeries):
 
 
 def completes_scored_series(by_series: dict[str, set[str]], scored: dict) -> bool:
-    """Whether a later job holds images of the very series a job scored that the score lacked. A
-    scanner that pauses longer than quiet_seconds inside a series splits it: the first part was scored
-    without the rest. The rest alone is a failure to look into (and a setting to change), never a
-    series to pass over quietly. That series sent again whole, with every image the score had, is what
-    the failure asks for: True, and it is scored in its turn. The same images again are not late:
-    False, and the job is judged as any later series is."""
+    """What a later job brings of the very series an earlier job scored:
+    - none of its images that the score lacked: False (the job is judged as any later series is);
+    - that series whole, with the images the score lacked: True (scored in its turn; what the late
+      images' failure asks for);
+    - only images the score lacked: raises LateImages. A sender that paused longer than quiet_seconds
+      inside the series split it, and the score was made without them: a failure to look into (and a
+      setting to change), never a series to pass over quietly."""
     sent = by_series.get(scored.get("series_uid") or "", set())
     if not sent - set(scored.get("instances", ())):
         return False
