@@ -306,8 +306,9 @@ class Node:
                 answer = check_destination(self.config.ae_title, dest, self.config.outputs,
                                            self._client_tls if dest.tls else None)
             except (SendFailed, OSError) as exc:
+                again = "kept and sent again" if self.config.redeliver_hours else "kept (redeliver_hours is 0)"
                 log.warning("destination %s did not answer at start (%s): check its AE title, address, port and "
-                            "TLS; results it misses are kept and sent again", dest.name, exc)
+                            "TLS; results it misses are %s", dest.name, exc, again)
                 continue
             answered.append(answer)
             log.info("destination %s answered in %.0f ms", dest.name, answer.milliseconds)
