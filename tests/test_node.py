@@ -695,6 +695,27 @@ def test_a_later_scored_job_answers_the_failures_of_its_study(tmp_path, scorer):
     assert (config.spool / "failed" / unrelated["job"] / "dicom").is_dir()
 
 
+def test_results_delivered_late_answer_their_studys_failures_too(tmp_path, scorer):
+    port = _free_port()
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("json", "sr"),
+                        destinations=(Destination("PACS", LOOPBACK, port),), send_attempts=1)
+    node = Node(config)
+    study = small_head_series(tmp_path / "ncct", "LATE-PACS")
+    cta_of(tmp_path / "ncct", tmp_path / "cta")
+    cta = node.run_job(scorer, _spool_study(node, tmp_path / "cta", study))
+    ncct = node.run_job(scorer, _spool_study(node, tmp_path / "ncct", study))      # the PACS is down
+    assert (cta["exit_code"], ncct["exit_code"]) == (5, 16)
+    assert sorted(p.stem for p in (config.spool / "failures").iterdir()) == sorted([cta["job"], ncct["job"]])
+    pacs = Receiver(port=port)
+    try:
+        node.redeliver()
+    finally:
+        pacs.close()
+    assert len(pacs.received) == 1 and not list((config.spool / "failures").iterdir())
+    record = json.loads((config.spool / "failed" / cta["job"] / "outcome.json").read_text())
+    assert record["resolved_by"] == ncct["job"]
+
+
 def test_the_study_sent_again_after_late_images_is_scored(tmp_path, scorer):
     """A sender paused longer than quiet_seconds inside a series: the first part was scored, the rest
     failed as late images, and the record said "send the study again". Sent again, the whole series

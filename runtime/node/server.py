@@ -477,9 +477,7 @@ class Node:
                                    series_instances=result.metadata.get("identity", {}).get("SOPInstanceUIDs"))
                 self._send(placed, outcome)
                 log.info("job %s: ASPECTS %s, results in %s", job, outcome["aspects"], placed)
-                for earlier in self.spool.resolve(job, self.config.keep_received):
-                    log.info("job %s: answers the failure of job %s (exit %s)", job, earlier["job"],
-                             earlier.get("exit_code"))
+                self._answer_failures(job)
             outcome["exit_code"] = 0
         except LateImages as exc:
             outcome.update(exit_code=exc.exit_code, error=str(exc))
@@ -580,6 +578,12 @@ class Node:
             outcome.pop("error", None)
             self.spool.redelivered(outcome, self.config.keep_received)
             log.info("job %s: results delivered to %s on a later try", job, ", ".join(outcome["sent_to"]))
+            self._answer_failures(job)
+
+    def _answer_failures(self, job: str) -> None:
+        """The job's study is scored and its results delivered: its earlier jobs' failures are answered."""
+        for earlier in self.spool.resolve(job, self.config.keep_received):
+            log.info("job %s: answers the failure of job %s (exit %s)", job, earlier["job"], earlier.get("exit_code"))
 
     def _give_up(self, outcome: dict, now: float) -> None:
         """Past the window the results stay in their folder for someone to send by hand: said once,
