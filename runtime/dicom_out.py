@@ -181,7 +181,7 @@ def _algorithm(result: StudyResult):
 
 def make_seg(result: StudyResult):
     """The 20 region-sides as segments on the source slices; an affected region is coloured red and
-    says so in its SegmentDescription (the SR carries the coded calls). One non-overlapping label map
+    says so in its label and SegmentDescription (the SR carries the coded calls). One non-overlapping label map
     in, not a one-hot array with a 21st 'affected' segment over the regions: on a 256-slice thin
     series that took 20 s and 4.5 GB."""
     import highdicom as hd
@@ -198,8 +198,10 @@ def make_seg(result: StudyResult):
             segment_of[label_id(r, side)] = number
             call = calls.get((region.name, side))
             hit = call is not None and call.affected
+            # Viewers list segments by label, and most never show the description: the call is in both.
+            state = " (affected)" if hit else " (not assessed)" if call is None or not call.assessed else ""
             descriptions.append(hd.seg.SegmentDescription(
-                segment_number=number, segment_label=f"{side} {region.name}",
+                segment_number=number, segment_label=f"{side} {region.name}{state}",
                 segmented_property_category=codes.SCT.AnatomicalStructure,
                 segmented_property_type=codes.SCT.Brain, algorithm_type="AUTOMATIC",
                 algorithm_identification=algorithm, tracking_id=f"ASPECTS {side} {region.name}",

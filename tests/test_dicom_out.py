@@ -57,10 +57,14 @@ def test_dicom_outputs_reference_and_overlay_the_source(dicom_result, tmp_path):
     assert len(seg.SegmentSequence) == 20 and seg.SegmentsOverlap == "NO"
     # The affected regions are the segments that say so, in red; the others keep their region's colour.
     red = list(hd.color.CIELabColor.from_rgb(*AFFECTED_RGB).value)
-    said = {s.SegmentLabel for s in seg.SegmentSequence
+    said = {s.TrackingID.removeprefix("ASPECTS ") for s in seg.SegmentSequence
             if s.SegmentDescription.endswith("affected (early ischemic change)")}
     assert said == set(result.score.affected) and said
-    assert {s.SegmentLabel for s in seg.SegmentSequence if list(s.RecommendedDisplayCIELabValue) == red} == said
+    assert {s.TrackingID.removeprefix("ASPECTS ") for s in seg.SegmentSequence
+            if list(s.RecommendedDisplayCIELabValue) == red} == said
+    # The label says it too: viewers list segments by label and seldom show the description.
+    assert {s.SegmentLabel for s in seg.SegmentSequence if s.SegmentLabel.endswith(" (affected)")} == \
+        {f"{name} (affected)" for name in said}
     planes = labels_on_source_planes(result)
     uids = [ds.SOPInstanceUID for ds in result.source_images]
     # Every frame sits on a source slice, and its pixels are that slice's labels.
@@ -253,7 +257,7 @@ def test_volume_input_dicom_outputs_reference_a_ct_series_made_from_it(demo_resu
 def _segment_centres_lps(path) -> dict[str, np.ndarray]:
     """Each segment's centre in patient LPS mm, from the SEG's own per-frame geometry."""
     seg = pydicom.dcmread(path)
-    names = {s.SegmentNumber: s.SegmentLabel for s in seg.SegmentSequence}
+    names = {s.SegmentNumber: s.TrackingID.removeprefix("ASPECTS ") for s in seg.SegmentSequence}
     shared = seg.SharedFunctionalGroupsSequence[0]
     iop = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
     row_mm, col_mm = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
