@@ -2,7 +2,7 @@
 
 An entry of IN (a DICOM folder, a .zip or a volume file; names starting with "." are
 ignored, so a copy can land under a hidden name and be renamed) is scored once it has
-been quiet for the quiet period, into OUT/<name>/. OUT/watch.jsonl records every
+been seen unchanged for the quiet period, into OUT/<name>/. OUT/watch.jsonl records every
 outcome, failures included, one JSON line each, written before the next study starts:
 a restarted watcher skips what it has already done. IN is only ever read.
 """
@@ -42,19 +42,28 @@ def watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float = 10.0, outputs
 
 def _watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float, outputs: tuple[str, ...] | None, once: bool,
            poll_s: float, stop: threading.Event) -> int:
+    """Quiet is timed on this machine's clock from when an entry was last seen to change, not from its
+    file times: on a network share those come from the server's clock, often minutes off, and a study
+    still being copied must not look finished (nor a finished one wait for the clocks to agree)."""
     ledger = out / LEDGER
     done = _done(ledger)
+    seen: dict[str, tuple[tuple[int, int], float]] = {}     # name -> (stamp, monotonic time it was first seen)
     handled = 0
     while not stop.is_set():
         waiting = False
         for entry in sorted(inbox.iterdir()):
             if entry.name.startswith("."):
                 continue
-            stamp = _stamp(entry)
+            try:
+                stamp = _stamp(entry)
+            except FileNotFoundError:                        # moved away while we looked
+                continue
             key = f"{entry.name}:{stamp[0]}:{stamp[1]}"
             if key in done:
                 continue
-            if time.time() - stamp[0] / 1e9 < quiet_s:
+            if seen.get(entry.name, (None,))[0] != stamp:
+                seen[entry.name] = (stamp, time.monotonic())
+            if time.monotonic() - seen[entry.name][1] < quiet_s:
                 waiting = True
                 continue
             record = _score(entry, out, scorer, outputs)

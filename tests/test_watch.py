@@ -55,3 +55,35 @@ def test_watch_waits_for_the_quiet_period(tmp_path, scorer):
     t.join(timeout=10)
     assert handled == [0] and not (out / LEDGER).exists()
     assert watch(inbox, out, scorer, quiet_s=0.0, once=True) == 1       # the first one gone, the folder is free
+
+
+def test_quiet_is_timed_on_this_machines_clock_not_the_file_times(tmp_path, scorer):
+    """An inbox on a network share: file times come from the server's clock, often minutes off. A server
+    ahead kept finished studies waiting until the clocks agreed; a server behind made a study still
+    being copied look finished at once."""
+    import os
+    import threading
+    import time
+    inbox, out = tmp_path / "inbox", tmp_path / "reports"
+    inbox.mkdir()
+    ahead, behind = inbox / "ahead.nii.gz", inbox / "behind.nii.gz"
+    ahead.write_bytes(b"finished, its time an hour ahead")
+    os.utime(ahead, (time.time() + 3600, time.time() + 3600))
+    behind.write_bytes(b"the first part")
+    os.utime(behind, (time.time() - 3600, time.time() - 3600))
+    stop, handled = threading.Event(), []
+    t = threading.Thread(target=lambda: handled.append(watch(inbox, out, scorer, quiet_s=1.0, poll_s=0.05,
+                                                             stop=stop)))
+    t.start()
+    stop.wait(0.5)
+    with open(behind, "ab") as f:                         # still being copied
+        f.write(b", and the rest")
+    os.utime(behind, (time.time() - 3600, time.time() - 3600))
+    stop.wait(2.5)
+    stop.set()
+    t.join(timeout=10)
+    records = [json.loads(line) for line in (out / LEDGER).read_text().splitlines()]
+    assert handled == [2] and sorted(r["input"].rsplit("/", 1)[1] for r in records) == ["ahead.nii.gz",
+                                                                                       "behind.nii.gz"]
+    scored_size = {r["input"].rsplit("/", 1)[1]: int(r["key"].rsplit(":", 1)[1]) for r in records}
+    assert scored_size["behind.nii.gz"] == behind.stat().st_size, "scored before it was copied whole"
