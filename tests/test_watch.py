@@ -87,3 +87,20 @@ def test_quiet_is_timed_on_this_machines_clock_not_the_file_times(tmp_path, scor
                                                                                        "behind.nii.gz"]
     scored_size = {r["input"].rsplit("/", 1)[1]: int(r["key"].rsplit(":", 1)[1]) for r in records}
     assert scored_size["behind.nii.gz"] == behind.stat().st_size, "scored before it was copied whole"
+
+
+def test_an_entry_moved_away_while_looked_at_is_skipped(tmp_path, scorer, monkeypatch):
+    """A user takes a study back out of the inbox while the watcher walks it: the watcher died."""
+    import runtime.watch as watching
+    inbox, out = tmp_path / "inbox", tmp_path / "reports"
+    inbox.mkdir()
+    (inbox / "gone.nii.gz").write_bytes(b"x")
+    (inbox / "broken.nii.gz").write_bytes(b"y")
+    stamp = watching._stamp
+
+    def vanishing(entry):
+        if entry.name == "gone.nii.gz":
+            raise FileNotFoundError(2, "No such file or directory", str(entry))
+        return stamp(entry)
+    monkeypatch.setattr(watching, "_stamp", vanishing)
+    assert watch(inbox, out, scorer, quiet_s=0.0, once=True, poll_s=0.05) == 1
