@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import AspectsError
+from .errors import AspectsError, UnreadableInput
 from .output import hold_folder, make_folder, study_stem
 from .pipeline import Scorer
 from .report import write_report
@@ -49,9 +49,23 @@ def _watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float, outputs: tupl
     done = _done(ledger)
     seen: dict[str, tuple[tuple[int, int], float]] = {}     # name -> (stamp, monotonic time it was first seen)
     handled = 0
+    unreadable: str | None = None                            # the inbox's error while it lasts, said once
     while not stop.is_set():
         waiting = False
-        for entry in sorted(inbox.iterdir()):
+        try:
+            entries = sorted(inbox.iterdir())
+        except OSError as exc:                               # a network share gone for a while
+            if once:
+                raise UnreadableInput(f"{inbox}: the inbox cannot be read ({exc.strerror or exc})") from None
+            if str(exc) != unreadable:
+                log.error("the inbox %s cannot be read (%s): looking again every %g s", inbox, exc, poll_s)
+            unreadable = str(exc)
+            stop.wait(poll_s)
+            continue
+        if unreadable is not None:
+            log.info("the inbox %s can be read again", inbox)
+            unreadable = None
+        for entry in entries:
             if entry.name.startswith("."):
                 continue
             try:

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from runtime.errors import OutputExists
+from runtime.errors import OutputExists, UnreadableInput
 from runtime.watch import LEDGER, watch
 from tests.conftest import DEMO_STUDY
 
@@ -104,3 +104,35 @@ def test_an_entry_moved_away_while_looked_at_is_skipped(tmp_path, scorer, monkey
         return stamp(entry)
     monkeypatch.setattr(watching, "_stamp", vanishing)
     assert watch(inbox, out, scorer, quiet_s=0.0, once=True, poll_s=0.05) == 1
+
+
+def test_an_inbox_that_cannot_be_read_for_a_while_is_waited_for(tmp_path, scorer, monkeypatch, caplog):
+    """A network share drops out for a minute: the watcher died with an internal error, and nothing
+    was scored again until someone restarted it."""
+    import logging
+    import threading
+    from pathlib import Path
+
+    caplog.set_level(logging.INFO, logger="aspects.watch")
+    inbox, out = tmp_path / "inbox", tmp_path / "reports"
+    inbox.mkdir()
+    (inbox / "broken.nii.gz").write_bytes(b"y")
+    listing, outage = Path.iterdir, {"left": 5}
+
+    def flaky(path):
+        if path == inbox and outage["left"] > 0:
+            outage["left"] -= 1
+            raise OSError(116, "Stale file handle")
+        return listing(path)
+    monkeypatch.setattr(Path, "iterdir", flaky)
+    with pytest.raises(UnreadableInput, match="the inbox cannot be read"):
+        watch(inbox, out, scorer, quiet_s=0.0, once=True)            # --once: said, not waited for
+    stop, handled = threading.Event(), []
+    t = threading.Thread(target=lambda: handled.append(watch(inbox, out, scorer, quiet_s=0.0, poll_s=0.02,
+                                                             stop=stop)))
+    t.start()
+    stop.wait(1.0)
+    stop.set()
+    t.join(timeout=10)
+    assert handled == [1] and outage["left"] == 0
+    assert caplog.text.count("cannot be read") == 1 and "can be read again" in caplog.text
