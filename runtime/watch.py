@@ -82,7 +82,13 @@ def _watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float, outputs: tupl
                 continue
             record = _score(entry, out, scorer, outputs)
             record["key"] = key
-            _append(ledger, record)
+            try:
+                _append(ledger, record)
+            except OSError as exc:                           # the reports folder's share dropped out
+                log.error("%s: its outcome cannot be recorded in %s (%s): it is scored again once it can",
+                          entry.name, ledger, exc)
+                waiting = True
+                continue
             done.add(key)
             handled += 1
         if once and not waiting:

@@ -136,3 +136,21 @@ def test_an_inbox_that_cannot_be_read_for_a_while_is_waited_for(tmp_path, scorer
     t.join(timeout=10)
     assert handled == [1] and outage["left"] == 0
     assert caplog.text.count("cannot be read") == 1 and "can be read again" in caplog.text
+
+
+def test_an_outcome_that_cannot_be_recorded_is_scored_again_later(tmp_path, scorer, monkeypatch, caplog):
+    """The reports folder on a share that drops out: the ledger write failed and ended the watcher."""
+    import runtime.watch as watching
+    inbox, out = tmp_path / "inbox", tmp_path / "reports"
+    inbox.mkdir()
+    (inbox / "broken.nii.gz").write_bytes(b"y")
+    append, failures = watching._append, {"left": 1}
+
+    def flaky(ledger, record):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(5, "Input/output error")
+        append(ledger, record)
+    monkeypatch.setattr(watching, "_append", flaky)
+    assert watch(inbox, out, scorer, quiet_s=0.0, once=True, poll_s=0.02) == 1
+    assert len((out / LEDGER).read_text().splitlines()) == 1 and "cannot be recorded" in caplog.text
