@@ -75,9 +75,10 @@ def _watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float, outputs: tupl
             key = f"{entry.name}:{stamp[0]}:{stamp[1]}"
             if key in done:
                 continue
-            if seen.get(entry.name, (None,))[0] != stamp:
-                seen[entry.name] = (stamp, time.monotonic())
-            if time.monotonic() - seen[entry.name][1] < quiet_s:
+            first = seen.get(entry.name)
+            if first is None or first[0] != stamp:           # new, or changed since we last looked
+                first = seen[entry.name] = (stamp, time.monotonic())
+            if time.monotonic() - first[1] < quiet_s:
                 waiting = True
                 continue
             record = _score(entry, out, scorer, outputs)
