@@ -481,9 +481,11 @@ def test_a_study_sent_again_is_not_scored_again(tmp_path, scorer):
     assert node.spool.scored_with(f"{study_uid}_1", [*first["instances"], "1.2.3.4"]) is None
 
 
-def test_a_failed_job_keeps_its_images_unless_it_held_nothing_to_read(tmp_path, scorer):
-    """The CTA that follows a scored NCCT is refused (exit 5) and not kept: a gigabyte a stroke would
-    fill the disk. A study that could not be read is kept, to be looked into."""
+def test_a_study_with_nothing_to_read_is_ignored_and_a_failed_one_kept(tmp_path, scorer, caplog):
+    """A CTA filed as a study of its own (its own order and accession, as many sites do) has nothing
+    this node reads. It failed (exit 5): one failure record per stroke, which teaches the staff to
+    ignore failure records. It is ignored (said in the log), and its images are not kept: a gigabyte a
+    stroke would fill the disk. A study that could not be read is a failure, kept to be looked into."""
     config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("json",))
     node = Node(config)
     cta_uid = small_head_series(tmp_path / "cta", "LATE-CTA")
@@ -492,10 +494,11 @@ def test_a_failed_job_keeps_its_images_unless_it_held_nothing_to_read(tmp_path, 
     sorted((tmp_path / "gap").iterdir())[10].unlink()
     cta = node.run_job(scorer, _spool_study(node, tmp_path / "cta", cta_uid))
     gap = node.run_job(scorer, _spool_study(node, tmp_path / "gap", gap_uid))
-    assert (cta["exit_code"], gap["exit_code"]) == (5, 7)
-    assert not (config.spool / "failed" / cta["job"] / "dicom").exists()
+    assert (cta["exit_code"], gap["exit_code"]) == (0, 7)
+    assert "acquired with contrast" in cta["ignored"] and "nothing this node reads" in caplog.text
+    assert not (config.spool / "done" / cta["job"] / "dicom").exists()
     assert len(list((config.spool / "failed" / gap["job"] / "dicom").iterdir())) == len(gap["instances"])
-    assert {p.stem for p in (config.spool / "failures").iterdir()} == {cta["job"], gap["job"]}
+    assert {p.stem for p in (config.spool / "failures").iterdir()} == {gap["job"]}
 
 
 def test_an_archive_without_seg_storage_gets_the_other_results(tmp_path, scorer):
@@ -596,9 +599,12 @@ def test_aspects_status_tells_what_the_spool_holds_and_changes_nothing(tmp_path,
     retried? Answered from the spool, while the node runs, without touching it."""
     spool = tmp_path / "spool"
     down = f"PACS@{LOOPBACK}:{_free_port()}"
-    uids = {k: small_head_series(tmp_path / k, f"STATUS-{k}") for k in ("scored", "gap", "unsent", "queued", "coming")}
+    uids = {k: small_head_series(tmp_path / k, f"STATUS-{k}")
+            for k in ("cta", "scored", "gap", "unsent", "queued", "coming")}
     sorted((tmp_path / "gap").iterdir())[10].unlink()
+    edit_slices(tmp_path / "cta", lambda ds: setattr(ds, "ContrastBolusAgent", "Iohexol"))
     quiet = Node(NodeConfig(spool=spool, output=tmp_path / "results", outputs=("json",)))
+    cta = quiet.run_job(scorer, _spool_study(quiet, tmp_path / "cta", uids["cta"]))
     scored = quiet.run_job(scorer, _spool_study(quiet, tmp_path / "scored", uids["scored"]))
     node = Node(NodeConfig(spool=spool, output=tmp_path / "results", outputs=("json", "sr"), send_attempts=1,
                            destinations=(Destination.parse(down),)))
@@ -620,14 +626,15 @@ def test_aspects_status_tells_what_the_spool_holds_and_changes_nothing(tmp_path,
     assert f"{gap['job']}: patient STATUS-gap, accession ASTATUS-gap, exit 7" in text and "slices missing" in text
     assert f"{unsent['job']}: patient STATUS-unsent, accession ASTATUS-unsent, exit 16" in text
     assert "did not take them" in text and "sent again every minute until" in text
-    assert f"scored in the last 24 h: 1\n  {scored['job']}: patient STATUS-scored, accession ASTATUS-scored, " \
-           f"ASPECTS {scored['aspects']}" in text
+    assert f"finished in the last 24 h: 2 (1 ignored)\n  {scored['job']}: patient STATUS-scored, accession " \
+           f"ASTATUS-scored, ASPECTS {scored['aspects']}" in text
+    assert f"{cta['job']}: patient STATUS-cta, accession ASTATUS-cta, not scored" in text and "(ignored: " in text
 
     config = tmp_path / "node.toml"
     config.write_text(f'spool = "{spool}"\nmin_free_mb = 1e11\nredeliver_hours = 0\ntls_key = "/root/unreadable.key"\n')
     assert main(["status", "--config", str(config), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["refusing_images"] and doc["scored_last_day"] == 1
+    assert doc["refusing_images"] and doc["finished_last_day"] == 2 and doc["ignored_last_day"] == 1
     assert [w["job"] for w in doc["waiting"]] == [queued] and [a["images"] for a in doc["arriving"]] == [5]
     assert {f["job"]: (f["exit_code"], f["redelivery"]) for f in doc["failures"]} == {gap["job"]: (7, ""),
                                                                                      unsent["job"]: (16, "ended")}
@@ -668,9 +675,9 @@ def test_a_cta_sent_after_its_scored_ncct_is_ignored_not_failed(tmp_path, scorer
 
 
 def test_a_later_scored_job_answers_the_failures_of_its_study(tmp_path, scorer):
-    """A CTA that reached the node before its NCCT (a PACS forwarding series out of order) failed,
-    exit 5; a series with a gap was sent again whole. Their records stayed in failures/ after the study
-    was scored, and `aspects status` listed them as needing a person."""
+    """A series with a gap, sent again whole; a CTA that reached the node before its NCCT (a PACS
+    forwarding series out of order) and was refused on its own. Their records stayed in failures/
+    after the study was scored, and `aspects status` listed them as needing a person."""
     config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("json",))
     node = Node(config)
     study = small_head_series(tmp_path / "ncct", "OUT-OF-ORDER")
@@ -679,7 +686,7 @@ def test_a_later_scored_job_answers_the_failures_of_its_study(tmp_path, scorer):
     sorted((tmp_path / "gap").iterdir())[10].unlink()
     cta = node.run_job(scorer, _spool_study(node, tmp_path / "cta", study))
     gap = node.run_job(scorer, _spool_study(node, tmp_path / "gap", study))
-    assert (cta["exit_code"], gap["exit_code"]) == (5, 7)
+    assert (cta["exit_code"], gap["exit_code"]) == (0, 7) and "ignored" in cta
     other = small_head_series(tmp_path / "other", "OTHER")
     sorted((tmp_path / "other").iterdir())[10].unlink()
     unrelated = node.run_job(scorer, _spool_study(node, tmp_path / "other", other))
@@ -688,10 +695,9 @@ def test_a_later_scored_job_answers_the_failures_of_its_study(tmp_path, scorer):
     ncct = node.run_job(scorer, _spool_study(node, tmp_path / "ncct", study))
     assert ncct["exit_code"] == 0 and "ignored" not in ncct
     assert sorted(p.stem for p in (config.spool / "failures").iterdir()) == [unrelated["job"]]
-    for failed in (cta, gap):
-        record = json.loads((config.spool / "failed" / failed["job"] / "outcome.json").read_text())
-        assert record["resolved_by"] == ncct["job"] and record["exit_code"] == failed["exit_code"]
-        assert not (config.spool / "failed" / failed["job"] / "dicom").exists()
+    record = json.loads((config.spool / "failed" / gap["job"] / "outcome.json").read_text())
+    assert record["resolved_by"] == ncct["job"] and record["exit_code"] == 7
+    assert not (config.spool / "failed" / gap["job"] / "dicom").exists()
     assert (config.spool / "failed" / unrelated["job"] / "dicom").is_dir()
 
 
@@ -701,18 +707,19 @@ def test_results_delivered_late_answer_their_studys_failures_too(tmp_path, score
                         destinations=(Destination("PACS", LOOPBACK, port),), send_attempts=1)
     node = Node(config)
     study = small_head_series(tmp_path / "ncct", "LATE-PACS")
-    cta_of(tmp_path / "ncct", tmp_path / "cta")
-    cta = node.run_job(scorer, _spool_study(node, tmp_path / "cta", study))
+    shutil.copytree(tmp_path / "ncct", tmp_path / "gap")
+    sorted((tmp_path / "gap").iterdir())[10].unlink()
+    gap = node.run_job(scorer, _spool_study(node, tmp_path / "gap", study))
     ncct = node.run_job(scorer, _spool_study(node, tmp_path / "ncct", study))      # the PACS is down
-    assert (cta["exit_code"], ncct["exit_code"]) == (5, 16)
-    assert sorted(p.stem for p in (config.spool / "failures").iterdir()) == sorted([cta["job"], ncct["job"]])
+    assert (gap["exit_code"], ncct["exit_code"]) == (7, 16)
+    assert sorted(p.stem for p in (config.spool / "failures").iterdir()) == sorted([gap["job"], ncct["job"]])
     pacs = Receiver(port=port)
     try:
         node.redeliver()
     finally:
         pacs.close()
     assert len(pacs.received) == 1 and not list((config.spool / "failures").iterdir())
-    record = json.loads((config.spool / "failed" / cta["job"] / "outcome.json").read_text())
+    record = json.loads((config.spool / "failed" / gap["job"] / "outcome.json").read_text())
     assert record["resolved_by"] == ncct["job"]
 
 

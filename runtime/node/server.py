@@ -486,6 +486,12 @@ class Node:
             if scored and "supersedes" not in outcome:   # a CTA, an MPR, a bone series after the scored NCCT
                 outcome.update(exit_code=0, ignored=str(exc), after=scored[0]["job"])
                 log.info("job %s: nothing to score after job %s (%s)", job, scored[0]["job"], exc)
+            elif isinstance(exc, WrongModality):
+                # A CTA or perfusion filed as a study of its own (its own order and accession, as many
+                # sites do), an MR routed here: nothing this node reads. A failure record for each would
+                # be one per stroke, and teach the staff to ignore failure records.
+                outcome.update(exit_code=0, ignored=str(exc))
+                log.warning("job %s (study %s): nothing this node reads, not scored: %s", job, study, exc)
             else:
                 outcome.update(exit_code=exc.exit_code, error=str(exc))
                 log.error("job %s (study %s) failed: %s", job, study, exc)
@@ -501,11 +507,9 @@ class Node:
         return outcome
 
     def _keep_images(self, outcome: dict) -> bool:
-        """A failure keeps its images to be looked into, except a job with nothing this node reads (a
-        contrast study alone, an MR sent by mistake): kept, such images would fill the disk."""
-        if outcome["exit_code"] == 0:
-            return self.config.keep_received
-        return outcome["exit_code"] != WrongModality.exit_code
+        """A failure keeps its images to be looked into; a job scored or ignored, only with keep_received
+        (a contrast study or an MR kept each time would fill the disk)."""
+        return outcome["exit_code"] != 0 or self.config.keep_received
 
     def _send(self, placed: Path, outcome: dict, destinations=None, attempts: int | None = None) -> None:
         """Every destination gets the DICOM results, retried with back-off. Classes a destination does

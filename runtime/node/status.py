@@ -18,8 +18,8 @@ from ..errors import UnreadableInput, UsageError
 from .config import NodeConfig
 from .spool import started_ns, study_identity
 
-RECENT_S = 24 * 3600          # scored jobs counted and listed: those finished in the last day
-LISTED = 5                    # the newest scored jobs shown by name
+RECENT_S = 24 * 3600          # finished jobs counted and listed: those of the last day
+LISTED = 5                    # the newest finished jobs shown by name
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,9 @@ class SpoolStatus:
     arriving: tuple[Arriving, ...]
     waiting: tuple[Waiting, ...]
     failures: tuple[Failure, ...]
-    scored_last_day: int
-    newest_scored: tuple[Scored, ...]
+    finished_last_day: int    # scored, or ignored (nothing this node reads, nothing better than the score)
+    ignored_last_day: int
+    newest_finished: tuple[Scored, ...]
 
 
 def spool_status(config: NodeConfig, now: float | None = None) -> SpoolStatus:
@@ -104,9 +105,10 @@ def _read(config: NodeConfig, now: float) -> SpoolStatus:
                             key=lambda f: -f.finished_s))
     recent = sorted((folder for folder in _entries(root / "done") if now - _mtime(folder) <= RECENT_S),
                     key=lambda folder: started_ns(folder.name), reverse=True)
-    newest = tuple(s for s in (_scored(folder / "outcome.json", now) for folder in recent[:LISTED]) if s)
+    finished = [s for s in (_scored(folder / "outcome.json", now) for folder in recent) if s]
     return SpoolStatus(str(root), _held(root), round(free_mb, 1), free_mb < config.min_free_mb, arriving, waiting,
-                       failures, len(recent), newest)
+                       failures, len(recent), sum(s.note.startswith("ignored") for s in finished),
+                       tuple(finished[:LISTED]))
 
 
 def format_status(status: SpoolStatus, min_free_mb: float) -> list[str]:
@@ -125,9 +127,10 @@ def format_status(status: SpoolStatus, min_free_mb: float) -> list[str]:
         state = {"": "", "ended": "; the outbox has stopped: send by hand"}.get(
             f.redelivery, f"; sent again every minute {f.redelivery}")
         lines.append(f"  {f.job}: {_who(f)}exit {f.exit_code}, {_age(f.finished_s)} ago: {f.error}{state}")
-    lines.append(f"scored in the last 24 h: {status.scored_last_day}")
-    for s in status.newest_scored:
-        score = "no score" if s.aspects is None else f"ASPECTS {s.aspects}"
+    lines.append(f"finished in the last 24 h: {status.finished_last_day}"
+                 + (f" ({status.ignored_last_day} ignored)" if status.ignored_last_day else ""))
+    for s in status.newest_finished:
+        score = "not scored" if s.aspects is None else f"ASPECTS {s.aspects}"
         sent = f", sent to {', '.join(s.sent_to)}" if s.sent_to else ""
         lines.append(f"  {s.job}: {_who(s)}{score}, {_age(s.finished_s)} ago{sent}"
                      + (f" ({s.note})" if s.note else ""))
