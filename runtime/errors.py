@@ -50,6 +50,11 @@ class NotAHead(AspectsError):
     exit_code = 8
 
 
+class NotAHeadScan(NotAHead):
+    """A series whose own header says it is of another part of the body (BodyPartExamined CHEST):
+    refused before any compute, and ignored by the node, as a chest CT routed to it by a broad rule."""
+
+
 class AbsurdSize(AspectsError):
     """Dimensions or voxel spacing outside anything a head CT can have."""
     exit_code = 9

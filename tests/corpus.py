@@ -199,6 +199,12 @@ def contrast_only(d: Path) -> list[str]:
     return [str(d / "cta")]
 
 
+def chest_ct(d: Path) -> list[str]:
+    write_series(d / "chest", head_phantom(), description="THORAX 5mm")
+    edit_slices(d / "chest", lambda ds: setattr(ds, "BodyPartExamined", "CHEST"))
+    return [str(d / "chest")]
+
+
 def two_patients(d: Path) -> list[str]:
     write_series(d / "mixed" / "a", head_phantom(), patient_id="PAT-A")
     write_series(d / "mixed" / "b", head_phantom(), patient_id="PAT-B")
@@ -355,6 +361,7 @@ CASES: tuple[Case, ...] = (
     Case("lossy-compressed series (warned)", 0, lossy_flagged, scores=True),
     Case("stroke protocol: NCCT, CTA and perfusion in one study", 0, stroke_protocol, scores=True),
     Case("contrast-enhanced series only", 5, contrast_only),
+    Case("chest CT (BodyPartExamined CHEST)", 8, chest_ct),
     Case("one image of a series given as the study", 6, one_slice_file),
     Case("DICOM series whose rescale tags were dropped (brain near 1040)", 3, no_rescale_tags),
     Case("NIfTI saved without its -1024 intercept", 3, nifti_without_intercept),

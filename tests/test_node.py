@@ -492,11 +492,16 @@ def test_a_study_with_nothing_to_read_is_ignored_and_a_failed_one_kept(tmp_path,
     edit_slices(tmp_path / "cta", lambda ds: setattr(ds, "ContrastBolusAgent", "Iohexol"))
     gap_uid = small_head_series(tmp_path / "gap", "GAP")
     sorted((tmp_path / "gap").iterdir())[10].unlink()
+    chest_uid = small_head_series(tmp_path / "chest", "CHEST")          # a broad routing rule: every CT
+    edit_slices(tmp_path / "chest", lambda ds: setattr(ds, "BodyPartExamined", "CHEST"))
     cta = node.run_job(scorer, _spool_study(node, tmp_path / "cta", cta_uid))
     gap = node.run_job(scorer, _spool_study(node, tmp_path / "gap", gap_uid))
-    assert (cta["exit_code"], gap["exit_code"]) == (0, 7)
+    chest = node.run_job(scorer, _spool_study(node, tmp_path / "chest", chest_uid))
+    assert (cta["exit_code"], gap["exit_code"], chest["exit_code"]) == (0, 7, 0)
     assert "acquired with contrast" in cta["ignored"] and "nothing this node reads" in caplog.text
+    assert "BodyPartExamined CHEST" in chest["ignored"]
     assert not (config.spool / "done" / cta["job"] / "dicom").exists()
+    assert not (config.spool / "done" / chest["job"] / "dicom").exists()
     assert len(list((config.spool / "failed" / gap["job"] / "dicom").iterdir())) == len(gap["instances"])
     assert {p.stem for p in (config.spool / "failures").iterdir()} == {gap["job"]}
 

@@ -74,6 +74,26 @@ def test_dicom_trauma_study_scores_the_head_not_the_longer_body_series(tmp_path)
     assert any("'TRAUMA 1.25' (body part CHEST)" in w for w in study.warnings)
 
 
+def test_a_series_declared_of_another_body_part_is_refused_before_any_compute(tmp_path):
+    """A broad routing rule sends every CT to the node: a chest CT went through alignment and skull
+    stripping before 'not a head' (exit 8), and its images were kept to be looked into. Refused now
+    from its header; a head named in another language, or a whole-body scan, never is."""
+    from runtime.errors import NotAHeadScan
+    from runtime.read.series import declared_not_head
+    write_series(tmp_path / "chest", head_phantom(), description="THORAX 5mm")
+    edit_slices(tmp_path / "chest", lambda ds: setattr(ds, "BodyPartExamined", "CHEST"))
+    with pytest.raises(NotAHeadScan, match=r"no head CT series; .*\(BodyPartExamined CHEST\)"):
+        read_study(tmp_path / "chest")
+    assert NotAHeadScan.exit_code == 8
+    for part in ("CHEST", "ABD_PELVIS", "LSPINE", "NECK", "Thorax"):
+        assert declared_not_head(part), part
+    for part in ("", "HEAD", "BRAIN", "HEADNECK", "HEAD_NECK", "WHOLEBODY", "KOPF", "SCHAEDEL", "CABEZA", "CRANE"):
+        assert not declared_not_head(part), part
+    write_series(tmp_path / "kopf", head_phantom())
+    edit_slices(tmp_path / "kopf", lambda ds: setattr(ds, "BodyPartExamined", "KOPF"))
+    assert read_study(tmp_path / "kopf").metadata["modality"] == "CT"
+
+
 def test_dicom_two_part_protocol_scores_the_cerebrum_not_the_thinner_posterior_fossa(tmp_path):
     """Some protocols scan the posterior fossa as its own thin series: more slices, but below the
     levels ASPECTS is read on. Alone, such a partial series is scored, and the report says why regions

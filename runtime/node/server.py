@@ -44,6 +44,7 @@ from ..errors import (
     InconsistentSeries,
     NoSeries,
     NotAHead,
+    NotAHeadScan,
     TooFewSlices,
     UnreadableInput,
     UsageError,
@@ -486,10 +487,11 @@ class Node:
             if scored and "supersedes" not in outcome:   # a CTA, an MPR, a bone series after the scored NCCT
                 outcome.update(exit_code=0, ignored=str(exc), after=scored[0]["job"])
                 log.info("job %s: nothing to score after job %s (%s)", job, scored[0]["job"], exc)
-            elif isinstance(exc, WrongModality):
+            elif isinstance(exc, (WrongModality, NotAHeadScan)):
                 # A CTA or perfusion filed as a study of its own (its own order and accession, as many
-                # sites do), an MR routed here: nothing this node reads. A failure record for each would
-                # be one per stroke, and teach the staff to ignore failure records.
+                # sites do), an MR or a chest CT routed here: nothing this node reads. A failure record
+                # for each would be one per stroke, and teach the staff to ignore failure records; and
+                # their images, kept to be looked into, would fill the disk under a broad routing rule.
                 outcome.update(exit_code=0, ignored=str(exc))
                 log.warning("job %s (study %s): nothing this node reads, not scored: %s", job, study, exc)
             else:

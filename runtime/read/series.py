@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InconsistentSeries, WrongModality
+from ..errors import InconsistentSeries, NotAHeadScan, WrongModality
 from .images import Plane
 from .study import MIN_SLICES, PARTIAL_COVERAGE_MM
 
@@ -59,6 +59,12 @@ def _name_study(slices: list[Plane], folder: Path) -> str:
 # BodyPartExamined of a head series (DICOM's terms and what scanners write); a trauma study also holds
 # chest, spine and whole-body series, which can have many more slices than the head.
 HEAD_PARTS = ("HEAD", "BRAIN", "SKULL", "CRAN", "CEREB")
+# BodyPartExamined words of series that are certainly not of the head (DICOM's defined terms and what
+# scanners write). A word not listed, or in another language (KOPF, SCHAEDEL, CABEZA), never refuses.
+NOT_HEAD_PARTS = frozenset({
+    "CHEST", "THORAX", "LUNG", "HEART", "CARDIAC", "BREAST", "ABDOMEN", "ABD", "LIVER", "KIDNEY", "PANCREAS",
+    "COLON", "PELVIS", "SPINE", "CSPINE", "TSPINE", "LSPINE", "SSPINE", "SACRUM", "COCCYX", "NECK", "SHOULDER",
+    "ARM", "ELBOW", "WRIST", "HAND", "HIP", "LEG", "KNEE", "ANKLE", "FOOT", "EXTREMITY"})
 # Sharp kernels make a density comparison noisy, and a MIP is no density at all: GE's and others' kernel
 # names or series descriptions, and Siemens' H/J kernels from 60 up.
 NOT_SOFT_WORDS = ("BONE", "LUNG", "EDGE", "SHARP", "MIP")
@@ -103,7 +109,17 @@ def choose_series(series: dict[str, list[Plane]], folder: Path) -> list[Plane]:
         raise WrongModality(f"{folder}: no non-contrast CT series; the axial CT series "
                             f"'{slices[0].description or uid}' was acquired with contrast "
                             f"(ContrastBolusAgent '{agent}'); ASPECTS is read on a non-contrast CT")
+    if declared_not_head(slices[0].body_part):      # the best series is not of the head: none is
+        raise NotAHeadScan(f"{folder}: no head CT series; the axial CT series '{slices[0].description or uid}' "
+                           f"is of the {slices[0].body_part.lower()} (BodyPartExamined {slices[0].body_part})")
     return slices
+
+
+def declared_not_head(body_part: str) -> bool:
+    """A BodyPartExamined that names another part of the body and not the head ('CHEST', 'ABD_PELVIS';
+    not 'HEADNECK', not 'WHOLEBODY', not a word in another language)."""
+    words = set(re.split(r"[^A-Z]+", body_part.upper())) - {""}
+    return bool(words & NOT_HEAD_PARTS) and not any(w in body_part.upper() for w in HEAD_PARTS)
 
 
 def refuse_one_series_per_file(ct: dict[str, list[Plane]], chosen: list[Plane], folder: Path) -> None:
