@@ -380,7 +380,7 @@ class Node:
 
     def _schedule(self) -> None:
         poll = min(1.0, max(0.05, self.config.quiet_seconds / 4))
-        purged = tls_checked = time.time()
+        purged, tls_checked = 0.0, time.time()        # retention at once, as before; TLS was checked at start
         while not self.stopping.wait(poll):
             try:
                 if self.config.retain_days and time.time() - purged > PURGE_EVERY_S:
