@@ -223,6 +223,21 @@ def test_retention_removes_old_results_and_finished_jobs_only(tmp_path):
     assert not (spool.failures / "1.4_3.json").exists()
 
 
+def test_retention_runs_when_the_node_starts(tmp_path, scorer):
+    """A node restarted after a long stop purges at once, not an hour later."""
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
+                        retain_days=30, quiet_seconds=0.2)
+    old = config.output / "1.2_1"
+    old.mkdir(parents=True)
+    long_ago = time.time() - 40 * 86400
+    os.utime(old, (long_ago, long_ago))
+    node = Node(config, scorer_factory=lambda threads: scorer).start()
+    try:
+        wait_for(lambda: not old.exists(), 10, "the first retention pass")
+    finally:
+        node.stop()
+
+
 def test_spool_refuses_uids_that_are_not_uids(tmp_path):
     from runtime.node.spool import BadIdentifier
     spool = Spool(tmp_path)
