@@ -57,7 +57,7 @@ from ..read.images import CT_IMAGE_SOPS
 from ..report import write_report
 from ..threads import available_cores
 from .config import NodeConfig
-from .send import Answered, SendFailed, check_destination, send_files
+from .send import VERIFICATION, Answered, SendFailed, check_destination, send_files
 from .spool import BadIdentifier, Spool, fsync_dir, started_ns
 from .tls import certificate_expiry
 
@@ -117,7 +117,6 @@ def _sr_of(outcome: dict) -> tuple:
 INPUT_REFUSALS = (UnreadableInput, NoSeries, WrongModality, TooFewSlices, InconsistentSeries,
                   NotAHead, AbsurdSize)
 
-VERIFICATION = "1.2.840.10008.1.1"
 TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
                      ExplicitVRBigEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless,
                      JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless]

@@ -175,11 +175,8 @@ class Spool:
         first; not those the outbox has stopped sending (`redelivery_ended`)."""
         outcomes = []
         for record in sorted(self.failures.glob("*.json"), key=lambda p: started_ns(p.stem)):
-            try:
-                outcome = json.loads(record.read_text())
-            except (OSError, ValueError):
-                continue
-            if (outcome.get("not_sent") and not outcome.get("redelivery_ended")
+            outcome = read_record(record)
+            if (outcome and outcome.get("not_sent") and not outcome.get("redelivery_ended")
                     and (self.failed / outcome["job"]).is_dir()):
                 outcomes.append(outcome)
         return outcomes
@@ -208,11 +205,8 @@ class Spool:
         failures are the outbox's (`superseded_by`). Returns the outcomes resolved."""
         resolved = []
         for record in self.failures.glob(f"{self.study_of(job)}_*.json"):
-            try:
-                outcome = json.loads(record.read_text())
-            except (OSError, ValueError):
-                continue
-            if outcome.get("not_sent") or started_ns(record.stem) > started_ns(job):
+            outcome = read_record(record)
+            if not outcome or outcome.get("not_sent") or started_ns(record.stem) > started_ns(job):
                 continue
             outcome["resolved_by"] = job
             if (self.failed / record.stem).is_dir():
@@ -249,11 +243,8 @@ class Spool:
         """The outcomes of the study's earlier jobs that were scored and sent, newest first."""
         outcomes = []
         for folder in sorted(self.done.glob(f"{self.study_of(job)}_*"), reverse=True):
-            try:
-                earlier = json.loads((folder / "outcome.json").read_text())
-            except (OSError, ValueError):
-                continue
-            if earlier.get("exit_code") == 0 and "ignored" not in earlier:
+            earlier = read_record(folder / "outcome.json")
+            if earlier and earlier.get("exit_code") == 0 and "ignored" not in earlier:
                 outcomes.append(earlier)
         return outcomes
 
@@ -286,6 +277,16 @@ def study_identity(folder: Path) -> dict[str, str]:
             continue
         return {"patient_id": str(ds.get("PatientID", "")), "accession_number": str(ds.get("AccessionNumber", ""))}
     return {"patient_id": "", "accession_number": ""}
+
+
+def read_record(path: Path) -> dict | None:
+    """An outcome or failure record, or None where it is unreadable, being replaced, or was removed
+    while we looked."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _write_json(path: Path, doc: dict) -> None:

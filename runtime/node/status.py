@@ -7,7 +7,6 @@ fail, were its results sent? `aspects status` answers them from the spool alone 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from ..errors import UnreadableInput, UsageError
 from .config import NodeConfig
-from .spool import started_ns, study_identity
+from .spool import read_record, started_ns, study_identity
 
 RECENT_S = 24 * 3600          # finished jobs counted and listed: those of the last day
 LISTED = 5                    # the newest finished jobs shown by name
@@ -54,7 +53,7 @@ class Failure:
 
 
 @dataclass(frozen=True)
-class Scored:
+class Finished:
     job: str
     patient_id: str
     accession_number: str
@@ -75,7 +74,7 @@ class SpoolStatus:
     failures: tuple[Failure, ...]
     finished_last_day: int    # scored, or ignored (nothing this node reads, nothing better than the score)
     ignored_last_day: int
-    newest_finished: tuple[Scored, ...]
+    newest_finished: tuple[Finished, ...]
 
 
 def spool_status(config: NodeConfig, now: float | None = None) -> SpoolStatus:
@@ -100,12 +99,12 @@ def _read(config: NodeConfig, now: float) -> SpoolStatus:
     waiting = tuple(Waiting(folder.name, **study_identity(folder / "dicom"), images=len(images),
                             waiting_s=round(now - started_ns(folder.name) / 1e9, 1))
                     for folder, images, _ in _folders(root / "jobs", "dicom/*.dcm"))
-    records = [(record, _json(record)) for record in (root / "failures").glob("*.json")]
+    records = [(record, read_record(record)) for record in (root / "failures").glob("*.json")]
     failures = tuple(sorted((_failure(record, outcome, config, now) for record, outcome in records if outcome),
                             key=lambda f: -f.finished_s))
     recent = sorted((folder for folder in _entries(root / "done") if now - _mtime(folder) <= RECENT_S),
                     key=lambda folder: started_ns(folder.name), reverse=True)
-    finished = [s for s in (_scored(folder / "outcome.json", now) for folder in recent) if s]
+    finished = [s for s in (_finished(folder / "outcome.json", now) for folder in recent) if s]
     return SpoolStatus(str(root), _held(root), round(free_mb, 1), free_mb < config.min_free_mb, arriving, waiting,
                        failures, len(recent), sum(s.note.startswith("ignored") for s in finished),
                        tuple(finished[:LISTED]))
@@ -180,8 +179,8 @@ def _failure(record: Path, outcome: dict, config: NodeConfig, now: float) -> Fai
                    str(outcome.get("error", "")), round(now - finished, 1), redelivery)
 
 
-def _scored(path: Path, now: float) -> Scored | None:
-    outcome = _json(path)
+def _finished(path: Path, now: float) -> Finished | None:
+    outcome = read_record(path)
     if not outcome:
         return None
     note = ("ignored: " + outcome["ignored"] if "ignored" in outcome
@@ -189,7 +188,7 @@ def _scored(path: Path, now: float) -> Scored | None:
             else f"delivered by {outcome['superseded_by']}" if "superseded_by" in outcome
             else "delivered on a later try" if outcome.get("delivered_late")
             else f"supersedes {outcome['supersedes']}" if "supersedes" in outcome else "")
-    return Scored(str(outcome.get("job", path.parent.name)), *_identity(outcome), outcome.get("aspects"),
+    return Finished(str(outcome.get("job", path.parent.name)), *_identity(outcome), outcome.get("aspects"),
                   round(now - float(outcome.get("finished_at", _mtime(path))), 1),
                   tuple(outcome.get("sent_to", ())), note)
 
@@ -198,19 +197,10 @@ def _identity(outcome: dict) -> tuple[str, str]:
     return str(outcome.get("patient_id", "")), str(outcome.get("accession_number", ""))
 
 
-def _who(entry: Arriving | Waiting | Failure | Scored) -> str:
+def _who(entry: Arriving | Waiting | Failure | Finished) -> str:
     parts = [f"patient {entry.patient_id}" if entry.patient_id else "",
              f"accession {entry.accession_number}" if entry.accession_number else ""]
     return "".join(f"{p}, " for p in parts if p)
-
-
-def _json(path: Path) -> dict | None:
-    """A record, or None where it is being replaced or was removed while we looked."""
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def _mtime(path: Path) -> float:
