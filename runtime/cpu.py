@@ -16,6 +16,7 @@ from .atlas import AtlasSegmenter, load_atlas
 from .classify import Classification, classify
 from .density import measure
 from .engine import Engine, cpu_engine, engine_version
+from .hyperdense import find_hyperdense
 from .modelcard import DEFAULT_MODEL_DIR, ModelSet, load_model_set
 from .patches import PatchBatch, build_batch
 from .preprocess import preprocess
@@ -59,10 +60,11 @@ class CpuScorer:
         results, batches = self.classify(prep.image, labels, timings)
         with self._stage(timings, "score"):
             densities = measure(prep.hu, labels, prep.grid, self.models.classify_density)
+            hyperdense = find_hyperdense(prep.hu, labels, prep.grid)
             final = score_study(batches, results, densities, self.models)
         timings["total"] = time.perf_counter() - t0
-        return study_result(study, alignment, prep.grid, prep.hu, seg, densities, brain_ml, final, timings,
-                            self.models, self.device_label, results, batches)
+        return study_result(study, alignment, prep.grid, prep.hu, seg, densities, hyperdense, brain_ml, final,
+                            timings, self.models, self.device_label, results, batches)
 
     def classify(self, image: np.ndarray, labels: np.ndarray, timings: dict[str, float]
                  ) -> tuple[tuple[Classification, ...], tuple[PatchBatch, ...]]:

@@ -290,7 +290,11 @@ def make_sr(result: StudyResult, replaces: tuple = ()):
             hd.sr.Measurement(name=hd.sr.CodedConcept("ASPECTS-L", "99ASPECTSRT", "ASPECTS left hemisphere"),
                               value=s.left, unit=hd.sr.CodedConcept("{score}", "UCUM", "score")),
             hd.sr.Measurement(name=hd.sr.CodedConcept("ASPECTS-R", "99ASPECTSRT", "ASPECTS right hemisphere"),
-                              value=s.right, unit=hd.sr.CodedConcept("{score}", "UCUM", "score"))],
+                              value=s.right, unit=hd.sr.CodedConcept("{score}", "UCUM", "score")),
+            hd.sr.Measurement(      # runtime.hyperdense: 0 when no focus
+                name=hd.sr.CodedConcept("ASPECTS-HYPER-ML", "99ASPECTSRT", "Hyperdense tissue volume"),
+                value=sum(f.volume_ml for f in result.hyperdense.foci),
+                unit=hd.sr.CodedConcept("ml", "UCUM", "milliliter"))],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(
                 name=hd.sr.CodedConcept("ASPECTS-GT6", "99ASPECTSRT", "ASPECTS above 6"),
@@ -299,6 +303,10 @@ def make_sr(result: StudyResult, replaces: tuple = ()):
                 name=hd.sr.CodedConcept("ASPECTS-GT6-FIRM", "99ASPECTSRT",
                                         "Dichotomy holds over borderline and unassessed regions"),
                 value=codes.SCT.Yes if s.dichotomy_firm else codes.SCT.No),
+            hd.sr.QualitativeEvaluation(      # the score counts ischaemic change only: look at the images first
+                name=hd.sr.CodedConcept("ASPECTS-HYPER", "99ASPECTSRT",
+                                        "Hyperdense tissue found, haemorrhage not excluded"),
+                value=codes.SCT.Yes if result.hyperdense.foci else codes.SCT.No),
             hd.sr.QualitativeEvaluation(
                 name=hd.sr.CodedConcept("ASPECTS-SIDE", "99ASPECTSRT", "Symptomatic hemisphere"),
                 value=(codes.SCT.Left if s.symptomatic_side == "left" else codes.SCT.Right

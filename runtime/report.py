@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 import unicodedata
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ DISCLAIMER = ("Research software. The shipped models were built from synthetic s
               "development studies and have not been validated on patients; not for clinical decisions.")
 DISPLAY_WINDOW = (40.0, 80.0)   # level, width: a stroke reading window
 HEAT_RGB = np.array((255, 230, 0), float)
+HYPERDENSE_RGB = (255, 0, 255)   # runtime.hyperdense's foci: a colour no region and no heat map uses
 HEAT_HU = (2.0, 8.0)            # asymmetry shown from faint (2 HU darker than the mirror) to full (8 HU)
 UPSCALE = 2
 
@@ -159,6 +160,7 @@ def report_dict(result: StudyResult, images: dict) -> dict:
         "study": {"source": result.source, **result.metadata},
         "timings_s": {k: round(v, 4) for k, v in result.timings},
         "models": list(result.models),
+        "hyperdense": [asdict(f) for f in result.hyperdense.foci],    # runtime.hyperdense; [] when none
         "warnings": list(result.warnings),
         "images": images,
         "disclaimer": DISCLAIMER,
@@ -213,6 +215,8 @@ def render_slice(result: StudyResult, z: int, level: str, source: int | None = N
             rgb[edge] = REGIONS[r].rgb
             cy, cx = np.argwhere(mask).mean(axis=0)
             names.append((name + ("?" if (name, side) in borderline else ""), cx, cy, (name, side) in affected))
+    bright = result.hyperdense.mask[z].repeat(UPSCALE, 0).repeat(UPSCALE, 1)
+    rgb[bright & ~ndimage.binary_erosion(bright, iterations=2)] = HYPERDENSE_RGB
     img = Image.fromarray(rgb.astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
     font = _font(14)
@@ -232,14 +236,14 @@ def render_slice(result: StudyResult, z: int, level: str, source: int | None = N
     h, w = labels.shape
     draw.text((8, h // 2), "R", fill=(255, 255, 0), font=big, stroke_width=2, stroke_fill=(0, 0, 0))
     draw.text((w - 20, h // 2), "L", fill=(255, 255, 0), font=big, stroke_width=2, stroke_fill=(0, 0, 0))
-    for k, (text, colour) in enumerate(footer_lines(result), start=1):
+    for k, (text, colour) in enumerate(footer_lines(result, z), start=1):
         draw.text((8, h - 22 * k), _fit(draw, text, font, w - 16), fill=colour, font=font, stroke_width=2,
                   stroke_fill=(0, 0, 0))
     return img
 
 
-def footer_lines(result: StudyResult) -> list[tuple[str, tuple[int, int, int]]]:
-    """The key image's legend, bottom line first."""
+def footer_lines(result: StudyResult, z: int) -> list[tuple[str, tuple[int, int, int]]]:
+    """The legend of the key image of model slice z, bottom line first."""
     s = result.score
     white = (255, 255, 255)
     lines = [("research use only - not for clinical decisions", (200, 200, 200)),
@@ -249,6 +253,10 @@ def footer_lines(result: StudyResult) -> list[tuple[str, tuple[int, int, int]]]:
         lines.append((f"?: borderline, the call flips within {BORDERLINE_HU} HU", white))
     if s.not_assessed:     # drawn nowhere above: say so, or a missing region reads as a normal one
         lines.append((f"not assessed (not found on this scan): {', '.join(s.not_assessed)}", white))
+    for f in result.hyperdense.foci:     # the top lines: the score may not apply at all
+        where = "outlined" if f.slices[0] <= z <= f.slices[1] else "not on this slice"
+        lines.append((f"HYPERDENSE tissue {f.volume_ml:.1f} mL, {f.side} ({where}): haemorrhage? look before using "
+                      "this score", HYPERDENSE_RGB))
     return lines
 
 

@@ -13,6 +13,7 @@ from .align import Alignment
 from .classify import Classification
 from .density import DensityMap
 from .errors import NotAHead
+from .hyperdense import Hyperdensity, warning
 from .modelcard import ModelSet
 from .patches import PatchBatch
 from .read import Study
@@ -41,6 +42,7 @@ class StudyResult:
     hu: np.ndarray = field(repr=False)       # model-grid HU, for the report's images
     labels: np.ndarray = field(repr=False)   # model-grid region labels
     asymmetry_hu: np.ndarray = field(repr=False)  # model-grid HU minus mirror (runtime.density): the heat map
+    hyperdense: Hyperdensity = field(repr=False)  # tissue brighter than its mirror: look before using the score
     classifications: tuple[Classification, ...] = field(repr=False, default=())
     batches: tuple[PatchBatch, ...] = field(repr=False, default=())
     source_images: tuple = field(repr=False, default=())    # DICOM headers of the source slices
@@ -76,10 +78,12 @@ def score_study(batches, results, densities: DensityMap, models: ModelSet) -> Sc
 
 
 def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.ndarray, seg: Segmentation,
-                 densities: DensityMap, brain_ml: float, final: Score, timings: dict[str, float],
-                 models: ModelSet, device_label: str, results: tuple, batches: tuple) -> StudyResult:
-    """The one place a StudyResult is made."""
-    warnings = list(study.warnings)
+                 densities: DensityMap, hyperdense: Hyperdensity, brain_ml: float, final: Score,
+                 timings: dict[str, float], models: ModelSet, device_label: str, results: tuple,
+                 batches: tuple) -> StudyResult:
+    """The one place a StudyResult is made. A hyperdense focus is the first warning: it says the
+    score may not apply at all."""
+    warnings = [warning(f) for f in hyperdense.foci] + list(study.warnings)
     if alignment.symmetry < LOW_SYMMETRY:
         warnings.append(f"head symmetry after alignment is low ({alignment.symmetry:.2f}): check the alignment "
                         "in the key-slice images before trusting the score")
@@ -102,5 +106,6 @@ def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.nda
         models=tuple({"role": c.role, "name": c.name, "version": c.version,
                       "sha256": getattr(c, "sha256", None), "card_sha256": c.card_sha256}
                      for c in models.all_cards),
-        hu=hu, labels=seg.labels, asymmetry_hu=densities.asymmetry_hu, classifications=results, batches=batches,
+        hu=hu, labels=seg.labels, asymmetry_hu=densities.asymmetry_hu, hyperdense=hyperdense,
+        classifications=results, batches=batches,
         source_images=study.source_images, volume=None if study.source_images else (study.hu, study.affine))

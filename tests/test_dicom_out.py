@@ -146,9 +146,9 @@ def test_the_sr_says_which_regions_were_not_assessed_and_the_scores_range(dicom_
     assert short.score.lowest <= short.score.aspects - 3
     # The key images list them too: a region drawn nowhere would read as a normal one.
     from runtime.report import footer_lines
-    said = [text for text, _ in footer_lines(short) if text.startswith("not assessed")]
+    said = [text for text, _ in footer_lines(short, 0) if text.startswith("not assessed")]
     assert said and all(f"{side} {r}" in said[0] for r in ("M4", "M5", "M6") for side in ("left", "right"))
-    assert not [text for text, _ in footer_lines(result) if text.startswith("not assessed")]
+    assert not [text for text, _ in footer_lines(result, 0) if text.startswith("not assessed")]
 
 
 def test_key_images_keep_the_sources_character_set(dicom_result):

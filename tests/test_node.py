@@ -496,6 +496,29 @@ def test_a_study_sent_again_is_not_scored_again(tmp_path, scorer):
     assert node.spool.scored_with(f"{study_uid}_1", [*first["instances"], "1.2.3.4"]) is None
 
 
+def test_hyperdense_tissue_is_said_in_the_outcome_the_log_and_status(tmp_path, scorer, demo_study, demo_result,
+                                                                     caplog, capsys):
+    """A bleed scored as a bare ASPECTS 10 by an unattended node is the worst thing it can send: the
+    outcome records it, the log says it as a WARNING, and `aspects status` shows it beside the score."""
+    from tests.test_hyperdense import _bleed
+    bled = _bleed(demo_study, demo_result, "L", "left", ml=5.0)
+    img = sitk.ReadImage(str(DEMO_STUDY))
+    sx, sy, sz = img.GetSpacing()
+    study_uid = pydicom.uid.generate_uid()
+    write_series(tmp_path / "bleed", bled.hu[:, ::2, ::2], spacing=(sx * 2, sy * 2, sz), origin=img.GetOrigin(),
+                 patient_id="BLEED", study_uid=study_uid)
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("json", "sr"))
+    node = Node(config)
+    with caplog.at_level(logging.INFO, logger="aspects.node"):
+        outcome = node.run_job(scorer, _spool_study(node, tmp_path / "bleed", study_uid))
+    assert outcome["exit_code"] == 0 and outcome["hyperdense_ml"] >= 2.0, outcome
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "hyperdense" in r.getMessage()]
+    assert len(warned) == 1 and f"ASPECTS {outcome['aspects']}" in warned[0].getMessage()
+    assert main(["status", "--spool", str(config.spool)]) == 0
+    assert f"ASPECTS {outcome['aspects']}, hyperdense tissue {outcome['hyperdense_ml']:.1f} mL: look at the " \
+           "images" in capsys.readouterr().out
+
+
 def test_a_study_with_nothing_to_read_is_ignored_and_a_failed_one_kept(tmp_path, scorer, caplog):
     """A CTA filed as a study of its own (its own order and accession, as many sites do) has nothing
     this node reads. It failed (exit 5): one failure record per stroke, which teaches the staff to

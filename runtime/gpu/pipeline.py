@@ -22,6 +22,7 @@ from ..align import align
 from ..atlas import AtlasSegmenter, load_atlas
 from ..classify import Classification
 from ..density import measure
+from ..hyperdense import find_hyperdense
 from ..modelcard import DEFAULT_MODEL_DIR, ModelSet, load_model_set
 from ..preprocess import Preprocessed
 from ..read import Study, read_study, validate_study
@@ -127,11 +128,12 @@ class GpuScorer:
         brain_ml = check_brain_volume(study, brain_voxels * img.factor ** 2 * grid.voxel_ml)   # working -> model grid
         t5 = time.perf_counter()
         densities = measure(hu, label_map, grid, self.models.classify_density)
+        hyperdense = find_hyperdense(hu, label_map, grid)
         final = score_study(batches, results, densities, self.models)
         timings["score"] += time.perf_counter() - t5
         timings["total"] = time.perf_counter() - t0          # wall clock, file in to score out
-        return study_result(study, alignment, grid, hu, Segmentation(label_map, template_ncc), densities, brain_ml,
-                            final, timings, self.models, self.device_label, tuple(results), tuple(batches))
+        return study_result(study, alignment, grid, hu, Segmentation(label_map, template_ncc), densities, hyperdense,
+                            brain_ml, final, timings, self.models, self.device_label, tuple(results), tuple(batches))
 
     def _host_image(self, img, grid) -> Preprocessed:
         """The model-grid HU and brain mask on the host, for the atlas registration."""

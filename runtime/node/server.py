@@ -451,7 +451,8 @@ class Node:
                     report = placed / "report.json"
                     doc = json.loads(report.read_text()) if report.exists() else {"study": {}}
                     outcome.update(aspects=doc.get("aspects"), series_uid=doc["study"].get("series_uid"),
-                                   series_criteria=doc["study"].get("series_criteria"))
+                                   series_criteria=doc["study"].get("series_criteria"),
+                                   hyperdense_ml=round(sum(f["volume_ml"] for f in doc.get("hyperdense", ())), 2))
                 else:
                     folder = self.spool.jobs / job / "dicom"
                     source: Path | Study = folder
@@ -474,9 +475,13 @@ class Node:
                     fsync_dir(self.output)
                     outcome.update(aspects=result.score.aspects, series_uid=result.metadata.get("series_uid"),
                                    series_criteria=result.metadata.get("series_criteria"),
-                                   series_instances=result.metadata.get("identity", {}).get("SOPInstanceUIDs"))
+                                   series_instances=result.metadata.get("identity", {}).get("SOPInstanceUIDs"),
+                                   hyperdense_ml=round(sum(f.volume_ml for f in result.hyperdense.foci), 2))
                 self._send(placed, outcome)
                 log.info("job %s: ASPECTS %s, results in %s", job, outcome["aspects"], placed)
+                if outcome.get("hyperdense_ml"):     # runtime.hyperdense: the score may not apply
+                    log.warning("job %s: %.1f mL of hyperdense tissue (haemorrhage not excluded): look at the "
+                                "images before using ASPECTS %s", job, outcome["hyperdense_ml"], outcome["aspects"])
                 self._answer_failures(job)
             outcome["exit_code"] = 0
         except LateImages as exc:

@@ -61,6 +61,7 @@ class Finished:
     finished_s: float
     sent_to: tuple[str, ...]
     note: str                 # ignored (a CTA after its NCCT), the same images as an earlier job, delivered late
+    hyperdense_ml: float      # runtime.hyperdense: 0 when none was found (or the job predates the check)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,8 @@ def format_status(status: SpoolStatus, min_free_mb: float) -> list[str]:
                  + (f" ({status.ignored_last_day} ignored)" if status.ignored_last_day else ""))
     for s in status.newest_finished:
         score = "not scored" if s.aspects is None else f"ASPECTS {s.aspects}"
+        if s.hyperdense_ml:
+            score += f", hyperdense tissue {s.hyperdense_ml:.1f} mL: look at the images"
         sent = f", sent to {', '.join(s.sent_to)}" if s.sent_to else ""
         lines.append(f"  {s.job}: {_who(s)}{score}, {_age(s.finished_s)} ago{sent}"
                      + (f" ({s.note})" if s.note else ""))
@@ -190,7 +193,7 @@ def _finished(path: Path, now: float) -> Finished | None:
             else f"supersedes {outcome['supersedes']}" if "supersedes" in outcome else "")
     return Finished(str(outcome.get("job", path.parent.name)), *_identity(outcome), outcome.get("aspects"),
                   round(now - float(outcome.get("finished_at", _mtime(path))), 1),
-                  tuple(outcome.get("sent_to", ())), note)
+                  tuple(outcome.get("sent_to", ())), note, float(outcome.get("hyperdense_ml") or 0.0))
 
 
 def _identity(outcome: dict) -> tuple[str, str]:
