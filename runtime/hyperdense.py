@@ -28,6 +28,10 @@ This is not a haemorrhage detector, and no focus is a diagnosis: calcification t
 CALCIFIED_HU, contrast staining and a dense thrombus pool look the same, and a thin subdural or
 subarachnoid bleed, a bleed under FOCUS_ML and one mirrored by another are not found. It says
 where to look, and the score says nothing about what it finds.
+
+Metal inside the skull on the same slices (an aneurysm clip or coil, METAL_HU and more) is named
+too, with the regions near it: its streaks darken and brighten the tissue around it, and the
+density measure and the DA-Net read both as asymmetry.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ CALCIFIED_MARGIN_MM = 2.0
 EDGE_MM = 4.0
 OPENING_MM = 1.0
 FOCUS_ML = 1.0
+METAL_HU = 1500.0         # no brain tissue or calcification here reaches it (real heads: 223 HU at most)
+STREAK_MM = 20.0          # regions this close to metal are named
 TOUCH_SHARE = 0.05        # a region named for a focus holds at least this share of it
 
 
@@ -64,8 +70,15 @@ class HyperdenseFocus:
 
 
 @dataclass(frozen=True)
+class Metal:
+    volume_ml: float
+    regions_near: tuple[str, ...]     # the ASPECTS regions within STREAK_MM of it, the largest share first
+
+
+@dataclass(frozen=True)
 class Hyperdensity:
     foci: tuple[HyperdenseFocus, ...]    # FOCUS_ML or larger, the largest first
+    metal: Metal | None                  # metal inside the skull on the ASPECTS levels (a clip, a coil)
     mask: np.ndarray                     # bool (z, y, x) model grid: the foci's voxels, for the key images
 
 
@@ -76,20 +89,25 @@ def find_hyperdense(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid) -> Hype
     mask = np.zeros(hu.shape, bool)
     levels = np.flatnonzero(is_region(labels).any(axis=(1, 2)))
     if levels.size == 0:
-        return Hyperdensity(foci=(), mask=mask)
+        return Hyperdensity(foci=(), metal=None, mask=mask)
     z = slice(int(levels[0]), int(levels[-1]) + 1)
     f = working_factor(hu.shape)
     spacing = grid.spacing[0] * f
+    voxel_ml = grid.voxel_ml * f * f
     small = block_mean(hu[z], f)                        # the mirror of a block is a block: the width is even
     labels_z = labels[z, f // 2::f, f // 2::f][:, :small.shape[1], :small.shape[2]]
+    brain = ndimage.binary_fill_holes(labels_z > 0, structure=_disk(1.0, 1.0))   # per slice: ventricles are inside
+    metal = brain & (small >= METAL_HU)
+    near = ndimage.binary_dilation(metal, structure=_disk(STREAK_MM, spacing)) if metal.any() else metal
+    found = Metal(volume_ml=round(float(metal.sum()) * voxel_ml, 2),
+                  regions_near=_regions_reached(labels_z[near])) if metal.any() else None
+
     smooth = ndimage.gaussian_filter(small, (0, SMOOTH_MM / spacing, SMOOTH_MM / spacing), truncate=GAUSS_TRUNCATE)
     above = smooth - smooth[:, :, ::-1]
     lo, hi = BLOOD_HU
-    brain = ndimage.binary_fill_holes(labels_z > 0, structure=_disk(1.0, 1.0))   # per slice: ventricles are inside
     candidate = brain & (smooth >= lo) & (smooth <= hi) & (above >= ABOVE_MIRROR_HU)
-    voxel_ml = grid.voxel_ml * f * f
     if candidate.sum() * voxel_ml < FOCUS_ML:      # what follows only takes voxels away: most heads stop here
-        return Hyperdensity(foci=(), mask=mask)
+        return Hyperdensity(foci=(), metal=found, mask=mask)
     inner = ndimage.binary_erosion(brain, structure=_disk(EDGE_MM, spacing))
     candidate &= inner & inner[:, :, ::-1]       # and its mirror is brain too, not air or bone beyond a tilted edge
     candidate &= ~ndimage.binary_dilation(small >= CALCIFIED_HU, structure=_disk(CALCIFIED_MARGIN_MM, spacing))
@@ -110,7 +128,18 @@ def find_hyperdense(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid) -> Hype
             side="left" if x > centre_x else "right", volume_ml=round(float(sizes[k]), 2),
             mean_hu=round(float(small[piece].mean()), 1), above_mirror_hu=round(float(above[piece].mean()), 1),
             regions=_regions_reached(labels_z[piece]), slices=(int(zs[0]) + z.start, int(zs[-1]) + z.start)))
-    return Hyperdensity(foci=tuple(foci), mask=mask)
+    return Hyperdensity(foci=tuple(foci), metal=found, mask=mask)
+
+
+def look_first(found: Hyperdensity) -> list[str]:
+    """The lines the console and report.json carry, first of all: each says the score may not hold."""
+    lines = [warning(f) for f in found.foci]
+    if found.metal is not None:
+        near = ", ".join(found.metal.regions_near) or "no ASPECTS region"
+        lines.append(f"metal inside the skull (a clip or coil?), {found.metal.volume_ml:.2f} mL, within "
+                     f"{STREAK_MM:.0f} mm of {near}: its streaks darken and brighten the tissue around it, so "
+                     "calls there may be wrong either way: check them on the images")
+    return lines
 
 
 def warning(focus: HyperdenseFocus) -> str:

@@ -161,6 +161,7 @@ def report_dict(result: StudyResult, images: dict) -> dict:
         "timings_s": {k: round(v, 4) for k, v in result.timings},
         "models": list(result.models),
         "hyperdense": [asdict(f) for f in result.hyperdense.foci],    # runtime.hyperdense; [] when none
+        "metal": None if result.hyperdense.metal is None else asdict(result.hyperdense.metal),
         "warnings": list(result.warnings),
         "images": images,
         "disclaimer": DISCLAIMER,
@@ -253,6 +254,9 @@ def footer_lines(result: StudyResult, z: int) -> list[tuple[str, tuple[int, int,
         lines.append((f"?: borderline, the call flips within {BORDERLINE_HU} HU", white))
     if s.not_assessed:     # drawn nowhere above: say so, or a missing region reads as a normal one
         lines.append((f"not assessed (not found on this scan): {', '.join(s.not_assessed)}", white))
+    if result.hyperdense.metal is not None:
+        near = ", ".join(result.hyperdense.metal.regions_near) or "no region"
+        lines.append((f"METAL near {near}: its streaks can make or hide a call there", HYPERDENSE_RGB))
     for f in result.hyperdense.foci:     # the top lines: the score may not apply at all
         where = "outlined" if f.slices[0] <= z <= f.slices[1] else "not on this slice"
         lines.append((f"HYPERDENSE tissue {f.volume_ml:.1f} mL, {f.side} ({where}): haemorrhage? look before using "

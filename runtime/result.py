@@ -13,7 +13,7 @@ from .align import Alignment
 from .classify import Classification
 from .density import DensityMap
 from .errors import NotAHead
-from .hyperdense import Hyperdensity, warning
+from .hyperdense import Hyperdensity, look_first
 from .modelcard import ModelSet
 from .patches import PatchBatch
 from .read import Study
@@ -81,9 +81,9 @@ def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.nda
                  densities: DensityMap, hyperdense: Hyperdensity, brain_ml: float, final: Score,
                  timings: dict[str, float], models: ModelSet, device_label: str, results: tuple,
                  batches: tuple) -> StudyResult:
-    """The one place a StudyResult is made. A hyperdense focus is the first warning: it says the
-    score may not apply at all."""
-    warnings = [warning(f) for f in hyperdense.foci] + list(study.warnings)
+    """The one place a StudyResult is made. A hyperdense focus or metal is the first warning: it says
+    the score may not hold at all."""
+    warnings = look_first(hyperdense) + list(study.warnings)
     if alignment.symmetry < LOW_SYMMETRY:
         warnings.append(f"head symmetry after alignment is low ({alignment.symmetry:.2f}): check the alignment "
                         "in the key-slice images before trusting the score")

@@ -19,7 +19,7 @@ from tests.test_dicom_out import _sr_groups
 GRID = ModelGrid(shape=(6, 160, 160), spacing=(0.5, 0.5, 5.0), origin=(0.0, 0.0, 0.0), slab=1)
 
 
-def _bleed(study: Study, result, region: str, side: str, ml: float, add_hu: float = 35.0) -> Study:
+def _brighter_sphere(study: Study, result, region: str, side: str, ml: float, add_hu: float = 35.0) -> Study:
     """The study with a sphere of `ml` around the centre of one region (found by the runtime's own
     regions, taken back to the study's voxels through its recovered pose) made `add_hu` brighter:
     acute blood, 60-70 HU, in parenchyma."""
@@ -42,7 +42,7 @@ def test_the_demo_has_no_hyperdense_focus(demo_result):
 def test_a_bleed_is_found_on_its_side_and_said_first_everywhere(tmp_path, demo_study, demo_result, scorer, side):
     from runtime.report import footer_lines, write_report
 
-    result = scorer.score(_bleed(demo_study, demo_result, "L", side, ml=5.0))
+    result = scorer.score(_brighter_sphere(demo_study, demo_result, "L", side, ml=5.0))
     assert len(result.hyperdense.foci) == 1, result.hyperdense.foci
     focus = result.hyperdense.foci[0]
     assert focus.side == side and f"{side} L" in focus.regions and 3.0 <= focus.volume_ml <= 6.0
@@ -117,8 +117,24 @@ def test_real_heads_have_no_focus_and_a_real_head_with_a_bleed_has(real_data, sc
     for name in ("sub002_im", "sub003_im", "sub005_im", "sub002_im_aligned", "sub003_im_aligned",
                  "sub005_im_aligned"):
         result = scorer.score(real_data / f"{name}.nii.gz")
-        assert result.hyperdense.foci == (), (name, result.hyperdense.foci)
+        assert result.hyperdense.foci == () and result.hyperdense.metal is None, (name, result.hyperdense)
     study = read_study(real_data / "sub005_im.nii.gz")
-    result = scorer.score(_bleed(study, scorer.score(study), "C", "right", ml=3.0))
+    result = scorer.score(_brighter_sphere(study, scorer.score(study), "C", "right", ml=3.0))
     assert [f.side for f in result.hyperdense.foci] == ["right"]
     assert "right C" in result.hyperdense.foci[0].regions and result.hyperdense.foci[0].volume_ml >= 1.5
+
+
+def test_metal_inside_the_skull_is_named_with_the_regions_near_it(tmp_path, demo_study, demo_result, scorer):
+    """An aneurysm clip beside the left insula: its streaks read as asymmetry to both the density
+    measure and the DA-Net, so the calls near it are said to be in doubt."""
+    from runtime.report import write_report
+    assert demo_result.hyperdense.metal is None
+    clipped = _brighter_sphere(demo_study, demo_result, "I", "left", ml=0.1, add_hu=3000.0)
+    result = scorer.score(clipped)
+    metal = result.hyperdense.metal
+    assert metal is not None and 0.02 <= metal.volume_ml <= 0.2 and "left I" in metal.regions_near
+    assert not any(r.startswith("right") for r in metal.regions_near)
+    said = [w for w in result.warnings if w.startswith("metal inside the skull")]
+    assert len(said) == 1 and "left I" in said[0]
+    doc = json.loads(write_report(result, tmp_path / "out", ("json",))["report"].read_text())
+    assert doc["metal"]["regions_near"] == list(metal.regions_near)

@@ -500,8 +500,8 @@ def test_hyperdense_tissue_is_said_in_the_outcome_the_log_and_status(tmp_path, s
                                                                      caplog, capsys):
     """A bleed scored as a bare ASPECTS 10 by an unattended node is the worst thing it can send: the
     outcome records it, the log says it as a WARNING, and `aspects status` shows it beside the score."""
-    from tests.test_hyperdense import _bleed
-    bled = _bleed(demo_study, demo_result, "L", "left", ml=5.0)
+    from tests.test_hyperdense import _brighter_sphere
+    bled = _brighter_sphere(demo_study, demo_result, "L", "left", ml=5.0)
     img = sitk.ReadImage(str(DEMO_STUDY))
     sx, sy, sz = img.GetSpacing()
     study_uid = pydicom.uid.generate_uid()
