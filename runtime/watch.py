@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .errors import AspectsError, UnreadableInput
+from .hyperdense import look_first
 from .output import hold_folder, make_folder, study_stem
 from .pipeline import Scorer
 from .report import write_report
@@ -108,8 +109,11 @@ def _score(entry: Path, out: Path, scorer: Scorer, outputs) -> dict:
     try:
         result = scorer.score(entry)
         write_report(result, target, outputs)
-        record.update(exit_code=0, aspects=result.score.aspects, error=None)
+        record.update(exit_code=0, aspects=result.score.aspects, error=None,
+                      hyperdense_ml=round(sum(f.volume_ml for f in result.hyperdense.foci), 2))
         log.info("%s: ASPECTS %d -> %s", entry.name, result.score.aspects, target)
+        for line in look_first(result.hyperdense):      # a bleed or a clip: the score may not hold
+            log.warning("%s: %s", entry.name, line)
     except AspectsError as exc:
         record.update(exit_code=exc.exit_code, error=str(exc))
         log.error("%s: %s", entry.name, exc)

@@ -154,3 +154,25 @@ def test_an_outcome_that_cannot_be_recorded_is_scored_again_later(tmp_path, scor
     monkeypatch.setattr(watching, "_append", flaky)
     assert watch(inbox, out, scorer, quiet_s=0.0, once=True, poll_s=0.02) == 1
     assert len((out / LEDGER).read_text().splitlines()) == 1 and "cannot be recorded" in caplog.text
+
+
+def test_a_study_with_hyperdense_tissue_is_recorded_and_warned_about(tmp_path, scorer, demo_study, demo_result,
+                                                                      caplog):
+    """A watched folder has no one reading the console: the ledger and the log say it."""
+    import logging
+
+    import SimpleITK as sitk
+
+    from tests.test_hyperdense import _brighter_sphere
+    inbox, out = tmp_path / "inbox", tmp_path / "reports"
+    inbox.mkdir()
+    demo = sitk.ReadImage(str(DEMO_STUDY))
+    bled = sitk.GetImageFromArray(_brighter_sphere(demo_study, demo_result, "L", "right", ml=5.0).hu)
+    bled.CopyInformation(demo)
+    sitk.WriteImage(bled, str(inbox / "bleed.nii.gz"))
+    with caplog.at_level(logging.INFO, logger="aspects"):
+        assert watch(inbox, out, scorer, quiet_s=0.0, once=True, poll_s=0.05) == 1
+    record = json.loads((out / LEDGER).read_text())
+    assert record["exit_code"] == 0 and record["hyperdense_ml"] >= 2.0
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "bleed.nii.gz: " + w for w in json.loads((out / "bleed" / "report.json").read_text())["warnings"][:1]]
