@@ -246,6 +246,30 @@ def test_spool_refuses_uids_that_are_not_uids(tmp_path):
     assert spool.store("1.2.3", "1.2.3.4", b"x").read_bytes() == b"x"
 
 
+def test_a_studys_lock_is_kept_only_while_it_is_held_or_waited_for(tmp_path):
+    """A node runs for months: one lock per study ever received was kept for good."""
+    spool = Spool(tmp_path)
+    for k in range(50):
+        spool.store(f"1.2.3.{k}", f"1.2.3.{k}.1", b"x")
+    assert spool._locks == {}
+    entered, release = threading.Event(), threading.Event()
+
+    def hold():
+        with spool._study("1.2.3.0"):
+            entered.set()
+            release.wait(5)
+    holder = threading.Thread(target=hold)
+    holder.start()
+    entered.wait(5)
+    waiter = threading.Thread(target=spool.store, args=("1.2.3.0", "1.2.3.0.2", b"y"))
+    waiter.start()
+    wait_for(lambda: spool._locks.get("1.2.3.0", (None, 0))[1] == 2, 5, "the second user waiting")
+    release.set()
+    holder.join(5)
+    waiter.join(5)
+    assert spool._locks == {} and (tmp_path / "incoming" / "1.2.3.0").is_dir()
+
+
 # ---------------------------------------------------------------- end to end
 
 @pytest.fixture

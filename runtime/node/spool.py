@@ -55,7 +55,7 @@ class Spool:
         make_folder(self.root)
         for d in (self.incoming, self.jobs, self.done, self.failed, self.failures):
             make_folder(d)
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}     # study -> (lock, holders and waiters)
         self._guard = threading.Lock()
         self._claim: int | None = None
 
@@ -73,10 +73,20 @@ class Spool:
 
     @contextmanager
     def _study(self, study: str):
+        """One study's lock, kept only while someone holds or waits for it: a node runs for months."""
         with self._guard:
-            lock = self._locks.setdefault(study, threading.Lock())
-        with lock:
-            yield
+            lock, users = self._locks.get(study, (threading.Lock(), 0))
+            self._locks[study] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                users = self._locks[study][1] - 1
+                if users:
+                    self._locks[study] = (lock, users)
+                else:
+                    del self._locks[study]
 
     # ------------------------------------------------------------ receiving
 

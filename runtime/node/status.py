@@ -62,6 +62,7 @@ class Finished:
     sent_to: tuple[str, ...]
     note: str                 # ignored (a CTA after its NCCT), the same images as an earlier job, delivered late
     hyperdense_ml: float      # runtime.hyperdense: 0 when none was found (or the job predates the check)
+    ignored: bool             # not scored, and not a failure: nothing this node reads
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def _read(config: NodeConfig, now: float) -> SpoolStatus:
                     key=lambda folder: started_ns(folder.name), reverse=True)
     finished = [s for s in (_finished(folder / "outcome.json", now) for folder in recent) if s]
     return SpoolStatus(str(root), _held(root), round(free_mb, 1), free_mb < config.min_free_mb, arriving, waiting,
-                       failures, len(recent), sum(s.note.startswith("ignored") for s in finished),
+                       failures, len(recent), sum(s.ignored for s in finished),
                        tuple(finished[:LISTED]))
 
 
@@ -192,8 +193,9 @@ def _finished(path: Path, now: float) -> Finished | None:
             else "delivered on a later try" if outcome.get("delivered_late")
             else f"supersedes {outcome['supersedes']}" if "supersedes" in outcome else "")
     return Finished(str(outcome.get("job", path.parent.name)), *_identity(outcome), outcome.get("aspects"),
-                  round(now - float(outcome.get("finished_at", _mtime(path))), 1),
-                  tuple(outcome.get("sent_to", ())), note, float(outcome.get("hyperdense_ml") or 0.0))
+                    round(now - float(outcome.get("finished_at", _mtime(path))), 1),
+                    tuple(outcome.get("sent_to", ())), note, float(outcome.get("hyperdense_ml") or 0.0),
+                    "ignored" in outcome)
 
 
 def _identity(outcome: dict) -> tuple[str, str]:
