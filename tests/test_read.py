@@ -537,3 +537,19 @@ def test_exit_codes_are_distinct():
     assert 0 not in codes                        # 0 = success
     # 2 is argparse's usage code: only the usage error may share it.
     assert [c.__name__ for c in classes if c.exit_code == 2] == ["UsageError"]
+
+
+@pytest.mark.parametrize("tags, age", [({"PatientAge": "007Y"}, "7 years"), ({"PatientAge": "018M"}, "18 months"),
+                                       ({"PatientBirthDate": "20150601", "StudyDate": "20261206"}, "11 years"),
+                                         ({"PatientAge": "045Y"}, None), ({"PatientAge": "18Y"}, None),
+                                         ({"PatientAge": "old", "PatientBirthDate": "unknown"}, None), ({}, None)])
+def test_a_childs_scan_is_scored_with_a_warning(tmp_path, tags, age):
+    """ASPECTS, the atlas, the density rule and the networks are adult; a child's stroke CT sent to the
+    node was scored without a word. An age that cannot be read says nothing and stops nothing."""
+    write_series(tmp_path / "s", head_phantom())
+    edit_slices(tmp_path / "s", lambda ds: [setattr(ds, k, v) for k, v in tags.items()])
+    said = [w for w in read_study(tmp_path / "s").warnings if "adult" in w]
+    if age is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and said[0].startswith(f"the patient is {age} old")

@@ -10,7 +10,15 @@ import numpy as np
 
 from ..errors import AbsurdSize, AspectsError, InconsistentSeries, NoSeries, TooFewSlices, UnreadableInput
 from .images import Plane, Refused, planes_hu, read_planes
-from .series import choose_series, criteria_met, drop_copies, passed_over, refuse_mixed_studies, series_warnings
+from .series import (
+    age_warning,
+    choose_series,
+    criteria_met,
+    drop_copies,
+    passed_over,
+    refuse_mixed_studies,
+    series_warnings,
+)
 from .study import MAX_GANTRY_TILT_DEG, MIN_SLICES, Study, check_dims
 from .volume import VOLUME_SUFFIXES
 
@@ -133,6 +141,9 @@ def _stack_series(slices: list[Plane], folder: Path, others: list[str], n_ignore
         warnings.append("the series is lossy-compressed (LossyImageCompression 01 or a lossy transfer syntax): "
                         "subtle density differences may be altered; check the source images")
     warnings += series_warnings(first.description, first.image_type, first.kernel)
+    child = age_warning(dict(first.identity))
+    if child:
+        warnings.insert(0, child)
     if others:
         number = dict(first.identity).get("SeriesNumber")
         warnings.append(f"folder holds {len(others) + 1} series; scored series {number + ' ' if number else ''}"

@@ -23,7 +23,7 @@ NO_AGENT = {"", "-", "C-", "NONE", "NO", "N", "NA", "N/A", "NIL", "0", "NO CONTR
             "NON", "NC", "NON CON", "WITHOUT CONTRAST", "W/O", "W/O CONTRAST", "NOT APPLIED", "NOT USED", "PLAIN",
             "NATIVE", "UNENHANCED", "NON ENHANCED"}
 IDENTITY_TAGS = ("PatientID", "PatientName", "StudyInstanceUID", "SeriesInstanceUID", "AccessionNumber",
-                 "FrameOfReferenceUID", "StudyDate", "SeriesNumber")
+                 "FrameOfReferenceUID", "StudyDate", "SeriesNumber", "PatientAge", "PatientBirthDate")
 
 
 @dataclass(frozen=True)

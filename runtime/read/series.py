@@ -3,6 +3,7 @@ non-contrast axial NCCT chosen from whatever else a scanner or a CD sends with i
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ from ..errors import InconsistentSeries, NotAHeadScan, WrongModality
 from .images import Plane
 from .study import MIN_SLICES, PARTIAL_COVERAGE_MM
 
+ADULT_YEARS = 18
 # ASPECTS is read on a non-contrast CT. A stroke protocol sends NCCT, CTA and perfusion as one study, and
 # the contrast series are the larger ones. A series description is not proof (a protocol's plain scan can
 # carry its name), so these words only rank a series down and warn; the header's agent decides.
@@ -90,6 +92,31 @@ def series_warnings(description: str, image_type: str, kernel: str) -> list[str]
         warnings.append(f"the series is described '{description}', which names a contrast study: ASPECTS "
                         "is read on a non-contrast CT; check that this series is one")
     return warnings
+
+
+def age_warning(identity: dict) -> str | None:
+    """A child's head scored without a word: ASPECTS, the region atlas, the density rule and the
+    networks are all made on adult heads (a child's brain holds more water and has other proportions)."""
+    years = patient_age_years(identity)
+    if years is None or years >= ADULT_YEARS:
+        return None
+    told = f"PatientAge {identity['PatientAge']}" if identity.get("PatientAge") else "from PatientBirthDate"
+    age = f"{int(years)} years" if years >= 2 else f"{int(years * 12)} months"
+    return (f"the patient is {age} old ({told}): ASPECTS and these models are made for adult heads; "
+            "read the scan, not this score")
+
+
+def patient_age_years(identity: dict) -> float | None:
+    """PatientAge (nnnD, nnnW, nnnM or nnnY), else PatientBirthDate to StudyDate; None when neither reads."""
+    age = re.fullmatch(r"(\d{1,3})([DWMY])", str(identity.get("PatientAge", "")).strip().upper())
+    if age:
+        return int(age.group(1)) / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[age.group(2)]
+    born, seen = (str(identity.get(t, "")).strip() for t in ("PatientBirthDate", "StudyDate"))
+    try:
+        b, d = (datetime.date(int(v[:4]), int(v[4:6]), int(v[6:8])) for v in (born, seen))
+    except ValueError:
+        return None
+    return (d - b).days / 365.25 if d >= b else None
 
 
 def choose_series(series: dict[str, list[Plane]], folder: Path) -> list[Plane]:
