@@ -4,8 +4,8 @@ ASPECTS counts early ischaemic change, which is darker tissue. Acute blood is br
 against 20-45 HU parenchyma), and the scoring does not see it: the density measure keeps to the
 parenchyma window, and a bleed that fills a region makes the region unfindable. A 20 mL bleed
 put into the left lentiform nucleus of a real normal head (sub005) scored "ASPECTS 10, > 6" with no
-word of it; so did 5 mL there and 15 mL in the left M2 cortex. Thrombectomy is for ischaemic stroke,
-so such a score must not reach the stroke team alone.
+word of the blood; 5 mL there and 15 mL in the left M2 cortex scored 10 with no warning at all.
+Thrombectomy is for ischaemic stroke, so such a score must not reach the stroke team alone.
 
 A focus is tissue, on 1 mm blocks smoothed as the density measure smooths (SMOOTH_MM):
 - between BLOOD_HU, and at least ABOVE_MIRROR_HU brighter than the voxel at its mirrored position
@@ -98,9 +98,10 @@ def find_hyperdense(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid) -> Hype
     labels_z = labels[z, f // 2::f, f // 2::f][:, :small.shape[1], :small.shape[2]]
     brain = ndimage.binary_fill_holes(labels_z > 0, structure=_disk(1.0, 1.0))   # per slice: ventricles are inside
     metal = brain & (small >= METAL_HU)
-    near = ndimage.binary_dilation(metal, structure=_disk(STREAK_MM, spacing)) if metal.any() else metal
-    found = Metal(volume_ml=round(float(metal.sum()) * voxel_ml, 2),
-                  regions_near=_regions_reached(labels_z[near])) if metal.any() else None
+    found = None
+    if metal.any():
+        near = ndimage.binary_dilation(metal, structure=_disk(STREAK_MM, spacing))
+        found = Metal(volume_ml=round(float(metal.sum()) * voxel_ml, 2), regions_near=_regions_reached(labels_z[near]))
 
     smooth = ndimage.gaussian_filter(small, (0, SMOOTH_MM / spacing, SMOOTH_MM / spacing), truncate=GAUSS_TRUNCATE)
     above = smooth - smooth[:, :, ::-1]
@@ -133,7 +134,7 @@ def find_hyperdense(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid) -> Hype
 
 def look_first(found: Hyperdensity) -> list[str]:
     """The lines the console and report.json carry, first of all: each says the score may not hold."""
-    lines = [warning(f) for f in found.foci]
+    lines = [_focus_line(f) for f in found.foci]
     if found.metal is not None:
         near = ", ".join(found.metal.regions_near) or "no ASPECTS region"
         lines.append(f"metal inside the skull (a clip or coil?), {found.metal.volume_ml:.2f} mL, within "
@@ -142,8 +143,7 @@ def look_first(found: Hyperdensity) -> list[str]:
     return lines
 
 
-def warning(focus: HyperdenseFocus) -> str:
-    """The line the console, report.json and the node's log carry."""
+def _focus_line(focus: HyperdenseFocus) -> str:
     where = f"the {focus.side} hemisphere" + (f" ({', '.join(focus.regions)})" if focus.regions else "")
     return (f"hyperdense tissue in {where}: {focus.volume_ml:.1f} mL at {focus.mean_hu:.0f} HU, "
             f"{focus.above_mirror_hu:.0f} HU above its mirror; a haemorrhage, calcification or contrast? "
