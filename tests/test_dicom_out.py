@@ -292,3 +292,13 @@ def test_a_mirrored_encoding_puts_every_region_on_the_same_side_of_the_patient(t
     for region, centre in centres["plain"].items():
         assert np.abs(centres["mirrored"][region] - centre).max() < 3.0, region
     assert centres["plain"]["left L"][0] > centres["plain"]["right L"][0]       # LPS: +x is the patient's left
+
+
+def test_a_childs_key_images_say_the_models_are_adult(demo_result):
+    """The key images are what a PACS user sees; the warning in report.json is not."""
+    from dataclasses import replace
+
+    from runtime.report import footer_lines
+    child = replace(demo_result, metadata={**demo_result.metadata, "patient_age_years": 7.4})
+    assert [t for t, _ in footer_lines(child, 0) if t.startswith("patient 7 years old: ASPECTS and these models")]
+    assert not [t for t, _ in footer_lines(demo_result, 0) if t.startswith("patient ")]

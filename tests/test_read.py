@@ -548,8 +548,10 @@ def test_a_childs_scan_is_scored_with_a_warning(tmp_path, tags, age):
     node was scored without a word. An age that cannot be read says nothing and stops nothing."""
     write_series(tmp_path / "s", head_phantom())
     edit_slices(tmp_path / "s", lambda ds: [setattr(ds, k, v) for k, v in tags.items()])
-    said = [w for w in read_study(tmp_path / "s").warnings if "adult" in w]
+    study = read_study(tmp_path / "s")
+    said = [w for w in study.warnings if "adult" in w]
     if age is None:
         assert said == []
     else:
         assert len(said) == 1 and said[0].startswith(f"the patient is {age} old")
+        assert study.metadata["patient_age_years"] < 18

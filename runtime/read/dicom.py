@@ -16,6 +16,7 @@ from .series import (
     criteria_met,
     drop_copies,
     passed_over,
+    patient_age_years,
     refuse_mixed_studies,
     series_warnings,
 )
@@ -162,6 +163,7 @@ def _stack_series(slices: list[Plane], folder: Path, others: list[str], n_ignore
                            "series_description": first.description, "series_criteria": criteria_met(slices),
                            "slices": len(slices),
                            "gantry_tilt_deg": round(tilt, 2), "identity": identity,
+                           "patient_age_years": _rounded(patient_age_years(identity)),
                            "source_slice_positions_mm": [round(float(a - along[0]), 3) for a in along]})
 
 
@@ -239,3 +241,7 @@ def read_zip(p: Path) -> Study:
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise UnreadableInput(f"{p}: cannot read the zip archive ({exc})") from None
     return replace(study, source=str(p))
+
+
+def _rounded(years: float | None) -> float | None:
+    return None if years is None else round(years, 1)

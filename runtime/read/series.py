@@ -101,9 +101,12 @@ def age_warning(identity: dict) -> str | None:
     if years is None or years >= ADULT_YEARS:
         return None
     told = f"PatientAge {identity['PatientAge']}" if identity.get("PatientAge") else "from PatientBirthDate"
-    age = f"{int(years)} years" if years >= 2 else f"{int(years * 12)} months"
-    return (f"the patient is {age} old ({told}): ASPECTS and these models are made for adult heads; "
+    return (f"the patient is {age_text(years)} old ({told}): ASPECTS and these models are made for adult heads; "
             "read the scan, not this score")
+
+
+def age_text(years: float) -> str:
+    return f"{int(years)} years" if years >= 2 else f"{int(years * 12)} months"
 
 
 def patient_age_years(identity: dict) -> float | None:
