@@ -100,6 +100,7 @@ def study_result(study: Study, alignment: Alignment, grid: ModelGrid, hu: np.nda
         source=study.source, metadata={**study.metadata, "brain_ml": round(brain_ml, 1),
                                        "template_similarity": None if seg.template_ncc is None
                                        else round(seg.template_ncc, 3),
+                                       "atlas_second_try": seg.registration_retried,
                                        "runtime_version": __version__, "device": device_label},
         warnings=tuple(warnings), alignment=alignment, grid=grid, score=final,
         timings=tuple((s, float(timings[s])) for s in STAGES),

@@ -302,3 +302,19 @@ def test_a_childs_key_images_say_the_models_are_adult(demo_result):
     child = replace(demo_result, metadata={**demo_result.metadata, "patient_age_years": 7.4})
     assert [t for t, _ in footer_lines(child, 0) if t.startswith("patient 7 years old: ASPECTS and these models")]
     assert not [t for t, _ in footer_lines(demo_result, 0) if t.startswith("patient ")]
+
+
+def test_key_images_ask_for_the_outlines_to_be_checked_when_the_fit_was_weak(demo_result):
+    """A weak alignment or a second-try atlas fit was said in report.json only; the outlines it asks
+    to be checked are on the key images."""
+    from dataclasses import replace
+
+    from runtime.report import footer_lines
+
+    def said(result):
+        return [t for t, _ in footer_lines(result, 0) if t.startswith("CHECK the outlines")]
+    assert said(demo_result) == []
+    skewed = replace(demo_result, alignment=replace(demo_result.alignment, symmetry=0.3))
+    assert said(skewed) == ["CHECK the outlines: the alignment was weak on this scan"]
+    both = replace(skewed, metadata={**demo_result.metadata, "atlas_second_try": True})
+    assert said(both) == ["CHECK the outlines: the alignment and the atlas fit were weak on this scan"]
