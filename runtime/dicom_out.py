@@ -307,6 +307,15 @@ def make_sr(result: StudyResult, replaces: tuple = ()):
                 name=hd.sr.CodedConcept("ASPECTS-HYPER", "99ASPECTSRT",
                                         "Hyperdense tissue found, haemorrhage not excluded"),
                 value=codes.SCT.Yes if result.hyperdense.foci else codes.SCT.No),
+            hd.sr.QualitativeEvaluation(      # the key images name the regions near it
+                name=hd.sr.CodedConcept("ASPECTS-METAL", "99ASPECTSRT", "Metal near the ASPECTS regions"),
+                value=codes.SCT.Yes if result.hyperdense.metal is not None else codes.SCT.No),
+            hd.sr.QualitativeEvaluation(
+                name=hd.sr.CodedConcept("ASPECTS-CHILD", "99ASPECTSRT", "Patient younger than the models' adults"),
+                value=codes.SCT.Yes if result.child_years is not None else codes.SCT.No),
+            hd.sr.QualitativeEvaluation(
+                name=hd.sr.CodedConcept("ASPECTS-CHECK", "99ASPECTSRT", "Region outlines to be checked (weak fit)"),
+                value=codes.SCT.Yes if result.weak_fit else codes.SCT.No),
             hd.sr.QualitativeEvaluation(
                 name=hd.sr.CodedConcept("ASPECTS-SIDE", "99ASPECTSRT", "Symptomatic hemisphere"),
                 value=(codes.SCT.Left if s.symptomatic_side == "left" else codes.SCT.Right

@@ -31,9 +31,9 @@ from .dicom_out import (
 )
 from .errors import UsageError
 from .output import OutputFolder
-from .read.series import ADULT_YEARS, age_text
+from .read.series import age_text
 from .regions import AFFECTED_RGB, REGION_NAMES, REGIONS, SUBCORTICAL, SUPRAGANGLIONIC, is_region, label_id
-from .result import LOW_SYMMETRY, StudyResult
+from .result import StudyResult
 from .score import BORDERLINE_HU
 
 OUTPUTS = ("json", "png", "seg", "sr", "sc")
@@ -255,14 +255,13 @@ def footer_lines(result: StudyResult, z: int) -> list[tuple[str, tuple[int, int,
         lines.append((f"?: borderline, the call flips within {BORDERLINE_HU} HU", white))
     if s.not_assessed:     # drawn nowhere above: say so, or a missing region reads as a normal one
         lines.append((f"not assessed (not found on this scan): {', '.join(s.not_assessed)}", white))
-    weak = [w for w, weak in (("alignment", result.alignment.symmetry < LOW_SYMMETRY),
-                               ("atlas fit", result.metadata.get("atlas_second_try"))) if weak]
+    weak = result.weak_fit
     if weak:       # the outlines drawn here are what to check
         lines.append((f"CHECK the outlines: the {' and the '.join(weak)} {'was' if len(weak) == 1 else 'were'} "
                       "weak on this scan", HYPERDENSE_RGB))
-    years = result.metadata.get("patient_age_years")
-    if years is not None and years < ADULT_YEARS:
-        lines.append((f"patient {age_text(years)} old: ASPECTS and these models are made for adults", HYPERDENSE_RGB))
+    if result.child_years is not None:
+        lines.append((f"patient {age_text(result.child_years)} old: ASPECTS and these models are made for adults",
+                      HYPERDENSE_RGB))
     if result.hyperdense.metal is not None:
         near = ", ".join(result.hyperdense.metal.regions_near) or "no region"
         lines.append((f"METAL near {near}: its streaks can make or hide a call there", HYPERDENSE_RGB))

@@ -17,6 +17,7 @@ from .hyperdense import Hyperdensity, look_first
 from .modelcard import ModelSet
 from .patches import PatchBatch
 from .read import Study
+from .read.series import ADULT_YEARS
 from .resample import ModelGrid
 from .score import Score, make_calls, score
 from .segment import Segmentation
@@ -53,6 +54,18 @@ class StudyResult:
     @property
     def timings_s(self) -> dict[str, float]:
         return dict(self.timings)
+
+    @property
+    def weak_fit(self) -> tuple[str, ...]:
+        """What fitted this scan weakly ("alignment", "atlas fit"): the region outlines need checking."""
+        return tuple(name for name, weak in (("alignment", self.alignment.symmetry < LOW_SYMMETRY),
+                                             ("atlas fit", bool(self.metadata.get("atlas_second_try")))) if weak)
+
+    @property
+    def child_years(self) -> float | None:
+        """The patient's age where the header gives one under ADULT_YEARS: every model here is adult."""
+        years = self.metadata.get("patient_age_years")
+        return years if years is not None and years < ADULT_YEARS else None
 
 
 def check_brain_volume(study: Study, brain_ml: float) -> float:

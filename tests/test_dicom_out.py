@@ -294,27 +294,36 @@ def test_a_mirrored_encoding_puts_every_region_on_the_same_side_of_the_patient(t
     assert centres["plain"]["left L"][0] > centres["plain"]["right L"][0]       # LPS: +x is the patient's left
 
 
-def test_a_childs_key_images_say_the_models_are_adult(demo_result):
-    """The key images are what a PACS user sees; the warning in report.json is not."""
+def test_a_childs_key_images_and_sr_say_the_models_are_adult(dicom_result):
+    """The key images and the SR are what a PACS user sees; the warning in report.json is not."""
     from dataclasses import replace
 
+    from runtime.dicom_out import make_sr, to_bytes
     from runtime.report import footer_lines
-    child = replace(demo_result, metadata={**demo_result.metadata, "patient_age_years": 7.4})
-    assert [t for t, _ in footer_lines(child, 0) if t.startswith("patient 7 years old: ASPECTS and these models")]
-    assert not [t for t, _ in footer_lines(demo_result, 0) if t.startswith("patient ")]
+    _, result = dicom_result
+    child = replace(result, metadata={**result.metadata, "patient_age_years": 7.4})
+    for r, shown, flag in ((child, 1, "Yes"), (result, 0, "No")):
+        lines = [t for t, _ in footer_lines(r, 0) if t.startswith("patient 7 years old: ASPECTS and these models")]
+        summary = _sr_groups(pydicom.dcmread(io.BytesIO(to_bytes(make_sr(r)))))["ASPECTS study"]
+        assert len(lines) == shown and summary["Patient younger than the models' adults"] == flag
+        assert summary["Metal near the ASPECTS regions"] == "No"
 
 
-def test_key_images_ask_for_the_outlines_to_be_checked_when_the_fit_was_weak(demo_result):
+def test_key_images_and_sr_ask_for_the_outlines_to_be_checked_when_the_fit_was_weak(dicom_result):
     """A weak alignment or a second-try atlas fit was said in report.json only; the outlines it asks
-    to be checked are on the key images."""
+    to be checked are on the key images, and PACS reads the SR."""
     from dataclasses import replace
 
+    from runtime.dicom_out import make_sr, to_bytes
     from runtime.report import footer_lines
+    _, result = dicom_result
 
-    def said(result):
-        return [t for t, _ in footer_lines(result, 0) if t.startswith("CHECK the outlines")]
-    assert said(demo_result) == []
-    skewed = replace(demo_result, alignment=replace(demo_result.alignment, symmetry=0.3))
-    assert said(skewed) == ["CHECK the outlines: the alignment was weak on this scan"]
-    both = replace(skewed, metadata={**demo_result.metadata, "atlas_second_try": True})
-    assert said(both) == ["CHECK the outlines: the alignment and the atlas fit were weak on this scan"]
+    def said(r):
+        summary = _sr_groups(pydicom.dcmread(io.BytesIO(to_bytes(make_sr(r)))))["ASPECTS study"]
+        return ([t for t, _ in footer_lines(r, 0) if t.startswith("CHECK the outlines")],
+                summary["Region outlines to be checked (weak fit)"])
+    assert said(result) == ([], "No")
+    skewed = replace(result, alignment=replace(result.alignment, symmetry=0.3))
+    assert said(skewed) == (["CHECK the outlines: the alignment was weak on this scan"], "Yes")
+    both = replace(skewed, metadata={**result.metadata, "atlas_second_try": True})
+    assert said(both) == (["CHECK the outlines: the alignment and the atlas fit were weak on this scan"], "Yes")

@@ -136,5 +136,6 @@ def test_metal_inside_the_skull_is_named_with_the_regions_near_it(tmp_path, demo
     assert not any(r.startswith("right") for r in metal.regions_near)
     said = [w for w in result.warnings if w.startswith("metal inside the skull")]
     assert len(said) == 1 and "left I" in said[0]
-    doc = json.loads(write_report(result, tmp_path / "out", ("json",))["report"].read_text())
-    assert doc["metal"]["regions_near"] == list(metal.regions_near)
+    paths = write_report(result, tmp_path / "out", ("json", "sr"))
+    assert json.loads(paths["report"].read_text())["metal"]["regions_near"] == list(metal.regions_near)
+    assert _sr_groups(pydicom.dcmread(paths["sr.dcm"]))["ASPECTS study"]["Metal near the ASPECTS regions"] == "Yes"
