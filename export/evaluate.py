@@ -156,6 +156,10 @@ def summarise(rows: list[Scored], scorer: CpuScorer, dice_against: str = "the ex
                                    dice_against)
     if scorer.models.classify_density is not None:
         out["borderline"] = borderline_summary(rows, scorer.models.classify_density)
+    measured = [r for r in rows if r.look_first is not None]
+    if measured:      # on a set read for ischaemic stroke, each is a false alarm unless its scan holds blood or metal
+        out["look_first"] = {"measured": len(measured),
+                             "studies": {r.study: list(r.look_first) for r in measured if r.look_first}}
     out["studies"] = {r.study: {"true": int(t), "auto": int(a), "regions": _evidence(r)} for r, t, a in
                       zip(rows, true_scores, out["methods"]["runtime"]["scores"])}
     out["_pred"], out["_true"] = out["methods"]["runtime"]["scores"], true_scores.tolist()
@@ -209,6 +213,12 @@ def table_text(result: dict) -> str:
         ratio = result["by_expected_shift"]["measured_over_expected"]
         lines.append(f"  measured / expected where >= {SHIFT_RATIO_FROM_HU} HU: "
                      + ", ".join(f"{name} {v:.2f}" for name, v in ratio.items()))
+    if "look_first" in result:
+        flagged = result["look_first"]["studies"]
+        lines.append(f"hyperdense tissue or metal found (runtime.hyperdense) in {len(flagged)} of "
+                     f"{result['look_first']['measured']} studies" + (": " + ", ".join(flagged) if flagged else "")
+                     + "; on studies read for ischaemic stroke, each is a false alarm unless the scan holds blood "
+                       "or metal")
     for study, v in result["studies"].items():
         lines.append(f"  {study}: true {v['true']} auto {v['auto']}")
     return "\n".join(lines)

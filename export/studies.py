@@ -20,6 +20,7 @@ import numpy as np
 from runtime.cpu import CpuScorer
 from runtime.density import difference_table, measure
 from runtime.errors import AspectsError
+from runtime.hyperdense import look_first
 from runtime.modelcard import DensityRuleCard
 from runtime.regions import REGION_NAMES, SIDES
 from runtime.resample import ModelGrid, window
@@ -44,6 +45,7 @@ class Scored:
     dice_regions: dict | None = None
     network_threshold: np.ndarray | None = None   # (10,) the DA-Net cards' thresholds the study was scored with
     rule: DensityRuleCard | None = None           # the rule it was scored with, where not the evaluated set's
+    look_first: tuple[str, ...] | None = None     # runtime.hyperdense's warnings; None for a row kept before them
 
 
 def scored(study: str, res, truth: np.ndarray, dice=None, dice_regions=None) -> Scored:
@@ -57,7 +59,8 @@ def scored(study: str, res, truth: np.ndarray, dice=None, dice_regions=None) -> 
         c[i, s] = call.affected
     thr = {name: k.threshold for k in res.classifications for name in k.regions}
     network_threshold = np.array([thr[n] for n in REGION_NAMES]) if len(thr) == len(REGION_NAMES) else None
-    return Scored(study, truth, p, d, c, dice, dice_regions, network_threshold)
+    return Scored(study, truth, p, d, c, dice, dice_regions, network_threshold,
+                  look_first=tuple(look_first(res.hyperdense)))
 
 
 def card_threshold(scorer: CpuScorer, region: str) -> float:

@@ -173,6 +173,19 @@ def test_summary_metrics_are_the_papers(monkeypatch):
     assert net["score"]["mae"] == pytest.approx(1 / 3) and net["score"]["within_1"] == 1.0
     assert net["score"]["dichotomised_le6"]["accuracy"] == 1.0
     assert "dichotomised (<=6)" in table_text(result)
+    assert "look_first" not in result        # rows kept before the check say nothing of it
+
+
+def test_the_evaluation_counts_hyperdense_and_metal_warnings(monkeypatch):
+    """On a set read for ischaemic stroke every such warning is a false alarm: a new real set measures
+    how often the check fires."""
+    from dataclasses import replace
+    monkeypatch.setattr("export.evaluate.card_threshold", lambda scorer, region: 0.5)
+    rows = [replace(_row("a", [0], [0]), look_first=()), replace(_row("b", [], []), look_first=("hyperdense ...",)),
+            replace(_row("c", [1], [1]), look_first=())]
+    result = summarise(rows, _Scorer())
+    assert result["look_first"] == {"measured": 3, "studies": {"b": ["hyperdense ..."]}}
+    assert "hyperdense tissue or metal found (runtime.hyperdense) in 1 of 3 studies: b;" in table_text(result)
 
 
 def test_synthetic_studies_are_grouped_by_their_lesions_drop(monkeypatch):
@@ -290,6 +303,7 @@ def test_real_evaluation_runs_on_a_reads_file(real_data, tmp_path):
     assert metrics["cases"] == 1 and 0.3 < metrics["dice"]["mean"] <= 1.0
     assert set(metrics["methods"]) == {"runtime", "network", "density"}
     assert "region Dice against the expert maps, on the expert's slices" in run.stdout
+    assert "hyperdense tissue or metal found (runtime.hyperdense) in 0 of 1 studies;" in run.stdout
     assert "is not the development set the cards record: the model cards were left as they are" in run.stdout
     assert {p.name: p.read_bytes() for p in models.glob("*.json")} == before
 
