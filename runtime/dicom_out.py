@@ -293,7 +293,7 @@ def make_sr(result: StudyResult, replaces: tuple = ()):
                               value=s.right, unit=hd.sr.CodedConcept("{score}", "UCUM", "score")),
             hd.sr.Measurement(      # runtime.hyperdense: 0 when no focus
                 name=hd.sr.CodedConcept("ASPECTS-HYPER-ML", "99ASPECTSRT", "Hyperdense tissue volume"),
-                value=sum(f.volume_ml for f in result.hyperdense.foci),
+                value=result.hyperdense.volume_ml,
                 unit=hd.sr.CodedConcept("ml", "UCUM", "milliliter"))],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(

@@ -81,6 +81,11 @@ class Hyperdensity:
     metal: Metal | None                  # metal inside the skull on the ASPECTS levels (a clip, a coil)
     mask: np.ndarray                     # bool (z, y, x) model grid: the foci's voxels, for the key images
 
+    @property
+    def volume_ml(self) -> float:
+        """Every focus together: what the SR, the node's outcome and the watcher's ledger record."""
+        return round(sum(f.volume_ml for f in self.foci), 2)
+
 
 def find_hyperdense(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid) -> Hyperdensity:
     """`hu` and `labels` on the model grid (runtime.preprocess, runtime.segment). Works at the skull

@@ -51,6 +51,20 @@ def hold_folder(path: Path, held_by_another: str) -> int:
     return fd
 
 
+def folder_held(path: Path) -> bool:
+    """Whether another process holds `hold_folder`'s lock on a folder: a shared lock is tried and dropped
+    at once, so this never blocks the holder. (A holder starting in that same instant would be refused,
+    once; a service manager starts it again.)"""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def study_stem(path: Path) -> str:
     """A report folder name for an input: its own name without a volume suffix."""
     stem = path.name

@@ -476,7 +476,7 @@ class Node:
                     outcome.update(aspects=result.score.aspects, series_uid=result.metadata.get("series_uid"),
                                    series_criteria=result.metadata.get("series_criteria"),
                                    series_instances=result.metadata.get("identity", {}).get("SOPInstanceUIDs"),
-                                   hyperdense_ml=round(sum(f.volume_ml for f in result.hyperdense.foci), 2))
+                                   hyperdense_ml=result.hyperdense.volume_ml)
                 self._send(placed, outcome)
                 log.info("job %s: ASPECTS %s, results in %s", job, outcome["aspects"], placed)
                 if outcome.get("hyperdense_ml"):     # runtime.hyperdense: the score may not apply

@@ -6,7 +6,6 @@ fail, were its results sent? `aspects status` answers them from the spool alone 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import time
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UnreadableInput, UsageError
+from ..output import folder_held
 from .config import NodeConfig
 from .spool import read_record, started_ns, study_identity
 
@@ -107,7 +107,7 @@ def _read(config: NodeConfig, now: float) -> SpoolStatus:
     recent = sorted((folder for folder in _entries(root / "done") if now - _mtime(folder) <= RECENT_S),
                     key=lambda folder: started_ns(folder.name), reverse=True)
     finished = [s for s in (_finished(folder / "outcome.json", now) for folder in recent) if s]
-    return SpoolStatus(str(root), _held(root), round(free_mb, 1), free_mb < config.min_free_mb, arriving, waiting,
+    return SpoolStatus(str(root), folder_held(root), round(free_mb, 1), free_mb < config.min_free_mb, arriving, waiting,
                        failures, len(recent), sum(s.ignored for s in finished),
                        tuple(finished[:LISTED]))
 
@@ -138,19 +138,6 @@ def format_status(status: SpoolStatus, min_free_mb: float) -> list[str]:
         lines.append(f"  {s.job}: {_who(s)}{score}, {_age(s.finished_s)} ago{sent}"
                      + (f" ({s.note})" if s.note else ""))
     return lines
-
-
-def _held(root: Path) -> bool:
-    """Whether a node holds the spool's lock: a shared lock is tried and dropped at once. (A node starting
-    in that same instant would be refused, once; its service manager starts it again.)"""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def _entries(folder: Path) -> list[Path]:

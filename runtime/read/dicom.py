@@ -157,13 +157,14 @@ def _stack_series(slices: list[Plane], folder: Path, others: list[str], n_ignore
                         "position) read once")
     identity: dict[str, object] = dict(first.identity)
     identity["SOPInstanceUIDs"] = [h.sop_uid for h in slices]
+    years = patient_age_years(identity)
     headers = () if any(h.frame is not None for h in slices) else tuple(h.header for h in slices)
     return Study(hu=hu, affine=affine, source=str(folder), warnings=tuple(warnings), source_images=headers,
                  metadata={"format": "dicom", "modality": "CT", "series_uid": first.series_uid,
                            "series_description": first.description, "series_criteria": criteria_met(slices),
                            "slices": len(slices),
                            "gantry_tilt_deg": round(tilt, 2), "identity": identity,
-                           "patient_age_years": _rounded(patient_age_years(identity)),
+                           "patient_age_years": None if years is None else round(years, 1),
                            "source_slice_positions_mm": [round(float(a - along[0]), 3) for a in along]})
 
 
@@ -241,7 +242,3 @@ def read_zip(p: Path) -> Study:
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise UnreadableInput(f"{p}: cannot read the zip archive ({exc})") from None
     return replace(study, source=str(p))
-
-
-def _rounded(years: float | None) -> float | None:
-    return None if years is None else round(years, 1)
