@@ -316,6 +316,10 @@ def make_sr(result: StudyResult, replaces: tuple = ()):
             hd.sr.QualitativeEvaluation(
                 name=hd.sr.CodedConcept("ASPECTS-CHECK", "99ASPECTSRT", "Region outlines to be checked (weak fit)"),
                 value=codes.SCT.Yes if result.weak_fit else codes.SCT.No),
+            hd.sr.QualitativeEvaluation(      # lossy, sharp kernel or named a contrast study: key images say which
+                name=hd.sr.CodedConcept("ASPECTS-SOURCE", "99ASPECTSRT",
+                                        "Source series limits the density comparison"),
+                value=codes.SCT.Yes if result.source_limits else codes.SCT.No),
             hd.sr.QualitativeEvaluation(
                 name=hd.sr.CodedConcept("ASPECTS-SIDE", "99ASPECTSRT", "Symptomatic hemisphere"),
                 value=(codes.SCT.Left if s.symptomatic_side == "left" else codes.SCT.Right

@@ -259,6 +259,9 @@ def footer_lines(result: StudyResult, z: int) -> list[tuple[str, tuple[int, int,
     if weak:       # the outlines drawn here are what to check
         lines.append((f"CHECK the outlines: the {' and the '.join(weak)} {'was' if len(weak) == 1 else 'were'} "
                       "weak on this scan", HYPERDENSE_RGB))
+    if result.source_limits:     # report.json says each in full; PACS users see this line
+        lines.append((f"CHECK the source series: {', '.join(result.source_limits)}; the density calls are less sure",
+                      HYPERDENSE_RGB))
     if result.child_years is not None:
         lines.append((f"patient {age_text(result.child_years)} old: ASPECTS and these models are made for adults",
                       HYPERDENSE_RGB))

@@ -62,6 +62,12 @@ class StudyResult:
                                              ("atlas fit", bool(self.metadata.get("atlas_second_try")))) if weak)
 
     @property
+    def source_limits(self) -> tuple[str, ...]:
+        """What about the scored series makes its density comparison less sure ("lossy-compressed", "sharp
+        kernel", "named a contrast study"; runtime.read.series.series_limits)."""
+        return tuple(self.metadata.get("source_limits", ()))
+
+    @property
     def child_years(self) -> float | None:
         """The patient's age where the header gives one under ADULT_YEARS: every model here is adult."""
         years = self.metadata.get("patient_age_years")

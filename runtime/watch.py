@@ -4,7 +4,9 @@ An entry of IN (a DICOM folder, a .zip or a volume file; names starting with "."
 ignored, so a copy can land under a hidden name and be renamed) is scored once it has
 been seen unchanged for the quiet period, into OUT/<name>/. OUT/watch.jsonl records every
 outcome, failures included, one JSON line each, written before the next study starts:
-a restarted watcher skips what it has already done. IN is only ever read.
+a restarted watcher skips what it has already done. An entry that changes after it was
+scored (a study sent again with more images) is a new study, seen within RECHECK_S.
+IN is only ever read.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from .report import write_report
 
 log = logging.getLogger("aspects.watch")
 LEDGER = "watch.jsonl"
+# How often an entry already scored is walked again to see whether it changed. IN is only read, so it
+# keeps every study ever dropped there; walking them all on every poll (a stat per file, slow on a
+# network share) would delay noticing the next stroke study by as much.
+RECHECK_S = 60.0
 
 
 def watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float = 10.0, outputs: tuple[str, ...] | None = None,
@@ -49,6 +55,7 @@ def _watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float, outputs: tupl
     ledger = out / LEDGER
     done = _done(ledger)
     seen: dict[str, tuple[tuple[int, int], float]] = {}     # name -> (stamp, monotonic time it was first seen)
+    checked: dict[str, float] = {}                           # name of a scored entry -> when it was last walked
     handled = 0
     unreadable: str | None = None                            # the inbox's error while it lasts, said once
     while not stop.is_set():
@@ -66,8 +73,12 @@ def _watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float, outputs: tupl
         if unreadable is not None:
             log.info("the inbox %s can be read again", inbox)
             unreadable = None
+        names = {entry.name for entry in entries}            # forget what was taken out of IN
+        seen = {name: v for name, v in seen.items() if name in names}
+        checked = {name: t for name, t in checked.items() if name in names}
         for entry in entries:
-            if entry.name.startswith("."):
+            if entry.name.startswith(".") or (entry.name in checked
+                                              and time.monotonic() - checked[entry.name] < RECHECK_S):
                 continue
             try:
                 stamp = _stamp(entry)
@@ -75,7 +86,9 @@ def _watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float, outputs: tupl
                 continue
             key = f"{entry.name}:{stamp[0]}:{stamp[1]}"
             if key in done:
+                checked[entry.name] = time.monotonic()
                 continue
+            checked.pop(entry.name, None)
             first = seen.get(entry.name)
             if first is None or first[0] != stamp:           # new, or changed since we last looked
                 first = seen[entry.name] = (stamp, time.monotonic())
@@ -92,6 +105,8 @@ def _watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float, outputs: tupl
                 waiting = True
                 continue
             done.add(key)
+            checked[entry.name] = time.monotonic()
+            seen.pop(entry.name, None)
             handled += 1
         if once and not waiting:
             break

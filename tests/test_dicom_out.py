@@ -327,3 +327,21 @@ def test_key_images_and_sr_ask_for_the_outlines_to_be_checked_when_the_fit_was_w
     assert said(skewed) == (["CHECK the outlines: the alignment was weak on this scan"], "Yes")
     both = replace(skewed, metadata={**result.metadata, "atlas_second_try": True})
     assert said(both) == (["CHECK the outlines: the alignment and the atlas fit were weak on this scan"], "Yes")
+
+
+def test_key_images_and_sr_name_what_limits_the_source_series(dicom_result):
+    """A lossy, sharp-kernel or contrast-named series was said in report.json only, which PACS never shows."""
+    from dataclasses import replace
+
+    from runtime.dicom_out import make_sr, to_bytes
+    from runtime.report import footer_lines
+    _, result = dicom_result
+
+    def said(r):
+        summary = _sr_groups(pydicom.dcmread(io.BytesIO(to_bytes(make_sr(r)))))["ASPECTS study"]
+        return ([t for t, _ in footer_lines(r, 0) if t.startswith("CHECK the source")],
+                summary["Source series limits the density comparison"])
+    assert said(result) == ([], "No")
+    limited = replace(result, metadata={**result.metadata, "source_limits": ["lossy-compressed", "sharp kernel"]})
+    assert said(limited) == (["CHECK the source series: lossy-compressed, sharp kernel; the density calls are less "
+                              "sure"], "Yes")

@@ -178,6 +178,20 @@ def test_dicom_series_named_as_a_contrast_study_is_scored_with_a_warning(tmp_pat
     write_series(tmp_path / "s", head_phantom(), description="STROKE CTA PROTOCOL - PLAIN")
     study = read_study(tmp_path / "s")
     assert any("names a contrast study" in w for w in study.warnings)
+    assert study.metadata["source_limits"] == ["named a contrast study"]
+
+
+def test_a_lossy_sharp_kernel_series_records_both_limits_by_name(tmp_path):
+    """The key images and the SR name them (runtime.report, runtime.dicom_out); report.json says each in full."""
+    write_series(tmp_path / "s", head_phantom(), description="HEAD 5mm BONE")
+    edit_slices(tmp_path / "s", lambda ds: setattr(ds, "LossyImageCompression", "01"), slice(0, 1))
+    study = read_study(tmp_path / "s")
+    assert study.metadata["source_limits"] == ["lossy-compressed", "sharp kernel"]
+    assert [w.split(" (")[0] for w in study.warnings] == ["the series is lossy-compressed",
+                                                          "the series is a sharp-kernel or projected reconstruction"]
+    write_series(tmp_path / "plain", head_phantom())
+    plain = read_study(tmp_path / "plain")
+    assert plain.metadata["source_limits"] == [] and plain.warnings == ()
 
 
 COMPRESSED = ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.90"]
@@ -314,14 +328,15 @@ def test_dicom_files_stored_without_preamble_and_file_meta(tmp_path):
 DCM2NIIX_SIDECAR = SHARED_DATA / "dicom" / "dcm2niix_ref" / "1A_TRAUMA_PLAIN_HEAD_DM_Head_201.json"
 
 
-@pytest.mark.parametrize("words, error, said", [
-    ({"Modality": "CT", "ContrastBolusAgent": "Omnipaque 350"}, errors.WrongModality, "names a contrast agent"),
-    ({"Modality": "MR"}, errors.WrongModality, "says modality MR"),
+@pytest.mark.parametrize("words, error, said, limits", [
+    ({"Modality": "CT", "ContrastBolusAgent": "Omnipaque 350"}, errors.WrongModality, "names a contrast agent", None),
+    ({"Modality": "MR"}, errors.WrongModality, "says modality MR", None),
     ({"ContrastBolusAgent": "None", "SeriesDescription": "CTA HEAD", "ConvolutionKernel": ["BONEPLUS"],
-      "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"]}, None, ["names a contrast study", "kernel 'BONEPLUS'"]),
-    ("not json", None, ["could not be read"]),
+      "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"]}, None, ["names a contrast study", "kernel 'BONEPLUS'"],
+     ["sharp kernel", "named a contrast study"]),
+    ("not json", None, ["could not be read"], []),
 ])
-def test_volume_with_a_dcm2niix_sidecar_is_checked_like_its_series(tmp_path, words, error, said):
+def test_volume_with_a_dcm2niix_sidecar_is_checked_like_its_series(tmp_path, words, error, said, limits):
     import json
 
     path = _nifti(tmp_path / "head.nii.gz", head_phantom())
@@ -330,8 +345,9 @@ def test_volume_with_a_dcm2niix_sidecar_is_checked_like_its_series(tmp_path, wor
         with pytest.raises(error, match=said):
             read_study(path)
     else:
-        warnings = " ".join(read_study(path).warnings)
-        assert all(w in warnings for w in said)
+        study = read_study(path)
+        assert all(w in " ".join(study.warnings) for w in said)
+        assert study.metadata["source_limits"] == limits
 
 
 @pytest.mark.skipif(not DCM2NIIX_SIDECAR.exists(), reason=f"needs {DCM2NIIX_SIDECAR} (shared data, not shipped)")

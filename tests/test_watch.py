@@ -106,6 +106,38 @@ def test_an_entry_moved_away_while_looked_at_is_skipped(tmp_path, scorer, monkey
     assert watch(inbox, out, scorer, quiet_s=0.0, once=True, poll_s=0.05) == 1
 
 
+def test_a_scored_entry_is_walked_again_only_every_recheck_period(tmp_path, scorer, monkeypatch):
+    """IN keeps every study ever dropped there: walking each on every poll (a stat per file, slow on a
+    share) made a busy inbox's next study wait that long to be seen, and kept a core busy meanwhile."""
+    import threading
+    from collections import Counter
+
+    import runtime.watch as watching
+    inbox, out = tmp_path / "inbox", tmp_path / "reports"
+    inbox.mkdir()
+    (inbox / "broken.nii.gz").write_bytes(b"y")
+    stamp, walks = watching._stamp, Counter()
+
+    def counted(entry):
+        walks[entry.name] += 1
+        return stamp(entry)
+    monkeypatch.setattr(watching, "_stamp", counted)
+    stop, handled = threading.Event(), []
+    t = threading.Thread(target=lambda: handled.append(watch(inbox, out, scorer, quiet_s=0.0, poll_s=0.02,
+                                                             stop=stop)))
+    t.start()
+    stop.wait(1.0)                                              # some 50 polls
+    assert walks["broken.nii.gz"] <= 2
+    monkeypatch.setattr(watching, "RECHECK_S", 0.2)             # a change is still seen, a period later
+    (inbox / "broken.nii.gz").write_bytes(b"changed, sent again")
+    (inbox / "later.nii.gz").write_bytes(b"z")                  # a new entry is seen at once
+    stop.wait(1.5)
+    stop.set()
+    t.join(timeout=10)
+    records = [json.loads(line) for line in (out / LEDGER).read_text().splitlines()]
+    assert handled == [3] and [r["input"].rsplit("/", 1)[1] for r in records].count("broken.nii.gz") == 2
+
+
 def test_an_inbox_that_cannot_be_read_for_a_while_is_waited_for(tmp_path, scorer, monkeypatch, caplog):
     """A network share drops out for a minute: the watcher died with an internal error, and nothing
     was scored again until someone restarted it."""

@@ -18,7 +18,7 @@ from .series import (
     passed_over,
     patient_age_years,
     refuse_mixed_studies,
-    series_warnings,
+    series_limits,
 )
 from .study import MAX_GANTRY_TILT_DEG, MIN_SLICES, Study, check_dims
 from .volume import VOLUME_SUFFIXES
@@ -138,10 +138,12 @@ def _stack_series(slices: list[Plane], folder: Path, others: list[str], n_ignore
         raise InconsistentSeries(f"{folder}: gantry tilt of {tilt:.1f} degrees is beyond {MAX_GANTRY_TILT_DEG:.0f}")
     if tilt > 0.5:
         warnings.append(f"gantry tilt of {tilt:.1f} degrees corrected by resampling the sheared grid")
+    limits = series_limits(first.description, first.image_type, first.kernel)
     if any(h.lossy for h in slices):
-        warnings.append("the series is lossy-compressed (LossyImageCompression 01 or a lossy transfer syntax): "
-                        "subtle density differences may be altered; check the source images")
-    warnings += series_warnings(first.description, first.image_type, first.kernel)
+        limits = {"lossy-compressed": "the series is lossy-compressed (LossyImageCompression 01 or a lossy "
+                                      "transfer syntax): subtle density differences may be altered; check the "
+                                      "source images", **limits}
+    warnings += limits.values()
     child = age_warning(dict(first.identity))
     if child:
         warnings.insert(0, child)
@@ -162,6 +164,7 @@ def _stack_series(slices: list[Plane], folder: Path, others: list[str], n_ignore
     return Study(hu=hu, affine=affine, source=str(folder), warnings=tuple(warnings), source_images=headers,
                  metadata={"format": "dicom", "modality": "CT", "series_uid": first.series_uid,
                            "series_description": first.description, "series_criteria": criteria_met(slices),
+                           "source_limits": list(limits),
                            "slices": len(slices),
                            "gantry_tilt_deg": round(tilt, 2), "identity": identity,
                            "patient_age_years": None if years is None else round(years, 1),

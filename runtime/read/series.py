@@ -80,18 +80,20 @@ def sharp_or_projected(description: str, image_type: str, kernel: str) -> bool:
     return any(w in text for w in NOT_SOFT_WORDS) or bool(siemens and int(siemens.group(2)) >= 60)
 
 
-def series_warnings(description: str, image_type: str, kernel: str) -> list[str]:
-    """What the report says about a scored series from its header's words (a DICOM series, or the
-    sidecar dcm2niix writes beside a volume)."""
-    warnings = []
+def series_limits(description: str, image_type: str, kernel: str) -> dict[str, str]:
+    """What in a scored series' header words (a DICOM series, or the sidecar dcm2niix writes beside a
+    volume) makes its density comparison less sure: a short name for the key images and the SR, which
+    are what a PACS user sees, -> the report's warning."""
+    limits = {}
     if sharp_or_projected(description, image_type, kernel):
-        warnings.append(f"the series is a sharp-kernel or projected reconstruction ('{description}', kernel "
-                        f"'{kernel or 'not given'}'): density differences are noisier than on a soft-tissue "
-                        "one; score a soft-tissue reconstruction where there is one")
+        limits["sharp kernel"] = (f"the series is a sharp-kernel or projected reconstruction ('{description}', "
+                                  f"kernel '{kernel or 'not given'}'): density differences are noisier than on a "
+                                  "soft-tissue one; score a soft-tissue reconstruction where there is one")
     if CONTRAST_WORDS.search(description.upper()):
-        warnings.append(f"the series is described '{description}', which names a contrast study: ASPECTS "
-                        "is read on a non-contrast CT; check that this series is one")
-    return warnings
+        limits["named a contrast study"] = (f"the series is described '{description}', which names a contrast "
+                                            "study: ASPECTS is read on a non-contrast CT; check that this series "
+                                            "is one")
+    return limits
 
 
 def age_warning(identity: dict) -> str | None:

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from ..errors import AbsurdSize, InconsistentSeries, UnreadableInput, WrongModality
 from .images import named_agents
-from .series import series_warnings
+from .series import series_limits
 from .study import Study, check_dims, first_line
 
 # The files read_volume_file is for (a DICOM folder is read by dicom.py, a .zip of one too).
@@ -41,7 +41,7 @@ def read_volume_file(p: Path) -> Study:
     modality = meta.get("0008|0060", "") or _MHA_NOT_CT.get(meta.get("Modality", ""), "")
     if modality and modality.upper() != "CT":
         raise WrongModality(f"{p}: modality is {modality}, this runtime scores CT only")
-    sidecar_warnings = _check_sidecar(p)
+    sidecar_warnings, limits = _check_sidecar(p)
     direction = reader.GetDirection()
     _check_geometry(p, reader.GetSpacing(), direction, reader.GetOrigin())
     order = axial_order(direction)
@@ -61,25 +61,27 @@ def read_volume_file(p: Path) -> Study:
     warnings = () if order == (0, 1, 2) else (
         f"the volume is stored with its head-to-foot axis as voxel axis {'ijk'[order[2]]}: "
         "its voxels were reordered into axial slices (exactly, no resampling)",)
-    return Study(hu=hu, affine=affine, source=str(p), warnings=(*warnings, *sidecar_warnings),
-                 metadata={"format": p.suffix.lstrip(".") or "dicom", "modality": modality or "unknown"})
+    return Study(hu=hu, affine=affine, source=str(p), warnings=(*warnings, *sidecar_warnings, *limits.values()),
+                 metadata={"format": p.suffix.lstrip(".") or "dicom", "modality": modality or "unknown",
+                           "source_limits": list(limits)})
 
 
-def _check_sidecar(p: Path) -> list[str]:
+def _check_sidecar(p: Path) -> tuple[tuple[str, ...], dict[str, str]]:
     """dcm2niix writes the series' header words into <name>.json: a modality other than CT, or a
-    contrast agent, is refused as in a DICOM folder; a sharp kernel or a contrast study's name warns."""
+    contrast agent, is refused as in a DICOM folder; a sharp kernel or a contrast study's name is a
+    limit of the source (runtime.read.series.series_limits). Returns (warnings, limits)."""
     name = p.name
     stem = next((name[: -len(s)] for s in VOLUME_SUFFIXES if name.lower().endswith(s)), p.stem)
     sidecar = p.with_name(stem + ".json")
     if not sidecar.is_file():
-        return []
+        return (), {}
     try:
         words = json.loads(sidecar.read_text())
         if not isinstance(words, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
-        return [f"{sidecar.name} beside the volume could not be read ({first_line(exc)}); its header words "
-                "were not checked"]
+        return (f"{sidecar.name} beside the volume could not be read ({first_line(exc)}); its header words "
+                "were not checked",), {}
 
     def text(key: str) -> str:
         value = words.get(key) or ""
@@ -92,7 +94,7 @@ def _check_sidecar(p: Path) -> list[str]:
     if agent:
         raise WrongModality(f"{p}: its sidecar {sidecar.name} names a contrast agent ('{agent}'); ASPECTS is "
                             "read on a non-contrast CT")
-    return series_warnings(text("SeriesDescription"), text("ImageType"), text("ConvolutionKernel"))
+    return (), series_limits(text("SeriesDescription"), text("ImageType"), text("ConvolutionKernel"))
 
 
 def _check_geometry(p: Path, spacing, direction, origin) -> None:
