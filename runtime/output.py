@@ -74,6 +74,19 @@ def study_stem(path: Path) -> str:
     return stem or "study"
 
 
+def _place(tmp: Path, final: Path) -> None:
+    """A hard link never replaces a file that appeared meanwhile. A filesystem without hard links (FAT
+    or exFAT on a USB disk) refuses it: there a rename after a look, inside the folder this run holds."""
+    try:
+        os.link(tmp, final)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        if os.path.lexists(final):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final)) from None
+        os.rename(tmp, final)
+
+
 class OutputFolder:
     """Use as a context manager around the whole run: `with OutputFolder(out, names) as folder:`."""
 
@@ -118,22 +131,27 @@ class OutputFolder:
         final = self.path / name
         tmp = self.path / f".{name}.{secrets.token_hex(6)}.partial"
         # O_EXCL | O_NOFOLLOW: a fresh file of our own, never through a link; 0o666 less the umask.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        # A full disk, a quota or a share gone mid-write is the output's fault, not the program's: it
+        # is said as one (exit 15), and what this run placed is taken back (OutputFolder.__exit__).
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        except OSError as exc:
+            raise OutputUnwritable(f"{final}: cannot be written ({exc.strerror or exc})") from None
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            try:
-                os.link(tmp, final)
-            except FileExistsError:
-                raise OutputExists(f"{final}: appeared while this run was writing; not overwritten") from None
-            except OSError as exc:
-                if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
-                    raise OutputUnwritable(f"{final}: cannot be written ({exc.strerror})") from None
-                raise
+            _place(tmp, final)
+        except FileExistsError:
+            raise OutputExists(f"{final}: appeared while this run was writing; not overwritten") from None
+        except OSError as exc:
+            raise OutputUnwritable(f"{final}: cannot be written ({exc.strerror or exc})") from None
         finally:
-            os.unlink(tmp)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         self._placed.append(final)
         return final
 

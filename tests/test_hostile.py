@@ -108,6 +108,43 @@ def test_sigterm_leaves_no_partial_report_and_the_rerun_works(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
 
 
+def test_a_full_disk_is_an_output_error_and_leaves_nothing(monkeypatch, capsys, tmp_path):
+    """A full disk mid-write was an "internal error ... report it" (exit 1), as if the program were at fault."""
+    import errno
+
+    from runtime import cli
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", disk_full)
+    out = tmp_path / "out"
+    assert cli.main(["score", str(DEMO), "--out", str(out)]) == 15
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {out}/") and err[0].endswith(
+        ": cannot be written (No space left on device)"), err
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_outputs_are_placed_on_a_filesystem_without_hard_links(monkeypatch, tmp_path):
+    """FAT or exFAT (a USB disk) refuses os.link; a file that appeared meanwhile is still not replaced."""
+    import errno
+
+    from runtime.errors import OutputExists
+    from runtime.output import OutputFolder
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+    monkeypatch.setattr(os, "link", no_links)
+    with OutputFolder(tmp_path / "out", ("report.json", "key.png")) as folder:
+        folder.write("report.json", b"{}")
+        (tmp_path / "out" / "key.png").write_bytes(b"someone else's")
+        with pytest.raises(OutputExists, match="appeared while this run was writing"):
+            folder.write("key.png", b"ours")
+        folder.commit()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == {"report.json": b"{}",
+                                                                            "key.png": b"someone else's"}
+
+
 def test_sigterm_inside_a_native_import_is_still_a_termination(monkeypatch, capsys, tmp_path):
     """A C extension's import turns the handler's exception into its own ImportError; the exit
     must still say terminated (143), not internal error (1)."""
