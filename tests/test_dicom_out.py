@@ -294,34 +294,32 @@ def test_a_mirrored_encoding_puts_every_region_on_the_same_side_of_the_patient(t
     assert centres["plain"]["left L"][0] > centres["plain"]["right L"][0]       # LPS: +x is the patient's left
 
 
-def test_a_childs_key_images_and_sr_say_the_models_are_adult(dicom_result):
-    """The key images and the SR are what a PACS user sees; the warning in report.json is not."""
-    from dataclasses import replace
-
+def _seen_on_pacs(result, line_start: str, code: str) -> tuple[list[str], str]:
+    """What a PACS user sees of one warning: the key image's legend lines that start so, and the SR
+    summary's Yes/No for it. The warning in report.json never gets there."""
     from runtime.dicom_out import make_sr, to_bytes
     from runtime.report import footer_lines
+    summary = _sr_groups(pydicom.dcmread(io.BytesIO(to_bytes(make_sr(result)))))["ASPECTS study"]
+    return [t for t, _ in footer_lines(result, 0) if t.startswith(line_start)], summary[code]
+
+
+def test_a_childs_key_images_and_sr_say_the_models_are_adult(dicom_result):
+    from dataclasses import replace
     _, result = dicom_result
     child = replace(result, metadata={**result.metadata, "patient_age_years": 7.4})
-    for r, shown, flag in ((child, 1, "Yes"), (result, 0, "No")):
-        lines = [t for t, _ in footer_lines(r, 0) if t.startswith("patient 7 years old: ASPECTS and these models")]
-        summary = _sr_groups(pydicom.dcmread(io.BytesIO(to_bytes(make_sr(r)))))["ASPECTS study"]
-        assert len(lines) == shown and summary["Patient younger than the models' adults"] == flag
-        assert summary["Metal near the ASPECTS regions"] == "No"
+    said = "patient 7 years old: ASPECTS and these models are made for adults"
+    assert _seen_on_pacs(child, "patient", "Patient younger than the models' adults") == ([said], "Yes")
+    assert _seen_on_pacs(result, "patient", "Patient younger than the models' adults") == ([], "No")
+    assert _seen_on_pacs(child, "METAL", "Metal near the ASPECTS regions") == ([], "No")
 
 
 def test_key_images_and_sr_ask_for_the_outlines_to_be_checked_when_the_fit_was_weak(dicom_result):
-    """A weak alignment or a second-try atlas fit was said in report.json only; the outlines it asks
-    to be checked are on the key images, and PACS reads the SR."""
+    """A weak alignment or a second-try atlas fit asks for the outlines, which are on the key images."""
     from dataclasses import replace
-
-    from runtime.dicom_out import make_sr, to_bytes
-    from runtime.report import footer_lines
     _, result = dicom_result
 
     def said(r):
-        summary = _sr_groups(pydicom.dcmread(io.BytesIO(to_bytes(make_sr(r)))))["ASPECTS study"]
-        return ([t for t, _ in footer_lines(r, 0) if t.startswith("CHECK the outlines")],
-                summary["Region outlines to be checked (weak fit)"])
+        return _seen_on_pacs(r, "CHECK the outlines", "Region outlines to be checked (weak fit)")
     assert said(result) == ([], "No")
     skewed = replace(result, alignment=replace(result.alignment, symmetry=0.3))
     assert said(skewed) == (["CHECK the outlines: the alignment was weak on this scan"], "Yes")
@@ -330,17 +328,12 @@ def test_key_images_and_sr_ask_for_the_outlines_to_be_checked_when_the_fit_was_w
 
 
 def test_key_images_and_sr_name_what_limits_the_source_series(dicom_result):
-    """A lossy, sharp-kernel or contrast-named series was said in report.json only, which PACS never shows."""
+    """A lossy, sharp-kernel or contrast-named series was said in report.json only."""
     from dataclasses import replace
-
-    from runtime.dicom_out import make_sr, to_bytes
-    from runtime.report import footer_lines
     _, result = dicom_result
 
     def said(r):
-        summary = _sr_groups(pydicom.dcmread(io.BytesIO(to_bytes(make_sr(r)))))["ASPECTS study"]
-        return ([t for t, _ in footer_lines(r, 0) if t.startswith("CHECK the source")],
-                summary["Source series limits the density comparison"])
+        return _seen_on_pacs(r, "CHECK the source", "Source series limits the density comparison")
     assert said(result) == ([], "No")
     limited = replace(result, metadata={**result.metadata, "source_limits": ["lossy-compressed", "sharp kernel"]})
     assert said(limited) == (["CHECK the source series: lossy-compressed, sharp kernel; the density calls are less "
