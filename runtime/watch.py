@@ -6,13 +6,14 @@ been seen unchanged for the quiet period, into OUT/<name>/. OUT/watch.jsonl reco
 outcome, failures included, one JSON line each, written before the next study starts:
 a restarted watcher skips what it has already done. An entry that changes after it was
 scored (a study sent again with more images) is a new study, seen within RECHECK_S.
-IN is only ever read.
+The newest entry is scored first. IN is only ever read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -51,7 +52,11 @@ def _watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float, outputs: tupl
            poll_s: float, stop: threading.Event) -> int:
     """Quiet is timed on this machine's clock from when an entry was last seen to change, not from its
     file times: on a network share those come from the server's clock, often minutes off, and a study
-    still being copied must not look finished (nor a finished one wait for the clocks to agree)."""
+    still being copied must not look finished (nor a finished one wait for the clocks to agree).
+
+    The newest entry is scored first, and a pass through a backlog ends as soon as something new
+    arrives or an entry waiting for quiet may have become quiet: the acute study is the one just
+    sent, and it must not queue behind an inbox of old ones (a watcher first pointed at an archive)."""
     ledger = out / LEDGER
     done = _done(ledger)
     seen: dict[str, tuple[tuple[int, int], float]] = {}     # name -> (stamp, monotonic time it was first seen)
@@ -59,7 +64,6 @@ def _watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float, outputs: tupl
     handled = 0
     unreadable: str | None = None                            # the inbox's error while it lasts, said once
     while not stop.is_set():
-        waiting = False
         try:
             entries = sorted(inbox.iterdir())
         except OSError as exc:                               # a network share gone for a while
@@ -76,6 +80,8 @@ def _watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float, outputs: tupl
         names = {entry.name for entry in entries}            # forget what was taken out of IN
         seen = {name: v for name, v in seen.items() if name in names}
         checked = {name: t for name, t in checked.items() if name in names}
+        ready: list[tuple[tuple[int, int], Path]] = []
+        quiet_at = math.inf                                  # when the first entry still settling is quiet
         for entry in entries:
             if entry.name.startswith(".") or (entry.name in checked
                                               and time.monotonic() - checked[entry.name] < RECHECK_S):
@@ -84,8 +90,7 @@ def _watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float, outputs: tupl
                 stamp = _stamp(entry)
             except FileNotFoundError:                        # moved away while we looked
                 continue
-            key = f"{entry.name}:{stamp[0]}:{stamp[1]}"
-            if key in done:
+            if _key(entry, stamp) in done:
                 checked[entry.name] = time.monotonic()
                 continue
             checked.pop(entry.name, None)
@@ -93,25 +98,53 @@ def _watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float, outputs: tupl
             if first is None or first[0] != stamp:           # new, or changed since we last looked
                 first = seen[entry.name] = (stamp, time.monotonic())
             if time.monotonic() - first[1] < quiet_s:
-                waiting = True
+                quiet_at = min(quiet_at, first[1] + quiet_s)
+            else:
+                ready.append((stamp, entry))
+        left = unrecorded = False
+        for stamp, entry in sorted(ready, key=lambda r: r[0][0], reverse=True):     # newest first
+            if stop.is_set() or time.monotonic() >= quiet_at or _arrived(inbox, names):
+                left = True                                  # look again: the next one may be more urgent
+                break
+            try:
+                now_stamp = _stamp(entry)
+            except FileNotFoundError:
+                continue
+            if now_stamp != stamp:                           # changed since the pass began: not quiet
+                seen[entry.name] = (now_stamp, time.monotonic())
+                quiet_at = min(quiet_at, time.monotonic() + quiet_s)
                 continue
             record = _score(entry, out, scorer, outputs)
-            record["key"] = key
+            record["key"] = _key(entry, stamp)
             try:
                 _append(ledger, record)
             except OSError as exc:                           # the reports folder's share dropped out
                 log.error("%s: its outcome cannot be recorded in %s (%s): it is scored again once it can",
                           entry.name, ledger, exc)
-                waiting = True
-                continue
-            done.add(key)
+                unrecorded = True
+                break
+            done.add(record["key"])
             checked[entry.name] = time.monotonic()
             seen.pop(entry.name, None)
             handled += 1
-        if once and not waiting:
+        if left:
+            continue
+        if once and quiet_at == math.inf and not unrecorded:     # everything there is handled
             break
         stop.wait(poll_s)
     return handled
+
+
+def _key(entry: Path, stamp: tuple[int, int]) -> str:
+    return f"{entry.name}:{stamp[0]}:{stamp[1]}"
+
+
+def _arrived(inbox: Path, names: set[str]) -> bool:
+    """Whether IN holds a name it did not hold when the pass began (one directory read, no walk)."""
+    try:
+        return any(not n.startswith(".") and n not in names for n in os.listdir(inbox))
+    except OSError:
+        return False
 
 
 def _score(entry: Path, out: Path, scorer: Scorer, outputs) -> dict:

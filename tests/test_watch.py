@@ -138,6 +138,45 @@ def test_a_scored_entry_is_walked_again_only_every_recheck_period(tmp_path, scor
     assert handled == [3] and [r["input"].rsplit("/", 1)[1] for r in records].count("broken.nii.gz") == 2
 
 
+def test_the_newest_study_is_scored_first_and_one_arriving_mid_backlog_is_next(tmp_path, scorer, monkeypatch):
+    """A watcher first pointed at an archive scored it in name order, one study at a time, and a stroke
+    study sent meanwhile waited for all of them (some 5 s each)."""
+    import os
+    import time
+
+    import runtime.watch as watching
+    inbox, out = tmp_path / "inbox", tmp_path / "reports"
+    inbox.mkdir()
+    for age_h, name in enumerate(["c_new.nii.gz", "a_older.nii.gz", "b_oldest.nii.gz"]):
+        (inbox / name).write_bytes(b"an old study")
+        os.utime(inbox / name, (time.time() - 3600 * (age_h + 1),) * 2)
+    score, order = watching._score, []
+
+    def scoring(entry, *args):
+        order.append(entry.name)
+        if len(order) == 1:                        # sent while the backlog is being scored
+            (inbox / "z_acute.nii.gz").write_bytes(b"the stroke")
+        return score(entry, *args)
+    monkeypatch.setattr(watching, "_score", scoring)
+    assert watch(inbox, out, scorer, quiet_s=0.0, once=True, poll_s=0.02) == 4
+    assert order == ["c_new.nii.gz", "z_acute.nii.gz", "a_older.nii.gz", "b_oldest.nii.gz"]
+
+    # With a quiet period, the new study is not ready when it is first seen: the backlog's pass ends
+    # when it may have become quiet, not after the whole backlog.
+    inbox, out, order[:] = tmp_path / "inbox2", tmp_path / "reports2", []
+    inbox.mkdir()
+    for k in range(8):
+        (inbox / f"old{k}.nii.gz").write_bytes(b"an old study")
+        os.utime(inbox / f"old{k}.nii.gz", (time.time() - 3600 * (k + 1),) * 2)
+
+    def slow(entry, *args):
+        time.sleep(0.15)
+        return scoring(entry, *args)
+    monkeypatch.setattr(watching, "_score", slow)
+    assert watch(inbox, out, scorer, quiet_s=0.3, once=True, poll_s=0.02) == 9
+    assert order.index("z_acute.nii.gz") <= 4, order
+
+
 def test_an_inbox_that_cannot_be_read_for_a_while_is_waited_for(tmp_path, scorer, monkeypatch, caplog):
     """A network share drops out for a minute: the watcher died with an internal error, and nothing
     was scored again until someone restarted it."""
