@@ -944,6 +944,27 @@ def test_a_study_is_one_job_at_a_time_with_two_workers(tmp_path, scorer):
     assert not list((config.spool / "failures").iterdir())
 
 
+def test_the_newest_job_is_scored_first_after_an_outage(tmp_path, scorer):
+    """Jobs were taken oldest first: after the node was down, or a PACS forwarded what it held, the study
+    just sent waited for every one queued before it (some 5 s each)."""
+    uids = [small_head_series(tmp_path / name, name.upper()) for name in ("first", "second", "third")]
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
+                        outputs=("json",), workers=1)
+    jobs = [_spool_study(Node(config), tmp_path / name, uid) for name, uid in zip(("first", "second", "third"), uids)]
+    taken: list[str] = []
+
+    class Recording:
+        def score(self, source):
+            taken.append(Path(source).parent.name)
+            return scorer.score(source)
+    node = Node(config, scorer_factory=lambda threads: Recording()).start()     # resumes the three
+    try:
+        wait_for(lambda: len(outcomes(config.spool)) == 3, 300, "three jobs finished")
+    finally:
+        node.stop()
+    assert taken == jobs[::-1]
+
+
 def test_a_job_without_json_output_is_scored_once_and_its_score_recorded(tmp_path, scorer):
     """The results folder itself marks a placed job (report.json is optional in `outputs`)."""
     folder = tmp_path / "study"

@@ -139,7 +139,9 @@ class Node:
         self.spool = Spool(config.spool)
         self.output = config.output
         self.staging = make_folder(make_folder(self.output) / ".staging")
-        self.jobs: queue.Queue[str] = queue.Queue()
+        # Newest job first: the acute study is the one just sent, and after an outage (the node down, a
+        # PACS forwarding what it held) it must not wait for every study queued before it.
+        self.jobs: queue.PriorityQueue[tuple[int, str]] = queue.PriorityQueue()
         self.stopping = threading.Event()
         self._factory = scorer_factory or (lambda threads: make_scorer(threads=threads))
         self._threads: list[threading.Thread] = []
@@ -176,7 +178,7 @@ class Node:
         for job in self.spool.recover():
             log.info("resuming job %s from the spool", job)
             self._in_hand.add(self.spool.study_of(job))
-            self.jobs.put(job)
+            self._queue(job)
         per_worker = max(1, available_cores() // self.config.workers)
         ready = threading.Barrier(self.config.workers + 1)
         for i in range(self.config.workers):
@@ -398,9 +400,12 @@ class Node:
                             continue
                         self._in_hand.add(study)
                     log.info("study %s complete: job %s", study, job)
-                    self.jobs.put(job)
+                    self._queue(job)
             except OSError as exc:              # the spool's disk: log it and look again next round
                 log.error("scheduler: %s", exc)
+
+    def _queue(self, job: str) -> None:
+        self.jobs.put((-started_ns(job), job))
 
     def purge(self, before: float) -> None:
         """retain_days: a node on a scanner's console must not fill its disk. Result folders and finished
@@ -422,7 +427,7 @@ class Node:
         ready.wait()
         while not self.stopping.is_set():
             try:
-                job = self.jobs.get(timeout=0.2)
+                _, job = self.jobs.get(timeout=0.2)
             except queue.Empty:
                 continue
             try:
