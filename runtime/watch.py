@@ -102,8 +102,11 @@ def _watch(inbox: Path, out: Path, scorer: Scorer, quiet_s: float, outputs: tupl
             else:
                 ready.append((stamp, entry))
         left = unrecorded = False
+        handled_before = handled                             # one study at least per pass, however slow the walk
         for stamp, entry in sorted(ready, key=lambda r: r[0][0], reverse=True):     # newest first
-            if stop.is_set() or time.monotonic() >= quiet_at or _arrived(inbox, names):
+            if stop.is_set():
+                break
+            if handled_before < handled and (time.monotonic() >= quiet_at or _arrived(inbox, names)):
                 left = True                                  # look again: the next one may be more urgent
                 break
             try:

@@ -177,6 +177,34 @@ def test_the_newest_study_is_scored_first_and_one_arriving_mid_backlog_is_next(t
     assert order.index("z_acute.nii.gz") <= 4, order
 
 
+def test_a_slow_walk_beside_a_copy_in_progress_still_scores(tmp_path, scorer, monkeypatch):
+    """The pass ends early once an entry still settling may be quiet; on a slow share, where one walk
+    outlasts the quiet period and a copy keeps changing, that must not end every pass before the first."""
+    import itertools
+    import threading
+    import time
+
+    import runtime.watch as watching
+    inbox, out = tmp_path / "inbox", tmp_path / "reports"
+    inbox.mkdir()
+    (inbox / "copying").mkdir()
+    (inbox / "ready.nii.gz").write_bytes(b"y")
+    stamp, growing = watching._stamp, itertools.count()
+
+    def slow(entry):
+        time.sleep(0.05)
+        return (0, next(growing)) if entry.name == "copying" else stamp(entry)
+    monkeypatch.setattr(watching, "_stamp", slow)
+    stop, handled = threading.Event(), []
+    t = threading.Thread(target=lambda: handled.append(watch(inbox, out, scorer, quiet_s=0.02, poll_s=0.02,
+                                                             stop=stop)))
+    t.start()
+    stop.wait(1.5)
+    stop.set()
+    t.join(timeout=10)
+    assert handled == [1]
+
+
 def test_an_inbox_that_cannot_be_read_for_a_while_is_waited_for(tmp_path, scorer, monkeypatch, caplog):
     """A network share drops out for a minute: the watcher died with an internal error, and nothing
     was scored again until someone restarted it."""
