@@ -950,7 +950,8 @@ def test_the_newest_job_is_scored_first_after_an_outage(tmp_path, scorer):
     uids = [small_head_series(tmp_path / name, name.upper()) for name in ("first", "second", "third")]
     config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
                         outputs=("json",), workers=1)
-    jobs = [_spool_study(Node(config), tmp_path / name, uid) for name, uid in zip(("first", "second", "third"), uids)]
+    spooler = Node(config)                                     # the three arrived while the node was down
+    jobs = [_spool_study(spooler, tmp_path / name, uid) for name, uid in zip(("first", "second", "third"), uids)]
     taken: list[str] = []
 
     class Recording:
