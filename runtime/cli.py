@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                "redeliver_hours)")
     st.add_argument("--json", action="store_true", help="one JSON document, for monitoring")
 
-    w = sub.add_parser("watch", help="score every study dropped into a folder, once each")
+    w = sub.add_parser("watch", help="score every study dropped into a folder, once each, newest first")
     w.add_argument("inbox", type=_path, help="folder to watch (only read, never changed)")
     w.add_argument("--out", required=True, type=_path, help="one report folder per study, and watch.jsonl")
     w.add_argument("--quiet", type=_seconds, default=10.0, help="seconds an entry must be unchanged (default 10)")
