@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
+import threading
 
 import pytest
 
@@ -15,6 +17,20 @@ from tests.conftest import DEMO_STUDY
 
 def _digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@contextlib.contextmanager
+def _watching(inbox, out, scorer, **settings):
+    """A watcher in a thread for the with-block's length: yields (stop, handled), handled holding the
+    count it returned once the block is left."""
+    stop, handled = threading.Event(), []
+    t = threading.Thread(target=lambda: handled.append(watch(inbox, out, scorer, stop=stop, **settings)))
+    t.start()
+    try:
+        yield stop, handled
+    finally:
+        stop.set()
+        t.join(timeout=10)
 
 
 def test_watch_scores_each_entry_once_and_records_failures(tmp_path, scorer):
@@ -39,20 +55,14 @@ def test_watch_scores_each_entry_once_and_records_failures(tmp_path, scorer):
 
 
 def test_watch_waits_for_the_quiet_period(tmp_path, scorer):
-    import threading
     inbox, out = tmp_path / "inbox", tmp_path / "reports"
     inbox.mkdir()
     (inbox / "broken.nii.gz").write_bytes(b"x")
-    stop, handled = threading.Event(), []
-    t = threading.Thread(target=lambda: handled.append(watch(inbox, out, scorer, quiet_s=60.0, poll_s=0.05,
-                                                             stop=stop)))
-    t.start()
-    stop.wait(0.5)                          # several looks at an entry that is not yet quiet
-    # A second watcher on the same reports (a service started twice) would score every study again.
-    with pytest.raises(OutputExists, match="another aspects watch writes its reports here"):
-        watch(inbox, out, scorer, quiet_s=0.0, once=True)
-    stop.set()
-    t.join(timeout=10)
+    with _watching(inbox, out, scorer, quiet_s=60.0, poll_s=0.05) as (stop, handled):
+        stop.wait(0.5)                          # several looks at an entry that is not yet quiet
+        # A second watcher on the same reports (a service started twice) would score every study again.
+        with pytest.raises(OutputExists, match="another aspects watch writes its reports here"):
+            watch(inbox, out, scorer, quiet_s=0.0, once=True)
     assert handled == [0] and not (out / LEDGER).exists()
     assert watch(inbox, out, scorer, quiet_s=0.0, once=True) == 1       # the first one gone, the folder is free
 
@@ -62,7 +72,6 @@ def test_quiet_is_timed_on_this_machines_clock_not_the_file_times(tmp_path, scor
     ahead kept finished studies waiting until the clocks agreed; a server behind made a study still
     being copied look finished at once."""
     import os
-    import threading
     import time
     inbox, out = tmp_path / "inbox", tmp_path / "reports"
     inbox.mkdir()
@@ -71,17 +80,12 @@ def test_quiet_is_timed_on_this_machines_clock_not_the_file_times(tmp_path, scor
     os.utime(ahead, (time.time() + 3600, time.time() + 3600))
     behind.write_bytes(b"the first part")
     os.utime(behind, (time.time() - 3600, time.time() - 3600))
-    stop, handled = threading.Event(), []
-    t = threading.Thread(target=lambda: handled.append(watch(inbox, out, scorer, quiet_s=1.0, poll_s=0.05,
-                                                             stop=stop)))
-    t.start()
-    stop.wait(0.5)
-    with open(behind, "ab") as f:                         # still being copied
-        f.write(b", and the rest")
-    os.utime(behind, (time.time() - 3600, time.time() - 3600))
-    stop.wait(2.5)
-    stop.set()
-    t.join(timeout=10)
+    with _watching(inbox, out, scorer, quiet_s=1.0, poll_s=0.05) as (stop, handled):
+        stop.wait(0.5)
+        with open(behind, "ab") as f:                         # still being copied
+            f.write(b", and the rest")
+        os.utime(behind, (time.time() - 3600, time.time() - 3600))
+        stop.wait(2.5)
     records = [json.loads(line) for line in (out / LEDGER).read_text().splitlines()]
     assert handled == [2] and sorted(r["input"].rsplit("/", 1)[1] for r in records) == ["ahead.nii.gz",
                                                                                        "behind.nii.gz"]
@@ -109,7 +113,6 @@ def test_an_entry_moved_away_while_looked_at_is_skipped(tmp_path, scorer, monkey
 def test_a_scored_entry_is_walked_again_only_every_recheck_period(tmp_path, scorer, monkeypatch):
     """IN keeps every study ever dropped there: walking each on every poll (a stat per file, slow on a
     share) made a busy inbox's next study wait that long to be seen, and kept a core busy meanwhile."""
-    import threading
     from collections import Counter
 
     import runtime.watch as watching
@@ -122,18 +125,13 @@ def test_a_scored_entry_is_walked_again_only_every_recheck_period(tmp_path, scor
         walks[entry.name] += 1
         return stamp(entry)
     monkeypatch.setattr(watching, "_stamp", counted)
-    stop, handled = threading.Event(), []
-    t = threading.Thread(target=lambda: handled.append(watch(inbox, out, scorer, quiet_s=0.0, poll_s=0.02,
-                                                             stop=stop)))
-    t.start()
-    stop.wait(1.0)                                              # some 50 polls
-    assert walks["broken.nii.gz"] <= 2
-    monkeypatch.setattr(watching, "RECHECK_S", 0.2)             # a change is still seen, a period later
-    (inbox / "broken.nii.gz").write_bytes(b"changed, sent again")
-    (inbox / "later.nii.gz").write_bytes(b"z")                  # a new entry is seen at once
-    stop.wait(1.5)
-    stop.set()
-    t.join(timeout=10)
+    with _watching(inbox, out, scorer, quiet_s=0.0, poll_s=0.02) as (stop, handled):
+        stop.wait(1.0)                                              # some 50 polls
+        assert walks["broken.nii.gz"] <= 2
+        monkeypatch.setattr(watching, "RECHECK_S", 0.2)             # a change is still seen, a period later
+        (inbox / "broken.nii.gz").write_bytes(b"changed, sent again")
+        (inbox / "later.nii.gz").write_bytes(b"z")                  # a new entry is seen at once
+        stop.wait(1.5)
     records = [json.loads(line) for line in (out / LEDGER).read_text().splitlines()]
     assert handled == [3] and [r["input"].rsplit("/", 1)[1] for r in records].count("broken.nii.gz") == 2
 
@@ -181,7 +179,6 @@ def test_a_slow_walk_beside_a_copy_in_progress_still_scores(tmp_path, scorer, mo
     """The pass ends early once an entry still settling may be quiet; on a slow share, where one walk
     outlasts the quiet period and a copy keeps changing, that must not end every pass before the first."""
     import itertools
-    import threading
     import time
 
     import runtime.watch as watching
@@ -195,13 +192,8 @@ def test_a_slow_walk_beside_a_copy_in_progress_still_scores(tmp_path, scorer, mo
         time.sleep(0.05)
         return (0, next(growing)) if entry.name == "copying" else stamp(entry)
     monkeypatch.setattr(watching, "_stamp", slow)
-    stop, handled = threading.Event(), []
-    t = threading.Thread(target=lambda: handled.append(watch(inbox, out, scorer, quiet_s=0.02, poll_s=0.02,
-                                                             stop=stop)))
-    t.start()
-    stop.wait(1.5)
-    stop.set()
-    t.join(timeout=10)
+    with _watching(inbox, out, scorer, quiet_s=0.02, poll_s=0.02) as (stop, handled):
+        stop.wait(1.5)
     assert handled == [1]
 
 
@@ -209,7 +201,6 @@ def test_an_inbox_that_cannot_be_read_for_a_while_is_waited_for(tmp_path, scorer
     """A network share drops out for a minute: the watcher died with an internal error, and nothing
     was scored again until someone restarted it."""
     import logging
-    import threading
     from pathlib import Path
 
     caplog.set_level(logging.INFO, logger="aspects.watch")
@@ -226,13 +217,8 @@ def test_an_inbox_that_cannot_be_read_for_a_while_is_waited_for(tmp_path, scorer
     monkeypatch.setattr(Path, "iterdir", flaky)
     with pytest.raises(UnreadableInput, match="the inbox cannot be read"):
         watch(inbox, out, scorer, quiet_s=0.0, once=True)            # --once: said, not waited for
-    stop, handled = threading.Event(), []
-    t = threading.Thread(target=lambda: handled.append(watch(inbox, out, scorer, quiet_s=0.0, poll_s=0.02,
-                                                             stop=stop)))
-    t.start()
-    stop.wait(1.0)
-    stop.set()
-    t.join(timeout=10)
+    with _watching(inbox, out, scorer, quiet_s=0.0, poll_s=0.02) as (stop, handled):
+        stop.wait(1.0)
     assert handled == [1] and outage["left"] == 0
     assert caplog.text.count("cannot be read") == 1 and "can be read again" in caplog.text
 
