@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
 import pydicom
 import pytest
@@ -453,6 +455,26 @@ def test_nifti_roundtrip(tmp_path):
     study = read_study(_nifti(tmp_path / "h.nii.gz", hu))
     np.testing.assert_array_equal(study.hu, hu.astype(np.float32))
     np.testing.assert_allclose(study.spacing, SPACING)
+
+
+def test_a_nii_gz_whose_voxels_were_damaged_is_refused_by_its_checksum(tmp_path):
+    """Damage that leaves the deflate stream decodable (here a stored block, as a fast writer makes)
+    gives wrong voxels with no decoding error: only the gzip CRC at the stream's end tells. Before,
+    the reader stopped at the last voxel byte and never reached that check, and scored the damage."""
+    spacing = (0.5, 0.5, 5.0)
+    hu = head_phantom(shape=(20, 400, 320), spacing=spacing)     # larger than the reader's 4 MB chunk
+    raw = _nifti(tmp_path / "h.nii", hu, spacing).read_bytes()
+    packed = bytearray(gzip.compress(raw, compresslevel=0))
+    middle = len(packed) // 2
+    assert packed[middle] != 0x7F
+    packed[middle] = 0x7F                        # inside the voxels: the stored block's bytes are the file's
+    damaged = tmp_path / "damaged.nii.gz"
+    damaged.write_bytes(bytes(packed))
+    intact = tmp_path / "intact.nii.gz"
+    intact.write_bytes(gzip.compress(raw, compresslevel=0))
+    np.testing.assert_array_equal(read_study(intact).hu, hu.astype(np.float32))
+    with pytest.raises(errors.UnreadableInput, match="corrupt"):
+        read_study(damaged)
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])      # NIfTI's own voxel path and ITK's

@@ -73,9 +73,9 @@ def validate_study(study: Study) -> None:
         raise TooFewSlices(f"{study.source}: {nz} slices covering {nz * sz:.0f} mm; need at least "
                            f"{MIN_SLICES} slices and {MIN_Z_COVERAGE_MM:.0f} mm of head")
     hu = study.hu
-    if not np.isfinite(hu).all():
+    lo, hi = float(hu.min()), float(hu.max())      # NaN carries into both, an infinity into one
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise UnreadableInput(f"{study.source}: volume contains NaN or infinite values")
-    lo, hi = float(hu.min()), float(hu.max())
     if hi - lo < 100:
         raise NotAHead(f"{study.source}: volume is empty or flat (values {lo:.0f}..{hi:.0f})")
     if lo < -3000 or hi > 40000:
@@ -84,18 +84,19 @@ def validate_study(study: Study) -> None:
     # Brain read without its rescale (intercept -1024 dropped by an export or a converter) sits at
     # 1040-1060; a head CT has 1-30 mL there (the edge of its bone). Refused before it is taken for a
     # turned or absent head.
-    unrescaled_ml = float(((hu > 1015) & (hu < 1060)).sum()) * voxel_ml
+    unrescaled_ml = np.count_nonzero((hu > 1015) & (hu < 1060)) * voxel_ml
     if unrescaled_ml > UNRESCALED_BRAIN_ML:
         raise UnreadableInput(f"{study.source}: {unrescaled_ml:.0f} mL at 1015-1060, where brain sits when 1024 is "
                               "not subtracted: the CT numbers look stored without their rescale "
                               "(RescaleIntercept missing, or dropped by a converter)")
-    bone_ml = float((hu > 300).sum()) * voxel_ml
-    brainlike_ml = float(((hu > 15) & (hu < 60)).sum()) * voxel_ml
+    bone = hu > 300
+    bone_ml = np.count_nonzero(bone) * voxel_ml
+    brainlike_ml = np.count_nonzero((hu > 15) & (hu < 60)) * voxel_ml
     if bone_ml < 5:
         raise NotAHead(f"{study.source}: no skull found ({bone_ml:.1f} mL above 300 HU); is this a head CT?")
     if brainlike_ml < 150:
         raise NotAHead(f"{study.source}: too little brain-density tissue ({brainlike_ml:.0f} mL); is this a head CT?")
-    width_mm = _bone_width_mm(hu, sx)
+    width_mm = _bone_width_mm(bone, sx)
     if width_mm > 230:
         raise NotAHead(f"{study.source}: bony anatomy {width_mm:.0f} mm wide is a body, not a head")
 
@@ -118,12 +119,11 @@ def _reformat(sx: float, sy: float, sz: float) -> bool:
     return max(sx, sy) > hi and lo <= min(sx, sy) <= hi and lo <= sz <= hi
 
 
-def _bone_width_mm(hu: np.ndarray, sx: float) -> float:
-    """Median left-right extent of bone per slice: skulls are ~130-170 mm, chests and pelves 250+.
-
-    Bone, not soft tissue, so the head holder and table do not count.
+def _bone_width_mm(bone: np.ndarray, sx: float) -> float:
+    """Median left-right extent of bone (above 300 HU) per slice: skulls are ~130-170 mm, chests and
+    pelves 250+. Bone, not soft tissue, so the head holder and table do not count.
     """
-    cols = np.asarray((hu > 300).any(axis=1))       # (z, x)
+    cols = np.asarray(bone.any(axis=1))       # (z, x)
     widths = [(idx[-1] - idx[0] + 1) * sx for idx in (np.flatnonzero(cols[z]) for z in range(cols.shape[0]))
               if idx.size > 1]
     return float(np.median(widths)) if widths else 0.0
