@@ -186,7 +186,7 @@ def _nifti_header(p: Path) -> _NiftiHeader | None:
                         srow=tuple(float(v) for v in np.frombuffer(header[280:328], f"{order}f4")))
 
 
-def _nifti_voxels(data: bytearray, h: _NiftiHeader) -> np.ndarray:
+def _nifti_voxels(data: np.ndarray, h: _NiftiHeader) -> np.ndarray:
     """float32 (z, y, x) from the voxel bytes (x varies fastest, as ITK reads them), with the
     header's intensity scaling where it sets one (slope 0 means none)."""
     nx, ny, nz = h.dims[:3]
@@ -226,7 +226,7 @@ def _check_orientations_agree(p: Path, h: _NiftiHeader) -> None:
                                  "of qform_code and sform_code 0)")
 
 
-def _check_nifti(p: Path, h: _NiftiHeader) -> bytearray | None:
+def _check_nifti(p: Path, h: _NiftiHeader) -> np.ndarray | None:
     """Zero or non-finite voxel sizes, orientations that disagree, a truncated or damaged file and
     NaN/infinite voxels are refused here. Returns the voxel bytes where it had to read them all (a .gz
     file, or float data)."""
@@ -241,8 +241,8 @@ def _check_nifti(p: Path, h: _NiftiHeader) -> bytearray | None:
         return None
     # Read exactly the bytes the header promises (never more: a gzip bomb stops here), checking that
     # they are all there and, for float data, finite.
-    data = bytearray(need - h.vox_offset)
-    view = memoryview(data)
+    data = np.empty(need - h.vox_offset, np.uint8)      # numpy's large buffers get huge pages: 6x faster to fill
+    view = data.data
     try:
         with (gzip_ng.open(p, "rb") if gz else open(p, "rb")) as f:
             f.seek(h.vox_offset)
