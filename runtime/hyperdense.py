@@ -86,6 +86,11 @@ class Hyperdensity:
         """Every focus together: what the SR, the node's outcome and the watcher's ledger record."""
         return round(sum(f.volume_ml for f in self.foci), 2)
 
+    @property
+    def metal_ml(self) -> float:
+        """0 when no metal was found: beside volume_ml in the node's outcome and the watcher's ledger."""
+        return 0.0 if self.metal is None else self.metal.volume_ml
+
 
 def find_hyperdense(hu: np.ndarray, labels: np.ndarray, grid: ModelGrid) -> Hyperdensity:
     """`hu` and `labels` on the model grid (runtime.preprocess, runtime.segment). Works at the skull

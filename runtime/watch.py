@@ -161,7 +161,7 @@ def _score(entry: Path, out: Path, scorer: Scorer, outputs) -> dict:
         result = scorer.score(entry)
         write_report(result, target, outputs)
         record.update(exit_code=0, aspects=result.score.aspects, error=None,
-                      hyperdense_ml=result.hyperdense.volume_ml)
+                      hyperdense_ml=result.hyperdense.volume_ml, metal_ml=result.hyperdense.metal_ml)
         log.info("%s: ASPECTS %d -> %s", entry.name, result.score.aspects, target)
         for line in look_first(result.hyperdense):      # a bleed or a clip: the score may not hold
             log.warning("%s: %s", entry.name, line)

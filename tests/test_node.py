@@ -520,27 +520,49 @@ def test_a_study_sent_again_is_not_scored_again(tmp_path, scorer):
     assert node.spool.scored_with(f"{study_uid}_1", [*first["instances"], "1.2.3.4"]) is None
 
 
-def test_hyperdense_tissue_is_said_in_the_outcome_the_log_and_status(tmp_path, scorer, demo_study, demo_result,
-                                                                     caplog, capsys):
-    """A bleed scored as a bare ASPECTS 10 by an unattended node is the worst thing it can send: the
-    outcome records it, the log says it as a WARNING, and `aspects status` shows it beside the score."""
+@pytest.mark.parametrize("finding, region, ml, add_hu, status_says", [
+    ("bleed", "L", 5.0, 35.0, "hyperdense tissue"),
+    ("clip", "I", 0.1, 3000.0, "metal inside the skull"),
+])
+def test_hyperdense_tissue_or_metal_is_said_in_the_outcome_the_log_and_status(tmp_path, scorer, demo_study,
+                                                                              demo_result, caplog, capsys, finding,
+                                                                              region, ml, add_hu, status_says):
+    """A bleed scored as a bare ASPECTS 10 by an unattended node is the worst thing it can send, and a
+    clip's streaks can make or unmake the calls near it: the outcome records each, the log says it as a
+    WARNING in the words the console and `aspects watch` use, and `aspects status` shows it beside the
+    score. Before, the node's log and status said nothing of metal."""
     from tests.test_hyperdense import _brighter_sphere
-    bled = _brighter_sphere(demo_study, demo_result, "L", "left", ml=5.0)
+    changed = _brighter_sphere(demo_study, demo_result, region, "left", ml=ml, add_hu=add_hu)
     img = sitk.ReadImage(str(DEMO_STUDY))
     sx, sy, sz = img.GetSpacing()
     study_uid = pydicom.uid.generate_uid()
-    write_series(tmp_path / "bleed", bled.hu[:, ::2, ::2], spacing=(sx * 2, sy * 2, sz), origin=img.GetOrigin(),
-                 patient_id="BLEED", study_uid=study_uid)
+    write_series(tmp_path / finding, changed.hu[:, ::2, ::2], spacing=(sx * 2, sy * 2, sz), origin=img.GetOrigin(),
+                 patient_id=finding.upper(), study_uid=study_uid)
     config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("json", "sr"))
     node = Node(config)
     with caplog.at_level(logging.INFO, logger="aspects.node"):
-        outcome = node.run_job(scorer, _spool_study(node, tmp_path / "bleed", study_uid))
-    assert outcome["exit_code"] == 0 and outcome["hyperdense_ml"] >= 2.0, outcome
-    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "hyperdense" in r.getMessage()]
-    assert len(warned) == 1 and f"ASPECTS {outcome['aspects']}" in warned[0].getMessage()
+        outcome = node.run_job(scorer, _spool_study(node, tmp_path / finding, study_uid))
+    assert outcome["exit_code"] == 0, outcome
+    if finding == "bleed":
+        assert outcome["hyperdense_ml"] >= 2.0 and not outcome["metal_ml"], outcome
+    else:
+        assert 0 < outcome["metal_ml"] < 0.3 and not outcome["hyperdense_ml"], outcome
+    report = json.loads((Path(outcome["output"]) / "report.json").read_text())
+    first = report["warnings"][:1]
+    assert first and first[0].startswith(status_says)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == \
+        [f"job {outcome['job']}: {w}" for w in first]
+    # After a crash between placing the results and recording the outcome, the same from report.json.
+    os.rename(config.spool / "done" / outcome["job"], config.spool / "jobs" / outcome["job"])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="aspects.node"):
+        again = node.run_job(MustNotScore(), outcome["job"])       # type: ignore[arg-type]
+    assert {k: again[k] for k in ("aspects", "hyperdense_ml", "metal_ml")} == \
+        {k: outcome[k] for k in ("aspects", "hyperdense_ml", "metal_ml")}
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == \
+        [f"job {outcome['job']}: {w}" for w in first]
     assert main(["status", "--spool", str(config.spool)]) == 0
-    assert f"ASPECTS {outcome['aspects']}, hyperdense tissue {outcome['hyperdense_ml']:.1f} mL: look at the " \
-           "images" in capsys.readouterr().out
+    assert f"ASPECTS {outcome['aspects']}, {status_says}" in capsys.readouterr().out
 
 
 def test_a_study_with_nothing_to_read_is_ignored_and_a_failed_one_kept(tmp_path, scorer, caplog):

@@ -258,6 +258,6 @@ def test_a_study_with_hyperdense_tissue_is_recorded_and_warned_about(tmp_path, s
     with caplog.at_level(logging.INFO, logger="aspects"):
         assert watch(inbox, out, scorer, quiet_s=0.0, once=True, poll_s=0.05) == 1
     record = json.loads((out / LEDGER).read_text())
-    assert record["exit_code"] == 0 and record["hyperdense_ml"] >= 2.0
+    assert record["exit_code"] == 0 and record["hyperdense_ml"] >= 2.0 and record["metal_ml"] == 0
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         "bleed.nii.gz: " + w for w in json.loads((out / "bleed" / "report.json").read_text())["warnings"][:1]]

@@ -50,6 +50,7 @@ from ..errors import (
     UsageError,
     WrongModality,
 )
+from ..hyperdense import look_first
 from ..output import make_folder
 from ..pipeline import Scorer, make_scorer
 from ..read import Study, read_study
@@ -455,9 +456,13 @@ class Node:
                 if placed.is_dir():             # placed before a crash: the score is in its report, if any
                     report = placed / "report.json"
                     doc = json.loads(report.read_text()) if report.exists() else {"study": {}}
+                    metal = doc.get("metal") or {}
                     outcome.update(aspects=doc.get("aspects"), series_uid=doc["study"].get("series_uid"),
                                    series_criteria=doc["study"].get("series_criteria"),
-                                   hyperdense_ml=round(sum(f["volume_ml"] for f in doc.get("hyperdense", ())), 2))
+                                   hyperdense_ml=round(sum(f["volume_ml"] for f in doc.get("hyperdense", ())), 2),
+                                   metal_ml=float(metal.get("volume_ml", 0.0)))
+                    # runtime.result puts look_first's lines first: one per focus, one for metal
+                    look = list(doc.get("warnings", ()))[:len(doc.get("hyperdense", ())) + bool(metal)]
                 else:
                     folder = self.spool.jobs / job / "dicom"
                     source: Path | Study = folder
@@ -481,12 +486,12 @@ class Node:
                     outcome.update(aspects=result.score.aspects, series_uid=result.metadata.get("series_uid"),
                                    series_criteria=result.metadata.get("series_criteria"),
                                    series_instances=result.metadata.get("identity", {}).get("SOPInstanceUIDs"),
-                                   hyperdense_ml=result.hyperdense.volume_ml)
+                                   hyperdense_ml=result.hyperdense.volume_ml, metal_ml=result.hyperdense.metal_ml)
+                    look = look_first(result.hyperdense)
                 self._send(placed, outcome)
                 log.info("job %s: ASPECTS %s, results in %s", job, outcome["aspects"], placed)
-                if outcome.get("hyperdense_ml"):     # runtime.hyperdense: the score may not apply
-                    log.warning("job %s: %.1f mL of hyperdense tissue (haemorrhage not excluded): look at the "
-                                "images before using ASPECTS %s", job, outcome["hyperdense_ml"], outcome["aspects"])
+                for line in look:           # a bleed or a clip: the score may not hold (as `aspects watch` says)
+                    log.warning("job %s: %s", job, line)
                 self._answer_failures(job)
             outcome["exit_code"] = 0
         except LateImages as exc:

@@ -62,6 +62,7 @@ class Finished:
     sent_to: tuple[str, ...]
     note: str                 # ignored (a CTA after its NCCT), the same images as an earlier job, delivered late
     hyperdense_ml: float      # runtime.hyperdense: 0 when none was found (or the job predates the check)
+    metal_ml: float           # the same for metal inside the skull
     ignored: bool             # not scored, and not a failure: nothing this node reads
 
 
@@ -134,6 +135,8 @@ def format_status(status: SpoolStatus, min_free_mb: float) -> list[str]:
         score = "not scored" if s.aspects is None else f"ASPECTS {s.aspects}"
         if s.hyperdense_ml:
             score += f", hyperdense tissue {s.hyperdense_ml:.1f} mL: look at the images"
+        if s.metal_ml:
+            score += ", metal inside the skull: look at the images near it"
         sent = f", sent to {', '.join(s.sent_to)}" if s.sent_to else ""
         lines.append(f"  {s.job}: {_who(s)}{score}, {_age(s.finished_s)} ago{sent}"
                      + (f" ({s.note})" if s.note else ""))
@@ -182,7 +185,7 @@ def _finished(path: Path, now: float) -> Finished | None:
     return Finished(str(outcome.get("job", path.parent.name)), *_identity(outcome), outcome.get("aspects"),
                     round(now - float(outcome.get("finished_at", _mtime(path))), 1),
                     tuple(outcome.get("sent_to", ())), note, float(outcome.get("hyperdense_ml") or 0.0),
-                    "ignored" in outcome)
+                    float(outcome.get("metal_ml") or 0.0), "ignored" in outcome)
 
 
 def _identity(outcome: dict) -> tuple[str, str]:
