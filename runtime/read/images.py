@@ -232,12 +232,19 @@ def _contrast_in_frame(usage) -> bool:
 
 
 def planes_hu(slices: list[Plane]) -> np.ndarray:
-    """The slices' planes in HU, in the order given; a multi-frame file is decoded once for all its frames."""
+    """The slices' planes in HU, in the order given (all of one size: runtime.read.dicom checks). A
+    multi-frame file is decoded once for all its frames; a classic file's plane is let go as soon as
+    it is in the volume, so a thin series is held once, not twice."""
+    hu = np.empty((len(slices), slices[0].rows, slices[0].cols), np.float32)
     frames: dict[str, np.ndarray] = {}
-    for h in slices:
+    for i, h in enumerate(slices):
+        if h.frame is None:
+            hu[i] = _to_hu(_stored_values(h)[0], h)
+            continue
         if h.path not in frames:
             frames[h.path] = _stored_values(h)
-    return np.stack([_to_hu(frames[h.path][h.frame or 0], h) for h in slices])
+        hu[i] = _to_hu(frames[h.path][h.frame], h)
+    return hu
 
 
 def _stored_values(h: Plane) -> np.ndarray:
