@@ -4,8 +4,8 @@
                                                                 # and the table in benchmarks/RESULTS.md
 
 For the bundled study (512 x 512 x 32, 5 mm) and a 512 x 512 x 216 thin-slice study
-made from it, and for each CPU engine (ONNX Runtime; OpenVINO where installed): the
-median wall clock per stage and file to score, models loaded and warmed up, and the
+made from it (as one .nii.gz, and as 216 DICOM files), and for each CPU engine (ONNX Runtime;
+OpenVINO where installed): the median wall clock per stage and file to score, models loaded and warmed up, and the
 peak resident memory of the process. Each (code, study, engine) runs in its own
 process, so memory and caches do not leak between them. The baseline runs from a
 git worktree of the given commit with the same Python and packages; absolute times
@@ -75,7 +75,8 @@ def machine() -> dict:
 
 
 def main(argv=None) -> int:
-    from studies import make_thin_study
+    sys.path.insert(0, str(ROOT))          # the tests' DICOM writer makes the DICOM study
+    from studies import make_thin_dicom, make_thin_study
 
     from runtime.shipped import DEFAULT_STUDY
 
@@ -95,8 +96,9 @@ def main(argv=None) -> int:
         subprocess.run(["git", "worktree", "add", "--detach", str(base_tree), args.baseline], cwd=ROOT,
                        capture_output=True, check=True)
         try:
-            studies = {"bundled_512x512x32": DEFAULT_STUDY,
-                       "thin_512x512x216": make_thin_study(Path(tmp) / "thin.nii.gz")}
+            thin = make_thin_study(Path(tmp) / "thin.nii.gz")
+            studies = {"bundled_512x512x32": DEFAULT_STUDY, "thin_512x512x216": thin,
+                       "thin_dicom_512x512x216": make_thin_dicom(thin, Path(tmp) / "thin_dicom")}
             rows = []
             for name, path in studies.items():
                 for code, tree, engines in (("baseline", base_tree, ["onnxruntime"]), ("this", ROOT, engines_here())):

@@ -22,3 +22,17 @@ def make_thin_study(path: Path) -> Path:
                          img.GetDirection(), -1024.0, sitk.sitkInt16)
     sitk.WriteImage(thin, str(path), useCompression=True)
     return path
+
+
+def make_thin_dicom(thin_nifti: Path, folder: Path) -> Path:
+    """The thin-slice study as a scanner sends it: 216 classic CT files (what a PACS or the node hands
+    the reader), written by the tests' DICOM writer."""
+    import SimpleITK as sitk
+
+    from tests.dicom_util import write_series
+    img = sitk.ReadImage(str(thin_nifti))
+    write_series(folder, sitk.GetArrayFromImage(img).astype(float), spacing=img.GetSpacing(), origin=img.GetOrigin(),
+                 orientation=img.GetDirection()[0::3] + img.GetDirection()[1::3],
+                 description="HEAD NCCT 0.625mm")
+    return folder
+
