@@ -239,8 +239,8 @@ def _check_nifti(p: Path, h: _NiftiHeader) -> np.ndarray | None:
         raise UnreadableInput(f"{p}: file is truncated ({p.stat().st_size} of {need} bytes)")
     if not gz and h.datatype not in _NIFTI_FLOAT:
         return None
-    # Read exactly the bytes the header promises (never more: a gzip bomb stops here), checking that
-    # they are all there and, for float data, finite.
+    # Read the bytes the header promises, and from a .gz one past them (no more: a gzip bomb stops here),
+    # checking that they are all there and, for float data, finite.
     data = np.empty(need - h.vox_offset, np.uint8)      # numpy's large buffers get huge pages: 6x faster to fill
     view = data.data
     try:
