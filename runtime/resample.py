@@ -19,7 +19,6 @@ from .modelcard import GridSpec
 from .read import Study
 
 AIR_HU = -1024.0
-SUB_SLICES_PER_PASS = 32      # thin slices resampled at once (4 slabs of 8): a 5 mm study goes in one pass
 
 
 @dataclass(frozen=True)
@@ -71,6 +70,7 @@ def resample(study: Study, alignment: Alignment, grid: ModelGrid, volume: np.nda
     `volume` resamples another array on the study's grid instead (a label map, with
     `nearest=True`: no slab averaging, the slab's centre sample)."""
     source = study.hu if volume is None else volume
+    image = sitk.GetImageFromArray(source)            # physical == voxel index: the affine does the geometry
     model_to_index = np.linalg.inv(study.affine) @ alignment.matrix
     transform = sitk.AffineTransform(3)
     transform.SetMatrix(model_to_index[:3, :3].ravel().tolist())
@@ -80,39 +80,14 @@ def resample(study: Study, alignment: Alignment, grid: ModelGrid, volume: np.nda
     sub = sz / grid.slab
     ox, oy, oz = grid.origin
     if nearest:
-        image = sitk.GetImageFromArray(source)        # physical == voxel index: the affine does the geometry
         out = sitk.Resample(image, (nx, ny, nz), transform, sitk.sitkNearestNeighbor, (ox, oy, oz), (sx, sy, sz),
                             (1, 0, 0, 0, 1, 0, 0, 0, 1), 0, image.GetPixelID())
         return sitk.GetArrayFromImage(out)
-    # A thin study goes a few slabs at a time, each with only the source slices its samples reach:
-    # SimpleITK copies what it resamples, and a whole 216-slice study copied beside itself and the
-    # 8-sub-slice output was the largest memory a study took.
-    per_pass = max(1, SUB_SLICES_PER_PASS // grid.slab)
-    hu = np.empty(grid.shape, np.float32)
-    for z0 in range(0, nz, per_pass):
-        n = min(per_pass, nz - z0) * grid.slab
-        first = oz - (grid.slab - 1) / 2 * sub + z0 * sz      # model z of the pass's first sub-slice
-        k0, k1 = (0, source.shape[0]) if per_pass >= nz else \
-            _slices_reached(model_to_index, (ox, oy, first), (sx * (nx - 1), sy * (ny - 1), sub * (n - 1)),
-                            source.shape[0])
-        image = sitk.GetImageFromArray(source[k0:k1])  # physical == voxel index: the affine does the geometry
-        image.SetOrigin((0.0, 0.0, float(k0)))
-        out = sitk.Resample(image, (nx, ny, n), transform, sitk.sitkLinear, (ox, oy, first), (sx, sy, sub),
-                            (1, 0, 0, 0, 1, 0, 0, 0, 1), AIR_HU if volume is None else 0.0, sitk.sitkFloat32)
-        part = sitk.GetArrayViewFromImage(out).reshape(n // grid.slab, grid.slab, ny, nx)
-        hu[z0:z0 + n // grid.slab] = part.mean(axis=1) if grid.slab > 1 else part[:, 0]
-    return hu
-
-
-def _slices_reached(model_to_index: np.ndarray, start, extent, n_slices: int) -> tuple[int, int]:
-    """The source slices [k0, k1) that trilinear samples in the model-space box start + [0, extent]
-    read, with a slice to spare each side, so a part of the study resamples as the whole would."""
-    corners = np.array([[start[0] + a, start[1] + b, start[2] + c, 1.0]
-                        for a in (0, extent[0]) for b in (0, extent[1]) for c in (0, extent[2])])
-    k = (model_to_index @ corners.T)[2]
-    k0 = min(max(0, int(np.floor(k.min())) - 1), n_slices - 2)
-    k1 = max(min(n_slices, int(np.floor(k.max())) + 3), k0 + 2)
-    return k0, k1
+    out = sitk.Resample(image, (nx, ny, nz * grid.slab), transform, sitk.sitkLinear,
+                        (ox, oy, oz - (grid.slab - 1) / 2 * sub), (sx, sy, sub), (1, 0, 0, 0, 1, 0, 0, 0, 1),
+                        AIR_HU if volume is None else 0.0, sitk.sitkFloat32)
+    hu = sitk.GetArrayViewFromImage(out).reshape(nz, grid.slab, ny, nx)
+    return hu.mean(axis=1) if grid.slab > 1 else np.array(hu[:, 0])
 
 
 def window(hu: np.ndarray, brain: np.ndarray, level: float, width: float) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from runtime.align import Alignment, align
 from runtime.modelcard import GridSpec
@@ -59,36 +58,6 @@ def test_thin_slices_are_averaged_into_slabs():
     centre = hu[2, 40, 32]
     world = al.matrix @ grid.index_to_model @ np.array([32, 40, 2, 1.0])
     assert centre == pytest.approx(f(*world[:3]), abs=1e-3)     # slab mean of a linear field = centre value
-
-
-def test_a_thin_study_is_resampled_a_part_at_a_time_as_the_whole_would_be(monkeypatch):
-    """SimpleITK copies what it resamples: a 216-slice study copied whole beside itself and the
-    8-sub-slice output was a study's largest memory (1277 MB peak, 1064 MB resampled in parts). Each
-    part gets only the slices its samples reach, even with the head rolled and tilted so that a slab
-    crosses many of them, and the result is the whole-study result to the bit."""
-    import SimpleITK as sitk
-
-    from runtime import resample as resample_module
-    rng = np.random.default_rng(3)
-    vol = ndimage.gaussian_filter(rng.normal(0, 300, (150, 90, 90)), 2).astype(np.float32)
-    study = Study(hu=vol, affine=np.diag([0.7, 0.7, 0.6, 1.0]) + np.array([[0, 0, 0, -30], [0, 0, 0.08, -30],
-                                                                          [0, 0, 0, -40], [0, 0, 0, 0]]),
-                  source="thin")                    # a gantry tilt: the slices' origins slide along y
-    roll, yaw = np.radians(14.0), np.radians(9.0)
-    m = np.eye(4)
-    m[:3, :3] = (np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]])
-                 @ np.array([[np.cos(roll), 0, np.sin(roll)], [0, 1, 0], [-np.sin(roll), 0, np.cos(roll)]]))
-    al = Alignment(matrix=m, normal=m[:3, 0], point=np.zeros(3), yaw_deg=9.0, roll_deg=14.0, symmetry=1.0)
-    grid = model_grid(study, al, GridSpec((0.8, 0.8), (70, 76), 4.0, 5.0))
-    assert grid.slab == 8 and grid.shape[0] > 2 * resample_module.SUB_SLICES_PER_PASS // grid.slab
-
-    copied = []
-    whole_copy = sitk.GetImageFromArray
-    monkeypatch.setattr(sitk, "GetImageFromArray", lambda a, *args: copied.append(len(a)) or whole_copy(a, *args))
-    parts = resample(study, al, grid)
-    assert len(copied) > 1 and max(copied) < len(vol), copied
-    monkeypatch.setattr(resample_module, "SUB_SLICES_PER_PASS", 10**6)
-    np.testing.assert_array_equal(parts, resample(study, al, grid))
 
 
 def test_mirroring_the_model_grid_swaps_patient_sides():
