@@ -35,4 +35,3 @@ def make_thin_dicom(thin_nifti: Path, folder: Path) -> Path:
                  orientation=img.GetDirection()[0::3] + img.GetDirection()[1::3],
                  description="HEAD NCCT 0.625mm")
     return folder
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import tracemalloc
 
 import numpy as np
 import pydicom
@@ -24,36 +25,32 @@ def _nifti(path, hu, spacing=SPACING):
     return path
 
 
+def _peak_bytes(run):
+    """(run's result, the most memory it held at once): tracemalloc sees numpy's buffers, so the
+    figure is the same on every machine, not a timing."""
+    tracemalloc.start()
+    try:
+        result = run()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_dicom_series_is_held_once_while_it_is_read(tmp_path):
     """A 0.625 mm series is 216 planes of 1 MB in HU: the reader once kept every decoded plane, then
     every HU plane, then stacked them, three copies at its peak (800 MB for such a series on a
-    console that also reconstructs). Counted by tracemalloc, which sees numpy's buffers: the same
-    number on every machine, not a timing."""
-    import tracemalloc
+    console that also reconstructs)."""
     write_series(tmp_path / "s", head_phantom(shape=(24, 256, 256), spacing=(0.5, 0.5, 5.0)), spacing=(0.5, 0.5, 5.0))
-    tracemalloc.start()
-    try:
-        study = read_study(tmp_path / "s")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    study, peak = _peak_bytes(lambda: read_study(tmp_path / "s"))
     assert peak < 2.5 * study.hu.nbytes, f"peak {peak / study.hu.nbytes:.2f} x the volume"
 
 
 def test_the_checks_of_a_study_take_a_small_part_of_its_memory():
     """validate_study's tissue masks are made a few slices at a time; whole-study masks took 0.75x
-    the volume again (tracemalloc counts numpy's buffers: the same on every machine)."""
-    import tracemalloc
-
+    the volume again."""
     from runtime.read import Study, validate_study
     hu = head_phantom(shape=(64, 200, 160)).astype(np.float32)
-    study = Study(hu=hu, affine=np.diag([*SPACING, 1.0]), source="phantom")
-    tracemalloc.start()
-    try:
-        validate_study(study)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    _, peak = _peak_bytes(lambda: validate_study(Study(hu=hu, affine=np.diag([*SPACING, 1.0]), source="phantom")))
     assert peak < 0.25 * hu.nbytes, f"peak {peak / hu.nbytes:.2f} x the volume"
 
 

@@ -239,11 +239,12 @@ def planes_hu(slices: list[Plane]) -> np.ndarray:
     frames: dict[str, np.ndarray] = {}
     for i, h in enumerate(slices):
         if h.frame is None:
-            hu[i] = _to_hu(_stored_values(h)[0], h)
-            continue
-        if h.path not in frames:
-            frames[h.path] = _stored_values(h)
-        hu[i] = _to_hu(frames[h.path][h.frame], h)
+            stored = _stored_values(h)[0]
+        else:
+            if h.path not in frames:
+                frames[h.path] = _stored_values(h)
+            stored = frames[h.path][h.frame]
+        hu[i] = _to_hu(stored, h)
     return hu
 
 
