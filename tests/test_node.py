@@ -418,6 +418,42 @@ def test_a_sender_pausing_longer_than_the_quiet_period_is_one_study(tmp_path):
     assert [o["study_instance_uid"] for o in got] == [study_uid] and got[0]["exit_code"] == 0, got
 
 
+def _set_times(folder: Path, when: float) -> None:
+    for path in (folder, *folder.iterdir()):
+        os.utime(path, (when, when))
+
+
+def test_the_quiet_period_is_timed_on_the_nodes_own_clock_not_the_file_times(tmp_path, scorer):
+    """File times follow the wall clock, which NTP or a person steps. Images written before the clock
+    was stepped back an hour carry times an hour ahead: their study waited that hour to be scored.
+    Stepped forward an hour between a sender's two associations, the first half was made a job at
+    once and the rest came as late images of a scored series (a failure)."""
+    back_uid = small_head_series(tmp_path / "back", "CLOCK-BACK")
+    forward_uid = small_head_series(tmp_path / "forward", "CLOCK-FORWARD")
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
+                        quiet_seconds=3.0, outputs=("json",), workers=1)
+    incoming = config.spool / "incoming"
+    spooler = Node(config)                                     # received while the node was last up
+    for f in sorted((tmp_path / "back").iterdir()):
+        spooler.spool.store(back_uid, pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID, f.read_bytes())
+    _set_times(incoming / back_uid, time.time() + 3600)       # the clock stepped back an hour since
+    files = sorted((tmp_path / "forward").iterdir())
+    node = Node(config, scorer_factory=lambda threads: scorer).start()
+    try:
+        assert set(send_folder(tmp_path / "forward", node.port, files=files[:len(files) // 2])) == {0}
+        _set_times(incoming / forward_uid, time.time() - 3600)  # the clock stepped forward an hour
+        time.sleep(1.0)                            # more than the scheduler's poll, less than the quiet period
+        assert set(send_folder(tmp_path / "forward", node.port, files=files[len(files) // 2:])) == {0}
+        wait_for(lambda: len(outcomes(config.spool)) == 2, 120, "both studies scored")
+        time.sleep(1.0)                                       # time for a third job, were there one
+    finally:
+        node.stop()
+    got = {o["study_instance_uid"]: o for o in outcomes(config.spool)}
+    assert set(got) == {back_uid, forward_uid} and all(o["exit_code"] == 0 for o in got.values()), got
+    report = json.loads((Path(got[forward_uid]["output"]) / "report.json").read_text())
+    assert report["study"]["slices"] == len(files), "scored half sent"
+
+
 def test_images_are_refused_while_the_spool_disk_is_nearly_full(tmp_path, caplog):
     """Room is kept to score and write what was received: under min_free_mb every image is answered
     0xA700 (the sender keeps it and retries), nothing is spooled, and the log says so once, not once

@@ -59,7 +59,7 @@ from ..report import write_report
 from ..threads import available_cores
 from .config import NodeConfig
 from .send import VERIFICATION, Answered, SendFailed, check_destination, send_files
-from .spool import BadIdentifier, Spool, fsync_dir, started_ns
+from .spool import BadIdentifier, Spool, check_uid, fsync_dir, started_ns
 from .tls import certificate_expiry
 
 log = logging.getLogger("aspects.node")
@@ -152,6 +152,12 @@ class Node:
         # however long the sender pauses between images.
         self._receiving: dict[object, set[str]] = {}
         self._images_stored: dict[object, int] = {}      # per association, for its closing log line
+        # When each arriving study last got an image, on this process's monotonic clock: file times
+        # follow the wall clock, which NTP or a person may step by an hour. Stepped back, a stroke
+        # study waited that hour; stepped forward, a study between two associations was made a job
+        # half sent. A study found in incoming/ without a time (received before a restart, when no
+        # sender could finish) gets a full quiet period from when it is first seen.
+        self._last_image: dict[str, float] = {}
         self._receiving_lock = threading.Lock()
         # Studies with a job queued or being scored. Their newer images wait in incoming/ until that
         # job is finished: two workers on one study would score a re-sent study twice, or fail the CTA
@@ -200,7 +206,6 @@ class Node:
         self.check_tls()
         if self.config.destinations:              # in the background: a destination may take seconds to time out
             threading.Thread(target=self.check_destinations, daemon=True, name="aspects-destinations").start()
-        self.spool.restart_clocks()
         scheduler = threading.Thread(target=self._schedule, daemon=True, name="aspects-scheduler")
         scheduler.start()
         self._threads.append(scheduler)
@@ -349,12 +354,13 @@ class Node:
                           "(0xA700) until there is room", free_mb, self.config.min_free_mb)
             return STATUS_OUT_OF_RESOURCES
         try:
-            study = event.dataset.StudyInstanceUID
+            study = check_uid(event.dataset.StudyInstanceUID)      # as the spool names its folder
             with self._receiving_lock:
-                self._receiving.setdefault(event.assoc, set()).add(str(study))
+                self._receiving.setdefault(event.assoc, set()).add(study)
             self.spool.store(study, event.request.AffectedSOPInstanceUID, event.encoded_dataset())
             with self._receiving_lock:
                 self._images_stored[event.assoc] = self._images_stored.get(event.assoc, 0) + 1
+                self._last_image[study] = time.monotonic()
         except (AttributeError, KeyError, BadIdentifier) as exc:
             log.error("refused an image from %s: %s", event.assoc.requestor.ae_title, exc)
             return STATUS_CANNOT_UNDERSTAND
@@ -382,17 +388,18 @@ class Node:
 
     def _schedule(self) -> None:
         poll = min(1.0, max(0.05, self.config.quiet_seconds / 4))
-        purged, tls_checked = 0.0, time.time()        # retention at once, as before; TLS was checked at start
+        # Intervals on the monotonic clock, as the quiet period: a wall clock stepped back would pause them.
+        purged, tls_checked = float("-inf"), time.monotonic()   # retention at once; TLS was checked at start
         while not self.stopping.wait(poll):
             try:
-                if self.config.retain_days and time.time() - purged > PURGE_EVERY_S:
+                if self.config.retain_days and time.monotonic() - purged > PURGE_EVERY_S:
                     self.purge(time.time() - self.config.retain_days * 86400)
-                    purged = time.time()
-                if time.time() - tls_checked > TLS_CHECK_EVERY_S:
+                    purged = time.monotonic()
+                if time.monotonic() - tls_checked > TLS_CHECK_EVERY_S:
                     self.check_tls()
-                    tls_checked = time.time()
+                    tls_checked = time.monotonic()
                 held = self._being_received()
-                for study in self.spool.quiet_studies(self.config.quiet_seconds):
+                for study in self._quiet_studies():
                     with self._in_hand_lock:
                         if study in held or study in self._in_hand:
                             continue
@@ -404,6 +411,19 @@ class Node:
                     self._queue(job)
             except OSError as exc:              # the spool's disk: log it and look again next round
                 log.error("scheduler: %s", exc)
+
+    def _quiet_studies(self) -> list[str]:
+        """Arriving studies with no new image for quiet_seconds, by this process's monotonic clock. A
+        study's time is forgotten once it is a job: images after that start a new arriving study."""
+        now, quiet = time.monotonic(), []
+        arriving = self.spool.arriving()
+        with self._receiving_lock:
+            for study in arriving:
+                if now - self._last_image.setdefault(study, now) >= self.config.quiet_seconds:
+                    quiet.append(study)
+            for study in set(self._last_image) - set(arriving):
+                del self._last_image[study]
+        return quiet
 
     def _queue(self, job: str) -> None:
         self.jobs.put((-started_ns(job), job))

@@ -109,20 +109,9 @@ class Spool:
 
     # ------------------------------------------------------------ jobs
 
-    def quiet_studies(self, quiet_seconds: float, now: float | None = None) -> list[str]:
-        """Incoming studies with no new image for `quiet_seconds`."""
-        now = time.time() if now is None else now
-        ready = []
-        for folder in sorted(self.incoming.iterdir()):
-            newest = folder.stat().st_mtime
-            for entry in os.scandir(folder):
-                try:
-                    newest = max(newest, entry.stat().st_mtime)
-                except FileNotFoundError:    # a temporary name renamed while we looked: the study is busy
-                    newest = now
-            if now - newest >= quiet_seconds:
-                ready.append(folder.name)
-        return ready
+    def arriving(self) -> list[str]:
+        """The studies in incoming/: images received and not yet made a job."""
+        return sorted(p.name for p in self.incoming.iterdir())
 
     def promote(self, study: str) -> str | None:
         """incoming/<study> becomes jobs/<job>/dicom, in two renames: a crash between them leaves a
@@ -139,12 +128,6 @@ class Spool:
             fsync_dir(self.jobs)
             fsync_dir(self.incoming)
         return job
-
-    def restart_clocks(self) -> None:
-        """The node was down, so no sender could finish: every incoming study gets a full quiet period
-        again from now (its folder's time counts as its newest image)."""
-        for folder in self.incoming.iterdir():
-            os.utime(folder)
 
     def pending(self) -> list[str]:
         return sorted(p.name for p in self.jobs.iterdir() if not p.name.startswith("."))
