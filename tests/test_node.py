@@ -246,6 +246,26 @@ def test_spool_refuses_uids_that_are_not_uids(tmp_path):
     assert spool.store("1.2.3", "1.2.3.4", b"x").read_bytes() == b"x"
 
 
+def test_job_names_rise_when_the_clock_is_stepped_back(tmp_path):
+    """A job's name orders it among its study's jobs (which failure a later score answers, which results
+    are superseded) and in the queue, newest first. Made after the wall clock was stepped back an hour,
+    a job was named older than the jobs made before the step, a restart between them or not."""
+    from runtime.node.spool import started_ns
+    made_before_the_step = f"1.2.3_{time.time_ns() + 3600 * 10**9}"
+    (tmp_path / "done" / made_before_the_step).mkdir(parents=True)
+    (tmp_path / "done" / "notes.txt").write_text("not a job")
+    names = [made_before_the_step]
+    for _ in range(2):                                            # the second: after a restart
+        spool = Spool(tmp_path)
+        for study in ("1.2.3", "1.2.4"):
+            spool.store(study, "1.2.3.4", b"x")
+            job = spool.promote(study)
+            assert job is not None
+            names.append(job)
+            shutil.move(spool.jobs / job, spool.done / job)
+    assert [started_ns(n) for n in names] == sorted(started_ns(n) for n in names) and len(set(names)) == 5
+
+
 def test_a_studys_lock_is_kept_only_while_it_is_held_or_waited_for(tmp_path):
     """A node runs for months: one lock per study ever received was kept for good."""
     spool = Spool(tmp_path)

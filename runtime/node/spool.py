@@ -28,6 +28,7 @@ from pydicom.errors import InvalidDicomError
 from ..output import hold_folder, make_folder
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_JOB_NS = re.compile(r"^(?:\.new-)?[0-9.]+_([0-9]+)$")
 PART = ".part-"
 
 
@@ -58,6 +59,11 @@ class Spool:
         self._locks: dict[str, tuple[threading.Lock, int]] = {}     # study -> (lock, holders and waiters)
         self._guard = threading.Lock()
         self._claim: int | None = None
+        # Job names order a study's jobs (which failure a later job answers, which results are superseded)
+        # and the queue (newest first), so they must rise even when the wall clock is stepped back: never
+        # below the newest job name in the spool, a restart included.
+        self._last_ns = max((int(m.group(1)) for d in (self.jobs, self.done, self.failed) for p in d.iterdir()
+                             if (m := _JOB_NS.search(p.name))), default=0)
 
     def claim(self) -> None:
         """One node per spool. A second one (a service started twice, a test instance pointed at the
@@ -120,7 +126,9 @@ class Spool:
             source = self.incoming / study
             if not source.is_dir():
                 return None
-            job = f"{study}_{time.time_ns()}"
+            with self._guard:
+                self._last_ns = max(time.time_ns(), self._last_ns + 1)
+                job = f"{study}_{self._last_ns}"
             staging = self.jobs / f".new-{job}"
             staging.mkdir()
             os.rename(source, staging / "dicom")
