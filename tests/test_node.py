@@ -1248,6 +1248,42 @@ def test_certificate_expiry_is_read_from_the_certificate(tmp_path, pki):
         certificate_expiry(pki["node.key"])
 
 
+def test_a_destination_that_drops_connections_is_given_up_in_seconds(tmp_path, monkeypatch):
+    """A PACS down behind a firewall that drops packets: each connect waited for the kernel's SYN
+    retries (133 s measured here), three attempts a job, and the next stroke study waited behind them.
+    Here a listener whose accept queue is full drops the SYNs, as such a firewall does; the connect
+    timeout is made 1 s to keep the test short."""
+    from runtime.node import send
+    from runtime.node.send import SendFailed, check_destination, send_files
+    monkeypatch.setattr(send, "CONNECT_TIMEOUT_S", 1.0)
+    silent = socket.socket()
+    silent.bind((LOOPBACK, 0))
+    silent.listen(0)
+    port, queued = silent.getsockname()[1], []
+    try:
+        for _ in range(8):                                   # fill the accept queue: then SYNs are dropped
+            probe = socket.socket()
+            probe.settimeout(0.5)
+            try:
+                probe.connect((LOOPBACK, port))
+            except OSError:
+                probe.close()
+                break
+            queued.append(probe)
+        small_head_series(tmp_path / "study", "SILENT")
+        destination = Destination("PACS", LOOPBACK, port)
+        for attempt in (lambda: check_destination("ASPECTS", destination, ("sr",), None),
+                        lambda: send_files("ASPECTS", destination, sorted((tmp_path / "study").iterdir())[:1])):
+            t0 = time.monotonic()
+            with pytest.raises(SendFailed, match="refused or did not answer"):
+                attempt()
+            assert time.monotonic() - t0 < 10
+    finally:
+        for probe in queued:
+            probe.close()
+        silent.close()
+
+
 def test_destinations_are_checked_before_a_stroke_needs_them(tmp_path, scorer, caplog):
     """A wrong port or an archive without SEG storage was first seen when a stroke's results did not
     arrive. `aspects echo` checks each destination with the classes the node sends, and the node

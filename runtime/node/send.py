@@ -24,6 +24,11 @@ from .config import Destination
 # The storage class each DICOM output is sent as (runtime.dicom_out writes them).
 RESULT_CLASSES = {"seg": SegmentationStorage, "sr": Comprehensive3DSRStorage, "sc": SecondaryCaptureImageStorage}
 VERIFICATION = UID("1.2.840.10008.1.1")
+# The TCP connect alone. Without it a destination whose firewall drops packets (a PACS down behind
+# one) held each attempt for the kernel's SYN retries, about 130 s, and the node's worker with it:
+# three attempts kept the next stroke study waiting almost seven minutes. A LAN or WAN PACS
+# answers a connect in well under a second.
+CONNECT_TIMEOUT_S = 10.0
 
 
 class SendFailed(RuntimeError):
@@ -108,6 +113,7 @@ def check_destination(calling_ae: str, destination: Destination, outputs: tuple[
 
 
 def _associate(ae, destination: Destination, tls: ssl.SSLContext | None):
+    ae.connection_timeout = CONNECT_TIMEOUT_S
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
                          tls_args=(tls, destination.host) if tls is not None else None)
     if not assoc.is_established:
