@@ -1090,7 +1090,7 @@ def pki(tmp_path_factory) -> dict[str, Path]:
 def _echo(port: int, tls: tuple | None) -> bool:
     from pynetdicom import AE
     ae = AE(ae_title="SCANNER")
-    ae.acse_timeout = ae.network_timeout = 10
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 10
     ae.add_requested_context("1.2.840.10008.1.1")
     assoc = ae.associate(LOOPBACK, port, ae_title="ASPECTS", tls_args=tls)
     if not assoc.is_established:
@@ -1115,6 +1115,26 @@ def test_a_tls_node_takes_only_senders_with_a_certificate_its_ca_signed(tmp_path
         assert not _echo(node.port, (rogue, LOOPBACK))           # a certificate the CA did not sign
         assert not _echo(node.port, (no_certificate, LOOPBACK))  # none at all
         assert _echo(node.port, (scanner, LOOPBACK))             # failed handshakes leave it listening
+    finally:
+        node.stop()
+
+
+def test_a_silent_connection_does_not_stop_the_tls_listener(tmp_path, scorer, pki, monkeypatch):
+    """pynetdicom does the TLS handshake in its accept loop, with no time limit: one client that
+    connected and sent nothing (a modality that lost power mid-handshake, a probe holding the port)
+    kept every further TLS association out, the scanner's too, for as long as it stayed."""
+    from runtime.node import listener
+    from runtime.node.tls import client_context
+    monkeypatch.setattr(listener, "TLS_HANDSHAKE_S", 2.0)
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
+                        tls_certificate=pki["node"], tls_key=pki["node.key"], tls_ca=pki["ca"])
+    node = Node(config, scorer_factory=lambda threads: scorer).start()
+    try:
+        scanner = (client_context(pki["scanner"], pki["scanner.key"], pki["ca"]), LOOPBACK)
+        with socket.create_connection((LOOPBACK, node.port), timeout=30) as silent:
+            time.sleep(0.5)                                   # accepted, and saying nothing
+            assert _echo(node.port, scanner), "a silent connection kept the scanner out"
+            assert silent.recv(1) == b"", "the silent connection was never let go"
     finally:
         node.stop()
 

@@ -240,6 +240,8 @@ class Node:
         TLS beside senders that must)."""
         from pynetdicom import AE, StoragePresentationContexts, evt
 
+        from .listener import start_server
+
         ae = AE(ae_title=self.config.ae_title)
         ae.network_timeout = IDLE_ASSOCIATION_S
         # Every storage class, not only CT: a scanner sends the whole study (dose report, screenshots,
@@ -259,8 +261,7 @@ class Node:
             listen["tls"] = (self.config.port if self.config.tls_port is None else self.config.tls_port, tls)
         for kind, (port, ssl_context) in listen.items():
             try:
-                servers[kind] = ae.start_server((self.config.host, port), block=False, evt_handlers=handlers,
-                                                ssl_context=ssl_context)
+                servers[kind] = start_server(ae, (self.config.host, port), ssl_context, handlers)
             except OSError as exc:
                 for server in servers.values():
                     server.shutdown()
