@@ -461,7 +461,7 @@ class Node:
     def run_job(self, scorer: Scorer, job: str) -> dict:
         study = self.spool.study_of(job)
         placed = self.output / job
-        t0 = time.time()
+        t0 = time.monotonic()
         outcome: dict = {"job": job, "study_instance_uid": study, "output": str(placed)}
         scored: list[dict] = []
         try:
@@ -538,7 +538,7 @@ class Node:
         except Exception as exc:  # a failure record, never silence
             outcome.update(exit_code=1, error=f"internal error ({type(exc).__name__}: {exc})")
             log.exception("job %s (study %s): internal error", job, study)
-        outcome["seconds"] = round(time.time() - t0, 2)
+        outcome["seconds"] = round(time.monotonic() - t0, 2)
         outcome["finished_at"] = round(time.time(), 3)
         self.spool.finish(job, outcome, self._keep_images(outcome))
         return outcome
