@@ -32,6 +32,7 @@ from runtime.cli import main
 from runtime.node.config import Destination, NodeConfig, load_config
 from runtime.node.server import Node, NothingNew, refuse_unless_better
 from runtime.node.spool import Spool
+from runtime.node.status import spool_status
 from runtime.read import Study
 from tests.conftest import DEMO_STUDY, SHARED_DATA
 from tests.dicom_util import compress, edit_slices, write_series
@@ -718,6 +719,44 @@ def test_results_a_destination_missed_are_sent_again_once_it_is_back(tmp_path, s
     assert [str(d.StudyInstanceUID) for d in pacs.received] == [uids["stale"]]
 
 
+def test_a_slow_destination_does_not_hold_the_next_study(tmp_path, scorer):
+    """Results were sent from the worker that scored them: a PACS slow to answer, hung (30 s a try) or
+    down behind a firewall (10 s a try), three tries a study, kept the next stroke study waiting to be
+    scored. Each study's results are now sent from a thread of their own."""
+    first = small_head_series(tmp_path / "first", "FIRST")
+    second = small_head_series(tmp_path / "second", "SECOND")
+    release = threading.Event()
+
+    class Stalled(Receiver):
+        def _store(self, event):
+            release.wait(60)
+            return super()._store(event)
+    pacs = Stalled()
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
+                        quiet_seconds=0.3, outputs=("json", "sr"), workers=1,
+                        destinations=(Destination("PACS", LOOPBACK, pacs.port),))
+
+    def placed(study_uid: str) -> bool:
+        return any(p.name.startswith(study_uid) for p in config.output.iterdir())
+    node = Node(config, scorer_factory=lambda threads: scorer).start()
+    try:
+        assert set(send_folder(tmp_path / "first", node.port)) == {0}
+        wait_for(lambda: placed(first), 60, "the first study scored")
+        assert set(send_folder(tmp_path / "second", node.port)) == {0}
+        wait_for(lambda: placed(second), 20, "the second study scored while the first's results were sent")
+        assert not outcomes(config.spool), "a job recorded before its results were sent"
+        assert [w.sending for w in spool_status(config).waiting] == [True, True]     # as `aspects status` says
+        release.set()
+        wait_for(lambda: len(outcomes(config.spool)) == 2, 60, "both studies' results sent")
+    finally:
+        release.set()
+        node.stop()
+        pacs.close()
+    got = outcomes(config.spool)
+    assert all(o["exit_code"] == 0 and o["sent_to"] == ["PACS@" + f"{LOOPBACK}:{pacs.port}"] for o in got), got
+    assert len(pacs.received) == 2
+
+
 def test_aspects_send_refuses_with_one_error_line(tmp_path, capsys):
     results = tmp_path / "results"
     results.mkdir()
@@ -766,8 +805,8 @@ def test_aspects_status_tells_what_the_spool_holds_and_changes_nothing(tmp_path,
     assert text.startswith(f"spool {spool}: no node is running on it")
     # The staff ask after a patient or an accession number, not a UID: each line names both.
     assert f"arriving: 1 study\n  {uids['coming']}: patient STATUS-coming, accession ASTATUS-coming, 5 image(s)" in text
-    assert f"waiting or being scored: 1 job(s)\n  {queued}: patient STATUS-queued, accession ASTATUS-queued, " \
-           f"32 image(s)" in text
+    assert f"waiting, being scored or being sent: 1 job(s)\n  {queued}: patient STATUS-queued, " \
+           f"accession ASTATUS-queued, 32 image(s)" in text
     assert f"{gap['job']}: patient STATUS-gap, accession ASTATUS-gap, exit 7" in text and "slices missing" in text
     assert f"{unsent['job']}: patient STATUS-unsent, accession ASTATUS-unsent, exit 16" in text
     assert "did not take them" in text and "sent again every minute until" in text

@@ -17,6 +17,7 @@ import shutil
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -79,6 +80,27 @@ def refuse_unless_better(study: Study, scored: dict) -> None:
     if tuple(new.values()) <= tuple(bool(old.get(name, bool(old))) for name in new):
         raise NothingNew(f"series '{study.metadata.get('series_description', '')}' is no better a non-contrast "
                          f"head series than the one job {scored['job']} scored")
+
+
+@dataclass(frozen=True)
+class ScoredJob:
+    """A job scored (or refused, or found done before) whose outcome is not yet recorded."""
+    job: str
+    outcome: dict
+    to_send: Path | None          # the placed results still to be sent; None: nothing to send
+    started: float                # time.monotonic() when the job was taken
+
+
+def _failed(outcome: dict, exc: Exception) -> None:
+    """A job's failure into its outcome and the log: one of ours with its exit code, anything else as
+    an internal error (a failure record, never silence)."""
+    job, study = outcome["job"], outcome["study_instance_uid"]
+    if isinstance(exc, AspectsError):
+        outcome.update(exit_code=exc.exit_code, error=str(exc))
+        log.error("job %s (study %s) failed: %s", job, study, exc)
+    else:
+        outcome.update(exit_code=1, error=f"internal error ({type(exc).__name__}: {exc})")
+        log.exception("job %s (study %s): internal error", job, study)
 
 
 class LateImages(InconsistentSeries):
@@ -164,6 +186,8 @@ class Node:
         # that follows an NCCT whose score is not yet recorded.
         self._in_hand: set[str] = set()
         self._in_hand_lock = threading.Lock()
+        self._senders: set[threading.Thread] = set()     # jobs whose results are being sent
+        self._senders_lock = threading.Lock()
         self._low_disk_logged = -1e9
         self._client_tls = config.client_tls()
         self._tls_stamp = self._tls_files_stamp()
@@ -218,11 +242,16 @@ class Node:
         return self
 
     def stop(self) -> None:
-        """Stop accepting, let each worker finish the study in hand; queued jobs stay in the spool."""
+        """Stop accepting, let each worker finish the study in hand and each sender its sending; queued
+        jobs stay in the spool."""
         self.stopping.set()
         for server in self._servers.values():
             server.shutdown()
         for t in self._threads:
+            t.join()
+        with self._senders_lock:
+            senders = list(self._senders)
+        for t in senders:
             t.join()
         self.spool.release()
 
@@ -453,14 +482,44 @@ class Node:
             except queue.Empty:
                 continue
             try:
-                self.run_job(scorer, job)
-            finally:
-                with self._in_hand_lock:
-                    self._in_hand.discard(self.spool.study_of(job))
+                scored = self.score_job(scorer, job)
+            except BaseException:
+                self._release(job)
+                raise
+            if scored.to_send is not None and self.config.destinations:
+                # Sending waits on the network (a PACS down or hung holds each try 10-30 s): in a thread
+                # of its own, so that the next study is scored meanwhile.
+                sender = threading.Thread(target=self._deliver_and_release, args=(scored,), daemon=True,
+                                          name=f"aspects-send-{job}")
+                with self._senders_lock:
+                    self._senders.add(sender)
+                sender.start()
+            else:
+                self._deliver_and_release(scored)
+
+    def _deliver_and_release(self, scored: ScoredJob) -> None:
+        try:
+            self.deliver(scored)
+        finally:
+            self._release(scored.job)
+            with self._senders_lock:
+                self._senders.discard(threading.current_thread())
+
+    def _release(self, job: str) -> None:
+        """The job is recorded: the next job of its study may be taken."""
+        with self._in_hand_lock:
+            self._in_hand.discard(self.spool.study_of(job))
 
     def run_job(self, scorer: Scorer, job: str) -> dict:
+        """Score a job, send its results and record its outcome, all in this thread."""
+        return self.deliver(self.score_job(scorer, job))
+
+    def score_job(self, scorer: Scorer, job: str) -> ScoredJob:
+        """Everything but sending: read, score and place the results (or find them placed before a crash,
+        or the same images scored before), or record why not in the outcome."""
         study = self.spool.study_of(job)
         placed = self.output / job
+        to_send: Path | None = None
         t0 = time.monotonic()
         outcome: dict = {"job": job, "study_instance_uid": study, "output": str(placed)}
         scored: list[dict] = []
@@ -509,11 +568,10 @@ class Node:
                                    series_instances=result.metadata.get("identity", {}).get("SOPInstanceUIDs"),
                                    hyperdense_ml=result.hyperdense.volume_ml, metal_ml=result.hyperdense.metal_ml)
                     look = look_first(result.hyperdense)
-                self._send(placed, outcome)
                 log.info("job %s: ASPECTS %s, results in %s", job, outcome["aspects"], placed)
                 for line in look:           # a bleed or a clip: the score may not hold (as `aspects watch` says)
                     log.warning("job %s: %s", job, line)
-                self._answer_failures(job)
+                to_send = placed
             outcome["exit_code"] = 0
         except LateImages as exc:
             outcome.update(exit_code=exc.exit_code, error=str(exc))
@@ -532,13 +590,20 @@ class Node:
             else:
                 outcome.update(exit_code=exc.exit_code, error=str(exc))
                 log.error("job %s (study %s) failed: %s", job, study, exc)
-        except AspectsError as exc:
-            outcome.update(exit_code=exc.exit_code, error=str(exc))
-            log.error("job %s (study %s) failed: %s", job, study, exc)
         except Exception as exc:  # a failure record, never silence
-            outcome.update(exit_code=1, error=f"internal error ({type(exc).__name__}: {exc})")
-            log.exception("job %s (study %s): internal error", job, study)
-        outcome["seconds"] = round(time.monotonic() - t0, 2)
+            _failed(outcome, exc)
+        return ScoredJob(job, outcome, to_send, t0)
+
+    def deliver(self, scored: ScoredJob) -> dict:
+        """Send the placed results, if any, and record the job's outcome."""
+        job, outcome = scored.job, scored.outcome
+        if scored.to_send is not None:
+            try:
+                self._send(scored.to_send, outcome)
+                self._answer_failures(job)
+            except Exception as exc:  # a failure record, never silence
+                _failed(outcome, exc)
+        outcome["seconds"] = round(time.monotonic() - scored.started, 2)
         outcome["finished_at"] = round(time.time(), 3)
         self.spool.finish(job, outcome, self._keep_images(outcome))
         return outcome

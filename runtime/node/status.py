@@ -33,12 +33,13 @@ class Arriving:
 
 @dataclass(frozen=True)
 class Waiting:
-    """A complete study waiting for a worker, or being scored."""
+    """A complete study waiting for a worker, being scored, or scored with its results being sent."""
     job: str
     patient_id: str
     accession_number: str
     images: int
     waiting_s: float
+    sending: bool             # scored and placed: its results are being sent (a slow or absent PACS)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ def _read(config: NodeConfig, now: float) -> SpoolStatus:
                               last_image_s=round(now - newest, 1))
                      for folder, images, newest in _folders(root / "incoming", "*.dcm"))
     waiting = tuple(Waiting(folder.name, **study_identity(folder / "dicom"), images=len(images),
-                            waiting_s=round(now - started_ns(folder.name) / 1e9, 1))
+                            waiting_s=round(now - started_ns(folder.name) / 1e9, 1),
+                            sending=(config.output / folder.name).is_dir())
                     for folder, images, _ in _folders(root / "jobs", "dicom/*.dcm"))
     records = [(record, read_record(record)) for record in (root / "failures").glob("*.json")]
     failures = tuple(sorted((_failure(record, outcome, config, now) for record, outcome in records if outcome),
@@ -122,8 +124,9 @@ def format_status(status: SpoolStatus, min_free_mb: float) -> list[str]:
     lines.append(f"arriving: {len(status.arriving)} stud{'y' if len(status.arriving) == 1 else 'ies'}")
     lines += [f"  {a.study}: {_who(a)}{a.images} image(s), the last {_age(a.last_image_s)} ago"
               for a in status.arriving]
-    lines.append(f"waiting or being scored: {len(status.waiting)} job(s)")
-    lines += [f"  {w.job}: {_who(w)}{w.images} image(s), complete {_age(w.waiting_s)} ago" for w in status.waiting]
+    lines.append(f"waiting, being scored or being sent: {len(status.waiting)} job(s)")
+    lines += [f"  {w.job}: {_who(w)}{w.images} image(s), complete {_age(w.waiting_s)} ago"
+              + (", scored: its results are being sent" if w.sending else "") for w in status.waiting]
     lines.append(f"failures: {len(status.failures)}")
     for f in status.failures:
         state = {"": "", "ended": "; the outbox has stopped: send by hand"}.get(
