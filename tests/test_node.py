@@ -97,6 +97,18 @@ class Receiver:
         self.server.shutdown()
 
 
+class StalledReceiver(Receiver):
+    """A PACS slow to answer: every C-STORE waits until `release` is set (60 s at most)."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        super().__init__()
+
+    def _store(self, event):
+        self.release.wait(60)
+        return super()._store(event)
+
+
 def wait_for(predicate, timeout_s: float, what: str):
     end = time.time() + timeout_s
     while time.time() < end:
@@ -725,13 +737,7 @@ def test_a_slow_destination_does_not_hold_the_next_study(tmp_path, scorer):
     scored. Each study's results are now sent from a thread of their own."""
     first = small_head_series(tmp_path / "first", "FIRST")
     second = small_head_series(tmp_path / "second", "SECOND")
-    release = threading.Event()
-
-    class Stalled(Receiver):
-        def _store(self, event):
-            release.wait(60)
-            return super()._store(event)
-    pacs = Stalled()
+    pacs = StalledReceiver()
     config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
                         quiet_seconds=0.3, outputs=("json", "sr"), workers=1,
                         destinations=(Destination("PACS", LOOPBACK, pacs.port),))
@@ -746,15 +752,41 @@ def test_a_slow_destination_does_not_hold_the_next_study(tmp_path, scorer):
         wait_for(lambda: placed(second), 20, "the second study scored while the first's results were sent")
         assert not outcomes(config.spool), "a job recorded before its results were sent"
         assert [w.sending for w in spool_status(config).waiting] == [True, True]     # as `aspects status` says
-        release.set()
+        pacs.release.set()
         wait_for(lambda: len(outcomes(config.spool)) == 2, 60, "both studies' results sent")
     finally:
-        release.set()
+        pacs.release.set()
         node.stop()
         pacs.close()
     got = outcomes(config.spool)
     assert all(o["exit_code"] == 0 and o["sent_to"] == ["PACS@" + f"{LOOPBACK}:{pacs.port}"] for o in got), got
     assert len(pacs.received) == 2
+
+
+def test_a_slow_destination_does_not_hold_the_others(tmp_path, scorer):
+    """The destinations were sent to one after the other: a PACS hung or down (30 or 10 s a try, three
+    tries) kept the results from the stroke team's viewer listed after it for up to 96 s."""
+    study_uid = small_head_series(tmp_path / "study", "TWO-DESTINATIONS")
+    pacs, viewer = StalledReceiver(), Receiver()
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
+                        quiet_seconds=0.3, outputs=("json", "sr"), workers=1,
+                        destinations=(Destination("PACS", LOOPBACK, pacs.port),
+                                      Destination("VIEWER", LOOPBACK, viewer.port)))
+    node = Node(config, scorer_factory=lambda threads: scorer).start()
+    try:
+        assert set(send_folder(tmp_path / "study", node.port)) == {0}
+        wait_for(lambda: len(viewer.received) == 1, 60, "the viewer's results while the PACS held its own")
+        assert not pacs.received
+        pacs.release.set()
+        wait_for(lambda: len(outcomes(config.spool)) == 1, 60, "the job recorded")
+    finally:
+        pacs.release.set()
+        node.stop()
+        pacs.close()
+        viewer.close()
+    (got,) = outcomes(config.spool)
+    assert got["study_instance_uid"] == study_uid and got["exit_code"] == 0, got
+    assert got["sent_to"] == [f"PACS@{LOOPBACK}:{pacs.port}", f"VIEWER@{LOOPBACK}:{viewer.port}"]
 
 
 def test_aspects_send_refuses_with_one_error_line(tmp_path, capsys):

@@ -58,7 +58,7 @@ from ..read import Study, read_study
 from ..read.images import CT_IMAGE_SOPS
 from ..report import write_report
 from ..threads import available_cores
-from .config import NodeConfig
+from .config import Destination, NodeConfig
 from .send import VERIFICATION, Answered, SendFailed, check_destination, send_files
 from .spool import BadIdentifier, Spool, check_uid, fsync_dir, started_ns
 from .tls import certificate_expiry
@@ -614,37 +614,49 @@ class Node:
         return outcome["exit_code"] != 0 or self.config.keep_received
 
     def _send(self, placed: Path, outcome: dict, destinations=None, attempts: int | None = None) -> None:
-        """Every destination gets the DICOM results, retried with back-off. Classes a destination does
-        not take at all (an archive without SEG storage) are recorded in the outcome, not retried. One
-        destination down does not keep the results from the others; those it missed are `not_sent`,
-        and the outbox sends them again (redeliver)."""
+        """Every destination gets the DICOM results, retried with back-off, all destinations at once: one
+        down or hung (10-30 s a try) does not hold the results back from the others. Classes a
+        destination does not take at all (an archive without SEG storage) are recorded in the outcome,
+        not retried. Those a destination missed are `not_sent`, and the outbox sends them again."""
+        from concurrent.futures import ThreadPoolExecutor
+
         files = sorted(placed.glob("*.dcm"))
         attempts = attempts or self.config.send_attempts
+        dests = list(self.config.destinations if destinations is None else destinations)
         outcome.setdefault("sent_to", [])
         missed = []
-        for dest in self.config.destinations if destinations is None else destinations:
-            name = dest.name
-            for attempt in range(1, attempts + 1):
-                try:
-                    not_taken = send_files(self.config.ae_title, dest, files,
-                                           tls=self._client_tls if dest.tls else None)
-                    outcome["sent_to"].append(name)
-                    if not_taken:
-                        outcome.setdefault("not_taken", {})[name] = not_taken
-                        log.warning("%s does not take %s: sent the other results", name, ", ".join(not_taken))
-                    break
-                except (SendFailed, OSError) as exc:
-                    log.warning("sending %s to %s, attempt %d: %s", placed.name, dest.ae_title, attempt, exc)
-                    if attempt == attempts:
-                        missed.append((name, str(exc)))
-                    else:
-                        time.sleep(SEND_BACKOFF_S * attempt)
+        with ThreadPoolExecutor(max_workers=max(1, len(dests)), thread_name_prefix="aspects-send") as pool:
+            answers = list(pool.map(lambda dest: self._send_to(dest, files, placed.name, attempts), dests))
+        for dest, (not_taken, why) in zip(dests, answers):
+            if not_taken is None:
+                missed.append((dest.name, why))
+                continue
+            outcome["sent_to"].append(dest.name)
+            if not_taken:
+                outcome.setdefault("not_taken", {})[dest.name] = not_taken
         outcome["not_sent"] = [name for name, _ in missed]
         if missed:
             again = (f"; sent again every {REDELIVER_EVERY_S:.0f} s for {self.config.redeliver_hours:g} h"
                      if self.config.redeliver_hours else "")
             raise DeliveryFailed(f"results are in {placed} but "
                                  + "; ".join(f"{name} did not take them ({why})" for name, why in missed) + again)
+
+    def _send_to(self, dest: Destination, files: list[Path], job: str, attempts: int) -> tuple[list[str] | None, str]:
+        """(classes the destination does not take, "") once it has the results; (None, why) after the
+        last try."""
+        for attempt in range(1, attempts + 1):
+            try:
+                not_taken = send_files(self.config.ae_title, dest, files, tls=self._client_tls if dest.tls else None)
+            except (SendFailed, OSError) as exc:
+                log.warning("sending %s to %s, attempt %d: %s", job, dest.ae_title, attempt, exc)
+                if attempt == attempts:
+                    return None, str(exc)
+                time.sleep(SEND_BACKOFF_S * attempt)
+                continue
+            if not_taken:
+                log.warning("%s does not take %s: sent the other results", dest.name, ", ".join(not_taken))
+            return not_taken, ""
+        return None, "no attempt"
 
     # ------------------------------------------------------------ outbox
 
