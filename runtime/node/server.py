@@ -573,9 +573,8 @@ class Node:
                     log.warning("job %s: %s", job, line)
                 to_send = placed
             outcome["exit_code"] = 0
-        except LateImages as exc:
-            outcome.update(exit_code=exc.exit_code, error=str(exc))
-            log.error("job %s (study %s) failed: %s", job, study, exc)
+        except LateImages as exc:                        # a failure, never ignored as the refusals below
+            _failed(outcome, exc)
         except INPUT_REFUSALS as exc:
             if scored and "supersedes" not in outcome:   # a CTA, an MPR, a bone series after the scored NCCT
                 outcome.update(exit_code=0, ignored=str(exc), after=scored[0]["job"])
@@ -588,8 +587,7 @@ class Node:
                 outcome.update(exit_code=0, ignored=str(exc))
                 log.warning("job %s (study %s): nothing this node reads, not scored: %s", job, study, exc)
             else:
-                outcome.update(exit_code=exc.exit_code, error=str(exc))
-                log.error("job %s (study %s) failed: %s", job, study, exc)
+                _failed(outcome, exc)
         except Exception as exc:  # a failure record, never silence
             _failed(outcome, exc)
         return ScoredJob(job, outcome, to_send, t0)
