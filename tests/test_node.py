@@ -31,7 +31,7 @@ import SimpleITK as sitk
 from runtime.cli import main
 from runtime.node.config import Destination, NodeConfig, load_config
 from runtime.node.server import Node, NothingNew, refuse_unless_better
-from runtime.node.spool import Spool
+from runtime.node.spool import Spool, read_record
 from runtime.node.status import spool_status
 from runtime.read import Study
 from tests.conftest import DEMO_STUDY, SHARED_DATA
@@ -729,6 +729,44 @@ def test_results_a_destination_missed_are_sent_again_once_it_is_back(tmp_path, s
     finally:
         pacs.close()
     assert [str(d.StudyInstanceUID) for d in pacs.received] == [uids["stale"]]
+
+
+def test_the_outbox_tries_a_destination_once_a_pass(tmp_path, scorer, monkeypatch):
+    """A hung PACS takes 30 s a try, and a pass tried it once for every job waiting for it: ten such
+    jobs kept the first of them five minutes from a PACS that was back. A destination that fails a
+    try is now passed over for the rest of the pass, while the others still get what they missed."""
+    from collections import Counter
+
+    from runtime.node import server
+    from runtime.node.send import SendFailed
+    pacs, viewer = Destination("PACS", LOOPBACK, 104), Destination("VIEWER", LOOPBACK, 105)
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", outputs=("json", "sr"),
+                        destinations=(pacs, viewer), send_attempts=1)
+    node = Node(config)
+    tried: Counter[str] = Counter()
+    up: set[str] = set()
+
+    def send_files(calling_ae, dest, files, tls=None):
+        tried[dest.ae_title] += 1
+        if dest.ae_title not in up:
+            raise SendFailed(f"{dest.name} refused or did not answer")
+        return []
+    monkeypatch.setattr(server, "send_files", send_files)
+    jobs = [node.run_job(scorer, _spool_study(node, tmp_path / k, small_head_series(tmp_path / k, k)))["job"]
+            for k in ("one", "two", "three")]
+    assert tried == {"PACS": 3, "VIEWER": 3}
+
+    def not_sent() -> list[list[str]]:
+        return [read_record(config.spool / "failures" / f"{job}.json")["not_sent"] for job in jobs]
+    tried.clear()
+    up.add("VIEWER")
+    node.redeliver()
+    assert tried == {"PACS": 1, "VIEWER": 3}
+    assert not_sent() == [[pacs.name]] * 3
+    tried.clear()
+    up.add("PACS")
+    node.redeliver()
+    assert tried == {"PACS": 3} and node.spool.undelivered() == []
 
 
 def test_a_slow_destination_does_not_hold_the_next_study(tmp_path, scorer):

@@ -668,9 +668,13 @@ class Node:
     def redeliver(self, now: float | None = None) -> None:
         """One pass: each job whose results a destination did not take (a PACS restarting, a network
         down) is sent to those destinations again, one attempt each, until `redeliver_hours` after it
-        finished. Delivered everywhere, it moves to done/ and its failure record goes."""
+        finished. Delivered everywhere, it moves to done/ and its failure record goes. A destination
+        that fails a try is not tried again in the same pass: a hung PACS takes 30 s a try, and a
+        pass through ten jobs waiting for it would keep the first of them five minutes from a PACS
+        that is back."""
         now = time.time() if now is None else now
         by_name = {d.name: d for d in self.config.destinations}
+        down: set[str] = set()
         for outcome in self.spool.undelivered():
             if now - outcome.get("finished_at", now) > self.config.redeliver_hours * 3600:
                 self._give_up(outcome, now)
@@ -683,11 +687,21 @@ class Node:
                 self.spool.redelivered(outcome, self.config.keep_received)
                 log.info("job %s: not sent again, job %s delivered this study since", job, newer[0])
                 continue
-            missing = [by_name[name] for name in outcome["not_sent"] if name in by_name]
+            waiting = [name for name in outcome["not_sent"] if name in down]
+            missing = [by_name[name] for name in outcome["not_sent"] if name in by_name and name not in down]
+            if waiting and not missing:
+                continue                        # its record stands until the next pass
             try:
                 self._send(Path(outcome["output"]), outcome, missing, attempts=1)
             except DeliveryFailed as exc:
-                outcome.update(error=str(exc), redelivery_attempts=outcome.get("redelivery_attempts", 0) + 1)
+                down.update(outcome["not_sent"])
+                outcome.update(not_sent=outcome["not_sent"] + waiting, error=str(exc),
+                               redelivery_attempts=outcome.get("redelivery_attempts", 0) + 1)
+                self.spool.record_failure(outcome)
+                continue
+            if waiting:                         # delivered to the others
+                outcome.update(not_sent=waiting, error=f"results are in {outcome['output']} but "
+                                                       f"{', '.join(waiting)} did not take them yet")
                 self.spool.record_failure(outcome)
                 continue
             outcome.update(exit_code=0, delivered_late=round(now, 3))
