@@ -801,6 +801,30 @@ def test_a_slow_destination_does_not_hold_the_next_study(tmp_path, scorer):
     assert len(pacs.received) == 2
 
 
+def test_stopping_the_node_does_not_wait_out_the_back_off(tmp_path, scorer, caplog, monkeypatch):
+    """A service stop (an update, a reboot) waited for every try and back-off left to a destination
+    that is down; systemd kills a service that takes more than 90 s to stop. The results stay
+    recorded as not sent, for the outbox."""
+    from runtime.node import server
+    monkeypatch.setattr(server, "SEND_BACKOFF_S", 10.0)
+    caplog.set_level(logging.WARNING, logger="aspects.node")
+    small_head_series(tmp_path / "study", "STOPPING")
+    down = Destination("PACS", LOOPBACK, _free_port())
+    config = NodeConfig(spool=tmp_path / "spool", output=tmp_path / "results", host=LOOPBACK, port=0,
+                        quiet_seconds=0.3, outputs=("json", "sr"), workers=1, send_attempts=3, destinations=(down,))
+    node = Node(config, scorer_factory=lambda threads: scorer).start()
+    try:
+        assert set(send_folder(tmp_path / "study", node.port)) == {0}
+        wait_for(lambda: "attempt 1" in caplog.text, 60, "the first try to fail")
+    finally:
+        t0 = time.monotonic()
+        node.stop()
+        stopped_in = time.monotonic() - t0
+    assert stopped_in < 5, f"stop took {stopped_in:.0f} s: it waited out the back-off (10 s, then 20 s)"
+    (got,) = outcomes(config.spool)
+    assert got["exit_code"] == 16 and got["not_sent"] == [down.name], got
+
+
 def test_a_slow_destination_does_not_hold_the_others(tmp_path, scorer):
     """The destinations were sent to one after the other: a PACS hung or down (30 or 10 s a try, three
     tries) kept the results from the stroke team's viewer listed after it for up to 96 s."""

@@ -647,9 +647,9 @@ class Node:
                 not_taken = send_files(self.config.ae_title, dest, files, tls=self._client_tls if dest.tls else None)
             except (SendFailed, OSError) as exc:
                 log.warning("sending %s to %s, attempt %d: %s", job, dest.ae_title, attempt, exc)
-                if attempt == attempts:
+                # The last try, or the node stopping during the back-off: the outbox sends them again.
+                if attempt == attempts or self.stopping.wait(SEND_BACKOFF_S * attempt):
                     return None, str(exc)
-                time.sleep(SEND_BACKOFF_S * attempt)
                 continue
             if not_taken:
                 log.warning("%s does not take %s: sent the other results", dest.name, ", ".join(not_taken))
