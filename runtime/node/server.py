@@ -641,7 +641,7 @@ class Node:
 
     def _send_to(self, dest: Destination, files: list[Path], job: str, attempts: int) -> tuple[list[str] | None, str]:
         """(classes the destination does not take, "") once it has the results; (None, why) after the
-        last try."""
+        last try, or after a failed one once the node is stopping."""
         for attempt in range(1, attempts + 1):
             try:
                 not_taken = send_files(self.config.ae_title, dest, files, tls=self._client_tls if dest.tls else None)
