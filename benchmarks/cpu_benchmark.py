@@ -6,10 +6,11 @@
 For the bundled study (512 x 512 x 32, 5 mm) and a 512 x 512 x 216 thin-slice study
 made from it (as one .nii.gz, and as 216 DICOM files), and for each CPU engine (ONNX
 Runtime; OpenVINO where installed): the median wall clock per stage and file to score,
-models loaded and warmed up, and the peak resident memory of the process. Each (code, study, engine) runs in its own
-process, so memory and caches do not leak between them. The baseline runs from a
-git worktree of the given commit with the same Python and packages; absolute times
-drift between sessions on shared machines, so the targets are ratios to it.
+models loaded and warmed up, and the peak resident memory of the process. Each (code,
+study, engine) runs in its own process, so memory and caches do not leak between them.
+The baseline runs from a git worktree of the given commit with the same Python and
+packages; absolute times drift between sessions on shared machines, so the targets are
+ratios to it.
 """
 
 from __future__ import annotations
