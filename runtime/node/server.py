@@ -17,6 +17,7 @@ import shutil
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -616,8 +617,6 @@ class Node:
         down or hung (10-30 s a try) does not hold the results back from the others. Classes a
         destination does not take at all (an archive without SEG storage) are recorded in the outcome,
         not retried. Those a destination missed are `not_sent`, and the outbox sends them again."""
-        from concurrent.futures import ThreadPoolExecutor
-
         files = sorted(placed.glob("*.dcm"))
         attempts = attempts or self.config.send_attempts
         dests = list(self.config.destinations if destinations is None else destinations)
